@@ -1,0 +1,279 @@
+//! Admission: which received envelopes enter the chain, which are duplicates, which are quarantined and why.
+//!
+//! Deterministic: the clock reading, the registry and the dedup answers are
+//! passed in. Decoding and signature checks run across all cores (rayon);
+//! authorization, dedup and chaining run in stream order, so the result is the
+//! same as checking one envelope at a time.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use docket_schemas::{Envelope, EnvelopeError, Event, EventError, EventId, Kind};
+use ed25519_dalek::VerifyingKey;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::chain::{Entry, SUBJECT_BYTES_MAX, entry_hash};
+use crate::registry::{AuthError, Registry, RegistryError};
+
+/// Envelopes taken into one batch at most (one WriteBatch, one fsync, one ack).
+pub const BATCH_EVENTS_MAX: usize = 4096;
+/// Signatures per batch-verification call; a failing chunk is re-checked one by one.
+pub const VERIFY_CHUNK: usize = 128;
+
+/// One envelope as it arrived.
+#[derive(Clone, Debug)]
+pub struct Incoming {
+    pub subject: String,
+    pub payload: Bytes,
+    /// The transport's sequence number (JetStream stream sequence); keys quarantine records.
+    pub source_seq: u64,
+}
+
+/// Why an envelope was quarantined.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("{0}")]
+    Envelope(#[from] EnvelopeError),
+    #[error("{0}")]
+    Event(#[from] EventError),
+    #[error("{0}")]
+    Auth(#[from] AuthError),
+    #[error("signature does not verify against key {0}")]
+    BadSignature(String),
+    #[error("admin event refused: {0}")]
+    Registry(#[from] RegistryError),
+    #[error("subject is over {SUBJECT_BYTES_MAX} bytes")]
+    Subject,
+}
+
+impl Rejection {
+    /// A stable machine-readable code for the reason.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::Envelope(EnvelopeError::Oversize { .. } | EnvelopeError::PayloadOversize { .. }) => "oversize",
+            Rejection::Envelope(EnvelopeError::SignatureCount(0)) => "unsigned",
+            Rejection::Envelope(EnvelopeError::SignatureNotCanonical) => "bad_signature",
+            Rejection::Envelope(_) => "malformed_envelope",
+            Rejection::Event(EventError::UnsupportedVersion(_)) => "unsupported_version",
+            Rejection::Event(EventError::UnknownKind(_)) => "unknown_kind",
+            Rejection::Event(EventError::OverLimit { .. }) => "oversize",
+            Rejection::Event(_) => "invalid_event",
+            Rejection::Auth(AuthError::UnknownKey(_)) => "unknown_key",
+            Rejection::Auth(AuthError::RevokedKey { .. }) => "revoked_key",
+            Rejection::Auth(_) => "unauthorized_kind",
+            Rejection::BadSignature(_) => "bad_signature",
+            Rejection::Registry(_) => "refused_admin_event",
+            Rejection::Subject => "oversize",
+        }
+    }
+}
+
+/// An envelope that will be appended.
+#[derive(Clone, Debug)]
+pub struct NewEntry {
+    pub seq: u64,
+    pub hash: [u8; 32],
+    pub prev: [u8; 32],
+    pub received_us: i64,
+    pub subject: String,
+    pub envelope: Bytes,
+    pub event_id: EventId,
+    pub kind: Kind,
+    pub key_id: String,
+}
+
+impl NewEntry {
+    pub fn entry(&self) -> Entry<'_> {
+        Entry {
+            seq: self.seq,
+            hash: self.hash,
+            prev: self.prev,
+            received_us: self.received_us,
+            subject: &self.subject,
+            envelope: &self.envelope,
+        }
+    }
+}
+
+/// An envelope kept out of the chain, with everything needed to investigate it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Quarantined {
+    pub source_seq: u64,
+    pub received_us: i64,
+    pub subject: String,
+    pub code: &'static str,
+    pub reason: String,
+    #[serde(serialize_with = "as_base64")]
+    pub raw: Bytes,
+}
+
+fn as_base64<S: serde::Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&docket_schemas::encode_base64(b))
+}
+
+/// The chain's tip and the registry: all admission needs to continue the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainTip {
+    /// Seq of the last entry; 0 when empty.
+    pub seq: u64,
+    pub head: [u8; 32],
+    pub registry: Registry,
+}
+
+/// What to do with a batch.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub appends: Vec<NewEntry>,
+    pub quarantined: Vec<Quarantined>,
+    pub duplicates: usize,
+    pub registry_changed: bool,
+    /// Highest transport sequence in the batch.
+    pub last_source_seq: u64,
+}
+
+struct Decoded {
+    envelope: Envelope,
+    event: Event,
+}
+
+/// Decides the fate of each envelope of a batch, in order, and advances `tip`.
+///
+/// `already_appended` answers, for each event id, whether the chain already holds it.
+pub fn admit<E>(
+    tip: &mut ChainTip,
+    batch: &[Incoming],
+    received_us: i64,
+    already_appended: impl FnOnce(&[EventId]) -> Result<Vec<bool>, E>,
+) -> Result<Plan, E> {
+    let decoded: Vec<Result<Decoded, Rejection>> = batch.par_iter().map(decode).collect();
+    let ids: Vec<EventId> = decoded.iter().filter_map(|d| d.as_ref().ok().map(|d| d.event.id)).collect();
+    let known_list = already_appended(&ids)?;
+    let mut known = ids.iter().zip(known_list).filter(|(_, k)| *k).map(|(id, _)| *id).collect::<HashSet<_>>();
+
+    let mut plan = Plan { last_source_seq: batch.iter().map(|i| i.source_seq).max().unwrap_or(0), ..Plan::default() };
+    let mut pending: Vec<(usize, VerifyingKey)> = Vec::new();
+    let reject = |plan: &mut Plan, i: usize, why: Rejection| {
+        plan.quarantined.push(Quarantined {
+            source_seq: batch[i].source_seq,
+            received_us,
+            subject: batch[i].subject.chars().take(SUBJECT_BYTES_MAX).collect(),
+            code: why.code(),
+            reason: why.to_string(),
+            raw: batch[i].payload.clone(),
+        });
+    };
+
+    for (i, d) in decoded.iter().enumerate() {
+        let d = match d {
+            Ok(d) => d,
+            Err(why) => {
+                reject(&mut plan, i, why.clone());
+                continue;
+            }
+        };
+        let kind = d.event.kind();
+        let key = match tip.registry.authorize(&d.envelope.key_id, kind) {
+            Ok(k) => k,
+            Err(why) => {
+                reject(&mut plan, i, why.into());
+                continue;
+            }
+        };
+        if !matches!(kind, Kind::KeyRegistered | Kind::KeyRevoked) {
+            pending.push((i, key));
+            continue;
+        }
+        // An admin event changes who may sign what next: settle everything before it first.
+        settle(tip, batch, &decoded, &mut pending, &mut known, received_us, &mut plan, &reject);
+        if !d.envelope.verify(&key) {
+            reject(&mut plan, i, Rejection::BadSignature(d.envelope.key_id.clone()));
+            continue;
+        }
+        if known.contains(&d.event.id) {
+            plan.duplicates += 1;
+            continue;
+        }
+        let mut next = tip.registry.clone();
+        if let Err(why) = next.apply(tip.seq + 1, &d.event.body) {
+            reject(&mut plan, i, why.into());
+            continue;
+        }
+        tip.registry = next;
+        plan.registry_changed = true;
+        append(tip, &batch[i], d, received_us, &mut known, &mut plan);
+    }
+    settle(tip, batch, &decoded, &mut pending, &mut known, received_us, &mut plan, &reject);
+    Ok(plan)
+}
+
+fn decode(incoming: &Incoming) -> Result<Decoded, Rejection> {
+    if incoming.subject.len() > SUBJECT_BYTES_MAX {
+        return Err(Rejection::Subject);
+    }
+    let envelope = Envelope::decode(&incoming.payload)?;
+    let event = envelope.event()?;
+    Ok(Decoded { envelope, event })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn settle(
+    tip: &mut ChainTip,
+    batch: &[Incoming],
+    decoded: &[Result<Decoded, Rejection>],
+    pending: &mut Vec<(usize, VerifyingKey)>,
+    known: &mut HashSet<EventId>,
+    received_us: i64,
+    plan: &mut Plan,
+    reject: &impl Fn(&mut Plan, usize, Rejection),
+) {
+    let valid = verify_all(pending.iter().filter_map(|(i, k)| decoded[*i].as_ref().ok().map(|d| (&d.envelope, k))));
+    for ((i, _), ok) in pending.drain(..).zip(valid) {
+        let Ok(d) = &decoded[i] else { continue };
+        if !ok {
+            reject(plan, i, Rejection::BadSignature(d.envelope.key_id.clone()));
+        } else if known.contains(&d.event.id) {
+            plan.duplicates += 1;
+        } else {
+            append(tip, &batch[i], d, received_us, known, plan);
+        }
+    }
+}
+
+fn append(tip: &mut ChainTip, incoming: &Incoming, d: &Decoded, received_us: i64, known: &mut HashSet<EventId>, plan: &mut Plan) {
+    let seq = tip.seq + 1;
+    let hash = entry_hash(seq, &tip.head, received_us, &incoming.subject, &incoming.payload);
+    plan.appends.push(NewEntry {
+        seq,
+        hash,
+        prev: tip.head,
+        received_us,
+        subject: incoming.subject.clone(),
+        envelope: incoming.payload.clone(),
+        event_id: d.event.id,
+        kind: d.event.kind(),
+        key_id: d.envelope.key_id.clone(),
+    });
+    known.insert(d.event.id);
+    tip.seq = seq;
+    tip.head = hash;
+}
+
+/// Verifies signatures in parallel, in batches where that pays, with strict semantics:
+/// keys were checked for weakness at registration and each `R` when decoded, and any
+/// batch that fails is re-verified one signature at a time to find the culprits.
+pub fn verify_all<'a>(items: impl Iterator<Item = (&'a Envelope, &'a VerifyingKey)>) -> Vec<bool> {
+    let items: Vec<(&Envelope, &VerifyingKey)> = items.collect();
+    items.par_chunks(VERIFY_CHUNK).flat_map_iter(verify_chunk).collect()
+}
+
+fn verify_chunk(chunk: &[(&Envelope, &VerifyingKey)]) -> Vec<bool> {
+    let messages: Vec<Vec<u8>> = chunk.iter().map(|(e, _)| e.signed_bytes()).collect();
+    let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+    let sigs: Vec<_> = chunk.iter().map(|(e, _)| e.signature).collect();
+    let keys: Vec<VerifyingKey> = chunk.iter().map(|(_, k)| **k).collect();
+    if chunk.len() > 1 && ed25519_dalek::verify_batch(&refs, &sigs, &keys).is_ok() {
+        return vec![true; chunk.len()];
+    }
+    chunk.iter().zip(&messages).map(|((e, k), m)| k.verify_strict(m, &e.signature).is_ok()).collect()
+}

@@ -1,0 +1,81 @@
+//! The ledger's configuration file (TOML): origin, the admin key, checkpoint policy, NATS settings.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `docket serve`'s configuration. Every field has a default except the admin key.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The chain's name in checkpoints, e.g. `docket.example.com/ledger`.
+    #[serde(default = "default_origin")]
+    pub origin: String,
+    /// base64 of the admin's ed25519 public key: the root of trust for producer keys.
+    pub admin_public_key: Option<String>,
+    /// File holding the key that signs checkpoints; created in the data directory when absent.
+    pub ledger_key: Option<PathBuf>,
+    #[serde(default = "default_every_entries")]
+    pub checkpoint_every_entries: u64,
+    #[serde(default = "default_every_s")]
+    pub checkpoint_every_s: u64,
+    /// Subject filter this instance consumes, within `docket.events.>`.
+    #[serde(default = "default_filter")]
+    pub subject_filter: String,
+    /// Durable consumer name.
+    #[serde(default = "default_consumer")]
+    pub consumer: String,
+}
+
+fn default_origin() -> String {
+    "docket.local/ledger".into()
+}
+fn default_every_entries() -> u64 {
+    10_000
+}
+fn default_every_s() -> u64 {
+    10
+}
+fn default_filter() -> String {
+    crate::transport::STREAM_SUBJECTS.into()
+}
+fn default_consumer() -> String {
+    "docket-ledger".into()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            origin: default_origin(),
+            admin_public_key: None,
+            ledger_key: None,
+            checkpoint_every_entries: default_every_entries(),
+            checkpoint_every_s: default_every_s(),
+            subject_filter: default_filter(),
+            consumer: default_consumer(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {why}")]
+    Parse { path: PathBuf, why: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), why: e.to_string() })
+    }
+
+    pub fn checkpoint_policy(&self) -> crate::ingest::CheckpointPolicy {
+        crate::ingest::CheckpointPolicy {
+            every_entries: self.checkpoint_every_entries.max(1),
+            every: Duration::from_secs(self.checkpoint_every_s.max(1)),
+        }
+    }
+}

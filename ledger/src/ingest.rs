@@ -1,0 +1,208 @@
+//! The append loop: take a batch, admit it, write it durably, then acknowledge it.
+//!
+//! Order per batch is fixed: admission, one synced WriteBatch, ack, notices,
+//! checkpoint. A failed write ends the loop with an error: nothing after it is
+//! acknowledged, so nothing acknowledged can be lost.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use docket_schemas::Checkpoint;
+use ed25519_dalek::SigningKey;
+use serde::Serialize;
+
+use crate::admission::{BATCH_EVENTS_MAX, ChainTip, Plan, admit};
+use crate::chain::hex;
+use crate::store::{LedgerIdentity, Store, StoreError};
+use crate::transport::{Bus, SUBJECT_APPENDED, SUBJECT_CHECKPOINTS, SUBJECT_REJECTED, Source, TransportError};
+
+/// When to sign a checkpoint.
+#[derive(Clone, Debug)]
+pub struct CheckpointPolicy {
+    /// After this many new entries...
+    pub every_entries: u64,
+    /// ...or after this long with any new entry.
+    pub every: Duration,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        CheckpointPolicy { every_entries: 10_000, every: Duration::from_secs(10) }
+    }
+}
+
+/// Why the loop stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("write failed, acknowledgement stopped: {0}")]
+    Store(#[from] StoreError),
+    #[error("transport failed: {0}")]
+    Transport(#[from] TransportError),
+    #[error("admission task failed: {0}")]
+    Task(String),
+}
+
+/// Counters since the loop started.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct IngestStats {
+    pub batches: u64,
+    pub appended: u64,
+    pub quarantined: u64,
+    pub duplicates: u64,
+    pub checkpoints: u64,
+}
+
+/// The `docket.appended` notice.
+#[derive(Serialize)]
+struct Appended<'a> {
+    origin: &'a str,
+    from_seq: u64,
+    to_seq: u64,
+    head: String,
+    committed_us: i64,
+}
+
+/// A running ledger: the store, its tip, and the key that signs checkpoints.
+pub struct Ledger {
+    store: Arc<Store>,
+    tip: ChainTip,
+    identity: LedgerIdentity,
+    key: SigningKey,
+    policy: CheckpointPolicy,
+    checkpointed: (u64, Instant),
+    pub stats: IngestStats,
+}
+
+impl Ledger {
+    pub fn new(store: Store, key: SigningKey, policy: CheckpointPolicy) -> Result<Ledger, StoreError> {
+        let identity = store.identity()?;
+        let admin = docket_schemas::decode_public_key(&identity.admin_public_key)
+            .ok()
+            .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
+            .ok_or_else(|| StoreError::CorruptMeta { path: store.path().into(), key: "admin_public_key".into() })?;
+        let tip = store.tip(|| crate::registry::Registry::new(&admin))?;
+        let last_cp = store.checkpoints()?.last().map(|(s, _)| *s).unwrap_or(0);
+        Ok(Ledger {
+            store: Arc::new(store),
+            tip,
+            identity,
+            key,
+            policy,
+            checkpointed: (last_cp, Instant::now()),
+            stats: IngestStats::default(),
+        })
+    }
+
+    pub fn tip(&self) -> &ChainTip {
+        &self.tip
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs until `shutdown` resolves or an error stops acknowledgement.
+    pub async fn run(
+        &mut self,
+        mut source: Source,
+        bus: Bus,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), IngestError> {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(self.policy.every.min(Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                _ = tick.tick() => self.checkpoint_if_due(&bus, false).await?,
+                delivery = source.next(BATCH_EVENTS_MAX) => {
+                    let delivery = match delivery {
+                        Ok(d) => d,
+                        Err(TransportError::Closed) => break,
+                        Err(e) => return Err(e.into()),
+                    };
+                    if delivery.items.is_empty() {
+                        continue;
+                    }
+                    let plan = self.commit(delivery.items).await?;
+                    if let Err(e) = source.ack(delivery.ack).await {
+                        // Durable already: a redelivery is recognised by event id and acked then.
+                        tracing::warn!(error = %e, "ack failed; the batch will be redelivered and deduplicated");
+                    }
+                    self.announce(&bus, &plan).await;
+                    self.checkpoint_if_due(&bus, false).await?;
+                }
+            }
+        }
+        self.checkpoint_if_due(&bus, true).await
+    }
+
+    /// Admits and durably writes one batch; returns the plan that was written.
+    pub async fn commit(&mut self, items: Vec<crate::admission::Incoming>) -> Result<Plan, IngestError> {
+        let store = Arc::clone(&self.store);
+        let mut tip = self.tip.clone();
+        let received_us = now_us();
+        let (tip, plan) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let plan = admit(&mut tip, &items, received_us, |ids| store.contains_ids(ids))?;
+            store.commit(&plan, &tip)?;
+            Ok((tip, plan))
+        })
+        .await
+        .map_err(|e| IngestError::Task(e.to_string()))??;
+        self.tip = tip;
+        self.stats.batches += 1;
+        self.stats.appended += plan.appends.len() as u64;
+        self.stats.quarantined += plan.quarantined.len() as u64;
+        self.stats.duplicates += plan.duplicates as u64;
+        for q in &plan.quarantined {
+            tracing::warn!(source_seq = q.source_seq, code = q.code, reason = %q.reason, "quarantined");
+        }
+        Ok(plan)
+    }
+
+    async fn announce(&self, bus: &Bus, plan: &Plan) {
+        if let (Some(first), Some(last)) = (plan.appends.first(), plan.appends.last()) {
+            let notice = Appended {
+                origin: &self.identity.origin,
+                from_seq: first.seq,
+                to_seq: last.seq,
+                head: hex(&last.hash),
+                committed_us: now_us(),
+            };
+            bus.publish(SUBJECT_APPENDED, serde_json::to_vec(&notice).unwrap_or_default()).await;
+        }
+        for q in &plan.quarantined {
+            bus.publish(SUBJECT_REJECTED, serde_json::to_vec(q).unwrap_or_default()).await;
+        }
+    }
+
+    /// Signs, stores and publishes a checkpoint if the policy (or `force`) says so and the chain grew.
+    pub async fn checkpoint_if_due(&mut self, bus: &Bus, force: bool) -> Result<(), IngestError> {
+        let (size, at) = self.checkpointed;
+        let grown = self.tip.seq - size;
+        let due = grown >= self.policy.every_entries || (grown > 0 && at.elapsed() >= self.policy.every);
+        if grown == 0 || !(due || force) {
+            return Ok(());
+        }
+        let note = Checkpoint { origin: self.identity.origin.clone(), size: self.tip.seq, head: self.tip.head }
+            .sign(&self.identity.origin, &self.key);
+        let store = Arc::clone(&self.store);
+        let (seq, text) = (self.tip.seq, note.clone());
+        tokio::task::spawn_blocking(move || store.put_checkpoint(seq, &text))
+            .await
+            .map_err(|e| IngestError::Task(e.to_string()))??;
+        self.checkpointed = (self.tip.seq, Instant::now());
+        self.stats.checkpoints += 1;
+        bus.publish(SUBJECT_CHECKPOINTS, note.into_bytes()).await;
+        Ok(())
+    }
+}
+
+/// Wall-clock microseconds since the epoch: read here, at the edge, and passed into the core.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}

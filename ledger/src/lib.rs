@@ -1,0 +1,18 @@
+//! Docket's ledger: the hash chain, admission, the RocksDB store, NATS ingest and offline verification.
+//!
+//! The core (`chain`, `registry`, `admission`, `workload`) does no I/O and reads
+//! no clock; `store`, `transport` and `ingest` are the shell around it.
+
+pub mod admission;
+pub mod chain;
+pub mod config;
+pub mod export;
+pub mod ingest;
+pub mod keyfile;
+pub mod nats_server;
+pub mod publisher;
+pub mod registry;
+pub mod store;
+pub mod transport;
+pub mod verify;
+pub mod workload;

@@ -1,0 +1,343 @@
+//! The RocksDB store: entries, the event-id index, quarantine, checkpoints and metadata.
+//!
+//! The system of record. Every batch is one WriteBatch written with a synced WAL;
+//! a failed write is returned, never retried, so the caller stops acknowledging.
+//! Readers (verify, log, export) open the database as a RocksDB secondary, so they
+//! work whether or not `serve` is running.
+
+use std::path::{Path, PathBuf};
+
+use docket_schemas::EventId;
+use rocksdb::{
+    BlockBasedOptions, ColumnFamilyDescriptor, DB, DBCompressionType, DBRecoveryMode, Direction, IteratorMode,
+    Options, WriteBatch, WriteOptions,
+};
+
+use crate::admission::{ChainTip, Plan};
+use crate::chain::{Entry, RecordError};
+use crate::registry::Registry;
+
+/// Column family: seq (u64 big-endian) -> entry record (see chain.rs).
+pub const CF_ENTRIES: &str = "entries";
+/// Column family: event id (16 bytes) -> seq (u64 big-endian). Permanent dedup index.
+pub const CF_EVENT_IDS: &str = "event_ids";
+/// Column family: transport sequence (u64 big-endian) -> quarantine record (JSON).
+pub const CF_QUARANTINE: &str = "quarantine";
+/// Column family: checkpoint size (u64 big-endian) -> signed note (UTF-8).
+pub const CF_CHECKPOINTS: &str = "checkpoints";
+/// Column family: name (ASCII) -> value. See docs/FORMAT.md for the names.
+pub const CF_META: &str = "meta";
+
+const ALL_CFS: [&str; 5] = [CF_ENTRIES, CF_EVENT_IDS, CF_QUARANTINE, CF_CHECKPOINTS, CF_META];
+
+pub const META_FORMAT: &[u8] = b"format";
+pub const META_ORIGIN: &[u8] = b"origin";
+pub const META_ADMIN_KEY: &[u8] = b"admin_public_key";
+pub const META_LEDGER_KEY: &[u8] = b"ledger_public_key";
+pub const META_TIP: &[u8] = b"tip";
+pub const META_REGISTRY: &[u8] = b"registry";
+pub const META_SOURCE_SEQ: &[u8] = b"source_seq";
+const FORMAT_VERSION: &[u8] = b"1";
+
+/// What went wrong with the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("RocksDB at {path}: {source}")]
+    Rocks { path: PathBuf, source: rocksdb::Error },
+    #[error("{path} holds a ledger for origin {found:?}, not {expected:?}")]
+    OriginMismatch { path: PathBuf, found: String, expected: String },
+    #[error("{path} was created with admin key {found}, the config names {expected}")]
+    AdminMismatch { path: PathBuf, found: String, expected: String },
+    #[error("{path}: no ledger here (missing or not initialised by `docket serve`)")]
+    NotALedger { path: PathBuf },
+    #[error("{path}: metadata {key:?} is corrupt")]
+    CorruptMeta { path: PathBuf, key: String },
+    #[error("entry {seq}: {source}")]
+    Record { seq: u64, source: RecordError },
+}
+
+/// Static facts about a ledger, fixed when it was created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerIdentity {
+    pub origin: String,
+    /// base64 of the admin public key.
+    pub admin_public_key: String,
+    /// base64 of the key that signs checkpoints.
+    pub ledger_public_key: String,
+}
+
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+    sync: WriteOptions,
+    /// A reader's private RocksDB secondary directory, removed on drop.
+    secondary: Option<PathBuf>,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.secondary {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn options() -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    // Stop at the first corrupt WAL record: everything before it was acknowledged and is trusted.
+    opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+    opts.set_paranoid_checks(true);
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts.set_max_open_files(512);
+    opts
+}
+
+fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
+    ALL_CFS
+        .iter()
+        .map(|name| {
+            let mut o = options();
+            if *name == CF_EVENT_IDS {
+                // Nearly every dedup lookup misses: a bloom filter answers those without I/O.
+                let mut t = BlockBasedOptions::default();
+                t.set_bloom_filter(10.0, false);
+                o.set_block_based_table_factory(&t);
+            }
+            ColumnFamilyDescriptor::new(*name, o)
+        })
+        .collect()
+}
+
+impl Store {
+    /// Opens (creating if needed) the primary store for `serve`, checking it belongs to this ledger.
+    pub fn open(path: &Path, identity: &LedgerIdentity) -> Result<Store, StoreError> {
+        let db = DB::open_cf_descriptors(&options(), path, cf_descriptors()).map_err(|e| rocks(path, e))?;
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        let store = Store { db, path: path.to_path_buf(), sync, secondary: None };
+        match store.identity_opt()? {
+            None => {
+                let mut b = WriteBatch::default();
+                let meta = store.cf(CF_META)?;
+                b.put_cf(meta, META_FORMAT, FORMAT_VERSION);
+                b.put_cf(meta, META_ORIGIN, &identity.origin);
+                b.put_cf(meta, META_ADMIN_KEY, &identity.admin_public_key);
+                b.put_cf(meta, META_LEDGER_KEY, &identity.ledger_public_key);
+                store.db.write_opt(b, &store.sync).map_err(|e| rocks(path, e))?;
+            }
+            Some(found) => {
+                if found.origin != identity.origin {
+                    return Err(StoreError::OriginMismatch {
+                        path: path.into(),
+                        found: found.origin,
+                        expected: identity.origin.clone(),
+                    });
+                }
+                if found.admin_public_key != identity.admin_public_key {
+                    return Err(StoreError::AdminMismatch {
+                        path: path.into(),
+                        found: found.admin_public_key,
+                        expected: identity.admin_public_key.clone(),
+                    });
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    /// Opens an existing store read-only, as a RocksDB secondary that catches up with a running `serve`.
+    pub fn open_reader(path: &Path) -> Result<Store, StoreError> {
+        if !path.join("CURRENT").exists() {
+            return Err(StoreError::NotALedger { path: path.into() });
+        }
+        let secondary = std::env::temp_dir().join(format!("docket-reader-{}-{}", std::process::id(), unique()));
+        let mut opts = options();
+        opts.create_if_missing(false);
+        opts.set_max_open_files(-1);
+        let db = DB::open_cf_descriptors_as_secondary(&opts, path, &secondary, cf_descriptors())
+            .map_err(|e| rocks(path, e))?;
+        db.try_catch_up_with_primary().map_err(|e| rocks(path, e))?;
+        let store = Store { db, path: path.to_path_buf(), sync: WriteOptions::default(), secondary: Some(secondary) };
+        store.identity()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        // Every column family is created at open, so a missing one means a foreign database.
+        self.db.cf_handle(name).ok_or_else(|| StoreError::NotALedger { path: self.path.clone() })
+    }
+
+    fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get_cf(self.cf(CF_META)?, key).map_err(|e| rocks(&self.path, e))
+    }
+
+    fn meta_text(&self, key: &[u8]) -> Result<Option<String>, StoreError> {
+        self.meta(key)?
+            .map(|v| String::from_utf8(v).map_err(|_| self.corrupt(key)))
+            .transpose()
+    }
+
+    fn corrupt(&self, key: &[u8]) -> StoreError {
+        StoreError::CorruptMeta { path: self.path.clone(), key: String::from_utf8_lossy(key).into() }
+    }
+
+    fn identity_opt(&self) -> Result<Option<LedgerIdentity>, StoreError> {
+        let Some(origin) = self.meta_text(META_ORIGIN)? else { return Ok(None) };
+        Ok(Some(LedgerIdentity {
+            origin,
+            admin_public_key: self.meta_text(META_ADMIN_KEY)?.ok_or_else(|| self.corrupt(META_ADMIN_KEY))?,
+            ledger_public_key: self.meta_text(META_LEDGER_KEY)?.ok_or_else(|| self.corrupt(META_LEDGER_KEY))?,
+        }))
+    }
+
+    pub fn identity(&self) -> Result<LedgerIdentity, StoreError> {
+        self.identity_opt()?.ok_or_else(|| StoreError::NotALedger { path: self.path.clone() })
+    }
+
+    /// Seq and head hash of the last committed entry; (0, zeros) when empty.
+    pub fn head(&self) -> Result<(u64, [u8; 32]), StoreError> {
+        match self.meta(META_TIP)? {
+            Some(v) if v.len() == 40 => {
+                let mut seq = [0u8; 8];
+                seq.copy_from_slice(&v[..8]);
+                let mut head = [0u8; 32];
+                head.copy_from_slice(&v[8..]);
+                Ok((u64::from_be_bytes(seq), head))
+            }
+            Some(_) => Err(self.corrupt(META_TIP)),
+            None => Ok((0, crate::chain::GENESIS_PREV)),
+        }
+    }
+
+    /// The key registry as of the last committed entry, if any admin event was committed.
+    pub fn registry(&self) -> Result<Option<Registry>, StoreError> {
+        match self.meta(META_REGISTRY)? {
+            Some(v) => serde_json::from_slice::<Registry>(&v)
+                .ok()
+                .and_then(|r| r.restore().ok())
+                .map(Some)
+                .ok_or_else(|| self.corrupt(META_REGISTRY)),
+            None => Ok(None),
+        }
+    }
+
+    /// The chain tip as last committed; an empty chain with a fresh registry when new.
+    pub fn tip(&self, fresh: impl FnOnce() -> Registry) -> Result<ChainTip, StoreError> {
+        let (seq, head) = self.head()?;
+        let registry = self.registry()?.unwrap_or_else(fresh);
+        Ok(ChainTip { seq, head, registry })
+    }
+
+    /// The transport sequence of the last batch committed (0 if none).
+    pub fn last_source_seq(&self) -> Result<u64, StoreError> {
+        match self.meta(META_SOURCE_SEQ)? {
+            Some(v) => Ok(u64::from_be_bytes(v.as_slice().try_into().map_err(|_| self.corrupt(META_SOURCE_SEQ))?)),
+            None => Ok(0),
+        }
+    }
+
+    /// For each id, whether an entry with that event id exists.
+    pub fn contains_ids(&self, ids: &[EventId]) -> Result<Vec<bool>, StoreError> {
+        let cf = self.cf(CF_EVENT_IDS)?;
+        self.db
+            .batched_multi_get_cf(cf, ids.iter().map(|id| id.0), false)
+            .into_iter()
+            .map(|r| r.map(|v| v.is_some()).map_err(|e| rocks(&self.path, e)))
+            .collect()
+    }
+
+    /// Writes a planned batch atomically and durably: entries, ids, quarantine, tip and registry.
+    pub fn commit(&self, plan: &Plan, tip: &ChainTip) -> Result<(), StoreError> {
+        let (entries, ids, quarantine, meta) =
+            (self.cf(CF_ENTRIES)?, self.cf(CF_EVENT_IDS)?, self.cf(CF_QUARANTINE)?, self.cf(CF_META)?);
+        let mut b = WriteBatch::default();
+        for e in &plan.appends {
+            b.put_cf(entries, e.seq.to_be_bytes(), e.entry().encode());
+            b.put_cf(ids, e.event_id.0, e.seq.to_be_bytes());
+        }
+        for q in &plan.quarantined {
+            b.put_cf(quarantine, q.source_seq.to_be_bytes(), serde_json::to_vec(q).unwrap_or_default());
+        }
+        let mut t = tip.seq.to_be_bytes().to_vec();
+        t.extend_from_slice(&tip.head);
+        b.put_cf(meta, META_TIP, t);
+        if plan.registry_changed {
+            b.put_cf(meta, META_REGISTRY, serde_json::to_vec(&tip.registry).unwrap_or_default());
+        }
+        if plan.last_source_seq > 0 {
+            b.put_cf(meta, META_SOURCE_SEQ, plan.last_source_seq.to_be_bytes());
+        }
+        self.db.write_opt(b, &self.sync).map_err(|e| rocks(&self.path, e))
+    }
+
+    pub fn put_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError> {
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(CF_CHECKPOINTS)?, size.to_be_bytes(), note.as_bytes());
+        self.db.write_opt(b, &self.sync).map_err(|e| rocks(&self.path, e))
+    }
+
+    /// Raw records from `from` on, in seq order, with the seq their key says.
+    pub fn records(&self, from: u64) -> Result<impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_, StoreError> {
+        let start = from.to_be_bytes();
+        let it = self.db.iterator_cf(self.cf(CF_ENTRIES)?, IteratorMode::From(&start, Direction::Forward));
+        let path = self.path.clone();
+        Ok(it.map(move |r| {
+            let (k, v) = r.map_err(|e| rocks(&path, e))?;
+            let key: [u8; 8] = k.as_ref().try_into().map_err(|_| StoreError::CorruptMeta {
+                path: path.clone(),
+                key: format!("entries key {}", crate::chain::hex(&k)),
+            })?;
+            Ok((u64::from_be_bytes(key), v.into_vec()))
+        }))
+    }
+
+    /// Reads one entry's record and decodes it.
+    pub fn record(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get_cf(self.cf(CF_ENTRIES)?, seq.to_be_bytes()).map_err(|e| rocks(&self.path, e))
+    }
+
+    pub fn checkpoints(&self) -> Result<Vec<(u64, String)>, StoreError> {
+        self.scan(CF_CHECKPOINTS, |k, v| Some((u64::from_be_bytes(k.try_into().ok()?), String::from_utf8(v.to_vec()).ok()?)))
+    }
+
+    pub fn quarantine(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+        self.scan(CF_QUARANTINE, |_, v| serde_json::from_slice(v).ok())
+    }
+
+    /// Seq of the entry holding `id`, if any.
+    pub fn seq_of(&self, id: &EventId) -> Result<Option<u64>, StoreError> {
+        let v = self.db.get_cf(self.cf(CF_EVENT_IDS)?, id.0).map_err(|e| rocks(&self.path, e))?;
+        Ok(v.and_then(|v| v.as_slice().try_into().ok()).map(u64::from_be_bytes))
+    }
+
+    fn scan<T>(&self, cf: &str, f: impl Fn(&[u8], &[u8]) -> Option<T>) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        for r in self.db.iterator_cf(self.cf(cf)?, IteratorMode::Start) {
+            let (k, v) = r.map_err(|e| rocks(&self.path, e))?;
+            out.push(f(&k, &v).ok_or_else(|| self.corrupt(cf.as_bytes()))?);
+        }
+        Ok(out)
+    }
+
+}
+
+/// Decodes a record fetched from the store.
+pub fn decode_record(seq: u64, record: &[u8]) -> Result<Entry<'_>, StoreError> {
+    Entry::decode(seq, record).map_err(|source| StoreError::Record { seq, source })
+}
+
+fn rocks(path: &Path, source: rocksdb::Error) -> StoreError {
+    StoreError::Rocks { path: path.to_path_buf(), source }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,332 @@
+//! Where envelopes come from and where notices go: NATS JetStream, or an in-process stand-in.
+//!
+//! The ingest loop is the same code for both; the in-process transport exists so
+//! `docket demo` runs the whole pipeline with no external service. Both are
+//! bounded: a source never holds more than its pull window unacknowledged.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::{Notify, broadcast};
+
+use crate::admission::Incoming;
+
+/// The JetStream stream every ledger reads from.
+pub const STREAM_NAME: &str = "DOCKET_EVENTS";
+/// Subjects the stream captures.
+pub const STREAM_SUBJECTS: &str = "docket.events.>";
+/// Subject prefix events are published under: `docket.events.<kind>`.
+pub const EVENT_SUBJECT_PREFIX: &str = "docket.events.";
+pub const SUBJECT_REJECTED: &str = "docket.rejected";
+pub const SUBJECT_APPENDED: &str = "docket.appended";
+pub const SUBJECT_CHECKPOINTS: &str = "docket.checkpoints";
+/// Messages the ledger may hold unacknowledged (its pull window).
+pub const ACK_PENDING_MAX: usize = 20_000;
+/// How long JetStream waits for an ack before redelivering.
+pub const ACK_WAIT: Duration = Duration::from_secs(10);
+/// Messages the in-process stream buffers before a publisher waits.
+pub const MEMORY_STREAM_CAPACITY: usize = 65_536;
+/// JetStream's duplicate window; the ledger's own index is the permanent one.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+const _: () = assert!(crate::admission::BATCH_EVENTS_MAX <= ACK_PENDING_MAX);
+
+/// Transport failures.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("transport closed")]
+    Closed,
+}
+
+fn nats_err(e: impl std::fmt::Display) -> TransportError {
+    TransportError::Nats(e.to_string())
+}
+
+/// What to acknowledge once a batch is durable.
+pub enum AckToken {
+    Nats(jetstream::message::Acker),
+    Memory(u64),
+    Nothing,
+}
+
+/// A batch taken from a source.
+pub struct Delivery {
+    pub items: Vec<Incoming>,
+    pub ack: AckToken,
+}
+
+/// A source of envelopes.
+pub enum Source {
+    Nats(NatsSource),
+    Memory(MemoryStream),
+}
+
+impl Source {
+    /// Waits for at least one envelope, then takes whatever else is ready, up to `max`.
+    pub async fn next(&mut self, max: usize) -> Result<Delivery, TransportError> {
+        match self {
+            Source::Nats(s) => s.next(max).await,
+            Source::Memory(s) => s.next(max).await,
+        }
+    }
+
+    /// Acknowledges everything up to and including the batch's last message.
+    pub async fn ack(&mut self, token: AckToken) -> Result<(), TransportError> {
+        match token {
+            // Ack-all policy: one confirmed ack covers the whole batch.
+            AckToken::Nats(acker) => acker.double_ack().await.map_err(nats_err),
+            AckToken::Memory(seq) => {
+                if let Source::Memory(s) = self {
+                    s.ack_through(seq);
+                }
+                Ok(())
+            }
+            AckToken::Nothing => Ok(()),
+        }
+    }
+}
+
+/// A durable pull consumer on the events stream.
+pub struct NatsSource {
+    consumer: jetstream::consumer::PullConsumer,
+    messages: Option<pull::Stream>,
+    pub client: async_nats::Client,
+}
+
+/// Settings for the JetStream side of a ledger.
+#[derive(Clone, Debug)]
+pub struct NatsSettings {
+    pub url: String,
+    /// Durable consumer name; one per ledger instance.
+    pub consumer: String,
+    /// Subject filter within `docket.events.>` this instance consumes.
+    pub filter: String,
+    /// Start a new consumer at new messages instead of the stream's beginning (demo runs).
+    pub deliver_new: bool,
+}
+
+impl NatsSource {
+    /// Connects, ensures the file-backed stream and the durable consumer exist.
+    pub async fn connect(settings: &NatsSettings) -> Result<NatsSource, TransportError> {
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(&settings.url)
+            .await
+            .map_err(nats_err)?;
+        let js = jetstream::new(client.clone());
+        let stream = ensure_stream(&js).await?;
+        let consumer = stream
+            .get_or_create_consumer(
+                &settings.consumer,
+                pull::Config {
+                    durable_name: Some(settings.consumer.clone()),
+                    filter_subject: settings.filter.clone(),
+                    ack_policy: jetstream::consumer::AckPolicy::All,
+                    ack_wait: ACK_WAIT,
+                    max_ack_pending: ACK_PENDING_MAX as i64,
+                    deliver_policy: if settings.deliver_new {
+                        jetstream::consumer::DeliverPolicy::New
+                    } else {
+                        jetstream::consumer::DeliverPolicy::All
+                    },
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(nats_err)?;
+        Ok(NatsSource { consumer, messages: None, client })
+    }
+
+    /// The consumer's acknowledged floor (stream sequence), as the server has it.
+    pub async fn ack_floor(&mut self) -> Result<u64, TransportError> {
+        Ok(self.consumer.info().await.map_err(nats_err)?.ack_floor.stream_sequence)
+    }
+
+    async fn next(&mut self, max: usize) -> Result<Delivery, TransportError> {
+        let mut items = Vec::new();
+        let mut last = None;
+        loop {
+            if self.messages.is_none() {
+                let m = self
+                    .consumer
+                    .stream()
+                    .max_messages_per_batch(crate::admission::BATCH_EVENTS_MAX)
+                    .heartbeat(Duration::from_secs(2))
+                    .expires(Duration::from_secs(5))
+                    .messages()
+                    .await
+                    .map_err(nats_err)?;
+                self.messages = Some(m);
+            }
+            let Some(messages) = self.messages.as_mut() else { continue };
+            // Block for the first message only; then drain what is already buffered.
+            let next = if items.is_empty() {
+                messages.next().await
+            } else {
+                match futures::FutureExt::now_or_never(messages.next()) {
+                    Some(n) => n,
+                    None => break,
+                }
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    let source_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+                    let (m, acker) = msg.split();
+                    items.push(Incoming { subject: m.subject.to_string(), payload: m.payload, source_seq });
+                    last = Some(acker);
+                    if items.len() >= max {
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "JetStream pull interrupted; resubscribing");
+                    self.messages = None;
+                    if !items.is_empty() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                None => {
+                    self.messages = None;
+                    if !items.is_empty() {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(Delivery { items, ack: last.map(AckToken::Nats).unwrap_or(AckToken::Nothing) })
+    }
+}
+
+/// Creates the events stream if absent: file storage, so JetStream survives a restart.
+pub async fn ensure_stream(js: &jetstream::Context) -> Result<stream::Stream, TransportError> {
+    js.get_or_create_stream(stream::Config {
+        name: STREAM_NAME.to_string(),
+        subjects: vec![STREAM_SUBJECTS.to_string()],
+        storage: stream::StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    })
+    .await
+    .map_err(nats_err)
+}
+
+/// An in-process stand-in for the JetStream stream and its consumer.
+#[derive(Clone, Default)]
+pub struct MemoryStream {
+    inner: Arc<Mutex<MemoryInner>>,
+    arrived: Arc<Notify>,
+    acked: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct MemoryInner {
+    queue: VecDeque<Incoming>,
+    next_seq: u64,
+    acked_through: u64,
+    closed: bool,
+}
+
+impl MemoryStream {
+    /// Appends a message, waiting while the stream holds its capacity unacknowledged; returns its sequence.
+    pub async fn publish(&self, subject: String, payload: Bytes) -> Result<u64, TransportError> {
+        loop {
+            let wait = self.acked.notified();
+            {
+                let mut inner = self.inner.lock().map_err(|_| TransportError::Closed)?;
+                if inner.closed {
+                    return Err(TransportError::Closed);
+                }
+                if inner.next_seq - inner.acked_through < MEMORY_STREAM_CAPACITY as u64 {
+                    inner.next_seq += 1;
+                    let source_seq = inner.next_seq;
+                    inner.queue.push_back(Incoming { subject, payload, source_seq });
+                    self.arrived.notify_one();
+                    return Ok(source_seq);
+                }
+            }
+            wait.await;
+        }
+    }
+
+    /// Waits until everything up to `seq` is acknowledged (durable in the ledger).
+    pub async fn wait_acked(&self, seq: u64) -> Result<(), TransportError> {
+        loop {
+            let wait = self.acked.notified();
+            {
+                let inner = self.inner.lock().map_err(|_| TransportError::Closed)?;
+                if inner.acked_through >= seq {
+                    return Ok(());
+                }
+                if inner.closed {
+                    return Err(TransportError::Closed);
+                }
+            }
+            wait.await;
+        }
+    }
+
+    pub fn close(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.closed = true;
+        }
+        self.arrived.notify_one();
+        self.acked.notify_waiters();
+    }
+
+    async fn next(&mut self, max: usize) -> Result<Delivery, TransportError> {
+        loop {
+            let wait = self.arrived.notified();
+            {
+                let mut inner = self.inner.lock().map_err(|_| TransportError::Closed)?;
+                if !inner.queue.is_empty() {
+                    let n = inner.queue.len().min(max);
+                    let items: Vec<Incoming> = inner.queue.drain(..n).collect();
+                    let last = items.last().map(|i| i.source_seq).unwrap_or(0);
+                    return Ok(Delivery { items, ack: AckToken::Memory(last) });
+                }
+                if inner.closed {
+                    return Err(TransportError::Closed);
+                }
+            }
+            wait.await;
+        }
+    }
+
+    fn ack_through(&self, seq: u64) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.acked_through = inner.acked_through.max(seq);
+        }
+        self.acked.notify_waiters();
+    }
+}
+
+/// Where notices (appended, rejected, checkpoints) are published.
+#[derive(Clone)]
+pub enum Bus {
+    Nats(async_nats::Client),
+    Memory(broadcast::Sender<(String, Bytes)>),
+}
+
+impl Bus {
+    /// Fire-and-forget: notices are for live watchers; the store is the record.
+    pub async fn publish(&self, subject: &'static str, payload: Vec<u8>) {
+        match self {
+            Bus::Nats(c) => {
+                if let Err(e) = c.publish(subject, payload.into()).await {
+                    tracing::warn!(subject, error = %e, "notice not published");
+                }
+            }
+            Bus::Memory(tx) => {
+                let _ = tx.send((subject.to_string(), payload.into()));
+            }
+        }
+    }
+}

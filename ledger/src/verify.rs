@@ -1,0 +1,231 @@
+//! Offline verification: recompute the chain, signatures, authorizations and checkpoints.
+//!
+//! Reads the store as it is on disk and reports everything it finds (up to a
+//! limit), not only the first problem. Uses the same admission rules as ingest,
+//! replaying the key registry as it stood at each seq.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Instant;
+
+use docket_schemas::{Checkpoint, Envelope, Kind};
+use ed25519_dalek::VerifyingKey;
+use serde::Serialize;
+
+use crate::admission::verify_all;
+use crate::chain::{Entry, GENESIS_PREV, hex};
+use crate::registry::Registry;
+use crate::store::{Store, StoreError};
+
+/// Problems reported at most; verification goes on counting past it.
+pub const PROBLEMS_MAX: usize = 100;
+/// Entries whose signatures are checked together.
+const VERIFY_WINDOW: usize = 8192;
+
+/// One thing wrong with the ledger.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Problem {
+    /// The seq it concerns, when it concerns one entry.
+    pub seq: Option<u64>,
+    pub what: String,
+}
+
+/// What verification found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub origin: String,
+    pub entries: u64,
+    pub head: String,
+    pub checkpoints: u64,
+    pub checkpoints_verified: u64,
+    pub problems_total: u64,
+    pub problems: Vec<Problem>,
+    pub first_bad_seq: Option<u64>,
+    pub elapsed_s: f64,
+    pub events_per_s: f64,
+}
+
+impl Report {
+    pub fn intact(&self) -> bool {
+        self.problems_total == 0
+    }
+}
+
+/// Keys to trust instead of those recorded in the store (pin them from your own records).
+#[derive(Clone, Debug, Default)]
+pub struct Trust {
+    pub admin: Option<VerifyingKey>,
+    pub ledger: Option<VerifyingKey>,
+}
+
+struct Findings {
+    total: u64,
+    list: Vec<Problem>,
+}
+
+impl Findings {
+    fn add(&mut self, seq: Option<u64>, what: String) {
+        self.total += 1;
+        if self.list.len() < PROBLEMS_MAX {
+            self.list.push(Problem { seq, what });
+        }
+    }
+}
+
+struct Pending {
+    seq: u64,
+    envelope: Envelope,
+    key: VerifyingKey,
+}
+
+/// Verifies the whole ledger; `progress(done, total)` is called as entries are checked.
+pub fn verify(store: &Store, trust: &Trust, progress: &mut dyn FnMut(u64, u64)) -> Result<Report, StoreError> {
+    let started = Instant::now();
+    let identity = store.identity()?;
+    let mut found = Findings { total: 0, list: Vec::new() };
+    let stored_key = |b64: &str| docket_schemas::decode_public_key(b64).ok().and_then(|b| VerifyingKey::from_bytes(&b).ok());
+    let admin = trust.admin.or_else(|| stored_key(&identity.admin_public_key));
+    let ledger_key = trust.ledger.or_else(|| stored_key(&identity.ledger_public_key));
+    let (Some(admin), Some(ledger_key)) = (admin, ledger_key) else {
+        found.add(None, "the ledger's recorded admin or checkpoint key is not a valid ed25519 key".into());
+        return Ok(finish(&identity.origin, 0, GENESIS_PREV, 0, 0, found, started));
+    };
+    let tip = store.tip(|| Registry::new(&admin))?;
+    let total = tip.seq;
+
+    let checkpoints = store.checkpoints()?;
+    let mut expected_heads = BTreeMap::new();
+    let mut checkpoints_verified = 0;
+    for (size, note) in &checkpoints {
+        match Checkpoint::verify(note, &identity.origin, &ledger_key) {
+            Ok(cp) if cp.size == *size && cp.origin == identity.origin => {
+                expected_heads.insert(*size, cp.head);
+            }
+            Ok(cp) => found.add(None, format!("checkpoint stored at size {size} says size {} of {:?}", cp.size, cp.origin)),
+            Err(e) => found.add(None, format!("checkpoint at size {size}: {e}")),
+        }
+    }
+
+    let mut registry = Registry::new(&admin);
+    let mut ids = HashSet::new();
+    let mut pending: Vec<Pending> = Vec::new();
+    let (mut expected_seq, mut prev, mut last_seq) = (1u64, GENESIS_PREV, 0u64);
+    for item in store.records(1)? {
+        let (seq, record) = match item {
+            Ok(r) => r,
+            Err(e) => {
+                found.add(None, format!("store read failed: {e}"));
+                break;
+            }
+        };
+        if seq != expected_seq {
+            if seq > expected_seq {
+                found.add(Some(expected_seq), format!("entries {expected_seq}..{} are missing", seq - 1));
+            } else {
+                found.add(Some(seq), format!("entry {seq} appears out of order"));
+            }
+        }
+        expected_seq = seq + 1;
+        last_seq = seq;
+        let entry = match Entry::decode(seq, &record) {
+            Ok(e) => e,
+            Err(e) => {
+                found.add(Some(seq), format!("record unreadable: {e}"));
+                prev = [0xff; 32];
+                continue;
+            }
+        };
+        if entry.compute_hash() != entry.hash {
+            found.add(Some(seq), "entry hash does not match its contents (altered, or moved from another seq)".into());
+        }
+        if entry.prev != prev {
+            found.add(Some(seq), format!("previous-hash link broken: entry {seq} does not follow entry {}", seq - 1));
+        }
+        prev = entry.hash;
+        if let Some(want) = expected_heads.get(&seq) {
+            if *want == entry.hash {
+                checkpoints_verified += 1;
+            } else {
+                found.add(Some(seq), format!("signed checkpoint at size {seq} names a different head hash"));
+            }
+        }
+        check_event(seq, &entry, &mut registry, &mut ids, &mut pending, &mut found);
+        if pending.len() >= VERIFY_WINDOW {
+            settle(&mut pending, &mut found);
+            progress(seq, total);
+        }
+    }
+    settle(&mut pending, &mut found);
+    progress(last_seq, total);
+    if last_seq != tip.seq || prev != tip.head {
+        found.add(
+            Some(last_seq.min(tip.seq) + 1),
+            format!("chain ends at seq {last_seq} but the ledger's tip records seq {} with head {}", tip.seq, hex(&tip.head)),
+        );
+    }
+    for size in expected_heads.keys().filter(|s| **s > last_seq) {
+        found.add(Some(*size), format!("a signed checkpoint covers {size} entries but the chain has {last_seq} (truncated)"));
+    }
+    Ok(finish(&identity.origin, last_seq, prev, checkpoints.len() as u64, checkpoints_verified, found, started))
+}
+
+fn check_event(
+    seq: u64,
+    entry: &Entry<'_>,
+    registry: &mut Registry,
+    ids: &mut HashSet<[u8; 16]>,
+    pending: &mut Vec<Pending>,
+    found: &mut Findings,
+) {
+    let envelope = match Envelope::decode(entry.envelope) {
+        Ok(e) => e,
+        Err(e) => return found.add(Some(seq), format!("envelope: {e}")),
+    };
+    let event = match envelope.event() {
+        Ok(e) => e,
+        Err(e) => return found.add(Some(seq), format!("event: {e}")),
+    };
+    if !ids.insert(event.id.0) {
+        found.add(Some(seq), format!("event id {} appears twice in the chain", event.id));
+    }
+    let key = match registry.authorize(&envelope.key_id, event.kind()) {
+        Ok(k) => k,
+        Err(e) => return found.add(Some(seq), format!("not authorized at this seq: {e}")),
+    };
+    if matches!(event.kind(), Kind::KeyRegistered | Kind::KeyRevoked) {
+        settle(pending, found);
+        if !envelope.verify(&key) {
+            return found.add(Some(seq), format!("signature does not verify against admin key {}", envelope.key_id));
+        }
+        if let Err(e) = registry.apply(seq, &event.body) {
+            found.add(Some(seq), format!("admin event should have been refused: {e}"));
+        }
+        return;
+    }
+    pending.push(Pending { seq, envelope, key });
+}
+
+fn settle(pending: &mut Vec<Pending>, found: &mut Findings) {
+    let ok = verify_all(pending.iter().map(|p| (&p.envelope, &p.key)));
+    for (p, ok) in pending.drain(..).zip(ok) {
+        if !ok {
+            found.add(Some(p.seq), format!("signature does not verify against key {}", p.envelope.key_id));
+        }
+    }
+}
+
+fn finish(origin: &str, entries: u64, head: [u8; 32], checkpoints: u64, verified: u64, mut found: Findings, started: Instant) -> Report {
+    found.list.sort_by_key(|p| p.seq.unwrap_or(0));
+    let elapsed = started.elapsed().as_secs_f64();
+    Report {
+        origin: origin.to_string(),
+        entries,
+        head: hex(&head),
+        checkpoints,
+        checkpoints_verified: verified,
+        problems_total: found.total,
+        first_bad_seq: found.list.iter().filter_map(|p| p.seq).min(),
+        problems: found.list,
+        elapsed_s: elapsed,
+        events_per_s: if elapsed > 0.0 { entries as f64 / elapsed } else { 0.0 },
+    }
+}

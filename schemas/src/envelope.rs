@@ -1,0 +1,197 @@
+//! The DSSE envelope: how an event is signed and carried, byte for byte.
+//!
+//! The signature covers DSSE's pre-authentication encoding (PAE) of the payload
+//! type and the exact payload bytes, so nothing is re-serialised or
+//! canonicalised before hashing or verifying.
+
+use std::borrow::Cow;
+
+use curve25519_dalek::edwards::CompressedEdwardsY;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, EventError};
+use crate::keys::{decode_base64, encode_base64, key_id};
+use crate::limits::*;
+
+/// The DSSE `payloadType` of a Docket event.
+pub const PAYLOAD_TYPE: &str = "application/vnd.docket.event+json";
+
+/// DSSE's pre-authentication encoding: `DSSEv1 SP LEN(type) SP type SP LEN(body) SP body`.
+pub fn pae(payload_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + payload_type.len() + body.len());
+    out.extend_from_slice(b"DSSEv1 ");
+    out.extend_from_slice(payload_type.len().to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(payload_type.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(body.len().to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(body);
+    out
+}
+
+/// One signature of an envelope, as on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct EnvelopeSignature {
+    /// Hint naming the signing key: lowercase hex SHA-256 of its public key.
+    pub keyid: String,
+    /// base64 of the 64-byte ed25519 signature over PAE(payloadType, payload).
+    pub sig: String,
+}
+
+/// The envelope as on the wire (DSSE's JSON form).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct EnvelopeWire<'a> {
+    /// base64 of the exact event JSON bytes.
+    #[serde(borrow)]
+    pub payload: Cow<'a, str>,
+    /// Always `application/vnd.docket.event+json`.
+    #[serde(rename = "payloadType", borrow)]
+    pub payload_type: Cow<'a, str>,
+    pub signatures: Vec<EnvelopeSignature>,
+}
+
+/// A decoded envelope: payload bytes and the one signature, not yet verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    pub payload: Vec<u8>,
+    pub key_id: String,
+    pub signature: Signature,
+}
+
+/// Why bytes are not an acceptable envelope.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("envelope is {len} bytes, over the {ENVELOPE_BYTES_MAX}-byte limit")]
+    Oversize { len: usize },
+    #[error("envelope is not DSSE JSON: {0}")]
+    Malformed(String),
+    #[error("payloadType is {0:?}, expected {PAYLOAD_TYPE:?}")]
+    PayloadType(String),
+    #[error("payload is not base64")]
+    PayloadEncoding,
+    #[error("payload is {len} bytes, over the {PAYLOAD_BYTES_MAX}-byte limit")]
+    PayloadOversize { len: usize },
+    #[error("envelope has {0} signatures, expected exactly {SIGNATURES_PER_ENVELOPE_MAX}")]
+    SignatureCount(usize),
+    #[error("keyid is over {KEY_ID_BYTES_MAX} bytes")]
+    KeyIdOversize,
+    #[error("signature is not base64 of 64 bytes")]
+    SignatureEncoding,
+    #[error("signature is not canonical (non-canonical or small-order R)")]
+    SignatureNotCanonical,
+}
+
+impl Envelope {
+    /// Decodes an envelope from the exact bytes received; checks form and limits, not the signature.
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        if bytes.len() > ENVELOPE_BYTES_MAX {
+            return Err(EnvelopeError::Oversize { len: bytes.len() });
+        }
+        let wire: EnvelopeWire<'_> =
+            serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        if wire.payload_type != PAYLOAD_TYPE {
+            return Err(EnvelopeError::PayloadType(wire.payload_type.chars().take(80).collect()));
+        }
+        if wire.signatures.len() != SIGNATURES_PER_ENVELOPE_MAX {
+            return Err(EnvelopeError::SignatureCount(wire.signatures.len()));
+        }
+        let payload = decode_base64(&wire.payload).ok_or(EnvelopeError::PayloadEncoding)?;
+        if payload.len() > PAYLOAD_BYTES_MAX {
+            return Err(EnvelopeError::PayloadOversize { len: payload.len() });
+        }
+        let sig = &wire.signatures[0];
+        if sig.keyid.len() > KEY_ID_BYTES_MAX {
+            return Err(EnvelopeError::KeyIdOversize);
+        }
+        let sig_bytes: [u8; 64] = decode_base64(&sig.sig)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(EnvelopeError::SignatureEncoding)?;
+        if !r_is_canonical(&sig_bytes) {
+            return Err(EnvelopeError::SignatureNotCanonical);
+        }
+        Ok(Envelope { payload, key_id: sig.keyid.clone(), signature: Signature::from_bytes(&sig_bytes) })
+    }
+
+    /// The bytes the signature covers.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        pae(PAYLOAD_TYPE, &self.payload)
+    }
+
+    /// Strict single verification (RFC 8032 with canonical `s` and `R`, no small-order `R`).
+    pub fn verify(&self, key: &VerifyingKey) -> bool {
+        key.verify_strict(&self.signed_bytes(), &self.signature).is_ok()
+    }
+
+    /// Decodes the payload as an event.
+    pub fn event(&self) -> Result<Event, EventError> {
+        Event::from_payload(&self.payload)
+    }
+}
+
+/// Batch verification computes with the decoded `R`, so the encoding checks
+/// that strict verification would make on `R` are made here, once per signature.
+fn r_is_canonical(sig: &[u8; 64]) -> bool {
+    let mut r = [0u8; 32];
+    r.copy_from_slice(&sig[..32]);
+    match CompressedEdwardsY(r).decompress() {
+        Some(point) => point.compress().to_bytes() == r && !point.is_small_order(),
+        None => false,
+    }
+}
+
+/// Signs exact payload bytes into envelope JSON.
+pub fn seal(payload: &[u8], key: &SigningKey) -> Vec<u8> {
+    let signature = key.sign(&pae(PAYLOAD_TYPE, payload));
+    let wire = EnvelopeWire {
+        payload: Cow::Owned(encode_base64(payload)),
+        payload_type: Cow::Borrowed(PAYLOAD_TYPE),
+        signatures: vec![EnvelopeSignature {
+            keyid: key_id(key.verifying_key().as_bytes()),
+            sig: encode_base64(&signature.to_bytes()),
+        }],
+    };
+    // Serialising strings to a Vec cannot fail.
+    serde_json::to_vec(&wire).unwrap_or_default()
+}
+
+/// Signs an event: its compact JSON becomes the payload.
+pub fn seal_event(event: &Event, key: &SigningKey) -> Vec<u8> {
+    seal(&event.to_payload(), key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pae_matches_the_dsse_spec_vector() {
+        // The example from DSSE's protocol.md.
+        assert_eq!(pae("http://example.com/HelloWorld", b"hello world"), b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec());
+    }
+
+    #[test]
+    fn seal_then_decode_verifies() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let bytes = seal(b"{\"x\":1}", &key);
+        let env = Envelope::decode(&bytes).unwrap();
+        assert_eq!(env.payload, b"{\"x\":1}");
+        assert_eq!(env.key_id, key_id(key.verifying_key().as_bytes()));
+        assert!(env.verify(&key.verifying_key()));
+        let other = SigningKey::from_bytes(&[4; 32]);
+        assert!(!env.verify(&other.verifying_key()));
+    }
+
+    #[test]
+    fn bad_envelopes_have_reasons() {
+        assert!(matches!(Envelope::decode(b"nope"), Err(EnvelopeError::Malformed(_))));
+        let big = vec![b' '; ENVELOPE_BYTES_MAX + 1];
+        assert!(matches!(Envelope::decode(&big), Err(EnvelopeError::Oversize { .. })));
+        let wrong_type = br#"{"payload":"e30=","payloadType":"text/plain","signatures":[]}"#;
+        assert!(matches!(Envelope::decode(wrong_type), Err(EnvelopeError::PayloadType(_))));
+        let unsigned = br#"{"payload":"e30=","payloadType":"application/vnd.docket.event+json","signatures":[]}"#;
+        assert_eq!(Envelope::decode(unsigned), Err(EnvelopeError::SignatureCount(0)));
+    }
+}

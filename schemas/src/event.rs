@@ -1,0 +1,672 @@
+//! Event kinds: what services tell the ledger, in OAuth vocabulary where it exists.
+//!
+//! An event is a flat JSON object: the header (`v`, `id`, `ts`, `kind`) and the
+//! kind's fields. Unknown fields, unknown kinds and unknown versions are refused
+//! with a reason that names them, so a producer learns exactly what to fix.
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::limits::*;
+use crate::time::Timestamp;
+
+/// The only schema version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A producer-assigned UUIDv7, the event's idempotency key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventId(pub [u8; 16]);
+
+impl EventId {
+    /// Parses the hyphenated lowercase or uppercase form; refuses other UUID versions.
+    pub fn parse(text: &str) -> Result<EventId, String> {
+        let b = text.as_bytes();
+        if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
+            return Err(format!("id {:?} is not a hyphenated UUID", truncate(text)));
+        }
+        let mut out = [0u8; 16];
+        let hex: Vec<u8> = b.iter().copied().filter(|&c| c != b'-').collect();
+        for (i, pair) in hex.chunks(2).enumerate() {
+            let hi = hex_val(pair[0]);
+            let lo = hex_val(pair[1]);
+            match (hi, lo) {
+                (Some(h), Some(l)) => out[i] = h << 4 | l,
+                _ => return Err(format!("id {:?} has a non-hex digit", truncate(text))),
+            }
+        }
+        if out[6] >> 4 != 7 || out[8] >> 6 != 0b10 {
+            return Err(format!("id {:?} is not a UUIDv7 (RFC 9562 version 7, variant 10)", truncate(text)));
+        }
+        Ok(EventId(out))
+    }
+
+    /// Milliseconds since the epoch that a UUIDv7 carries in its first 48 bits.
+    pub fn unix_millis(&self) -> u64 {
+        self.0[..6].iter().fold(0u64, |acc, &b| acc << 8 | u64::from(b))
+    }
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn truncate(text: &str) -> String {
+    text.chars().take(40).collect()
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for EventId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        EventId::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for EventId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "EventId".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "UUIDv7 (RFC 9562), hyphenated; the idempotency key",
+            "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-7[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}$"
+        })
+    }
+}
+
+macro_rules! kinds {
+    ($($variant:ident = $name:literal,)*) => {
+        /// The kind of an event, as spelled in its `kind` field.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+        pub enum Kind {
+            $(#[serde(rename = $name)] $variant,)*
+        }
+
+        impl Kind {
+            pub const ALL: &'static [Kind] = &[$(Kind::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(Kind::$variant => $name,)* }
+            }
+
+            pub fn parse(text: &str) -> Option<Kind> {
+                match text { $($name => Some(Kind::$variant),)* _ => None }
+            }
+        }
+
+        impl EventBody {
+            pub fn kind(&self) -> Kind {
+                match self { $(EventBody::$variant(_) => Kind::$variant,)* }
+            }
+        }
+    };
+}
+
+kinds! {
+    AgentRegistered = "agent.registered",
+    KeyRegistered = "key.registered",
+    KeyRevoked = "key.revoked",
+    GrantCreated = "grant.created",
+    GrantRevoked = "grant.revoked",
+    ApprovalRequested = "approval.requested",
+    ApprovalDecided = "approval.decided",
+    TokenIssued = "token.issued",
+    TokenRevoked = "token.revoked",
+    ApiCalled = "api.called",
+    AgentSuspended = "agent.suspended",
+}
+
+const _: () = assert!(Kind::ALL.len() <= KINDS_PER_KEY_MAX);
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How risky an action is; decides whether a human must approve it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Risk {
+    Low,
+    High,
+    /// Needs a step-up authentication of the approver, not only a tap.
+    Critical,
+}
+
+/// An approver's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Approved,
+    Denied,
+}
+
+/// How the approver was asked and authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalMethod {
+    /// A push notification answered on a device the user is signed in to.
+    Push,
+    /// A fresh authentication (passkey, MFA) just before answering; `auth_time` says when.
+    StepUp,
+}
+
+/// Scopes of a grant that need a human's approval before a token is issued.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalRule {
+    pub scope: String,
+    pub risk: Risk,
+}
+
+/// `agent.registered`: an AI agent (an OAuth client acting for users) exists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentRegistered {
+    /// The agent's identifier (OAuth `client_id`).
+    pub agent: String,
+    /// The user who owns or operates the agent.
+    pub user: String,
+    /// A human-readable name.
+    pub name: String,
+    /// The agent's own ed25519 public key, base64 (32 bytes), for signed requests.
+    pub public_key: String,
+}
+
+/// `key.registered`: a producer key may emit the listed kinds. Only the ledger's admin key may emit this.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRegistered {
+    /// The key id (see docs/FORMAT.md: lowercase hex SHA-256 of the public key).
+    pub key_id: String,
+    /// The ed25519 public key, base64 (32 bytes).
+    pub public_key: String,
+    /// The service that holds the key.
+    pub name: String,
+    /// The kinds this key may emit.
+    pub kinds: Vec<Kind>,
+}
+
+/// `key.revoked`: a producer key may emit nothing from here on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRevoked {
+    pub key_id: String,
+    pub reason: String,
+}
+
+/// `grant.created`: a user lets an agent use scopes on an API, within limits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantCreated {
+    pub grant_id: String,
+    /// The user granting access (OAuth `sub`).
+    pub user: String,
+    /// The agent receiving access (OAuth `act` / `client_id`).
+    pub agent: String,
+    /// The API the grant is for (OAuth `aud`), e.g. `https://api.github.com`.
+    pub audience: String,
+    pub scopes: Vec<String>,
+    pub expires_at: Timestamp,
+    /// Most API calls allowed under the grant, if limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_calls: Option<u64>,
+    /// Longest lifetime of a token issued under the grant, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_token_ttl_s: Option<u32>,
+    /// Scopes that need a human's approval, and at which risk level.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approval: Vec<ApprovalRule>,
+}
+
+/// `grant.revoked`: the grant, and every token under it, ends now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRevoked {
+    pub grant_id: String,
+    /// Who revoked it.
+    pub by: String,
+    pub reason: String,
+}
+
+/// `approval.requested`: an agent asks a human to approve an action (OpenID CIBA's `auth_req_id`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalRequested {
+    pub approval_id: String,
+    pub grant_id: String,
+    /// The user asked to approve.
+    pub user: String,
+    pub agent: String,
+    pub audience: String,
+    pub scopes: Vec<String>,
+    pub risk: Risk,
+    /// What the agent is about to do, shown to the approver (CIBA's `binding_message`).
+    pub binding_message: String,
+    pub expires_at: Timestamp,
+}
+
+/// `approval.decided`: the human's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalDecided {
+    pub approval_id: String,
+    /// Who decided.
+    pub user: String,
+    pub decision: Decision,
+    pub method: ApprovalMethod,
+    /// When the approver last authenticated; required for `step_up`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `token.issued`: a short-lived, scoped token exists. Only its hash is recorded, never the token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenIssued {
+    /// The token's id (JWT `jti`).
+    pub token_id: String,
+    /// Keyed hash of the token secret, 64 lowercase hex digits.
+    pub token_hash: String,
+    pub grant_id: String,
+    pub user: String,
+    pub agent: String,
+    pub audience: String,
+    pub scopes: Vec<String>,
+    pub expires_at: Timestamp,
+    /// The approval that allowed this token, when one was needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+}
+
+/// `token.revoked`: the token is no longer valid.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRevoked {
+    pub token_id: String,
+    pub by: String,
+    pub reason: String,
+}
+
+/// `api.called`: a gateway saw an agent call an API with a token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiCalled {
+    pub token_id: String,
+    /// Hash of the presented token, as in `token.issued`, so a leaked token's use is traceable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_hash: Option<String>,
+    pub agent: String,
+    pub audience: String,
+    /// HTTP method, upper case.
+    pub method: String,
+    /// Operation name or request path.
+    pub operation: String,
+    /// The scope the call needed, as the gateway judged it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// HTTP status code returned.
+    pub status: u16,
+    /// The caller's network address.
+    pub source: String,
+}
+
+/// `agent.suspended`: the agent may do nothing further; every token it holds ends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSuspended {
+    pub agent: String,
+    pub by: String,
+    pub reason: String,
+}
+
+/// The kind-specific part of an event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind")]
+pub enum EventBody {
+    #[serde(rename = "agent.registered")]
+    AgentRegistered(AgentRegistered),
+    #[serde(rename = "key.registered")]
+    KeyRegistered(KeyRegistered),
+    #[serde(rename = "key.revoked")]
+    KeyRevoked(KeyRevoked),
+    #[serde(rename = "grant.created")]
+    GrantCreated(GrantCreated),
+    #[serde(rename = "grant.revoked")]
+    GrantRevoked(GrantRevoked),
+    #[serde(rename = "approval.requested")]
+    ApprovalRequested(ApprovalRequested),
+    #[serde(rename = "approval.decided")]
+    ApprovalDecided(ApprovalDecided),
+    #[serde(rename = "token.issued")]
+    TokenIssued(TokenIssued),
+    #[serde(rename = "token.revoked")]
+    TokenRevoked(TokenRevoked),
+    #[serde(rename = "api.called")]
+    ApiCalled(ApiCalled),
+    #[serde(rename = "agent.suspended")]
+    AgentSuspended(AgentSuspended),
+}
+
+/// One event: the header and its kind's fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Event {
+    pub v: u32,
+    pub id: EventId,
+    pub ts: Timestamp,
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+/// Why a payload is not an acceptable event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("payload is not a JSON object: {0}")]
+    NotAnObject(String),
+    #[error("missing header field `{0}`")]
+    MissingHeader(&'static str),
+    #[error("unsupported schema version {0} (this ledger reads version {SCHEMA_VERSION})")]
+    UnsupportedVersion(String),
+    #[error("bad header field `{field}`: {why}")]
+    BadHeader { field: &'static str, why: String },
+    #[error("unknown kind {0:?}")]
+    UnknownKind(String),
+    #[error("invalid {kind} fields: {why}")]
+    BadFields { kind: &'static str, why: String },
+    #[error("field `{field}` is over its limit: {len} > {max}")]
+    OverLimit { field: &'static str, len: usize, max: usize },
+    #[error("field `{field}` is invalid: {why}")]
+    Invalid { field: &'static str, why: String },
+}
+
+impl Event {
+    /// Decodes and validates an event from the exact payload bytes of an envelope.
+    pub fn from_payload(payload: &[u8]) -> Result<Event, EventError> {
+        let mut map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(payload).map_err(|e| EventError::NotAnObject(e.to_string()))?;
+        // Version first: a future version's fields must not be judged by this one's rules.
+        let v = map.remove("v").ok_or(EventError::MissingHeader("v"))?;
+        if v.as_u64() != Some(u64::from(SCHEMA_VERSION)) {
+            return Err(EventError::UnsupportedVersion(truncate(&v.to_string())));
+        }
+        let id = match map.remove("id") {
+            Some(serde_json::Value::String(s)) => {
+                EventId::parse(&s).map_err(|why| EventError::BadHeader { field: "id", why })?
+            }
+            Some(_) => return Err(EventError::BadHeader { field: "id", why: "not a string".into() }),
+            None => return Err(EventError::MissingHeader("id")),
+        };
+        let ts = match map.remove("ts") {
+            Some(serde_json::Value::String(s)) => {
+                Timestamp::parse(&s).map_err(|e| EventError::BadHeader { field: "ts", why: e.to_string() })?
+            }
+            Some(_) => return Err(EventError::BadHeader { field: "ts", why: "not a string".into() }),
+            None => return Err(EventError::MissingHeader("ts")),
+        };
+        let kind = match map.get("kind") {
+            Some(serde_json::Value::String(s)) => {
+                Kind::parse(s).ok_or_else(|| EventError::UnknownKind(truncate(s)))?
+            }
+            Some(_) => return Err(EventError::BadHeader { field: "kind", why: "not a string".into() }),
+            None => return Err(EventError::MissingHeader("kind")),
+        };
+        let body: EventBody = serde_json::from_value(serde_json::Value::Object(map))
+            .map_err(|e| EventError::BadFields { kind: kind.as_str(), why: e.to_string() })?;
+        let event = Event { v: SCHEMA_VERSION, id, ts, body };
+        event.validate()?;
+        Ok(event)
+    }
+
+    /// The payload bytes a producer signs: compact JSON, header first.
+    pub fn to_payload(&self) -> Vec<u8> {
+        // Serialising plain data to a Vec cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.body.kind()
+    }
+
+    /// Checks the named limits and the formats serde cannot express.
+    pub fn validate(&self) -> Result<(), EventError> {
+        use EventBody as B;
+        match &self.body {
+            B::AgentRegistered(e) => {
+                id("agent", &e.agent)?;
+                id("user", &e.user)?;
+                text("name", &e.name, TEXT_BYTES_MAX)?;
+                public_key("public_key", &e.public_key)?;
+            }
+            B::KeyRegistered(e) => {
+                text("key_id", &e.key_id, KEY_ID_BYTES_MAX)?;
+                let pk = public_key("public_key", &e.public_key)?;
+                if crate::keys::key_id(&pk) != e.key_id {
+                    return Err(EventError::Invalid {
+                        field: "key_id",
+                        why: "is not the key id of `public_key`".into(),
+                    });
+                }
+                text("name", &e.name, TEXT_BYTES_MAX)?;
+                if e.kinds.is_empty() {
+                    return Err(EventError::Invalid { field: "kinds", why: "empty".into() });
+                }
+                count("kinds", e.kinds.len(), KINDS_PER_KEY_MAX)?;
+            }
+            B::KeyRevoked(e) => {
+                text("key_id", &e.key_id, KEY_ID_BYTES_MAX)?;
+                text("reason", &e.reason, TEXT_BYTES_MAX)?;
+            }
+            B::GrantCreated(e) => {
+                id("grant_id", &e.grant_id)?;
+                id("user", &e.user)?;
+                id("agent", &e.agent)?;
+                text("audience", &e.audience, OPERATION_BYTES_MAX)?;
+                scopes(&e.scopes)?;
+                count("approval", e.approval.len(), APPROVAL_RULES_PER_GRANT_MAX)?;
+                for rule in &e.approval {
+                    scope(&rule.scope)?;
+                }
+            }
+            B::GrantRevoked(e) => {
+                id("grant_id", &e.grant_id)?;
+                id("by", &e.by)?;
+                text("reason", &e.reason, TEXT_BYTES_MAX)?;
+            }
+            B::ApprovalRequested(e) => {
+                id("approval_id", &e.approval_id)?;
+                id("grant_id", &e.grant_id)?;
+                id("user", &e.user)?;
+                id("agent", &e.agent)?;
+                text("audience", &e.audience, OPERATION_BYTES_MAX)?;
+                scopes(&e.scopes)?;
+                text("binding_message", &e.binding_message, BINDING_MESSAGE_BYTES_MAX)?;
+            }
+            B::ApprovalDecided(e) => {
+                id("approval_id", &e.approval_id)?;
+                id("user", &e.user)?;
+                if e.method == ApprovalMethod::StepUp && e.auth_time.is_none() {
+                    return Err(EventError::Invalid {
+                        field: "auth_time",
+                        why: "required when method is step_up".into(),
+                    });
+                }
+                if let Some(r) = &e.reason {
+                    text("reason", r, TEXT_BYTES_MAX)?;
+                }
+            }
+            B::TokenIssued(e) => {
+                id("token_id", &e.token_id)?;
+                token_hash("token_hash", &e.token_hash)?;
+                id("grant_id", &e.grant_id)?;
+                id("user", &e.user)?;
+                id("agent", &e.agent)?;
+                text("audience", &e.audience, OPERATION_BYTES_MAX)?;
+                scopes(&e.scopes)?;
+                if let Some(a) = &e.approval_id {
+                    id("approval_id", a)?;
+                }
+            }
+            B::TokenRevoked(e) => {
+                id("token_id", &e.token_id)?;
+                id("by", &e.by)?;
+                text("reason", &e.reason, TEXT_BYTES_MAX)?;
+            }
+            B::ApiCalled(e) => {
+                id("token_id", &e.token_id)?;
+                if let Some(h) = &e.token_hash {
+                    token_hash("token_hash", h)?;
+                }
+                id("agent", &e.agent)?;
+                text("audience", &e.audience, OPERATION_BYTES_MAX)?;
+                if e.method.is_empty()
+                    || e.method.len() > METHOD_BYTES_MAX
+                    || !e.method.bytes().all(|c| c.is_ascii_uppercase())
+                {
+                    return Err(EventError::Invalid {
+                        field: "method",
+                        why: format!("must be 1-{METHOD_BYTES_MAX} upper-case ASCII letters"),
+                    });
+                }
+                text("operation", &e.operation, OPERATION_BYTES_MAX)?;
+                if let Some(s) = &e.scope {
+                    scope(s)?;
+                }
+                if !(100..=599).contains(&e.status) {
+                    return Err(EventError::Invalid { field: "status", why: "not an HTTP status (100-599)".into() });
+                }
+                text("source", &e.source, ID_BYTES_MAX)?;
+            }
+            B::AgentSuspended(e) => {
+                id("agent", &e.agent)?;
+                id("by", &e.by)?;
+                text("reason", &e.reason, TEXT_BYTES_MAX)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn text(field: &'static str, value: &str, max: usize) -> Result<(), EventError> {
+    if value.len() > max {
+        return Err(EventError::OverLimit { field, len: value.len(), max });
+    }
+    if value.chars().any(char::is_control) {
+        return Err(EventError::Invalid { field, why: "contains a control character".into() });
+    }
+    Ok(())
+}
+
+fn id(field: &'static str, value: &str) -> Result<(), EventError> {
+    if value.is_empty() {
+        return Err(EventError::Invalid { field, why: "empty".into() });
+    }
+    text(field, value, ID_BYTES_MAX)
+}
+
+fn count(field: &'static str, len: usize, max: usize) -> Result<(), EventError> {
+    if len > max {
+        return Err(EventError::OverLimit { field, len, max });
+    }
+    Ok(())
+}
+
+fn scope(value: &str) -> Result<(), EventError> {
+    if value.is_empty() || value.contains(' ') {
+        return Err(EventError::Invalid { field: "scopes", why: format!("scope {:?} is empty or has a space", truncate(value)) });
+    }
+    text("scopes", value, SCOPE_BYTES_MAX)
+}
+
+fn scopes(values: &[String]) -> Result<(), EventError> {
+    count("scopes", values.len(), SCOPES_PER_EVENT_MAX)?;
+    values.iter().try_for_each(|s| scope(s))
+}
+
+fn token_hash(field: &'static str, value: &str) -> Result<(), EventError> {
+    if value.len() != 64 || !value.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(EventError::Invalid { field, why: "must be 64 lowercase hex digits".into() });
+    }
+    Ok(())
+}
+
+fn public_key(field: &'static str, value: &str) -> Result<[u8; 32], EventError> {
+    crate::keys::decode_public_key(value).map_err(|e| EventError::Invalid { field, why: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Event {
+        Event {
+            v: 1,
+            id: EventId::parse("01900000-0000-7000-8000-000000000001").unwrap(),
+            ts: Timestamp::parse("2026-11-22T08:00:00.000000Z").unwrap(),
+            body: EventBody::ApiCalled(ApiCalled {
+                token_id: "tok-1".into(),
+                token_hash: None,
+                agent: "agent-1".into(),
+                audience: "https://api.github.com".into(),
+                method: "GET".into(),
+                operation: "/repos/acme/web/issues".into(),
+                scope: Some("issues:read".into()),
+                status: 200,
+                source: "10.0.0.7".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn payload_round_trips_with_header_first() {
+        let e = sample();
+        let bytes = e.to_payload();
+        assert!(bytes.starts_with(br#"{"v":1,"id":"01900000-0000-7000-8000-000000000001","ts":"#));
+        assert_eq!(Event::from_payload(&bytes).unwrap(), e);
+    }
+
+    fn reject(json: &str) -> String {
+        Event::from_payload(json.as_bytes()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn reasons_are_precise() {
+        let base = String::from_utf8(sample().to_payload()).unwrap();
+        assert!(reject(&base.replace(r#""v":1"#, r#""v":2"#)).contains("unsupported schema version 2"));
+        assert!(reject(&base.replace(r#""status":200"#, r#""status":200,"extra":1"#)).contains("unknown field `extra`"));
+        assert!(reject(&base.replace("api.called", "api.poked")).contains("unknown kind \"api.poked\""));
+        assert!(reject(&base.replace("7000-8000", "4000-8000")).contains("not a UUIDv7"));
+        assert!(reject(&base.replace(r#""method":"GET""#, r#""method":"get""#)).contains("method"));
+        assert!(reject(&base.replace(r#","status":200"#, "")).contains("missing field `status`"));
+        assert!(reject("[1]").contains("not a JSON object"));
+        let long = "x".repeat(ID_BYTES_MAX + 1);
+        assert!(reject(&base.replace("agent-1", &long)).contains("over its limit"));
+    }
+}

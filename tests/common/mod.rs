@@ -1,0 +1,144 @@
+//! Test helpers: a real nats-server, the real `docket` binary, and readers of the real store.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use docket_ledger::store::Store;
+use docket_ledger::workload::Roles;
+use docket_schemas::{Envelope, encode_base64};
+
+pub use docket_ledger::nats_server::NatsServer;
+
+pub const DOCKET: &str = env!("CARGO_BIN_EXE_docket");
+
+pub fn docket(args: &[&str]) -> Output {
+    Command::new(DOCKET).args(args).output().expect("run docket")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A `docket serve` child process whose log goes to a file.
+pub struct Serve {
+    pub child: Child,
+    pub data: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Serve {
+    pub fn start(data: &Path, nats_url: &str, roles: &Roles) -> Serve {
+        let log = data.with_extension(format!("log.{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(DOCKET)
+            .args(["serve", "--data"])
+            .arg(data)
+            .args(["--nats", nats_url, "--admin-key", &encode_base64(roles.admin.verifying_key().as_bytes())])
+            .args(["--origin", "test.docket.local/ledger"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn docket serve");
+        Serve { child, data: data.to_path_buf(), log }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait: the clean shutdown path.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "serve exited with {status}: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("serve did not stop on SIGTERM");
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Seq and head of a ledger, read through a secondary (works while serve runs).
+pub fn head(data: &Path) -> Option<(u64, [u8; 32])> {
+    Store::open_reader(&data.join("db")).ok()?.head().ok()
+}
+
+/// Waits until the ledger holds at least `seq` entries.
+pub fn wait_for_entries(data: &Path, seq: u64, timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n = head(data).map(|h| h.0).unwrap_or(0);
+        if n >= seq || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// (seq, event id) of every entry in the chain.
+pub fn chain_ids(data: &Path) -> Vec<(u64, docket_schemas::EventId)> {
+    let store = Store::open_reader(&data.join("db")).expect("open ledger");
+    let mut out = Vec::new();
+    for item in store.records(1).unwrap() {
+        let (seq, record) = item.unwrap();
+        let entry = docket_ledger::store::decode_record(seq, &record).unwrap();
+        let event = Envelope::decode(entry.envelope).unwrap().event().unwrap();
+        out.push((seq, event.id));
+    }
+    out
+}
+
+/// Quarantine reason codes, in transport order.
+pub fn quarantine_codes(data: &Path) -> Vec<String> {
+    let store = Store::open_reader(&data.join("db")).expect("open ledger");
+    store.quarantine().unwrap().iter().map(|q| q["code"].as_str().unwrap().to_string()).collect()
+}
+
+/// Runs `docket verify`; returns (exit code, stdout).
+pub fn verify(data: &Path) -> (i32, String) {
+    let o = docket(&["verify", "--data", data.to_str().unwrap()]);
+    (o.status.code().unwrap_or(-1), stdout(&o) + &String::from_utf8_lossy(&o.stderr))
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+pub async fn jetstream(url: &str) -> async_nats::jetstream::Context {
+    let client = async_nats::connect(url).await.expect("connect to nats");
+    let js = async_nats::jetstream::new(client);
+    docket_ledger::transport::ensure_stream(&js).await.expect("stream");
+    js
+}
+
+/// Copies a directory tree (a stopped ledger), for tampering with a copy.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
