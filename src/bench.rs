@@ -17,7 +17,9 @@ use docket_ledger::verify;
 use docket_ledger::workload::{Published, Workload};
 use docket_schemas::{Envelope, Timestamp, encode_base64};
 use futures::StreamExt;
-use rayon::prelude::*;
+
+/// `(from_seq, to_seq, committed_us)` of each `docket.appended` notice seen.
+type Commits = Arc<Mutex<Vec<(u64, u64, i64)>>>;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -55,14 +57,36 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn signature_rates(sample: &[Published]) -> (f64, f64) {
-    let envs: Vec<Envelope> = sample.iter().filter_map(|p| Envelope::decode(&p.envelope).ok()).collect();
+    let envs: Vec<Envelope> = sample
+        .iter()
+        .filter_map(|p| Envelope::decode(&p.envelope).ok())
+        .collect();
     let roles = docket_ledger::workload::Roles::from_seed(1);
-    let keys = [roles.vault.verifying_key(), roles.gateway.verifying_key(), roles.approvals.verifying_key(), roles.admin.verifying_key()];
-    let key_of = |e: &Envelope| keys.iter().find(|k| docket_schemas::key_id(k.as_bytes()) == e.key_id).copied().unwrap_or(keys[0]);
-    let pairs: Vec<(Envelope, ed25519_dalek::VerifyingKey)> = envs.into_iter().map(|e| { let k = key_of(&e); (e, k) }).collect();
+    let keys = [
+        roles.vault.verifying_key(),
+        roles.gateway.verifying_key(),
+        roles.approvals.verifying_key(),
+        roles.admin.verifying_key(),
+    ];
+    let key_of = |e: &Envelope| {
+        keys.iter()
+            .find(|k| docket_schemas::key_id(k.as_bytes()) == e.key_id)
+            .copied()
+            .unwrap_or(keys[0])
+    };
+    let pairs: Vec<(Envelope, ed25519_dalek::VerifyingKey)> = envs
+        .into_iter()
+        .map(|e| {
+            let k = key_of(&e);
+            (e, k)
+        })
+        .collect();
     let n_single = pairs.len().min(5_000);
     let t = Instant::now();
-    let ok = pairs[..n_single].iter().filter(|(e, k)| e.verify(k)).count();
+    let ok = pairs[..n_single]
+        .iter()
+        .filter(|(e, k)| e.verify(k))
+        .count();
     let single = n_single as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
     let oks = verify_all(pairs.iter().map(|(e, k)| (e, k)));
@@ -83,25 +107,48 @@ fn workload(n: usize, seed: u64) -> Vec<Published> {
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l.to_string())
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
 }
 
 async fn ingest(args: IngestArgs) -> Result<()> {
-    println!("docket bench ingest: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "docket bench ingest: {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
     let t = Instant::now();
     let throughput_set = workload(args.events, 1);
     let roles = docket_ledger::workload::Roles::from_seed(1);
-    println!("generated and signed {} events in {:.1}s", throughput_set.len(), t.elapsed().as_secs_f64());
+    println!(
+        "generated and signed {} events in {:.1}s",
+        throughput_set.len(),
+        t.elapsed().as_secs_f64()
+    );
 
     let (single, batch) = signature_rates(&throughput_set[..throughput_set.len().min(100_000)]);
-    println!("ed25519 verify_strict, one core:        {single:>10.0} sig/s ({:.1} us each)", 1e6 / single);
+    println!(
+        "ed25519 verify_strict, one core:        {single:>10.0} sig/s ({:.1} us each)",
+        1e6 / single
+    );
     println!("ed25519 batch verify, all cores:        {batch:>10.0} sig/s");
 
     let temp = tempfile::tempdir()?;
-    let data = args.data.clone().unwrap_or_else(|| temp.path().join("ledger"));
+    let data = args
+        .data
+        .clone()
+        .unwrap_or_else(|| temp.path().join("ledger"));
     let mut _server = None;
     let url = match &args.nats {
         Some(u) => u.clone(),
@@ -113,7 +160,10 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         }
     };
     let admin = encode_base64(roles.admin.verifying_key().as_bytes());
-    let config = Config { checkpoint_every_entries: 100_000, ..Config::default() };
+    let config = Config {
+        checkpoint_every_entries: 100_000,
+        ..Config::default()
+    };
     let mut ledger = crate::open_ledger(&data, &config, &admin)?;
     let settings = NatsSettings {
         url: url.clone(),
@@ -123,24 +173,31 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     };
     let source = NatsSource::connect(&settings).await?;
     let client = source.client.clone();
-    let mut appended_sub = client.subscribe(docket_ledger::transport::SUBJECT_APPENDED).await?;
+    let mut appended_sub = client
+        .subscribe(docket_ledger::transport::SUBJECT_APPENDED)
+        .await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let bus = Bus::Nats(client.clone());
     let ledger_task = tokio::spawn(async move {
-        let r = ledger.run(Source::Nats(source), bus, async {
-            let _ = stop_rx.await;
-        })
-        .await;
+        let r = ledger
+            .run(Source::Nats(Box::new(source)), bus, async {
+                let _ = stop_rx.await;
+            })
+            .await;
         (ledger, r)
     });
 
     // Commit times per seq, from the ledger's own notices.
-    let commits: Arc<Mutex<Vec<(u64, u64, i64)>>> = Arc::default();
+    let commits: Commits = Arc::default();
     let commits_w = Arc::clone(&commits);
     let watcher = tokio::spawn(async move {
         while let Some(m) = appended_sub.next().await {
             if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.payload) {
-                let (a, b, t) = (v["from_seq"].as_u64(), v["to_seq"].as_u64(), v["committed_us"].as_i64());
+                let (a, b, t) = (
+                    v["from_seq"].as_u64(),
+                    v["to_seq"].as_u64(),
+                    v["committed_us"].as_i64(),
+                );
                 if let (Some(a), Some(b), Some(t)) = (a, b, t)
                     && let Ok(mut c) = commits_w.lock()
                 {
@@ -151,7 +208,8 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     });
     let js = async_nats::jetstream::new(client.clone());
     let mut publisher = Publisher::new(Sink::Nats(js));
-    let mut sent_us: Vec<i64> = Vec::with_capacity(throughput_set.len() + args.latency_events + 1_000);
+    let mut sent_us: Vec<i64> =
+        Vec::with_capacity(throughput_set.len() + args.latency_events + 1_000);
     let mut fails = 0u64;
 
     // Throughput: publish as fast as JetStream acks.
@@ -159,23 +217,46 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     let t0 = now_us();
     for p in throughput_set {
         sent_us.push(now_us());
-        publisher.send(p.subject, p.envelope, p.id, &mut |_, r| fails += u64::from(r.is_err())).await?;
+        publisher
+            .send(p.subject, p.envelope, p.id, &mut |_, r| {
+                fails += u64::from(r.is_err())
+            })
+            .await?;
     }
-    publisher.flush(&mut |_, r| fails += u64::from(r.is_err())).await;
+    publisher
+        .flush(&mut |_, r| fails += u64::from(r.is_err()))
+        .await;
     let publish_done = now_us();
     let done_at = wait_for_seq(&commits, total).await?;
     let ingest_rate = total as f64 / ((done_at - t0) as f64 / 1e6);
-    println!("publish (JetStream acked), 1 publisher: {:>10.0} events/s", total as f64 / ((publish_done - t0) as f64 / 1e6));
-    println!("end-to-end ingest (publish -> durable append): {ingest_rate:>10.0} events/s = {:.0}% of batch verify", 100.0 * ingest_rate / batch);
+    println!(
+        "publish (JetStream acked), 1 publisher: {:>10.0} events/s",
+        total as f64 / ((publish_done - t0) as f64 / 1e6)
+    );
+    println!(
+        "end-to-end ingest (publish -> durable append): {ingest_rate:>10.0} events/s = {:.0}% of batch verify",
+        100.0 * ingest_rate / batch
+    );
     let lat_burst = latencies(&commits, &sent_us, 1, total);
-    println!("  publish-to-append under saturation: p50 {:.1} ms, p99 {:.1} ms", percentile(&lat_burst, 0.5), percentile(&lat_burst, 0.99));
+    println!(
+        "  publish-to-append under saturation: p50 {:.1} ms, p99 {:.1} ms",
+        percentile(&lat_burst, 0.5),
+        percentile(&lat_burst, 0.99)
+    );
 
     // Latency: the same pipeline paced at half the measured ingest rate.
     let rate = (ingest_rate / 2.0).max(1_000.0);
-    let mut w = Workload::new(2, Timestamp::from_micros(now_us()).unwrap_or(Timestamp::UNIX_EPOCH), 50, 200);
+    let mut w = Workload::new(
+        2,
+        Timestamp::from_micros(now_us()).unwrap_or(Timestamp::UNIX_EPOCH),
+        50,
+        200,
+    );
     w.roles = docket_ledger::workload::Roles::from_seed(1);
     let _ = w.setup(); // same keys, already registered; the agents list is what we need
-    let paced: Vec<Published> = (0..args.latency_events).map(|_| w.next_envelope()).collect();
+    let paced: Vec<Published> = (0..args.latency_events)
+        .map(|_| w.next_envelope())
+        .collect();
     let first_seq = total + 1;
     let start = Instant::now();
     for (i, p) in paced.into_iter().enumerate() {
@@ -186,9 +267,15 @@ async fn ingest(args: IngestArgs) -> Result<()> {
             tokio::time::sleep(wait).await;
         }
         sent_us.push(now_us());
-        publisher.send(p.subject, p.envelope, p.id, &mut |_, r| fails += u64::from(r.is_err())).await?;
+        publisher
+            .send(p.subject, p.envelope, p.id, &mut |_, r| {
+                fails += u64::from(r.is_err())
+            })
+            .await?;
     }
-    publisher.flush(&mut |_, r| fails += u64::from(r.is_err())).await;
+    publisher
+        .flush(&mut |_, r| fails += u64::from(r.is_err()))
+        .await;
     let last = total + args.latency_events as u64;
     wait_for_seq(&commits, last).await?;
     let lat = latencies(&commits, &sent_us, first_seq, last);
@@ -203,20 +290,38 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     let (ledger, r) = ledger_task.await?;
     r?;
     watcher.abort();
-    println!("ledger: {} batches, mean {:.0} events per batch (one fsync each)", ledger.stats.batches, ledger.stats.appended as f64 / ledger.stats.batches.max(1) as f64);
+    println!(
+        "ledger: {} batches, mean {:.0} events per batch (one fsync each)",
+        ledger.stats.batches,
+        ledger.stats.appended as f64 / ledger.stats.batches.max(1) as f64
+    );
     drop(ledger);
 
     let store = Store::open_reader(&crate::db_dir(&data))?;
     let report = verify::verify(&store, &verify::Trust::default(), &mut |_, _| {})?;
-    println!("verify: {} entries in {:.2}s = {:.0} events/s = {:.0}% of batch verify (intact: {})", report.entries, report.elapsed_s, report.events_per_s, 100.0 * report.events_per_s / batch, report.intact());
-    println!("publish failures: {fails}; peak RSS of this process (publisher + ledger + verifier): {:.0} MiB", peak_rss_mib());
+    println!(
+        "verify: {} entries in {:.2}s = {:.0} events/s = {:.0}% of batch verify (intact: {})",
+        report.entries,
+        report.elapsed_s,
+        report.events_per_s,
+        100.0 * report.events_per_s / batch,
+        report.intact()
+    );
+    println!(
+        "publish failures: {fails}; peak RSS of this process (publisher + ledger + verifier): {:.0} MiB",
+        peak_rss_mib()
+    );
     Ok(())
 }
 
-async fn wait_for_seq(commits: &Arc<Mutex<Vec<(u64, u64, i64)>>>, seq: u64) -> Result<i64> {
+async fn wait_for_seq(commits: &Commits, seq: u64) -> Result<i64> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        if let Some(t) = commits.lock().ok().and_then(|c| c.iter().find(|(_, b, _)| *b >= seq).map(|x| x.2)) {
+        if let Some(t) = commits
+            .lock()
+            .ok()
+            .and_then(|c| c.iter().find(|(_, b, _)| *b >= seq).map(|x| x.2))
+        {
             return Ok(t);
         }
         if Instant::now() > deadline {
@@ -227,14 +332,17 @@ async fn wait_for_seq(commits: &Arc<Mutex<Vec<(u64, u64, i64)>>>, seq: u64) -> R
 }
 
 /// Latencies in ms for seqs `from..=to`, assuming seq n was the n-th envelope published (no rejects).
-fn latencies(commits: &Arc<Mutex<Vec<(u64, u64, i64)>>>, sent_us: &[i64], from: u64, to: u64) -> Vec<f64> {
+fn latencies(commits: &Commits, sent_us: &[i64], from: u64, to: u64) -> Vec<f64> {
     let c = commits.lock().map(|c| c.clone()).unwrap_or_default();
     let mut out: Vec<f64> = c
         .iter()
         .flat_map(|&(a, b, t)| (a.max(from)..=b.min(to)).map(move |s| (s, t)))
-        .filter_map(|(s, t)| sent_us.get((s - 1) as usize).map(|&p| (t - p) as f64 / 1000.0))
+        .filter_map(|(s, t)| {
+            sent_us
+                .get((s - 1) as usize)
+                .map(|&p| (t - p) as f64 / 1000.0)
+        })
         .collect();
     out.sort_by(f64::total_cmp);
     out
 }
-

@@ -40,12 +40,19 @@ const DEMO_EVENTS_PER_SECOND: u64 = 20_000;
 
 pub async fn run(args: DemoArgs) -> Result<()> {
     let temp = tempfile::tempdir().context("creating a temporary directory")?;
-    let data = args.data.clone().unwrap_or_else(|| temp.path().join("ledger"));
+    let data = args
+        .data
+        .clone()
+        .unwrap_or_else(|| temp.path().join("ledger"));
     let start = Timestamp::from_micros(now_us()).unwrap_or(Timestamp::UNIX_EPOCH);
     let mut workload = Workload::new(args.seed, start, 8, 24);
     workload.forged_per_mille = args.forged_per_mille;
     let admin = encode_base64(workload.roles.admin.verifying_key().as_bytes());
-    let config = Config { origin: "demo.docket.local/ledger".into(), checkpoint_every_entries: 5_000, ..Config::default() };
+    let config = Config {
+        origin: "demo.docket.local/ledger".into(),
+        checkpoint_every_entries: 5_000,
+        ..Config::default()
+    };
     let mut ledger = crate::open_ledger(&data, &config, &admin)?;
 
     let mut _server = None;
@@ -53,7 +60,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         None => {
             let stream = MemoryStream::default();
             let (tx, _) = tokio::sync::broadcast::channel(1024);
-            (Source::Memory(stream.clone()), Bus::Memory(tx), Sink::Memory(stream), "in-process transport".to_string())
+            (
+                Source::Memory(stream.clone()),
+                Bus::Memory(tx),
+                Sink::Memory(stream),
+                "in-process transport".to_string(),
+            )
         }
         Some(url) => {
             let url = if url == "auto" {
@@ -70,10 +82,17 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 filter: docket_ledger::transport::STREAM_SUBJECTS.into(),
                 deliver_new: true,
             };
-            let source = NatsSource::connect(&settings).await.with_context(|| format!("connecting to {url}"))?;
+            let source = NatsSource::connect(&settings)
+                .await
+                .with_context(|| format!("connecting to {url}"))?;
             let client = source.client.clone();
             let js = async_nats::jetstream::new(client.clone());
-            (Source::Nats(source), Bus::Nats(client), Sink::Nats(js), format!("NATS JetStream at {url}"))
+            (
+                Source::Nats(Box::new(source)),
+                Bus::Nats(client),
+                Sink::Nats(js),
+                format!("NATS JetStream at {url}"),
+            )
         }
     };
     let memory = match &sink {
@@ -81,14 +100,18 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         Sink::Nats(_) => None,
     };
 
-    println!("docket demo: {} seconds of agents, grants, approvals, tokens and API calls over {transport}", args.seconds);
+    println!(
+        "docket demo: {} seconds of agents, grants, approvals, tokens and API calls over {transport}",
+        args.seconds
+    );
     println!("ledger data: {}", data.display());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let ledger_task = tokio::spawn(async move {
-        let result = ledger.run(source, bus, async {
-            let _ = stop_rx.await;
-        })
-        .await;
+        let result = ledger
+            .run(source, bus, async {
+                let _ = stop_rx.await;
+            })
+            .await;
         (ledger, result)
     });
 
@@ -101,7 +124,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     };
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
     for p in workload.setup() {
-        publisher.send(p.subject, p.envelope, p.id, &mut on_ack).await?;
+        publisher
+            .send(p.subject, p.envelope, p.id, &mut on_ack)
+            .await?;
     }
     let started = Instant::now();
     let mut next_report = Duration::from_secs(1);
@@ -111,9 +136,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         if let docket_ledger::workload::Expect::Quarantine(code) = p.expect {
             *expected.entry(code.to_string()).or_default() += 1;
         }
-        publisher.send(p.subject, p.envelope, p.id, &mut on_ack).await?;
+        publisher
+            .send(p.subject, p.envelope, p.id, &mut on_ack)
+            .await?;
         sent += 1;
-        if sent % 200 == 0 {
+        if sent.is_multiple_of(200) {
             let due = Duration::from_secs_f64(sent as f64 / DEMO_EVENTS_PER_SECOND as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
                 tokio::time::sleep(wait).await;
@@ -139,17 +166,38 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     drop(ledger);
 
     println!();
-    println!("published {} envelopes ({} forged or malformed on purpose), {failures} publish failures", publisher.stats.published, expected.values().sum::<u64>());
-    println!("appended {} entries, quarantined {}, duplicates {}, {} checkpoints, {:.0} events/s", stats.appended, stats.quarantined, stats.duplicates, stats.checkpoints, stats.appended as f64 / elapsed);
+    println!(
+        "published {} envelopes ({} forged or malformed on purpose), {failures} publish failures",
+        publisher.stats.published,
+        expected.values().sum::<u64>()
+    );
+    println!(
+        "appended {} entries, quarantined {}, duplicates {}, {} checkpoints, {:.0} events/s",
+        stats.appended,
+        stats.quarantined,
+        stats.duplicates,
+        stats.checkpoints,
+        stats.appended as f64 / elapsed
+    );
 
     let store = Store::open_reader(&crate::db_dir(&data))?;
     let mut by_code: BTreeMap<String, u64> = BTreeMap::new();
     for q in store.quarantine()? {
-        *by_code.entry(q["code"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+        *by_code
+            .entry(q["code"].as_str().unwrap_or("?").to_string())
+            .or_default() += 1;
     }
     println!("quarantine by reason (expected from the workload in brackets):");
-    for code in by_code.keys().chain(expected.keys()).collect::<std::collections::BTreeSet<_>>() {
-        println!("  {code:<20} {:>5}  [{}]", by_code.get(code).unwrap_or(&0), expected.get(code).unwrap_or(&0));
+    for code in by_code
+        .keys()
+        .chain(expected.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        println!(
+            "  {code:<20} {:>5}  [{}]",
+            by_code.get(code).unwrap_or(&0),
+            expected.get(code).unwrap_or(&0)
+        );
     }
     println!("last entries:");
     let (size, _) = store.head()?;
@@ -162,7 +210,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     if report.intact() {
         println!(
             "verify: intact, {} entries, head {}, {}/{} checkpoints verified, {:.0} events/s",
-            report.entries, report.head, report.checkpoints_verified, report.checkpoints, report.events_per_s
+            report.entries,
+            report.head,
+            report.checkpoints_verified,
+            report.checkpoints,
+            report.events_per_s
         );
     } else {
         println!("verify: NOT INTACT: {:?}", report.problems);

@@ -18,7 +18,11 @@ use docket_ledger::{export, keyfile, verify};
 use docket_schemas::{EventId, Timestamp, encode_base64, key_id};
 
 #[derive(Parser)]
-#[command(name = "docket", version, about = "A tamper-evident ledger of what AI agents did with the access they were given")]
+#[command(
+    name = "docket",
+    version,
+    about = "A tamper-evident ledger of what AI agents did with the access they were given"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -133,13 +137,22 @@ struct ExportArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The demo and benchmarks print their own summary; per-envelope warnings would drown it.
+    let default_filter = match cli.command {
+        Command::Demo(_) | Command::Bench(_) => "error",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -186,7 +199,8 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Command::Export(args) => {
             let store = Store::open_reader(&db_dir(&args.data.data))?;
-            let file = std::fs::File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+            let file = std::fs::File::create(&args.out)
+                .with_context(|| format!("creating {}", args.out.display()))?;
             let mut out = std::io::BufWriter::new(file);
             let n = export::write_export(&store, &mut out)?;
             eprintln!("exported {n} entries to {}", args.out.display());
@@ -207,7 +221,10 @@ pub fn open_ledger(data: &Path, config: &Config, admin_b64: &str) -> Result<Ledg
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let admin = docket_schemas::decode_public_key(admin_b64).context("admin public key")?;
     docket_schemas::check_producer_key(&admin).context("admin public key")?;
-    let key_path = config.ledger_key.clone().unwrap_or_else(|| data.join("ledger.key"));
+    let key_path = config
+        .ledger_key
+        .clone()
+        .unwrap_or_else(|| data.join("ledger.key"));
     let key = if key_path.exists() {
         keyfile::read(&key_path)?
     } else {
@@ -243,7 +260,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         filter: config.subject_filter.clone(),
         deliver_new: false,
     };
-    let mut source = NatsSource::connect(&settings).await.with_context(|| format!("connecting to {}", args.nats))?;
+    let mut source = NatsSource::connect(&settings)
+        .await
+        .with_context(|| format!("connecting to {}", args.nats))?;
     let floor = source.ack_floor().await?;
     let applied = ledger.store().last_source_seq()?;
     if floor > applied {
@@ -255,7 +274,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     tracing::info!(origin = %config.origin, seq = ledger.tip().seq, nats = %args.nats, "ledger serving");
     let bus = Bus::Nats(source.client.clone());
-    ledger.run(Source::Nats(source), bus, shutdown_signal()).await?;
+    ledger
+        .run(Source::Nats(Box::new(source)), bus, shutdown_signal())
+        .await?;
     tracing::info!(seq = ledger.tip().seq, stats = ?ledger.stats, "ledger stopped cleanly");
     Ok(())
 }
@@ -283,7 +304,8 @@ async fn publish(args: PublishArgs) -> Result<()> {
     let reader: Box<dyn BufRead> = if args.input == "-" {
         Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
-        let f = std::fs::File::open(&args.input).with_context(|| format!("opening {}", args.input))?;
+        let f =
+            std::fs::File::open(&args.input).with_context(|| format!("opening {}", args.input))?;
         Box::new(std::io::BufReader::new(f))
     };
     let client = async_nats::ConnectOptions::new()
@@ -305,11 +327,14 @@ async fn publish(args: PublishArgs) -> Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let now = Timestamp::from_micros(docket_ledger::ingest::now_us()).unwrap_or(Timestamp::UNIX_EPOCH);
+        let now = Timestamp::from_micros(docket_ledger::ingest::now_us())
+            .unwrap_or(Timestamp::UNIX_EPOCH);
         let id = EventId(*uuid::Uuid::now_v7().as_bytes());
         match prepare(&line, &key, now, id) {
             Ok((subject, envelope, id)) => {
-                publisher.send(subject, envelope, Some(id), &mut report).await?;
+                publisher
+                    .send(subject, envelope, Some(id), &mut report)
+                    .await?;
             }
             Err(e) => {
                 invalid += 1;
@@ -319,7 +344,10 @@ async fn publish(args: PublishArgs) -> Result<()> {
     }
     publisher.flush(&mut report).await;
     let s = &publisher.stats;
-    println!("published {} acked {} duplicates {} failed {} invalid {invalid}", s.published, s.acked, s.duplicates, s.failed);
+    println!(
+        "published {} acked {} duplicates {} failed {} invalid {invalid}",
+        s.published, s.acked, s.duplicates, s.failed
+    );
     if s.failed > 0 || invalid > 0 {
         bail!("{} events were not published", s.failed + invalid);
     }
@@ -336,12 +364,17 @@ fn verify_cmd(args: VerifyArgs) -> Result<std::process::ExitCode> {
             })
             .transpose()
     };
-    let trust = verify::Trust { admin: parse_key(&args.admin_key)?, ledger: parse_key(&args.ledger_key)? };
+    let trust = verify::Trust {
+        admin: parse_key(&args.admin_key)?,
+        ledger: parse_key(&args.ledger_key)?,
+    };
     let bar = if std::io::stderr().is_terminal() && !args.json {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} entries ({per_sec}, {eta})")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} entries ({per_sec}, {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         Some(bar)
     } else {
@@ -362,13 +395,20 @@ fn verify_cmd(args: VerifyArgs) -> Result<std::process::ExitCode> {
     } else if report.intact() {
         println!(
             "intact: {} entries, head {}, {}/{} checkpoints verified, {:.0} events/s",
-            report.entries, report.head, report.checkpoints_verified, report.checkpoints, report.events_per_s
+            report.entries,
+            report.head,
+            report.checkpoints_verified,
+            report.checkpoints,
+            report.events_per_s
         );
     } else {
         println!(
             "NOT INTACT: {} problem(s); first bad seq {}",
             report.problems_total,
-            report.first_bad_seq.map(|s| s.to_string()).unwrap_or_else(|| "(none: ledger-wide)".into())
+            report
+                .first_bad_seq
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "(none: ledger-wide)".into())
         );
         for p in &report.problems {
             match p.seq {
@@ -377,5 +417,9 @@ fn verify_cmd(args: VerifyArgs) -> Result<std::process::ExitCode> {
             }
         }
     }
-    Ok(if report.intact() { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(1) })
+    Ok(if report.intact() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    })
 }

@@ -27,7 +27,10 @@ async fn publish(js: &async_nats::jetstream::Context, items: Vec<Published>) -> 
         }
     };
     for item in items {
-        if p.send(item.subject, item.envelope, item.id, &mut on_ack).await.is_err() {
+        if p.send(item.subject, item.envelope, item.id, &mut on_ack)
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -59,13 +62,21 @@ fn ten_thousand_events_keep_each_publishers_order_and_survive_restart() {
     });
     assert_eq!((first.len(), second.len()), (5_000, 5_000));
     let total = (setup.len() + 10_000) as u64;
-    assert_eq!(wait_for_entries(&data, total, Duration::from_secs(120)), total, "{}", serve.log_text());
+    assert_eq!(
+        wait_for_entries(&mut serve, total, Duration::from_secs(120)),
+        total,
+        "{}",
+        serve.log_text()
+    );
     let chain = chain_ids(&data);
     assert_eq!(chain.len() as u64, total);
     let pos: HashMap<EventId, u64> = chain.iter().map(|(s, id)| (*id, *s)).collect();
     for list in [&setup, &first, &second] {
         let seqs: Vec<u64> = list.iter().map(|id| pos[id]).collect();
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "a publisher's events are out of order in the chain");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "a publisher's events are out of order in the chain"
+        );
     }
     let (code, out) = verify(&data);
     assert_eq!(code, 0, "{out}");
@@ -75,7 +86,11 @@ fn ten_thousand_events_keep_each_publishers_order_and_survive_restart() {
     assert!(serve.log_text().contains("ledger stopped cleanly"));
     let _serve = Serve::start(&data, &nats.url(), &a.roles);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(head(&data).unwrap(), before, "head hash changed across restart");
+    assert_eq!(
+        head(&data).unwrap(),
+        before,
+        "head hash changed across restart"
+    );
     assert_eq!(verify(&data).0, 0);
 }
 
@@ -106,19 +121,29 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         std::thread::sleep(Duration::from_millis(150 + rng.below(400)));
         serve.kill9();
         let (code, out) = verify(&data);
-        assert_eq!(code, 0, "cycle {cycle}: chain does not verify after SIGKILL: {out}");
+        assert_eq!(
+            code, 0,
+            "cycle {cycle}: chain does not verify after SIGKILL: {out}"
+        );
     }
     let acked = rt.block_on(publisher).unwrap();
     let mut serve = Serve::start(&data, &nats.url(), &roles);
     let want = acked.len() as u64;
-    let got = wait_for_entries(&data, want, Duration::from_secs(120));
+    let got = wait_for_entries(&mut serve, want, Duration::from_secs(120));
     std::thread::sleep(Duration::from_millis(500));
     let chain = chain_ids(&data);
     let in_chain: HashSet<EventId> = chain.iter().map(|(_, id)| *id).collect();
     assert_eq!(in_chain.len(), chain.len(), "an event was appended twice");
     let missing = acked.iter().filter(|id| !in_chain.contains(id)).count();
-    assert_eq!(missing, 0, "{missing} acknowledged events are missing (chain has {got})");
-    assert_eq!(chain.len(), acked.len(), "the chain holds events nobody had acknowledged");
+    assert_eq!(
+        missing, 0,
+        "{missing} acknowledged events are missing (chain has {got})"
+    );
+    assert_eq!(
+        chain.len(),
+        acked.len(),
+        "the chain holds events nobody had acknowledged"
+    );
     assert_eq!(verify(&data).0, 0);
     serve.stop();
 }
@@ -130,23 +155,33 @@ fn nats_server_restart_during_ingest_loses_nothing() {
     let data = dir.path().join("ledger");
     let mut w = Workload::new(4, start_ts(), 5, 20);
     let roles = Roles::from_seed(4);
-    let _serve = Serve::start(&data, &nats.url(), &roles);
+    let mut serve = Serve::start(&data, &nats.url(), &roles);
     let rt = runtime();
     let url = nats.url();
     let setup = w.setup();
-    let batches: Vec<Vec<Published>> = (0..3).map(|_| (0..3_000).map(|_| w.next_envelope()).collect()).collect();
+    let batches: Vec<Vec<Published>> = (0..3)
+        .map(|_| (0..3_000).map(|_| w.next_envelope()).collect())
+        .collect();
     let mut acked = rt.block_on(async { publish(&jetstream(&url).await, setup).await });
     let mut batches = batches.into_iter();
-    acked.extend(rt.block_on(async { publish(&jetstream(&url).await, batches.next().unwrap()).await }));
+    acked.extend(
+        rt.block_on(async { publish(&jetstream(&url).await, batches.next().unwrap()).await }),
+    );
     // Restart while the ledger is still working through the first batch.
     nats.restart().unwrap();
     for batch in batches {
         acked.extend(rt.block_on(async { publish(&jetstream(&url).await, batch).await }));
     }
     let want = acked.len() as u64;
-    assert_eq!(wait_for_entries(&data, want, Duration::from_secs(120)), want);
+    assert_eq!(
+        wait_for_entries(&mut serve, want, Duration::from_secs(120)),
+        want
+    );
     let in_chain: HashSet<EventId> = chain_ids(&data).into_iter().map(|(_, id)| id).collect();
-    assert!(acked.iter().all(|id| in_chain.contains(id)), "an acknowledged event is missing after the NATS restart");
+    assert!(
+        acked.iter().all(|id| in_chain.contains(id)),
+        "an acknowledged event is missing after the NATS restart"
+    );
     assert_eq!(verify(&data).0, 0);
 }
 
@@ -166,24 +201,56 @@ fn bad_envelopes_are_quarantined_with_their_reason_and_the_chain_is_untouched() 
     let forged = {
         let env = Envelope::decode(&good.envelope).unwrap();
         let wire = EnvelopeWire {
-            payload: encode_base64(String::from_utf8(event.to_payload()).unwrap().replacen("\"source\":\"10.", "\"source\":\"11.", 1).as_bytes()).into(),
+            payload: encode_base64(
+                &Event {
+                    ts: Timestamp::from_micros(event.ts.as_micros() + 1).unwrap(),
+                    ..event.clone()
+                }
+                .to_payload(),
+            )
+            .into(),
             payload_type: PAYLOAD_TYPE.into(),
-            signatures: vec![envelope::EnvelopeSignature { keyid: env.key_id.clone(), sig: encode_base64(&env.signature.to_bytes()) }],
+            signatures: vec![envelope::EnvelopeSignature {
+                keyid: env.key_id.clone(),
+                sig: encode_base64(&env.signature.to_bytes()),
+            }],
         };
         serde_json::to_vec(&wire).unwrap()
     };
-    let unauthorized = Event { body: EventBody::AgentSuspended(AgentSuspended { agent: "agent-1".into(), by: "gw".into(), reason: "x".into() }), ..event.clone() };
-    let wrong_v = String::from_utf8(event.to_payload()).unwrap().replacen("\"v\":1", "\"v\":2", 1);
+    let unauthorized = Event {
+        body: EventBody::AgentSuspended(AgentSuspended {
+            agent: "agent-1".into(),
+            by: "gw".into(),
+            reason: "x".into(),
+        }),
+        ..event.clone()
+    };
+    let wrong_v = String::from_utf8(event.to_payload())
+        .unwrap()
+        .replacen("\"v\":1", "\"v\":2", 1);
     let mut oversize = seal_event(&event, &roles.gateway);
     oversize.extend(std::iter::repeat_n(b' ', limits::ENVELOPE_BYTES_MAX));
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("bad_signature", forged),
         ("unknown_key", seal_event(&event, &roles.rogue)),
-        ("unauthorized_kind", seal_event(&unauthorized, &roles.gateway)),
+        (
+            "unauthorized_kind",
+            seal_event(&unauthorized, &roles.gateway),
+        ),
         ("malformed_envelope", b"{\"payload\":".to_vec()),
         ("oversize", oversize),
-        ("unsupported_version", seal(wrong_v.as_bytes(), &roles.gateway)),
-        ("unsigned", format!(r#"{{"payload":"{}","payloadType":"{PAYLOAD_TYPE}","signatures":[]}}"#, encode_base64(&event.to_payload())).into_bytes()),
+        (
+            "unsupported_version",
+            seal(wrong_v.as_bytes(), &roles.gateway),
+        ),
+        (
+            "unsigned",
+            format!(
+                r#"{{"payload":"{}","payloadType":"{PAYLOAD_TYPE}","signatures":[]}}"#,
+                encode_base64(&event.to_payload())
+            )
+            .into_bytes(),
+        ),
     ];
     let rt = runtime();
     rt.block_on(async {
@@ -191,7 +258,12 @@ fn bad_envelopes_are_quarantined_with_their_reason_and_the_chain_is_untouched() 
         publish(&js, setup).await;
         let items = cases
             .iter()
-            .map(|(_, bytes)| Published { subject: "docket.events.api.called".into(), envelope: bytes.clone(), id: None, expect: docket_ledger::workload::Expect::Append })
+            .map(|(_, bytes)| Published {
+                subject: "docket.events.api.called".into(),
+                envelope: bytes.clone(),
+                id: None,
+                expect: docket_ledger::workload::Expect::Append,
+            })
             .collect();
         publish(&js, items).await;
     });
@@ -202,7 +274,11 @@ fn bad_envelopes_are_quarantined_with_their_reason_and_the_chain_is_untouched() 
     let codes = quarantine_codes(&data);
     let expected: Vec<String> = cases.iter().map(|(c, _)| c.to_string()).collect();
     assert_eq!(codes, expected);
-    assert_eq!(head(&data).unwrap().0, n_setup, "a bad envelope entered the chain");
+    assert_eq!(
+        head(&data).unwrap().0,
+        n_setup,
+        "a bad envelope entered the chain"
+    );
     let out = stdout(&docket(&["quarantine", "--data", data.to_str().unwrap()]));
     assert!(out.contains("is not registered"), "{out}");
     assert!(out.contains("unsupported schema version 2"), "{out}");

@@ -15,7 +15,12 @@ fn demo_ledger() -> &'static Path {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("ledger");
         let o = docket(&["demo", "--seconds", "1", "--data", data.to_str().unwrap()]);
-        assert!(o.status.success(), "demo failed: {}{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "demo failed: {}{}",
+            stdout(&o),
+            String::from_utf8_lossy(&o.stderr)
+        );
         (dir, data)
     })
     .1
@@ -27,7 +32,8 @@ fn tampered(edit: impl FnOnce(&rocksdb::DB)) -> (tempfile::TempDir, PathBuf) {
     copy_dir(demo_ledger(), &copy);
     {
         let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), copy.join("db")).unwrap();
-        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), copy.join("db"), names).unwrap();
+        let db =
+            rocksdb::DB::open_cf(&rocksdb::Options::default(), copy.join("db"), names).unwrap();
         edit(&db);
     }
     (dir, copy)
@@ -52,7 +58,10 @@ fn demo_runs_and_its_ledger_verifies() {
 #[test]
 fn a_changed_byte_is_named_by_seq() {
     let (_d, data) = tampered(|db| {
-        let mut v = db.get_cf(entries(db), 40u64.to_be_bytes()).unwrap().unwrap();
+        let mut v = db
+            .get_cf(entries(db), 40u64.to_be_bytes())
+            .unwrap()
+            .unwrap();
         let last = v.len() - 5;
         v[last] ^= 0x01;
         db.put_cf(entries(db), 40u64.to_be_bytes(), v).unwrap();
@@ -74,8 +83,14 @@ fn a_deleted_entry_is_named_by_seq() {
 #[test]
 fn swapped_entries_are_named_by_seq() {
     let (_d, data) = tampered(|db| {
-        let a = db.get_cf(entries(db), 30u64.to_be_bytes()).unwrap().unwrap();
-        let b = db.get_cf(entries(db), 31u64.to_be_bytes()).unwrap().unwrap();
+        let a = db
+            .get_cf(entries(db), 30u64.to_be_bytes())
+            .unwrap()
+            .unwrap();
+        let b = db
+            .get_cf(entries(db), 31u64.to_be_bytes())
+            .unwrap()
+            .unwrap();
         db.put_cf(entries(db), 30u64.to_be_bytes(), b).unwrap();
         db.put_cf(entries(db), 31u64.to_be_bytes(), a).unwrap();
     });
@@ -87,7 +102,12 @@ fn swapped_entries_are_named_by_seq() {
 #[test]
 fn truncating_the_tail_is_caught_by_the_tip_and_checkpoints() {
     let (_d, data) = tampered(|db| {
-        let last = db.iterator_cf(entries(db), rocksdb::IteratorMode::End).next().unwrap().unwrap().0;
+        let last = db
+            .iterator_cf(entries(db), rocksdb::IteratorMode::End)
+            .next()
+            .unwrap()
+            .unwrap()
+            .0;
         db.delete_cf(entries(db), last).unwrap();
     });
     let (code, out) = first_bad_seq(&data);
@@ -99,17 +119,37 @@ fn truncating_the_tail_is_caught_by_the_tip_and_checkpoints() {
 fn export_verifies_with_the_independent_python_verifier() {
     let dir = tempfile::tempdir().unwrap();
     let export = dir.path().join("export.jsonl");
-    let o = docket(&["export", "--data", demo_ledger().to_str().unwrap(), "--out", export.to_str().unwrap()]);
+    let o = docket(&[
+        "export",
+        "--data",
+        demo_ledger().to_str().unwrap(),
+        "--out",
+        export.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/verify_export.py");
-    let run = |file: &Path| Command::new("python3").arg(&script).arg(file).output().expect("python3");
+    let run = |file: &Path| {
+        Command::new("python3")
+            .arg(&script)
+            .arg(file)
+            .output()
+            .expect("python3")
+    };
     let ok = run(&export);
-    assert!(ok.status.success(), "{}{}", stdout(&ok), String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}{}",
+        stdout(&ok),
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert!(stdout(&ok).starts_with("intact:"));
     // Change one entry's receipt time in the export: the independent verifier must notice.
     let text = std::fs::read_to_string(&export).unwrap();
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
-    let i = lines.iter().position(|l| l.contains("\"seq\":25,")).unwrap();
+    let i = lines
+        .iter()
+        .position(|l| l.contains("\"seq\":25,"))
+        .unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&lines[i]).unwrap();
     v["received_us"] = serde_json::json!(v["received_us"].as_i64().unwrap() + 1);
     lines[i] = v.to_string();
@@ -117,7 +157,11 @@ fn export_verifies_with_the_independent_python_verifier() {
     std::fs::write(&bad, lines.join("\n")).unwrap();
     let out = run(&bad);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
-    assert!(stdout(&out).contains("first bad seq 25"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("first bad seq 25"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 proptest! {

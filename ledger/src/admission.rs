@@ -51,7 +51,9 @@ impl Rejection {
     /// A stable machine-readable code for the reason.
     pub fn code(&self) -> &'static str {
         match self {
-            Rejection::Envelope(EnvelopeError::Oversize { .. } | EnvelopeError::PayloadOversize { .. }) => "oversize",
+            Rejection::Envelope(
+                EnvelopeError::Oversize { .. } | EnvelopeError::PayloadOversize { .. },
+            ) => "oversize",
             Rejection::Envelope(EnvelopeError::SignatureCount(0)) => "unsigned",
             Rejection::Envelope(EnvelopeError::SignatureNotCanonical) => "bad_signature",
             Rejection::Envelope(_) => "malformed_envelope",
@@ -119,6 +121,8 @@ pub struct ChainTip {
     pub seq: u64,
     pub head: [u8; 32],
     pub registry: Registry,
+    /// Highest transport sequence committed (redeliveries can arrive below it).
+    pub source_seq: u64,
 }
 
 /// What to do with a batch.
@@ -128,8 +132,6 @@ pub struct Plan {
     pub quarantined: Vec<Quarantined>,
     pub duplicates: usize,
     pub registry_changed: bool,
-    /// Highest transport sequence in the batch.
-    pub last_source_seq: u64,
 }
 
 struct Decoded {
@@ -147,11 +149,23 @@ pub fn admit<E>(
     already_appended: impl FnOnce(&[EventId]) -> Result<Vec<bool>, E>,
 ) -> Result<Plan, E> {
     let decoded: Vec<Result<Decoded, Rejection>> = batch.par_iter().map(decode).collect();
-    let ids: Vec<EventId> = decoded.iter().filter_map(|d| d.as_ref().ok().map(|d| d.event.id)).collect();
+    let ids: Vec<EventId> = decoded
+        .iter()
+        .filter_map(|d| d.as_ref().ok().map(|d| d.event.id))
+        .collect();
     let known_list = already_appended(&ids)?;
-    let mut known = ids.iter().zip(known_list).filter(|(_, k)| *k).map(|(id, _)| *id).collect::<HashSet<_>>();
+    let mut known = ids
+        .iter()
+        .zip(known_list)
+        .filter(|(_, k)| *k)
+        .map(|(id, _)| *id)
+        .collect::<HashSet<_>>();
 
-    let mut plan = Plan { last_source_seq: batch.iter().map(|i| i.source_seq).max().unwrap_or(0), ..Plan::default() };
+    let mut plan = Plan::default();
+    tip.source_seq = batch
+        .iter()
+        .map(|i| i.source_seq)
+        .fold(tip.source_seq, u64::max);
     let mut pending: Vec<(usize, VerifyingKey)> = Vec::new();
     let reject = |plan: &mut Plan, i: usize, why: Rejection| {
         plan.quarantined.push(Quarantined {
@@ -185,9 +199,22 @@ pub fn admit<E>(
             continue;
         }
         // An admin event changes who may sign what next: settle everything before it first.
-        settle(tip, batch, &decoded, &mut pending, &mut known, received_us, &mut plan, &reject);
+        settle(
+            tip,
+            batch,
+            &decoded,
+            &mut pending,
+            &mut known,
+            received_us,
+            &mut plan,
+            &reject,
+        );
         if !d.envelope.verify(&key) {
-            reject(&mut plan, i, Rejection::BadSignature(d.envelope.key_id.clone()));
+            reject(
+                &mut plan,
+                i,
+                Rejection::BadSignature(d.envelope.key_id.clone()),
+            );
             continue;
         }
         if known.contains(&d.event.id) {
@@ -203,7 +230,16 @@ pub fn admit<E>(
         plan.registry_changed = true;
         append(tip, &batch[i], d, received_us, &mut known, &mut plan);
     }
-    settle(tip, batch, &decoded, &mut pending, &mut known, received_us, &mut plan, &reject);
+    settle(
+        tip,
+        batch,
+        &decoded,
+        &mut pending,
+        &mut known,
+        received_us,
+        &mut plan,
+        &reject,
+    );
     Ok(plan)
 }
 
@@ -227,7 +263,11 @@ fn settle(
     plan: &mut Plan,
     reject: &impl Fn(&mut Plan, usize, Rejection),
 ) {
-    let valid = verify_all(pending.iter().filter_map(|(i, k)| decoded[*i].as_ref().ok().map(|d| (&d.envelope, k))));
+    let valid = verify_all(
+        pending
+            .iter()
+            .filter_map(|(i, k)| decoded[*i].as_ref().ok().map(|d| (&d.envelope, k))),
+    );
     for ((i, _), ok) in pending.drain(..).zip(valid) {
         let Ok(d) = &decoded[i] else { continue };
         if !ok {
@@ -240,9 +280,22 @@ fn settle(
     }
 }
 
-fn append(tip: &mut ChainTip, incoming: &Incoming, d: &Decoded, received_us: i64, known: &mut HashSet<EventId>, plan: &mut Plan) {
+fn append(
+    tip: &mut ChainTip,
+    incoming: &Incoming,
+    d: &Decoded,
+    received_us: i64,
+    known: &mut HashSet<EventId>,
+    plan: &mut Plan,
+) {
     let seq = tip.seq + 1;
-    let hash = entry_hash(seq, &tip.head, received_us, &incoming.subject, &incoming.payload);
+    let hash = entry_hash(
+        seq,
+        &tip.head,
+        received_us,
+        &incoming.subject,
+        &incoming.payload,
+    );
     plan.appends.push(NewEntry {
         seq,
         hash,
@@ -264,7 +317,10 @@ fn append(tip: &mut ChainTip, incoming: &Incoming, d: &Decoded, received_us: i64
 /// batch that fails is re-verified one signature at a time to find the culprits.
 pub fn verify_all<'a>(items: impl Iterator<Item = (&'a Envelope, &'a VerifyingKey)>) -> Vec<bool> {
     let items: Vec<(&Envelope, &VerifyingKey)> = items.collect();
-    items.par_chunks(VERIFY_CHUNK).flat_map_iter(verify_chunk).collect()
+    items
+        .par_chunks(VERIFY_CHUNK)
+        .flat_map_iter(verify_chunk)
+        .collect()
 }
 
 fn verify_chunk(chunk: &[(&Envelope, &VerifyingKey)]) -> Vec<bool> {
@@ -275,5 +331,9 @@ fn verify_chunk(chunk: &[(&Envelope, &VerifyingKey)]) -> Vec<bool> {
     if chunk.len() > 1 && ed25519_dalek::verify_batch(&refs, &sigs, &keys).is_ok() {
         return vec![true; chunk.len()];
     }
-    chunk.iter().zip(&messages).map(|((e, k), m)| k.verify_strict(m, &e.signature).is_ok()).collect()
+    chunk
+        .iter()
+        .zip(&messages)
+        .map(|((e, k), m)| k.verify_strict(m, &e.signature).is_ok())
+        .collect()
 }

@@ -38,7 +38,13 @@ pub enum RecordError {
 }
 
 /// blake3(tag || seq || prev || received_us || len(subject) || subject || len(envelope) || envelope).
-pub fn entry_hash(seq: u64, prev: &[u8; 32], received_us: i64, subject: &str, envelope: &[u8]) -> [u8; 32] {
+pub fn entry_hash(
+    seq: u64,
+    prev: &[u8; 32],
+    received_us: i64,
+    subject: &str,
+    envelope: &[u8],
+) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(ENTRY_HASH_TAG);
     h.update(&seq.to_be_bytes());
@@ -54,7 +60,13 @@ pub fn entry_hash(seq: u64, prev: &[u8; 32], received_us: i64, subject: &str, en
 impl<'a> Entry<'a> {
     /// Recomputes this entry's hash from its contents (not from `self.hash`).
     pub fn compute_hash(&self) -> [u8; 32] {
-        entry_hash(self.seq, &self.prev, self.received_us, self.subject, self.envelope)
+        entry_hash(
+            self.seq,
+            &self.prev,
+            self.received_us,
+            self.subject,
+            self.envelope,
+        )
     }
 
     /// The stored record: version, hash, prev, received_us, subject length, subject, envelope.
@@ -86,8 +98,16 @@ impl<'a> Entry<'a> {
         if subject_len > rest.len() {
             return Err(RecordError::Subject);
         }
-        let subject = std::str::from_utf8(&rest[..subject_len]).map_err(|_| RecordError::Subject)?;
-        Ok(Entry { seq, hash, prev, received_us, subject, envelope: &rest[subject_len..] })
+        let subject =
+            std::str::from_utf8(&rest[..subject_len]).map_err(|_| RecordError::Subject)?;
+        Ok(Entry {
+            seq,
+            hash,
+            prev,
+            received_us,
+            subject,
+            envelope: &rest[subject_len..],
+        })
     }
 }
 
@@ -128,7 +148,13 @@ mod tests {
     #[test]
     fn known_hash_vector() {
         // Pinned so that docs/FORMAT.md's vector and other implementations agree.
-        let h = entry_hash(1, &GENESIS_PREV, 1_795_336_301_123_456, "docket.events.api.called", b"{}");
+        let h = entry_hash(
+            1,
+            &GENESIS_PREV,
+            1_795_336_301_123_456,
+            "docket.events.api.called",
+            b"{}",
+        );
         assert_eq!(hex(&h), KNOWN_VECTOR);
     }
 

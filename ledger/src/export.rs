@@ -40,7 +40,12 @@ pub fn log_line(entry: &Entry<'_>) -> Value {
 }
 
 /// Writes entries `from..` (at most `limit`) as JSON lines; returns how many.
-pub fn write_log(store: &Store, from: u64, limit: u64, out: &mut dyn Write) -> Result<u64, ExportError> {
+pub fn write_log(
+    store: &Store,
+    from: u64,
+    limit: u64,
+    out: &mut dyn Write,
+) -> Result<u64, ExportError> {
     let mut n = 0;
     for item in store.records(from.max(1))? {
         if n >= limit {
@@ -71,26 +76,35 @@ pub fn write_export(store: &Store, out: &mut dyn Write) -> Result<u64, ExportErr
     });
     line(out, &header)?;
     for key in registry.iter().flat_map(|r| r.keys.values()) {
-        line(out, &json!({"type": "key", "key_id": key.key_id, "public_key": key.public_key, "name": key.name,
-            "kinds": key.kinds, "registered_seq": key.registered_seq, "revoked_seq": key.revoked_seq}))?;
+        line(
+            out,
+            &json!({"type": "key", "key_id": key.key_id, "public_key": key.public_key, "name": key.name,
+            "kinds": key.kinds, "registered_seq": key.registered_seq, "revoked_seq": key.revoked_seq}),
+        )?;
     }
     let mut n = 0;
     for item in store.records(1)? {
         let (seq, record) = item?;
         let e = decode_record(seq, &record)?;
-        line(out, &json!({
-            "type": "entry",
-            "seq": e.seq,
-            "hash": hex(&e.hash),
-            "prev": hex(&e.prev),
-            "received_us": e.received_us,
-            "subject": e.subject,
-            "envelope": encode_base64(e.envelope),
-        }))?;
+        line(
+            out,
+            &json!({
+                "type": "entry",
+                "seq": e.seq,
+                "hash": hex(&e.hash),
+                "prev": hex(&e.prev),
+                "received_us": e.received_us,
+                "subject": e.subject,
+                "envelope": encode_base64(e.envelope),
+            }),
+        )?;
         n += 1;
     }
     for (size, note) in store.checkpoints()? {
-        line(out, &json!({"type": "checkpoint", "size": size, "note": note}))?;
+        line(
+            out,
+            &json!({"type": "checkpoint", "size": size, "note": note}),
+        )?;
     }
     out.flush()?;
     Ok(n)

@@ -14,7 +14,9 @@ use serde::Serialize;
 use crate::admission::{BATCH_EVENTS_MAX, ChainTip, Plan, admit};
 use crate::chain::hex;
 use crate::store::{LedgerIdentity, Store, StoreError};
-use crate::transport::{Bus, SUBJECT_APPENDED, SUBJECT_CHECKPOINTS, SUBJECT_REJECTED, Source, TransportError};
+use crate::transport::{
+    Bus, SUBJECT_APPENDED, SUBJECT_CHECKPOINTS, SUBJECT_REJECTED, Source, TransportError,
+};
 
 /// When to sign a checkpoint.
 #[derive(Clone, Debug)]
@@ -27,7 +29,10 @@ pub struct CheckpointPolicy {
 
 impl Default for CheckpointPolicy {
     fn default() -> Self {
-        CheckpointPolicy { every_entries: 10_000, every: Duration::from_secs(10) }
+        CheckpointPolicy {
+            every_entries: 10_000,
+            every: Duration::from_secs(10),
+        }
     }
 }
 
@@ -74,12 +79,19 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub fn new(store: Store, key: SigningKey, policy: CheckpointPolicy) -> Result<Ledger, StoreError> {
+    pub fn new(
+        store: Store,
+        key: SigningKey,
+        policy: CheckpointPolicy,
+    ) -> Result<Ledger, StoreError> {
         let identity = store.identity()?;
         let admin = docket_schemas::decode_public_key(&identity.admin_public_key)
             .ok()
             .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
-            .ok_or_else(|| StoreError::CorruptMeta { path: store.path().into(), key: "admin_public_key".into() })?;
+            .ok_or_else(|| StoreError::CorruptMeta {
+                path: store.path().into(),
+                key: "admin_public_key".into(),
+            })?;
         let tip = store.tip(|| crate::registry::Registry::new(&admin))?;
         let last_cp = store.checkpoints()?.last().map(|(s, _)| *s).unwrap_or(0);
         Ok(Ledger {
@@ -139,7 +151,10 @@ impl Ledger {
     }
 
     /// Admits and durably writes one batch; returns the plan that was written.
-    pub async fn commit(&mut self, items: Vec<crate::admission::Incoming>) -> Result<Plan, IngestError> {
+    pub async fn commit(
+        &mut self,
+        items: Vec<crate::admission::Incoming>,
+    ) -> Result<Plan, IngestError> {
         let store = Arc::clone(&self.store);
         let mut tip = self.tip.clone();
         let received_us = now_us();
@@ -170,10 +185,15 @@ impl Ledger {
                 head: hex(&last.hash),
                 committed_us: now_us(),
             };
-            bus.publish(SUBJECT_APPENDED, serde_json::to_vec(&notice).unwrap_or_default()).await;
+            bus.publish(
+                SUBJECT_APPENDED,
+                serde_json::to_vec(&notice).unwrap_or_default(),
+            )
+            .await;
         }
         for q in &plan.quarantined {
-            bus.publish(SUBJECT_REJECTED, serde_json::to_vec(q).unwrap_or_default()).await;
+            bus.publish(SUBJECT_REJECTED, serde_json::to_vec(q).unwrap_or_default())
+                .await;
         }
     }
 
@@ -181,12 +201,17 @@ impl Ledger {
     pub async fn checkpoint_if_due(&mut self, bus: &Bus, force: bool) -> Result<(), IngestError> {
         let (size, at) = self.checkpointed;
         let grown = self.tip.seq - size;
-        let due = grown >= self.policy.every_entries || (grown > 0 && at.elapsed() >= self.policy.every);
+        let due =
+            grown >= self.policy.every_entries || (grown > 0 && at.elapsed() >= self.policy.every);
         if grown == 0 || !(due || force) {
             return Ok(());
         }
-        let note = Checkpoint { origin: self.identity.origin.clone(), size: self.tip.seq, head: self.tip.head }
-            .sign(&self.identity.origin, &self.key);
+        let note = Checkpoint {
+            origin: self.identity.origin.clone(),
+            size: self.tip.seq,
+            head: self.tip.head,
+        }
+        .sign(&self.identity.origin, &self.key);
         let store = Arc::clone(&self.store);
         let (seq, text) = (self.tip.seq, note.clone());
         tokio::task::spawn_blocking(move || store.put_checkpoint(seq, &text))

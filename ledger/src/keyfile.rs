@@ -19,7 +19,10 @@ struct KeyFile {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a docket key file ({why})")]
     Format { path: PathBuf, why: String },
     #[error("{path} exists; refusing to overwrite a key")]
@@ -28,15 +31,26 @@ pub enum KeyFileError {
 
 /// Reads a key file.
 pub fn read(path: &Path) -> Result<SigningKey, KeyFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Io { path: path.into(), source })?;
-    let kf: KeyFile =
-        serde_json::from_str(&text).map_err(|e| KeyFileError::Format { path: path.into(), why: e.to_string() })?;
+    let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let kf: KeyFile = serde_json::from_str(&text).map_err(|e| KeyFileError::Format {
+        path: path.into(),
+        why: e.to_string(),
+    })?;
     let seed: [u8; 32] = decode_base64(&kf.secret_key)
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| KeyFileError::Format { path: path.into(), why: "secret_key is not base64 of 32 bytes".into() })?;
+        .ok_or_else(|| KeyFileError::Format {
+            path: path.into(),
+            why: "secret_key is not base64 of 32 bytes".into(),
+        })?;
     let key = SigningKey::from_bytes(&seed);
     if key_id(key.verifying_key().as_bytes()) != kf.key_id {
-        return Err(KeyFileError::Format { path: path.into(), why: "key_id does not match the secret key".into() });
+        return Err(KeyFileError::Format {
+            path: path.into(),
+            why: "key_id does not match the secret key".into(),
+        });
     }
     Ok(key)
 }
@@ -56,11 +70,17 @@ pub fn write(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     let mut f = opts.open(path).map_err(|source| match source.kind() {
         std::io::ErrorKind::AlreadyExists => KeyFileError::Exists { path: path.into() },
-        _ => KeyFileError::Io { path: path.into(), source },
+        _ => KeyFileError::Io {
+            path: path.into(),
+            source,
+        },
     })?;
     let text = serde_json::to_string_pretty(&kf).unwrap_or_default();
     f.write_all(text.as_bytes())
         .and_then(|_| f.write_all(b"\n"))
         .and_then(|_| f.sync_all())
-        .map_err(|source| KeyFileError::Io { path: path.into(), source })
+        .map_err(|source| KeyFileError::Io {
+            path: path.into(),
+            source,
+        })
 }

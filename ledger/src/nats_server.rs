@@ -31,8 +31,15 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server with JetStream storing in `store_dir`, on a free port.
     pub fn start(store_dir: &Path) -> Result<NatsServer, NatsServerError> {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(NatsServerError::Port)?.port();
-        let mut s = NatsServer { child: None, port, store_dir: store_dir.to_path_buf() };
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(NatsServerError::Port)?
+            .port();
+        let mut s = NatsServer {
+            child: None,
+            port,
+            store_dir: store_dir.to_path_buf(),
+        };
         s.spawn()?;
         Ok(s)
     }
@@ -43,7 +50,14 @@ impl NatsServer {
 
     fn spawn(&mut self) -> Result<(), NatsServerError> {
         let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
             .arg(&self.store_dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -63,7 +77,10 @@ impl NatsServer {
     /// Stops the server gracefully (SIGTERM, so JetStream flushes its files) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use async_nats::jetstream::{self, context::Publish};
+use async_nats::jetstream::{self, message::PublishMessage};
 use docket_schemas::{Event, EventId, SCHEMA_VERSION, Timestamp, seal_event};
 use ed25519_dalek::SigningKey;
 use serde_json::Value;
@@ -33,11 +33,19 @@ pub enum PrepareError {
 }
 
 /// Turns one unsigned event (a JSON object) into a signed envelope, filling `v`, `id` and `ts` when absent.
-pub fn prepare(line: &str, key: &SigningKey, now: Timestamp, fresh_id: EventId) -> Result<(String, Vec<u8>, EventId), PrepareError> {
-    let mut obj: serde_json::Map<String, Value> = serde_json::from_str(line).map_err(|e| PrepareError::Json(e.to_string()))?;
+pub fn prepare(
+    line: &str,
+    key: &SigningKey,
+    now: Timestamp,
+    fresh_id: EventId,
+) -> Result<(String, Vec<u8>, EventId), PrepareError> {
+    let mut obj: serde_json::Map<String, Value> =
+        serde_json::from_str(line).map_err(|e| PrepareError::Json(e.to_string()))?;
     obj.entry("v").or_insert(Value::from(SCHEMA_VERSION));
-    obj.entry("id").or_insert_with(|| Value::String(fresh_id.to_string()));
-    obj.entry("ts").or_insert_with(|| Value::String(now.to_string()));
+    obj.entry("id")
+        .or_insert_with(|| Value::String(fresh_id.to_string()));
+    obj.entry("ts")
+        .or_insert_with(|| Value::String(now.to_string()));
     // Validate with the ledger's own rules before anything leaves this machine.
     let bytes = serde_json::to_vec(&obj).map_err(|e| PrepareError::Json(e.to_string()))?;
     let event = Event::from_payload(&bytes)?;
@@ -73,7 +81,12 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(sink: Sink) -> Publisher {
-        Publisher { sink, window: VecDeque::with_capacity(PUBLISH_WINDOW), next_index: 0, stats: PublishStats::default() }
+        Publisher {
+            sink,
+            window: VecDeque::with_capacity(PUBLISH_WINDOW),
+            next_index: 0,
+            stats: PublishStats::default(),
+        }
     }
 
     /// Publishes one envelope; returns its index. Waits when the ack window is full.
@@ -82,7 +95,7 @@ impl Publisher {
         subject: String,
         envelope: Vec<u8>,
         id: Option<EventId>,
-        on_ack: &mut dyn FnMut(u64, Result<u64, String>),
+        on_ack: &mut (dyn FnMut(u64, Result<u64, String>) + Send),
     ) -> Result<u64, TransportError> {
         while self.window.len() >= PUBLISH_WINDOW {
             self.settle_one(on_ack).await;
@@ -91,7 +104,7 @@ impl Publisher {
         self.next_index += 1;
         let in_flight = match &self.sink {
             Sink::Nats(js) => {
-                let mut msg = Publish::build().payload(envelope.into());
+                let mut msg = PublishMessage::build().payload(envelope.into());
                 if let Some(id) = id {
                     msg = msg.message_id(id.to_string());
                 }
@@ -111,8 +124,10 @@ impl Publisher {
         Ok(index)
     }
 
-    async fn settle_one(&mut self, on_ack: &mut dyn FnMut(u64, Result<u64, String>)) {
-        let Some((index, f)) = self.window.pop_front() else { return };
+    async fn settle_one(&mut self, on_ack: &mut (dyn FnMut(u64, Result<u64, String>) + Send)) {
+        let Some((index, f)) = self.window.pop_front() else {
+            return;
+        };
         let result = match f {
             InFlight::Nats(f) => match f.await {
                 Ok(ack) => {
@@ -133,7 +148,7 @@ impl Publisher {
     }
 
     /// Waits for every outstanding ack.
-    pub async fn flush(&mut self, on_ack: &mut dyn FnMut(u64, Result<u64, String>)) {
+    pub async fn flush(&mut self, on_ack: &mut (dyn FnMut(u64, Result<u64, String>) + Send)) {
         while !self.window.is_empty() {
             self.settle_one(on_ack).await;
         }
@@ -157,6 +172,11 @@ mod tests {
         assert!(e.verify(&key.verifying_key()));
         assert_eq!(e.event().unwrap().ts, now);
         let bad = r#"{"kind":"agent.suspended","agent":"a1","by":"sec"}"#;
-        assert!(prepare(bad, &key, now, id).unwrap_err().to_string().contains("missing field `reason`"));
+        assert!(
+            prepare(bad, &key, now, id)
+                .unwrap_err()
+                .to_string()
+                .contains("missing field `reason`")
+        );
     }
 }

@@ -43,7 +43,11 @@ pub enum AuthError {
     #[error("key {key_id} was revoked at seq {seq}")]
     RevokedKey { key_id: String, seq: u64 },
     #[error("key {key_id} ({name}) may not emit {kind}")]
-    Unauthorized { key_id: String, name: String, kind: Kind },
+    Unauthorized {
+        key_id: String,
+        name: String,
+        kind: Kind,
+    },
     #[error("only the admin key may emit {0}")]
     NotAdmin(Kind),
 }
@@ -76,15 +80,18 @@ impl Registry {
     /// Rebuilds the verifying keys after deserialising a stored registry.
     pub fn restore(mut self) -> Result<Registry, RegistryError> {
         self.verifying.clear();
-        for k in self.keys.values() {
+        for k in self.keys.values().filter(|k| k.revoked_seq.is_none()) {
             let bytes = decode_public_key(&k.public_key)?;
-            self.verifying.insert(k.key_id.clone(), check_producer_key(&bytes)?);
+            self.verifying
+                .insert(k.key_id.clone(), check_producer_key(&bytes)?);
         }
         Ok(self)
     }
 
     pub fn admin_key(&self) -> Option<VerifyingKey> {
-        decode_public_key(&self.admin_public_key).ok().and_then(|b| VerifyingKey::from_bytes(&b).ok())
+        decode_public_key(&self.admin_public_key)
+            .ok()
+            .and_then(|b| VerifyingKey::from_bytes(&b).ok())
     }
 
     /// The key that must have signed an event of `kind` carrying `key_id`, if it may.
@@ -93,20 +100,37 @@ impl Registry {
         if signer == self.admin_key_id {
             return match (admin_kind, self.admin_key()) {
                 (true, Some(k)) => Ok(k),
-                _ => Err(AuthError::Unauthorized { key_id: signer.into(), name: "admin".into(), kind }),
+                _ => Err(AuthError::Unauthorized {
+                    key_id: signer.into(),
+                    name: "admin".into(),
+                    kind,
+                }),
             };
         }
         if admin_kind {
             return Err(AuthError::NotAdmin(kind));
         }
-        let key = self.keys.get(signer).ok_or_else(|| AuthError::UnknownKey(signer.into()))?;
+        let key = self
+            .keys
+            .get(signer)
+            .ok_or_else(|| AuthError::UnknownKey(signer.into()))?;
         if let Some(seq) = key.revoked_seq {
-            return Err(AuthError::RevokedKey { key_id: signer.into(), seq });
+            return Err(AuthError::RevokedKey {
+                key_id: signer.into(),
+                seq,
+            });
         }
         if !key.kinds.contains(&kind) {
-            return Err(AuthError::Unauthorized { key_id: signer.into(), name: key.name.clone(), kind });
+            return Err(AuthError::Unauthorized {
+                key_id: signer.into(),
+                name: key.name.clone(),
+                kind,
+            });
         }
-        self.verifying.get(signer).copied().ok_or_else(|| AuthError::UnknownKey(signer.into()))
+        self.verifying
+            .get(signer)
+            .copied()
+            .ok_or_else(|| AuthError::UnknownKey(signer.into()))
     }
 
     /// Applies an admin event appended at `seq`. Other kinds leave the registry alone.
@@ -177,18 +201,47 @@ mod tests {
         let gw = SigningKey::from_bytes(&[2; 32]);
         let gw_id = key_id(gw.verifying_key().as_bytes());
         let mut reg = Registry::new(&admin.verifying_key());
-        assert_eq!(reg.authorize(&gw_id, Kind::ApiCalled), Err(AuthError::UnknownKey(gw_id.clone())));
+        assert_eq!(
+            reg.authorize(&gw_id, Kind::ApiCalled),
+            Err(AuthError::UnknownKey(gw_id.clone()))
+        );
         reg.apply(1, &registered(&gw, &[Kind::ApiCalled])).unwrap();
         assert!(reg.authorize(&gw_id, Kind::ApiCalled).is_ok());
-        assert!(matches!(reg.authorize(&gw_id, Kind::TokenIssued), Err(AuthError::Unauthorized { .. })));
-        assert_eq!(reg.authorize(&gw_id, Kind::KeyRegistered), Err(AuthError::NotAdmin(Kind::KeyRegistered)));
+        assert!(matches!(
+            reg.authorize(&gw_id, Kind::TokenIssued),
+            Err(AuthError::Unauthorized { .. })
+        ));
+        assert_eq!(
+            reg.authorize(&gw_id, Kind::KeyRegistered),
+            Err(AuthError::NotAdmin(Kind::KeyRegistered))
+        );
         let admin_id = key_id(admin.verifying_key().as_bytes());
         assert!(reg.authorize(&admin_id, Kind::KeyRegistered).is_ok());
         assert!(reg.authorize(&admin_id, Kind::ApiCalled).is_err());
-        reg.apply(2, &EventBody::KeyRevoked(KeyRevoked { key_id: gw_id.clone(), reason: "leaked".into() })).unwrap();
-        assert_eq!(reg.authorize(&gw_id, Kind::ApiCalled), Err(AuthError::RevokedKey { key_id: gw_id.clone(), seq: 2 }));
-        assert_eq!(reg.apply(3, &registered(&gw, &[Kind::ApiCalled])), Err(RegistryError::Revoked(gw_id)));
-        let restored: Registry = serde_json::from_str::<Registry>(&serde_json::to_string(&reg).unwrap()).unwrap().restore().unwrap();
+        reg.apply(
+            2,
+            &EventBody::KeyRevoked(KeyRevoked {
+                key_id: gw_id.clone(),
+                reason: "leaked".into(),
+            }),
+        )
+        .unwrap();
+        assert_eq!(
+            reg.authorize(&gw_id, Kind::ApiCalled),
+            Err(AuthError::RevokedKey {
+                key_id: gw_id.clone(),
+                seq: 2
+            })
+        );
+        assert_eq!(
+            reg.apply(3, &registered(&gw, &[Kind::ApiCalled])),
+            Err(RegistryError::Revoked(gw_id))
+        );
+        let restored: Registry =
+            serde_json::from_str::<Registry>(&serde_json::to_string(&reg).unwrap())
+                .unwrap()
+                .restore()
+                .unwrap();
         assert_eq!(restored, reg);
     }
 }

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use docket_schemas::EventId;
 use rocksdb::{
-    BlockBasedOptions, ColumnFamilyDescriptor, DB, DBCompressionType, DBRecoveryMode, Direction, IteratorMode,
-    Options, WriteBatch, WriteOptions,
+    BlockBasedOptions, ColumnFamilyDescriptor, DB, DBCompressionType, DBRecoveryMode, Direction,
+    IteratorMode, Options, WriteBatch, WriteOptions,
 };
 
 use crate::admission::{ChainTip, Plan};
@@ -28,7 +28,13 @@ pub const CF_CHECKPOINTS: &str = "checkpoints";
 /// Column family: name (ASCII) -> value. See docs/FORMAT.md for the names.
 pub const CF_META: &str = "meta";
 
-const ALL_CFS: [&str; 5] = [CF_ENTRIES, CF_EVENT_IDS, CF_QUARANTINE, CF_CHECKPOINTS, CF_META];
+const ALL_CFS: [&str; 5] = [
+    CF_ENTRIES,
+    CF_EVENT_IDS,
+    CF_QUARANTINE,
+    CF_CHECKPOINTS,
+    CF_META,
+];
 
 pub const META_FORMAT: &[u8] = b"format";
 pub const META_ORIGIN: &[u8] = b"origin";
@@ -43,11 +49,22 @@ const FORMAT_VERSION: &[u8] = b"1";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("RocksDB at {path}: {source}")]
-    Rocks { path: PathBuf, source: rocksdb::Error },
+    Rocks {
+        path: PathBuf,
+        source: rocksdb::Error,
+    },
     #[error("{path} holds a ledger for origin {found:?}, not {expected:?}")]
-    OriginMismatch { path: PathBuf, found: String, expected: String },
+    OriginMismatch {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
     #[error("{path} was created with admin key {found}, the config names {expected}")]
-    AdminMismatch { path: PathBuf, found: String, expected: String },
+    AdminMismatch {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
     #[error("{path}: no ledger here (missing or not initialised by `docket serve`)")]
     NotALedger { path: PathBuf },
     #[error("{path}: metadata {key:?} is corrupt")]
@@ -113,10 +130,16 @@ fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
 impl Store {
     /// Opens (creating if needed) the primary store for `serve`, checking it belongs to this ledger.
     pub fn open(path: &Path, identity: &LedgerIdentity) -> Result<Store, StoreError> {
-        let db = DB::open_cf_descriptors(&options(), path, cf_descriptors()).map_err(|e| rocks(path, e))?;
+        let db = DB::open_cf_descriptors(&options(), path, cf_descriptors())
+            .map_err(|e| rocks(path, e))?;
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
-        let store = Store { db, path: path.to_path_buf(), sync, secondary: None };
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+            sync,
+            secondary: None,
+        };
         match store.identity_opt()? {
             None => {
                 let mut b = WriteBatch::default();
@@ -125,7 +148,10 @@ impl Store {
                 b.put_cf(meta, META_ORIGIN, &identity.origin);
                 b.put_cf(meta, META_ADMIN_KEY, &identity.admin_public_key);
                 b.put_cf(meta, META_LEDGER_KEY, &identity.ledger_public_key);
-                store.db.write_opt(b, &store.sync).map_err(|e| rocks(path, e))?;
+                store
+                    .db
+                    .write_opt(b, &store.sync)
+                    .map_err(|e| rocks(path, e))?;
             }
             Some(found) => {
                 if found.origin != identity.origin {
@@ -152,14 +178,20 @@ impl Store {
         if !path.join("CURRENT").exists() {
             return Err(StoreError::NotALedger { path: path.into() });
         }
-        let secondary = std::env::temp_dir().join(format!("docket-reader-{}-{}", std::process::id(), unique()));
+        let secondary =
+            std::env::temp_dir().join(format!("docket-reader-{}-{}", std::process::id(), unique()));
         let mut opts = options();
         opts.create_if_missing(false);
         opts.set_max_open_files(-1);
         let db = DB::open_cf_descriptors_as_secondary(&opts, path, &secondary, cf_descriptors())
             .map_err(|e| rocks(path, e))?;
         db.try_catch_up_with_primary().map_err(|e| rocks(path, e))?;
-        let store = Store { db, path: path.to_path_buf(), sync: WriteOptions::default(), secondary: Some(secondary) };
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+            sync: WriteOptions::default(),
+            secondary: Some(secondary),
+        };
         store.identity()?;
         Ok(store)
     }
@@ -170,11 +202,17 @@ impl Store {
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StoreError> {
         // Every column family is created at open, so a missing one means a foreign database.
-        self.db.cf_handle(name).ok_or_else(|| StoreError::NotALedger { path: self.path.clone() })
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| StoreError::NotALedger {
+                path: self.path.clone(),
+            })
     }
 
     fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.db.get_cf(self.cf(CF_META)?, key).map_err(|e| rocks(&self.path, e))
+        self.db
+            .get_cf(self.cf(CF_META)?, key)
+            .map_err(|e| rocks(&self.path, e))
     }
 
     fn meta_text(&self, key: &[u8]) -> Result<Option<String>, StoreError> {
@@ -184,20 +222,31 @@ impl Store {
     }
 
     fn corrupt(&self, key: &[u8]) -> StoreError {
-        StoreError::CorruptMeta { path: self.path.clone(), key: String::from_utf8_lossy(key).into() }
+        StoreError::CorruptMeta {
+            path: self.path.clone(),
+            key: String::from_utf8_lossy(key).into(),
+        }
     }
 
     fn identity_opt(&self) -> Result<Option<LedgerIdentity>, StoreError> {
-        let Some(origin) = self.meta_text(META_ORIGIN)? else { return Ok(None) };
+        let Some(origin) = self.meta_text(META_ORIGIN)? else {
+            return Ok(None);
+        };
         Ok(Some(LedgerIdentity {
             origin,
-            admin_public_key: self.meta_text(META_ADMIN_KEY)?.ok_or_else(|| self.corrupt(META_ADMIN_KEY))?,
-            ledger_public_key: self.meta_text(META_LEDGER_KEY)?.ok_or_else(|| self.corrupt(META_LEDGER_KEY))?,
+            admin_public_key: self
+                .meta_text(META_ADMIN_KEY)?
+                .ok_or_else(|| self.corrupt(META_ADMIN_KEY))?,
+            ledger_public_key: self
+                .meta_text(META_LEDGER_KEY)?
+                .ok_or_else(|| self.corrupt(META_LEDGER_KEY))?,
         }))
     }
 
     pub fn identity(&self) -> Result<LedgerIdentity, StoreError> {
-        self.identity_opt()?.ok_or_else(|| StoreError::NotALedger { path: self.path.clone() })
+        self.identity_opt()?.ok_or_else(|| StoreError::NotALedger {
+            path: self.path.clone(),
+        })
     }
 
     /// Seq and head hash of the last committed entry; (0, zeros) when empty.
@@ -231,13 +280,22 @@ impl Store {
     pub fn tip(&self, fresh: impl FnOnce() -> Registry) -> Result<ChainTip, StoreError> {
         let (seq, head) = self.head()?;
         let registry = self.registry()?.unwrap_or_else(fresh);
-        Ok(ChainTip { seq, head, registry })
+        Ok(ChainTip {
+            seq,
+            head,
+            registry,
+            source_seq: self.last_source_seq()?,
+        })
     }
 
-    /// The transport sequence of the last batch committed (0 if none).
+    /// The highest transport sequence committed (0 if none).
     pub fn last_source_seq(&self) -> Result<u64, StoreError> {
         match self.meta(META_SOURCE_SEQ)? {
-            Some(v) => Ok(u64::from_be_bytes(v.as_slice().try_into().map_err(|_| self.corrupt(META_SOURCE_SEQ))?)),
+            Some(v) => Ok(u64::from_be_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| self.corrupt(META_SOURCE_SEQ))?,
+            )),
             None => Ok(0),
         }
     }
@@ -246,7 +304,7 @@ impl Store {
     pub fn contains_ids(&self, ids: &[EventId]) -> Result<Vec<bool>, StoreError> {
         let cf = self.cf(CF_EVENT_IDS)?;
         self.db
-            .batched_multi_get_cf(cf, ids.iter().map(|id| id.0), false)
+            .batched_multi_get_cf(cf, ids.iter().map(|id| &id.0), false)
             .into_iter()
             .map(|r| r.map(|v| v.is_some()).map_err(|e| rocks(&self.path, e)))
             .collect()
@@ -254,38 +312,62 @@ impl Store {
 
     /// Writes a planned batch atomically and durably: entries, ids, quarantine, tip and registry.
     pub fn commit(&self, plan: &Plan, tip: &ChainTip) -> Result<(), StoreError> {
-        let (entries, ids, quarantine, meta) =
-            (self.cf(CF_ENTRIES)?, self.cf(CF_EVENT_IDS)?, self.cf(CF_QUARANTINE)?, self.cf(CF_META)?);
+        let (entries, ids, quarantine, meta) = (
+            self.cf(CF_ENTRIES)?,
+            self.cf(CF_EVENT_IDS)?,
+            self.cf(CF_QUARANTINE)?,
+            self.cf(CF_META)?,
+        );
         let mut b = WriteBatch::default();
         for e in &plan.appends {
             b.put_cf(entries, e.seq.to_be_bytes(), e.entry().encode());
             b.put_cf(ids, e.event_id.0, e.seq.to_be_bytes());
         }
         for q in &plan.quarantined {
-            b.put_cf(quarantine, q.source_seq.to_be_bytes(), serde_json::to_vec(q).unwrap_or_default());
+            b.put_cf(
+                quarantine,
+                q.source_seq.to_be_bytes(),
+                serde_json::to_vec(q).unwrap_or_default(),
+            );
         }
         let mut t = tip.seq.to_be_bytes().to_vec();
         t.extend_from_slice(&tip.head);
         b.put_cf(meta, META_TIP, t);
         if plan.registry_changed {
-            b.put_cf(meta, META_REGISTRY, serde_json::to_vec(&tip.registry).unwrap_or_default());
+            b.put_cf(
+                meta,
+                META_REGISTRY,
+                serde_json::to_vec(&tip.registry).unwrap_or_default(),
+            );
         }
-        if plan.last_source_seq > 0 {
-            b.put_cf(meta, META_SOURCE_SEQ, plan.last_source_seq.to_be_bytes());
-        }
-        self.db.write_opt(b, &self.sync).map_err(|e| rocks(&self.path, e))
+        b.put_cf(meta, META_SOURCE_SEQ, tip.source_seq.to_be_bytes());
+        self.db
+            .write_opt(b, &self.sync)
+            .map_err(|e| rocks(&self.path, e))
     }
 
     pub fn put_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError> {
         let mut b = WriteBatch::default();
-        b.put_cf(self.cf(CF_CHECKPOINTS)?, size.to_be_bytes(), note.as_bytes());
-        self.db.write_opt(b, &self.sync).map_err(|e| rocks(&self.path, e))
+        b.put_cf(
+            self.cf(CF_CHECKPOINTS)?,
+            size.to_be_bytes(),
+            note.as_bytes(),
+        );
+        self.db
+            .write_opt(b, &self.sync)
+            .map_err(|e| rocks(&self.path, e))
     }
 
     /// Raw records from `from` on, in seq order, with the seq their key says.
-    pub fn records(&self, from: u64) -> Result<impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_, StoreError> {
+    pub fn records(
+        &self,
+        from: u64,
+    ) -> Result<impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_, StoreError> {
         let start = from.to_be_bytes();
-        let it = self.db.iterator_cf(self.cf(CF_ENTRIES)?, IteratorMode::From(&start, Direction::Forward));
+        let it = self.db.iterator_cf(
+            self.cf(CF_ENTRIES)?,
+            IteratorMode::From(&start, Direction::Forward),
+        );
         let path = self.path.clone();
         Ok(it.map(move |r| {
             let (k, v) = r.map_err(|e| rocks(&path, e))?;
@@ -299,11 +381,18 @@ impl Store {
 
     /// Reads one entry's record and decodes it.
     pub fn record(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        self.db.get_cf(self.cf(CF_ENTRIES)?, seq.to_be_bytes()).map_err(|e| rocks(&self.path, e))
+        self.db
+            .get_cf(self.cf(CF_ENTRIES)?, seq.to_be_bytes())
+            .map_err(|e| rocks(&self.path, e))
     }
 
     pub fn checkpoints(&self) -> Result<Vec<(u64, String)>, StoreError> {
-        self.scan(CF_CHECKPOINTS, |k, v| Some((u64::from_be_bytes(k.try_into().ok()?), String::from_utf8(v.to_vec()).ok()?)))
+        self.scan(CF_CHECKPOINTS, |k, v| {
+            Some((
+                u64::from_be_bytes(k.try_into().ok()?),
+                String::from_utf8(v.to_vec()).ok()?,
+            ))
+        })
     }
 
     pub fn quarantine(&self) -> Result<Vec<serde_json::Value>, StoreError> {
@@ -312,11 +401,19 @@ impl Store {
 
     /// Seq of the entry holding `id`, if any.
     pub fn seq_of(&self, id: &EventId) -> Result<Option<u64>, StoreError> {
-        let v = self.db.get_cf(self.cf(CF_EVENT_IDS)?, id.0).map_err(|e| rocks(&self.path, e))?;
-        Ok(v.and_then(|v| v.as_slice().try_into().ok()).map(u64::from_be_bytes))
+        let v = self
+            .db
+            .get_cf(self.cf(CF_EVENT_IDS)?, id.0)
+            .map_err(|e| rocks(&self.path, e))?;
+        Ok(v.and_then(|v| v.as_slice().try_into().ok())
+            .map(u64::from_be_bytes))
     }
 
-    fn scan<T>(&self, cf: &str, f: impl Fn(&[u8], &[u8]) -> Option<T>) -> Result<Vec<T>, StoreError> {
+    fn scan<T>(
+        &self,
+        cf: &str,
+        f: impl Fn(&[u8], &[u8]) -> Option<T>,
+    ) -> Result<Vec<T>, StoreError> {
         let mut out = Vec::new();
         for r in self.db.iterator_cf(self.cf(cf)?, IteratorMode::Start) {
             let (k, v) = r.map_err(|e| rocks(&self.path, e))?;
@@ -324,7 +421,6 @@ impl Store {
         }
         Ok(out)
     }
-
 }
 
 /// Decodes a record fetched from the store.
@@ -333,7 +429,10 @@ pub fn decode_record(seq: u64, record: &[u8]) -> Result<Entry<'_>, StoreError> {
 }
 
 fn rocks(path: &Path, source: rocksdb::Error) -> StoreError {
-    StoreError::Rocks { path: path.to_path_buf(), source }
+    StoreError::Rocks {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn unique() -> u64 {

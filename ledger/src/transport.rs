@@ -50,9 +50,8 @@ fn nats_err(e: impl std::fmt::Display) -> TransportError {
 
 /// What to acknowledge once a batch is durable.
 pub enum AckToken {
-    Nats(jetstream::message::Acker),
+    Nats(Vec<jetstream::message::Acker>),
     Memory(u64),
-    Nothing,
 }
 
 /// A batch taken from a source.
@@ -63,7 +62,7 @@ pub struct Delivery {
 
 /// A source of envelopes.
 pub enum Source {
-    Nats(NatsSource),
+    Nats(Box<NatsSource>),
     Memory(MemoryStream),
 }
 
@@ -79,15 +78,24 @@ impl Source {
     /// Acknowledges everything up to and including the batch's last message.
     pub async fn ack(&mut self, token: AckToken) -> Result<(), TransportError> {
         match token {
-            // Ack-all policy: one confirmed ack covers the whole batch.
-            AckToken::Nats(acker) => acker.double_ack().await.map_err(nats_err),
+            // Explicit acks, in order; the last one waits for the server's confirmation, which
+            // (one connection, processed in order) confirms the ones before it too.
+            AckToken::Nats(mut ackers) => {
+                let last = ackers.pop();
+                for a in ackers {
+                    a.ack().await.map_err(nats_err)?;
+                }
+                match last {
+                    Some(a) => a.double_ack().await.map_err(nats_err),
+                    None => Ok(()),
+                }
+            }
             AckToken::Memory(seq) => {
                 if let Source::Memory(s) = self {
                     s.ack_through(seq);
                 }
                 Ok(())
             }
-            AckToken::Nothing => Ok(()),
         }
     }
 }
@@ -128,7 +136,9 @@ impl NatsSource {
                 pull::Config {
                     durable_name: Some(settings.consumer.clone()),
                     filter_subject: settings.filter.clone(),
-                    ack_policy: jetstream::consumer::AckPolicy::All,
+                    // Not ack-all: acking a later message would also ack earlier ones that
+                    // JetStream handed to a pull request of a crashed instance, losing them.
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     ack_wait: ACK_WAIT,
                     max_ack_pending: ACK_PENDING_MAX as i64,
                     deliver_policy: if settings.deliver_new {
@@ -141,17 +151,27 @@ impl NatsSource {
             )
             .await
             .map_err(nats_err)?;
-        Ok(NatsSource { consumer, messages: None, client })
+        Ok(NatsSource {
+            consumer,
+            messages: None,
+            client,
+        })
     }
 
     /// The consumer's acknowledged floor (stream sequence), as the server has it.
     pub async fn ack_floor(&mut self) -> Result<u64, TransportError> {
-        Ok(self.consumer.info().await.map_err(nats_err)?.ack_floor.stream_sequence)
+        Ok(self
+            .consumer
+            .info()
+            .await
+            .map_err(nats_err)?
+            .ack_floor
+            .stream_sequence)
     }
 
     async fn next(&mut self, max: usize) -> Result<Delivery, TransportError> {
         let mut items = Vec::new();
-        let mut last = None;
+        let mut ackers = Vec::new();
         loop {
             if self.messages.is_none() {
                 let m = self
@@ -165,7 +185,9 @@ impl NatsSource {
                     .map_err(nats_err)?;
                 self.messages = Some(m);
             }
-            let Some(messages) = self.messages.as_mut() else { continue };
+            let Some(messages) = self.messages.as_mut() else {
+                continue;
+            };
             // Block for the first message only; then drain what is already buffered.
             let next = if items.is_empty() {
                 messages.next().await
@@ -179,8 +201,12 @@ impl NatsSource {
                 Some(Ok(msg)) => {
                     let source_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
                     let (m, acker) = msg.split();
-                    items.push(Incoming { subject: m.subject.to_string(), payload: m.payload, source_seq });
-                    last = Some(acker);
+                    items.push(Incoming {
+                        subject: m.subject.to_string(),
+                        payload: m.payload,
+                        source_seq,
+                    });
+                    ackers.push(acker);
                     if items.len() >= max {
                         break;
                     }
@@ -201,7 +227,10 @@ impl NatsSource {
                 }
             }
         }
-        Ok(Delivery { items, ack: last.map(AckToken::Nats).unwrap_or(AckToken::Nothing) })
+        Ok(Delivery {
+            items,
+            ack: AckToken::Nats(ackers),
+        })
     }
 }
 
@@ -247,7 +276,11 @@ impl MemoryStream {
                 if inner.next_seq - inner.acked_through < MEMORY_STREAM_CAPACITY as u64 {
                     inner.next_seq += 1;
                     let source_seq = inner.next_seq;
-                    inner.queue.push_back(Incoming { subject, payload, source_seq });
+                    inner.queue.push_back(Incoming {
+                        subject,
+                        payload,
+                        source_seq,
+                    });
                     self.arrived.notify_one();
                     return Ok(source_seq);
                 }
@@ -290,7 +323,10 @@ impl MemoryStream {
                     let n = inner.queue.len().min(max);
                     let items: Vec<Incoming> = inner.queue.drain(..n).collect();
                     let last = items.last().map(|i| i.source_seq).unwrap_or(0);
-                    return Ok(Delivery { items, ack: AckToken::Memory(last) });
+                    return Ok(Delivery {
+                        items,
+                        ack: AckToken::Memory(last),
+                    });
                 }
                 if inner.closed {
                     return Err(TransportError::Closed);

@@ -78,16 +78,42 @@ struct Pending {
 }
 
 /// Verifies the whole ledger; `progress(done, total)` is called as entries are checked.
-pub fn verify(store: &Store, trust: &Trust, progress: &mut dyn FnMut(u64, u64)) -> Result<Report, StoreError> {
+pub fn verify(
+    store: &Store,
+    trust: &Trust,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Report, StoreError> {
     let started = Instant::now();
     let identity = store.identity()?;
-    let mut found = Findings { total: 0, list: Vec::new() };
-    let stored_key = |b64: &str| docket_schemas::decode_public_key(b64).ok().and_then(|b| VerifyingKey::from_bytes(&b).ok());
-    let admin = trust.admin.or_else(|| stored_key(&identity.admin_public_key));
-    let ledger_key = trust.ledger.or_else(|| stored_key(&identity.ledger_public_key));
+    let mut found = Findings {
+        total: 0,
+        list: Vec::new(),
+    };
+    let stored_key = |b64: &str| {
+        docket_schemas::decode_public_key(b64)
+            .ok()
+            .and_then(|b| VerifyingKey::from_bytes(&b).ok())
+    };
+    let admin = trust
+        .admin
+        .or_else(|| stored_key(&identity.admin_public_key));
+    let ledger_key = trust
+        .ledger
+        .or_else(|| stored_key(&identity.ledger_public_key));
     let (Some(admin), Some(ledger_key)) = (admin, ledger_key) else {
-        found.add(None, "the ledger's recorded admin or checkpoint key is not a valid ed25519 key".into());
-        return Ok(finish(&identity.origin, 0, GENESIS_PREV, 0, 0, found, started));
+        found.add(
+            None,
+            "the ledger's recorded admin or checkpoint key is not a valid ed25519 key".into(),
+        );
+        return Ok(finish(
+            &identity.origin,
+            0,
+            GENESIS_PREV,
+            0,
+            0,
+            found,
+            started,
+        ));
     };
     let tip = store.tip(|| Registry::new(&admin))?;
     let total = tip.seq;
@@ -100,7 +126,13 @@ pub fn verify(store: &Store, trust: &Trust, progress: &mut dyn FnMut(u64, u64)) 
             Ok(cp) if cp.size == *size && cp.origin == identity.origin => {
                 expected_heads.insert(*size, cp.head);
             }
-            Ok(cp) => found.add(None, format!("checkpoint stored at size {size} says size {} of {:?}", cp.size, cp.origin)),
+            Ok(cp) => found.add(
+                None,
+                format!(
+                    "checkpoint stored at size {size} says size {} of {:?}",
+                    cp.size, cp.origin
+                ),
+            ),
             Err(e) => found.add(None, format!("checkpoint at size {size}: {e}")),
         }
     }
@@ -119,7 +151,10 @@ pub fn verify(store: &Store, trust: &Trust, progress: &mut dyn FnMut(u64, u64)) 
         };
         if seq != expected_seq {
             if seq > expected_seq {
-                found.add(Some(expected_seq), format!("entries {expected_seq}..{} are missing", seq - 1));
+                found.add(
+                    Some(expected_seq),
+                    format!("entries {expected_seq}..{} are missing", seq - 1),
+                );
             } else {
                 found.add(Some(seq), format!("entry {seq} appears out of order"));
             }
@@ -135,20 +170,40 @@ pub fn verify(store: &Store, trust: &Trust, progress: &mut dyn FnMut(u64, u64)) 
             }
         };
         if entry.compute_hash() != entry.hash {
-            found.add(Some(seq), "entry hash does not match its contents (altered, or moved from another seq)".into());
+            found.add(
+                Some(seq),
+                "entry hash does not match its contents (altered, or moved from another seq)"
+                    .into(),
+            );
         }
         if entry.prev != prev {
-            found.add(Some(seq), format!("previous-hash link broken: entry {seq} does not follow entry {}", seq - 1));
+            found.add(
+                Some(seq),
+                format!(
+                    "previous-hash link broken: entry {seq} does not follow entry {}",
+                    seq - 1
+                ),
+            );
         }
         prev = entry.hash;
         if let Some(want) = expected_heads.get(&seq) {
             if *want == entry.hash {
                 checkpoints_verified += 1;
             } else {
-                found.add(Some(seq), format!("signed checkpoint at size {seq} names a different head hash"));
+                found.add(
+                    Some(seq),
+                    format!("signed checkpoint at size {seq} names a different head hash"),
+                );
             }
         }
-        check_event(seq, &entry, &mut registry, &mut ids, &mut pending, &mut found);
+        check_event(
+            seq,
+            &entry,
+            &mut registry,
+            &mut ids,
+            &mut pending,
+            &mut found,
+        );
         if pending.len() >= VERIFY_WINDOW {
             settle(&mut pending, &mut found);
             progress(seq, total);
@@ -159,13 +214,30 @@ pub fn verify(store: &Store, trust: &Trust, progress: &mut dyn FnMut(u64, u64)) 
     if last_seq != tip.seq || prev != tip.head {
         found.add(
             Some(last_seq.min(tip.seq) + 1),
-            format!("chain ends at seq {last_seq} but the ledger's tip records seq {} with head {}", tip.seq, hex(&tip.head)),
+            format!(
+                "chain ends at seq {last_seq} but the ledger's tip records seq {} with head {}",
+                tip.seq,
+                hex(&tip.head)
+            ),
         );
     }
     for size in expected_heads.keys().filter(|s| **s > last_seq) {
-        found.add(Some(*size), format!("a signed checkpoint covers {size} entries but the chain has {last_seq} (truncated)"));
+        found.add(
+            Some(*size),
+            format!(
+                "a signed checkpoint covers {size} entries but the chain has {last_seq} (truncated)"
+            ),
+        );
     }
-    Ok(finish(&identity.origin, last_seq, prev, checkpoints.len() as u64, checkpoints_verified, found, started))
+    Ok(finish(
+        &identity.origin,
+        last_seq,
+        prev,
+        checkpoints.len() as u64,
+        checkpoints_verified,
+        found,
+        started,
+    ))
 }
 
 fn check_event(
@@ -185,7 +257,10 @@ fn check_event(
         Err(e) => return found.add(Some(seq), format!("event: {e}")),
     };
     if !ids.insert(event.id.0) {
-        found.add(Some(seq), format!("event id {} appears twice in the chain", event.id));
+        found.add(
+            Some(seq),
+            format!("event id {} appears twice in the chain", event.id),
+        );
     }
     let key = match registry.authorize(&envelope.key_id, event.kind()) {
         Ok(k) => k,
@@ -194,10 +269,19 @@ fn check_event(
     if matches!(event.kind(), Kind::KeyRegistered | Kind::KeyRevoked) {
         settle(pending, found);
         if !envelope.verify(&key) {
-            return found.add(Some(seq), format!("signature does not verify against admin key {}", envelope.key_id));
+            return found.add(
+                Some(seq),
+                format!(
+                    "signature does not verify against admin key {}",
+                    envelope.key_id
+                ),
+            );
         }
         if let Err(e) = registry.apply(seq, &event.body) {
-            found.add(Some(seq), format!("admin event should have been refused: {e}"));
+            found.add(
+                Some(seq),
+                format!("admin event should have been refused: {e}"),
+            );
         }
         return;
     }
@@ -208,12 +292,26 @@ fn settle(pending: &mut Vec<Pending>, found: &mut Findings) {
     let ok = verify_all(pending.iter().map(|p| (&p.envelope, &p.key)));
     for (p, ok) in pending.drain(..).zip(ok) {
         if !ok {
-            found.add(Some(p.seq), format!("signature does not verify against key {}", p.envelope.key_id));
+            found.add(
+                Some(p.seq),
+                format!(
+                    "signature does not verify against key {}",
+                    p.envelope.key_id
+                ),
+            );
         }
     }
 }
 
-fn finish(origin: &str, entries: u64, head: [u8; 32], checkpoints: u64, verified: u64, mut found: Findings, started: Instant) -> Report {
+fn finish(
+    origin: &str,
+    entries: u64,
+    head: [u8; 32],
+    checkpoints: u64,
+    verified: u64,
+    mut found: Findings,
+    started: Instant,
+) -> Report {
     found.list.sort_by_key(|p| p.seq.unwrap_or(0));
     let elapsed = started.elapsed().as_secs_f64();
     Report {
@@ -226,6 +324,10 @@ fn finish(origin: &str, entries: u64, head: [u8; 32], checkpoints: u64, verified
         first_bad_seq: found.list.iter().filter_map(|p| p.seq).min(),
         problems: found.list,
         elapsed_s: elapsed,
-        events_per_s: if elapsed > 0.0 { entries as f64 / elapsed } else { 0.0 },
+        events_per_s: if elapsed > 0.0 {
+            entries as f64 / elapsed
+        } else {
+            0.0
+        },
     }
 }

@@ -23,7 +23,13 @@ impl Roles {
             b[0] ^= n;
             SigningKey::from_bytes(&b)
         };
-        Roles { admin: key(1), vault: key(2), gateway: key(3), approvals: key(4), rogue: key(5) }
+        Roles {
+            admin: key(1),
+            vault: key(2),
+            gateway: key(3),
+            approvals: key(4),
+            rogue: key(5),
+        }
     }
 }
 
@@ -70,9 +76,29 @@ impl SplitMix64 {
 }
 
 const AUDIENCES: &[(&str, &[&str])] = &[
-    ("https://api.github.com", &["repo:read", "repo:write", "issues:read", "issues:write", "admin:org"]),
-    ("https://slack.com/api", &["channels:read", "chat:write", "users:read"]),
-    ("https://crm.example.com/api", &["contacts:read", "contacts:write", "deals:read", "deals:delete"]),
+    (
+        "https://api.github.com",
+        &[
+            "repo:read",
+            "repo:write",
+            "issues:read",
+            "issues:write",
+            "admin:org",
+        ],
+    ),
+    (
+        "https://slack.com/api",
+        &["channels:read", "chat:write", "users:read"],
+    ),
+    (
+        "https://crm.example.com/api",
+        &[
+            "contacts:read",
+            "contacts:write",
+            "deals:read",
+            "deals:delete",
+        ],
+    ),
 ];
 const OPERATIONS: &[(&str, &str)] = &[
     ("GET", "/repos/acme/web/issues"),
@@ -154,7 +180,12 @@ impl Workload {
 
     fn event(&mut self, body: EventBody) -> Event {
         let ts = self.ts();
-        Event { v: SCHEMA_VERSION, id: self.id(), ts, body }
+        Event {
+            v: SCHEMA_VERSION,
+            id: self.id(),
+            ts,
+            body,
+        }
     }
 
     fn sealed(&self, event: &Event, key: &SigningKey, expect: Expect) -> Published {
@@ -170,12 +201,25 @@ impl Workload {
     pub fn setup(&mut self) -> Vec<Published> {
         let mut out = Vec::new();
         let regs = [
-            ("vault", self.roles.vault.clone(), vec![
-                Kind::AgentRegistered, Kind::GrantCreated, Kind::GrantRevoked, Kind::ApprovalRequested,
-                Kind::TokenIssued, Kind::TokenRevoked, Kind::AgentSuspended,
-            ]),
+            (
+                "vault",
+                self.roles.vault.clone(),
+                vec![
+                    Kind::AgentRegistered,
+                    Kind::GrantCreated,
+                    Kind::GrantRevoked,
+                    Kind::ApprovalRequested,
+                    Kind::TokenIssued,
+                    Kind::TokenRevoked,
+                    Kind::AgentSuspended,
+                ],
+            ),
             ("gateway", self.roles.gateway.clone(), vec![Kind::ApiCalled]),
-            ("approvals", self.roles.approvals.clone(), vec![Kind::ApprovalDecided]),
+            (
+                "approvals",
+                self.roles.approvals.clone(),
+                vec![Kind::ApprovalDecided],
+            ),
         ];
         for (name, key, kinds) in regs {
             let pk = key.verifying_key();
@@ -188,7 +232,8 @@ impl Workload {
             out.push(self.sealed(&e, &self.roles.admin, Expect::Append));
         }
         for a in 0..self.agents {
-            let agent_key = SigningKey::from_bytes(blake3::hash(format!("agent-{a}").as_bytes()).as_bytes());
+            let agent_key =
+                SigningKey::from_bytes(blake3::hash(format!("agent-{a}").as_bytes()).as_bytes());
             let e = self.event(EventBody::AgentRegistered(AgentRegistered {
                 agent: format!("agent-{a}"),
                 user: format!("user-{}", a % self.users),
@@ -223,8 +268,11 @@ impl Workload {
     }
 
     fn grant(&mut self) -> Published {
-        let (user, agent, audience) =
-            (self.rng.below(self.users as u64) as usize, self.rng.below(self.agents as u64) as usize, self.rng.below(AUDIENCES.len() as u64) as usize);
+        let (user, agent, audience) = (
+            self.rng.below(self.users as u64) as usize,
+            self.rng.below(self.agents as u64) as usize,
+            self.rng.below(AUDIENCES.len() as u64) as usize,
+        );
         let all = AUDIENCES[audience].1;
         let n = 1 + self.rng.below(all.len() as u64) as usize;
         let scopes: Vec<String> = all[..n].iter().map(|s| s.to_string()).collect();
@@ -232,9 +280,18 @@ impl Workload {
         let approval = scopes
             .iter()
             .filter(|s| s.contains("write") || s.contains("delete") || s.contains("admin"))
-            .map(|s| ApprovalRule { scope: s.clone(), risk: if s.contains("delete") || s.contains("admin") { Risk::Critical } else { Risk::High } })
+            .map(|s| ApprovalRule {
+                scope: s.clone(),
+                risk: if s.contains("delete") || s.contains("admin") {
+                    Risk::Critical
+                } else {
+                    Risk::High
+                },
+            })
             .collect();
-        let expires_at = Timestamp::from_micros(self.now_us).unwrap_or(Timestamp::UNIX_EPOCH).plus_seconds(86_400);
+        let expires_at = Timestamp::from_micros(self.now_us)
+            .unwrap_or(Timestamp::UNIX_EPOCH)
+            .plus_seconds(86_400);
         let e = self.event(EventBody::GrantCreated(GrantCreated {
             grant_id: id.clone(),
             user: format!("user-{user}"),
@@ -251,13 +308,23 @@ impl Workload {
             self.tokens.retain(|t| t.grant > 0);
             self.tokens.iter_mut().for_each(|t| t.grant -= 1);
         }
-        self.grants.push(Grant { id, user, agent, audience, scopes, live: true });
+        self.grants.push(Grant {
+            id,
+            user,
+            agent,
+            audience,
+            scopes,
+            live: true,
+        });
         self.sealed(&e, &self.roles.vault.clone(), Expect::Append)
     }
 
     fn pick_grant(&mut self) -> usize {
         let start = self.rng.below(self.grants.len() as u64) as usize;
-        (0..self.grants.len()).map(|i| (start + i) % self.grants.len()).find(|&i| self.grants[i].live).unwrap_or(start)
+        (0..self.grants.len())
+            .map(|i| (start + i) % self.grants.len())
+            .find(|&i| self.grants[i].live)
+            .unwrap_or(start)
     }
 
     fn token(&mut self) -> Published {
@@ -273,23 +340,40 @@ impl Workload {
             user: format!("user-{}", grant.user),
             agent: format!("agent-{}", grant.agent),
             audience: AUDIENCES[grant.audience].0.into(),
-            scopes: grant.scopes.iter().filter(|s| s.contains("read")).cloned().collect(),
-            expires_at: Timestamp::from_micros(self.now_us).unwrap_or(Timestamp::UNIX_EPOCH).plus_seconds(300),
+            scopes: grant
+                .scopes
+                .iter()
+                .filter(|s| s.contains("read"))
+                .cloned()
+                .collect(),
+            expires_at: Timestamp::from_micros(self.now_us)
+                .unwrap_or(Timestamp::UNIX_EPOCH)
+                .plus_seconds(300),
             approval_id: None,
         });
         let e = self.event(body);
         if self.tokens.len() >= LIVE_TOKENS_MAX {
             self.tokens.remove(0);
         }
-        self.tokens.push(Token { id, hash, grant: g, live: true });
+        self.tokens.push(Token {
+            id,
+            hash,
+            grant: g,
+            live: true,
+        });
         self.sealed(&e, &self.roles.vault.clone(), Expect::Append)
     }
 
     fn approval(&mut self) -> Published {
         let g = self.pick_grant();
         let grant = &self.grants[g];
-        let (user, agent, audience, scopes, gid) =
-            (grant.user, grant.agent, grant.audience, grant.scopes.clone(), grant.id.clone());
+        let (user, agent, audience, scopes, gid) = (
+            grant.user,
+            grant.agent,
+            grant.audience,
+            grant.scopes.clone(),
+            grant.id.clone(),
+        );
         let approval_id = format!("appr-{}", self.serial + 1);
         // Requests and decisions come in pairs; the decision is the next envelope's story.
         if self.rng.chance(500) {
@@ -302,18 +386,30 @@ impl Workload {
                 scopes,
                 risk: Risk::High,
                 binding_message: format!("agent-{agent} wants to act on {}", AUDIENCES[audience].0),
-                expires_at: Timestamp::from_micros(self.now_us).unwrap_or(Timestamp::UNIX_EPOCH).plus_seconds(300),
+                expires_at: Timestamp::from_micros(self.now_us)
+                    .unwrap_or(Timestamp::UNIX_EPOCH)
+                    .plus_seconds(300),
             }));
             self.sealed(&e, &self.roles.vault.clone(), Expect::Append)
         } else {
             let step_up = self.rng.chance(300);
-            let auth_time = step_up.then(|| Timestamp::from_micros(self.now_us - 30_000_000).unwrap_or(Timestamp::UNIX_EPOCH));
-            let decision = if self.rng.chance(850) { Decision::Approved } else { Decision::Denied };
+            let auth_time = step_up.then(|| {
+                Timestamp::from_micros(self.now_us - 30_000_000).unwrap_or(Timestamp::UNIX_EPOCH)
+            });
+            let decision = if self.rng.chance(850) {
+                Decision::Approved
+            } else {
+                Decision::Denied
+            };
             let e = self.event(EventBody::ApprovalDecided(ApprovalDecided {
                 approval_id,
                 user: format!("user-{user}"),
                 decision,
-                method: if step_up { ApprovalMethod::StepUp } else { ApprovalMethod::Push },
+                method: if step_up {
+                    ApprovalMethod::StepUp
+                } else {
+                    ApprovalMethod::Push
+                },
                 auth_time,
                 reason: None,
             }));
@@ -322,7 +418,9 @@ impl Workload {
     }
 
     fn revoke_token(&mut self) -> Published {
-        let Some(t) = self.tokens.iter().position(|t| t.live) else { return self.token() };
+        let Some(t) = self.tokens.iter().position(|t| t.live) else {
+            return self.token();
+        };
         self.tokens[t].live = false;
         let e = self.event(EventBody::TokenRevoked(TokenRevoked {
             token_id: self.tokens[t].id.clone(),
@@ -335,7 +433,10 @@ impl Workload {
     fn revoke_grant(&mut self) -> Published {
         let g = self.pick_grant();
         self.grants[g].live = false;
-        self.tokens.iter_mut().filter(|t| t.grant == g).for_each(|t| t.live = false);
+        self.tokens
+            .iter_mut()
+            .filter(|t| t.grant == g)
+            .for_each(|t| t.live = false);
         let e = self.event(EventBody::GrantRevoked(GrantRevoked {
             grant_id: self.grants[g].id.clone(),
             by: format!("user-{}", self.grants[g].user),
@@ -345,7 +446,13 @@ impl Workload {
     }
 
     fn api_call(&mut self) -> Published {
-        let live: Vec<usize> = self.tokens.iter().enumerate().filter(|(_, t)| t.live).map(|(i, _)| i).collect();
+        let live: Vec<usize> = self
+            .tokens
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.live)
+            .map(|(i, _)| i)
+            .collect();
         let t = live[self.rng.below(live.len() as u64) as usize];
         let grant = &self.grants[self.tokens[t].grant.min(self.grants.len() - 1)];
         let (method, op) = OPERATIONS[self.rng.below(OPERATIONS.len() as u64) as usize];
@@ -368,7 +475,9 @@ impl Workload {
     /// One of the ways a bad envelope arrives, with the reason code the ledger must give.
     pub fn forgery(&mut self) -> Published {
         let call = self.api_call();
-        let Some(env) = Envelope::decode(&call.envelope).ok() else { return call };
+        let Some(env) = Envelope::decode(&call.envelope).ok() else {
+            return call;
+        };
         match self.rng.below(6) {
             0 => {
                 // A valid-looking signature over different bytes.
@@ -385,22 +494,50 @@ impl Workload {
                     }],
                 };
                 let forged = serde_json::to_vec(&wire).unwrap_or_default();
-                Published { expect: Expect::Quarantine("bad_signature"), envelope: forged, ..call }
+                Published {
+                    expect: Expect::Quarantine("bad_signature"),
+                    envelope: forged,
+                    ..call
+                }
             }
-            1 => Published { expect: Expect::Quarantine("unknown_key"), envelope: seal(&env.payload, &self.roles.rogue), ..call },
+            1 => Published {
+                expect: Expect::Quarantine("unknown_key"),
+                envelope: seal(&env.payload, &self.roles.rogue),
+                ..call
+            },
             2 => {
-                let e = self.event(EventBody::TokenRevoked(TokenRevoked { token_id: "tok-x".into(), by: "gateway".into(), reason: "overreach".into() }));
-                Published { expect: Expect::Quarantine("unauthorized_kind"), ..self.sealed(&e, &self.roles.gateway.clone(), Expect::Append) }
+                let e = self.event(EventBody::TokenRevoked(TokenRevoked {
+                    token_id: "tok-x".into(),
+                    by: "gateway".into(),
+                    reason: "overreach".into(),
+                }));
+                Published {
+                    expect: Expect::Quarantine("unauthorized_kind"),
+                    ..self.sealed(&e, &self.roles.gateway.clone(), Expect::Append)
+                }
             }
-            3 => Published { expect: Expect::Quarantine("malformed_envelope"), envelope: b"{\"payload\": not json".to_vec(), id: None, ..call },
+            3 => Published {
+                expect: Expect::Quarantine("malformed_envelope"),
+                envelope: b"{\"payload\": not json".to_vec(),
+                id: None,
+                ..call
+            },
             4 => {
                 let text = String::from_utf8_lossy(&env.payload).replacen("\"v\":1", "\"v\":2", 1);
-                Published { expect: Expect::Quarantine("unsupported_version"), envelope: seal(text.as_bytes(), &self.roles.gateway), ..call }
+                Published {
+                    expect: Expect::Quarantine("unsupported_version"),
+                    envelope: seal(text.as_bytes(), &self.roles.gateway),
+                    ..call
+                }
             }
             _ => {
                 let mut big = seal(&env.payload, &self.roles.gateway);
                 big.extend(std::iter::repeat_n(b' ', limits::ENVELOPE_BYTES_MAX));
-                Published { expect: Expect::Quarantine("oversize"), envelope: big, ..call }
+                Published {
+                    expect: Expect::Quarantine("oversize"),
+                    envelope: big,
+                    ..call
+                }
             }
         }
     }

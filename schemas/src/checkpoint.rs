@@ -33,7 +33,12 @@ pub enum CheckpointError {
 impl Checkpoint {
     /// The checkpoint body: origin, size and base64 head, each ending in a newline.
     pub fn body(&self) -> String {
-        format!("{}\n{}\n{}\n", self.origin, self.size, encode_base64(&self.head))
+        format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            encode_base64(&self.head)
+        )
     }
 
     /// The body signed as a C2SP note by `name`.
@@ -46,19 +51,28 @@ impl Checkpoint {
     }
 
     /// Parses a signed note and checks that `name`'s key signed it; other signatures are ignored.
-    pub fn verify(note: &str, name: &str, key: &VerifyingKey) -> Result<Checkpoint, CheckpointError> {
-        let split = note.find("\n\n").ok_or(CheckpointError::Malformed("no blank line before signatures"))?;
+    pub fn verify(
+        note: &str,
+        name: &str,
+        key: &VerifyingKey,
+    ) -> Result<Checkpoint, CheckpointError> {
+        let split = note.find("\n\n").ok_or(CheckpointError::Malformed(
+            "no blank line before signatures",
+        ))?;
         let (body, sigs) = (&note[..=split], &note[split + 2..]);
         let want_id = note_key_id(name, key.as_bytes());
         let prefix = format!("\u{2014} {name} ");
-        let verified = sigs.lines().filter_map(|l| l.strip_prefix(&prefix)).any(|b64| {
-            decode_base64(b64).is_some_and(|blob| {
-                blob.len() == 68
-                    && blob[..4] == want_id
-                    && Signature::from_slice(&blob[4..])
-                        .is_ok_and(|s| key.verify_strict(body.as_bytes(), &s).is_ok())
-            })
-        });
+        let verified = sigs
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .any(|b64| {
+                decode_base64(b64).is_some_and(|blob| {
+                    blob.len() == 68
+                        && blob[..4] == want_id
+                        && Signature::from_slice(&blob[4..])
+                            .is_ok_and(|s| key.verify_strict(body.as_bytes(), &s).is_ok())
+                })
+            });
         if !verified {
             return Err(CheckpointError::NoValidSignature(name.to_string()));
         }
@@ -67,13 +81,22 @@ impl Checkpoint {
 
     fn parse_body(body: &str) -> Result<Checkpoint, CheckpointError> {
         let mut lines = body.lines();
-        let origin = lines.next().filter(|o| !o.is_empty() && o.len() <= ORIGIN_BYTES_MAX);
+        let origin = lines
+            .next()
+            .filter(|o| !o.is_empty() && o.len() <= ORIGIN_BYTES_MAX);
         let origin = origin.ok_or(CheckpointError::Malformed("bad origin line"))?;
         let size = lines.next().and_then(|s| s.parse::<u64>().ok());
         let size = size.ok_or(CheckpointError::Malformed("bad size line"))?;
-        let head = lines.next().and_then(decode_base64).and_then(|h| <[u8; 32]>::try_from(h).ok());
+        let head = lines
+            .next()
+            .and_then(decode_base64)
+            .and_then(|h| <[u8; 32]>::try_from(h).ok());
         let head = head.ok_or(CheckpointError::Malformed("bad head hash line"))?;
-        Ok(Checkpoint { origin: origin.to_string(), size, head })
+        Ok(Checkpoint {
+            origin: origin.to_string(),
+            size,
+            head,
+        })
     }
 }
 
@@ -94,13 +117,24 @@ mod tests {
     #[test]
     fn sign_then_verify() {
         let key = SigningKey::from_bytes(&[9; 32]);
-        let cp = Checkpoint { origin: "docket.example/ledger".into(), size: 42, head: [7; 32] };
+        let cp = Checkpoint {
+            origin: "docket.example/ledger".into(),
+            size: 42,
+            head: [7; 32],
+        };
         let note = cp.sign("docket.example/ledger", &key);
         assert!(note.starts_with("docket.example/ledger\n42\nBwcH"));
-        assert_eq!(Checkpoint::verify(&note, "docket.example/ledger", &key.verifying_key()).unwrap(), cp);
+        assert_eq!(
+            Checkpoint::verify(&note, "docket.example/ledger", &key.verifying_key()).unwrap(),
+            cp
+        );
         let tampered = note.replace("\n42\n", "\n43\n");
-        assert!(Checkpoint::verify(&tampered, "docket.example/ledger", &key.verifying_key()).is_err());
+        assert!(
+            Checkpoint::verify(&tampered, "docket.example/ledger", &key.verifying_key()).is_err()
+        );
         let other = SigningKey::from_bytes(&[8; 32]);
-        assert!(Checkpoint::verify(&note, "docket.example/ledger", &other.verifying_key()).is_err());
+        assert!(
+            Checkpoint::verify(&note, "docket.example/ledger", &other.verifying_key()).is_err()
+        );
     }
 }

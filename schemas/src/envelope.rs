@@ -93,7 +93,9 @@ impl Envelope {
         let wire: EnvelopeWire<'_> =
             serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
         if wire.payload_type != PAYLOAD_TYPE {
-            return Err(EnvelopeError::PayloadType(wire.payload_type.chars().take(80).collect()));
+            return Err(EnvelopeError::PayloadType(
+                wire.payload_type.chars().take(80).collect(),
+            ));
         }
         if wire.signatures.len() != SIGNATURES_PER_ENVELOPE_MAX {
             return Err(EnvelopeError::SignatureCount(wire.signatures.len()));
@@ -112,7 +114,11 @@ impl Envelope {
         if !r_is_canonical(&sig_bytes) {
             return Err(EnvelopeError::SignatureNotCanonical);
         }
-        Ok(Envelope { payload, key_id: sig.keyid.clone(), signature: Signature::from_bytes(&sig_bytes) })
+        Ok(Envelope {
+            payload,
+            key_id: sig.keyid.clone(),
+            signature: Signature::from_bytes(&sig_bytes),
+        })
     }
 
     /// The bytes the signature covers.
@@ -122,7 +128,8 @@ impl Envelope {
 
     /// Strict single verification (RFC 8032 with canonical `s` and `R`, no small-order `R`).
     pub fn verify(&self, key: &VerifyingKey) -> bool {
-        key.verify_strict(&self.signed_bytes(), &self.signature).is_ok()
+        key.verify_strict(&self.signed_bytes(), &self.signature)
+            .is_ok()
     }
 
     /// Decodes the payload as an event.
@@ -169,7 +176,10 @@ mod tests {
     #[test]
     fn pae_matches_the_dsse_spec_vector() {
         // The example from DSSE's protocol.md.
-        assert_eq!(pae("http://example.com/HelloWorld", b"hello world"), b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec());
+        assert_eq!(
+            pae("http://example.com/HelloWorld", b"hello world"),
+            b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec()
+        );
     }
 
     #[test]
@@ -186,12 +196,24 @@ mod tests {
 
     #[test]
     fn bad_envelopes_have_reasons() {
-        assert!(matches!(Envelope::decode(b"nope"), Err(EnvelopeError::Malformed(_))));
+        assert!(matches!(
+            Envelope::decode(b"nope"),
+            Err(EnvelopeError::Malformed(_))
+        ));
         let big = vec![b' '; ENVELOPE_BYTES_MAX + 1];
-        assert!(matches!(Envelope::decode(&big), Err(EnvelopeError::Oversize { .. })));
+        assert!(matches!(
+            Envelope::decode(&big),
+            Err(EnvelopeError::Oversize { .. })
+        ));
         let wrong_type = br#"{"payload":"e30=","payloadType":"text/plain","signatures":[]}"#;
-        assert!(matches!(Envelope::decode(wrong_type), Err(EnvelopeError::PayloadType(_))));
+        assert!(matches!(
+            Envelope::decode(wrong_type),
+            Err(EnvelopeError::PayloadType(_))
+        ));
         let unsigned = br#"{"payload":"e30=","payloadType":"application/vnd.docket.event+json","signatures":[]}"#;
-        assert_eq!(Envelope::decode(unsigned), Err(EnvelopeError::SignatureCount(0)));
+        assert_eq!(
+            Envelope::decode(unsigned),
+            Err(EnvelopeError::SignatureCount(0))
+        );
     }
 }

@@ -37,14 +37,19 @@ impl EventId {
             }
         }
         if out[6] >> 4 != 7 || out[8] >> 6 != 0b10 {
-            return Err(format!("id {:?} is not a UUIDv7 (RFC 9562 version 7, variant 10)", truncate(text)));
+            return Err(format!(
+                "id {:?} is not a UUIDv7 (RFC 9562 version 7, variant 10)",
+                truncate(text)
+            ));
         }
         Ok(EventId(out))
     }
 
     /// Milliseconds since the epoch that a UUIDv7 carries in its first 48 bits.
     pub fn unix_millis(&self) -> u64 {
-        self.0[..6].iter().fold(0u64, |acc, &b| acc << 8 | u64::from(b))
+        self.0[..6]
+            .iter()
+            .fold(0u64, |acc, &b| acc << 8 | u64::from(b))
     }
 }
 
@@ -150,7 +155,9 @@ impl fmt::Display for Kind {
 }
 
 /// How risky an action is; decides whether a human must approve it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Risk {
     Low,
@@ -402,7 +409,11 @@ pub enum EventError {
     #[error("invalid {kind} fields: {why}")]
     BadFields { kind: &'static str, why: String },
     #[error("field `{field}` is over its limit: {len} > {max}")]
-    OverLimit { field: &'static str, len: usize, max: usize },
+    OverLimit {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error("field `{field}` is invalid: {why}")]
     Invalid { field: &'static str, why: String },
 }
@@ -421,26 +432,54 @@ impl Event {
             Some(serde_json::Value::String(s)) => {
                 EventId::parse(&s).map_err(|why| EventError::BadHeader { field: "id", why })?
             }
-            Some(_) => return Err(EventError::BadHeader { field: "id", why: "not a string".into() }),
+            Some(_) => {
+                return Err(EventError::BadHeader {
+                    field: "id",
+                    why: "not a string".into(),
+                });
+            }
             None => return Err(EventError::MissingHeader("id")),
         };
         let ts = match map.remove("ts") {
             Some(serde_json::Value::String(s)) => {
-                Timestamp::parse(&s).map_err(|e| EventError::BadHeader { field: "ts", why: e.to_string() })?
+                Timestamp::parse(&s).map_err(|e| EventError::BadHeader {
+                    field: "ts",
+                    why: e.to_string(),
+                })?
             }
-            Some(_) => return Err(EventError::BadHeader { field: "ts", why: "not a string".into() }),
+            Some(_) => {
+                return Err(EventError::BadHeader {
+                    field: "ts",
+                    why: "not a string".into(),
+                });
+            }
             None => return Err(EventError::MissingHeader("ts")),
         };
         let kind = match map.get("kind") {
             Some(serde_json::Value::String(s)) => {
                 Kind::parse(s).ok_or_else(|| EventError::UnknownKind(truncate(s)))?
             }
-            Some(_) => return Err(EventError::BadHeader { field: "kind", why: "not a string".into() }),
+            Some(_) => {
+                return Err(EventError::BadHeader {
+                    field: "kind",
+                    why: "not a string".into(),
+                });
+            }
             None => return Err(EventError::MissingHeader("kind")),
         };
-        let body: EventBody = serde_json::from_value(serde_json::Value::Object(map))
-            .map_err(|e| EventError::BadFields { kind: kind.as_str(), why: e.to_string() })?;
-        let event = Event { v: SCHEMA_VERSION, id, ts, body };
+        let body: EventBody =
+            serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| {
+                EventError::BadFields {
+                    kind: kind.as_str(),
+                    why: e.to_string(),
+                }
+            })?;
+        let event = Event {
+            v: SCHEMA_VERSION,
+            id,
+            ts,
+            body,
+        };
         event.validate()?;
         Ok(event)
     }
@@ -476,7 +515,10 @@ impl Event {
                 }
                 text("name", &e.name, TEXT_BYTES_MAX)?;
                 if e.kinds.is_empty() {
-                    return Err(EventError::Invalid { field: "kinds", why: "empty".into() });
+                    return Err(EventError::Invalid {
+                        field: "kinds",
+                        why: "empty".into(),
+                    });
                 }
                 count("kinds", e.kinds.len(), KINDS_PER_KEY_MAX)?;
             }
@@ -507,7 +549,11 @@ impl Event {
                 id("agent", &e.agent)?;
                 text("audience", &e.audience, OPERATION_BYTES_MAX)?;
                 scopes(&e.scopes)?;
-                text("binding_message", &e.binding_message, BINDING_MESSAGE_BYTES_MAX)?;
+                text(
+                    "binding_message",
+                    &e.binding_message,
+                    BINDING_MESSAGE_BYTES_MAX,
+                )?;
             }
             B::ApprovalDecided(e) => {
                 id("approval_id", &e.approval_id)?;
@@ -560,7 +606,10 @@ impl Event {
                     scope(s)?;
                 }
                 if !(100..=599).contains(&e.status) {
-                    return Err(EventError::Invalid { field: "status", why: "not an HTTP status (100-599)".into() });
+                    return Err(EventError::Invalid {
+                        field: "status",
+                        why: "not an HTTP status (100-599)".into(),
+                    });
                 }
                 text("source", &e.source, ID_BYTES_MAX)?;
             }
@@ -576,17 +625,27 @@ impl Event {
 
 fn text(field: &'static str, value: &str, max: usize) -> Result<(), EventError> {
     if value.len() > max {
-        return Err(EventError::OverLimit { field, len: value.len(), max });
+        return Err(EventError::OverLimit {
+            field,
+            len: value.len(),
+            max,
+        });
     }
     if value.chars().any(char::is_control) {
-        return Err(EventError::Invalid { field, why: "contains a control character".into() });
+        return Err(EventError::Invalid {
+            field,
+            why: "contains a control character".into(),
+        });
     }
     Ok(())
 }
 
 fn id(field: &'static str, value: &str) -> Result<(), EventError> {
     if value.is_empty() {
-        return Err(EventError::Invalid { field, why: "empty".into() });
+        return Err(EventError::Invalid {
+            field,
+            why: "empty".into(),
+        });
     }
     text(field, value, ID_BYTES_MAX)
 }
@@ -600,7 +659,10 @@ fn count(field: &'static str, len: usize, max: usize) -> Result<(), EventError> 
 
 fn scope(value: &str) -> Result<(), EventError> {
     if value.is_empty() || value.contains(' ') {
-        return Err(EventError::Invalid { field: "scopes", why: format!("scope {:?} is empty or has a space", truncate(value)) });
+        return Err(EventError::Invalid {
+            field: "scopes",
+            why: format!("scope {:?} is empty or has a space", truncate(value)),
+        });
     }
     text("scopes", value, SCOPE_BYTES_MAX)
 }
@@ -611,14 +673,24 @@ fn scopes(values: &[String]) -> Result<(), EventError> {
 }
 
 fn token_hash(field: &'static str, value: &str) -> Result<(), EventError> {
-    if value.len() != 64 || !value.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
-        return Err(EventError::Invalid { field, why: "must be 64 lowercase hex digits".into() });
+    if value.len() != 64
+        || !value
+            .bytes()
+            .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(EventError::Invalid {
+            field,
+            why: "must be 64 lowercase hex digits".into(),
+        });
     }
     Ok(())
 }
 
 fn public_key(field: &'static str, value: &str) -> Result<[u8; 32], EventError> {
-    crate::keys::decode_public_key(value).map_err(|e| EventError::Invalid { field, why: e.to_string() })
+    crate::keys::decode_public_key(value).map_err(|e| EventError::Invalid {
+        field,
+        why: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -653,15 +725,24 @@ mod tests {
     }
 
     fn reject(json: &str) -> String {
-        Event::from_payload(json.as_bytes()).unwrap_err().to_string()
+        Event::from_payload(json.as_bytes())
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
     fn reasons_are_precise() {
         let base = String::from_utf8(sample().to_payload()).unwrap();
-        assert!(reject(&base.replace(r#""v":1"#, r#""v":2"#)).contains("unsupported schema version 2"));
-        assert!(reject(&base.replace(r#""status":200"#, r#""status":200,"extra":1"#)).contains("unknown field `extra`"));
-        assert!(reject(&base.replace("api.called", "api.poked")).contains("unknown kind \"api.poked\""));
+        assert!(
+            reject(&base.replace(r#""v":1"#, r#""v":2"#)).contains("unsupported schema version 2")
+        );
+        assert!(
+            reject(&base.replace(r#""status":200"#, r#""status":200,"extra":1"#))
+                .contains("unknown field `extra`")
+        );
+        assert!(
+            reject(&base.replace("api.called", "api.poked")).contains("unknown kind \"api.poked\"")
+        );
         assert!(reject(&base.replace("7000-8000", "4000-8000")).contains("not a UUIDv7"));
         assert!(reject(&base.replace(r#""method":"GET""#, r#""method":"get""#)).contains("method"));
         assert!(reject(&base.replace(r#","status":200"#, "")).contains("missing field `status`"));

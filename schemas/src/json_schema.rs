@@ -32,7 +32,10 @@ fn pretty(value: &Value) -> String {
 fn envelope() -> String {
     let mut schema = root::<EnvelopeWire<'static>>().to_value();
     if let Some(obj) = schema.as_object_mut() {
-        obj.insert("$id".into(), json!("https://docket.dev/schemas/envelope.schema.json"));
+        obj.insert(
+            "$id".into(),
+            json!("https://docket.dev/schemas/envelope.schema.json"),
+        );
         if let Some(props) = obj.get_mut("properties").and_then(Value::as_object_mut) {
             props.insert("payloadType".into(), json!({"const": PAYLOAD_TYPE}));
             if let Some(sigs) = props.get_mut("signatures").and_then(Value::as_object_mut) {
@@ -64,11 +67,20 @@ fn kind_schema(kind: Kind) -> String {
     let header = [
         ("v", json!({"const": SCHEMA_VERSION})),
         ("id", EventId::json_schema(&mut generator).to_value()),
-        ("ts", crate::time::Timestamp::json_schema(&mut generator).to_value()),
+        (
+            "ts",
+            crate::time::Timestamp::json_schema(&mut generator).to_value(),
+        ),
         ("kind", json!({"const": kind.as_str()})),
     ];
     if let Some(obj) = schema.as_object_mut() {
-        obj.insert("$id".into(), json!(format!("https://docket.dev/schemas/{}.schema.json", kind.as_str())));
+        obj.insert(
+            "$id".into(),
+            json!(format!(
+                "https://docket.dev/schemas/{}.schema.json",
+                kind.as_str()
+            )),
+        );
         obj.insert("title".into(), json!(kind.as_str()));
         if let Some(props) = obj.get_mut("properties").and_then(Value::as_object_mut) {
             let rest = std::mem::take(props);

@@ -42,7 +42,10 @@ pub fn decode_public_key(text: &str) -> Result<[u8; 32], KeyError> {
 
 /// Base64 as DSSE allows it when reading: standard or URL-safe alphabet.
 pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    STANDARD.decode(text).or_else(|_| URL_SAFE.decode(text)).ok()
+    STANDARD
+        .decode(text)
+        .or_else(|_| URL_SAFE.decode(text))
+        .ok()
 }
 
 pub fn encode_base64(bytes: &[u8]) -> String {
@@ -53,7 +56,9 @@ pub fn encode_base64(bytes: &[u8]) -> String {
 /// at batch speed with strict semantics: the key must be a canonical encoding of
 /// a point in the prime-order subgroup (no weak or mixed-order keys).
 pub fn check_producer_key(public_key: &[u8; 32]) -> Result<VerifyingKey, KeyError> {
-    let point = CompressedEdwardsY(*public_key).decompress().ok_or(KeyError::NotAPoint)?;
+    let point = CompressedEdwardsY(*public_key)
+        .decompress()
+        .ok_or(KeyError::NotAPoint)?;
     if point.compress().to_bytes() != *public_key {
         return Err(KeyError::NonCanonical);
     }
@@ -70,7 +75,10 @@ mod tests {
     #[test]
     fn key_id_is_sha256_hex() {
         // SHA-256 of 32 zero bytes.
-        assert_eq!(key_id(&[0; 32]), "66687aadf862bd776c8fc18b8e9f8e20089714856ee233b3902a591d0d5f2925");
+        assert_eq!(
+            key_id(&[0; 32]),
+            "66687aadf862bd776c8fc18b8e9f8e20089714856ee233b3902a591d0d5f2925"
+        );
     }
 
     #[test]

@@ -14,5 +14,7 @@ pub mod time;
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use envelope::{Envelope, EnvelopeError, EnvelopeWire, PAYLOAD_TYPE, pae, seal, seal_event};
 pub use event::*;
-pub use keys::{KeyError, check_producer_key, decode_base64, decode_public_key, encode_base64, key_id};
+pub use keys::{
+    KeyError, check_producer_key, decode_base64, decode_public_key, encode_base64, key_id,
+};
 pub use time::{Timestamp, TimestampError};

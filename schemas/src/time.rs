@@ -15,7 +15,9 @@ pub struct Timestamp(i64);
 
 /// Why a timestamp was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("timestamp {text:?} is not RFC 3339 UTC with six fractional digits (YYYY-MM-DDTHH:MM:SS.ffffffZ): {why}")]
+#[error(
+    "timestamp {text:?} is not RFC 3339 UTC with six fractional digits (YYYY-MM-DDTHH:MM:SS.ffffffZ): {why}"
+)]
 pub struct TimestampError {
     text: String,
     why: &'static str,
@@ -30,7 +32,9 @@ impl Timestamp {
 
     /// A timestamp from microseconds since the epoch; `None` outside 1970..=9999.
     pub fn from_micros(micros: i64) -> Option<Timestamp> {
-        (0..=MAX_MICROS).contains(&micros).then_some(Timestamp(micros))
+        (0..=MAX_MICROS)
+            .contains(&micros)
+            .then_some(Timestamp(micros))
     }
 
     pub fn as_micros(self) -> i64 {
@@ -39,27 +43,48 @@ impl Timestamp {
 
     /// This instant plus `seconds`, saturating at the end of year 9999.
     pub fn plus_seconds(self, seconds: i64) -> Timestamp {
-        Timestamp(self.0.saturating_add(seconds.saturating_mul(1_000_000)).clamp(0, MAX_MICROS))
+        Timestamp(
+            self.0
+                .saturating_add(seconds.saturating_mul(1_000_000))
+                .clamp(0, MAX_MICROS),
+        )
     }
 
     pub fn parse(text: &str) -> Result<Timestamp, TimestampError> {
-        let err = |why| TimestampError { text: text.chars().take(40).collect(), why };
+        let err = |why| TimestampError {
+            text: text.chars().take(40).collect(),
+            why,
+        };
         let b = text.as_bytes();
         if b.len() != SPELLING_LEN {
             return Err(err("wrong length"));
         }
-        let punct = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.'), (26, b'Z')];
+        let punct = [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'.'),
+            (26, b'Z'),
+        ];
         if punct.iter().any(|&(i, c)| b[i] != c) {
             return Err(err("wrong separators"));
         }
         let num = |from: usize, to: usize| -> Result<i64, TimestampError> {
             b[from..to].iter().try_fold(0i64, |acc, &c| {
-                if c.is_ascii_digit() { Ok(acc * 10 + i64::from(c - b'0')) } else { Err(err("non-digit")) }
+                if c.is_ascii_digit() {
+                    Ok(acc * 10 + i64::from(c - b'0'))
+                } else {
+                    Err(err("non-digit"))
+                }
             })
         };
         let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-        let (hour, minute, second, micro) = (num(11, 13)?, num(14, 16)?, num(17, 19)?, num(20, 26)?);
-        if year < 1970 || !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        let (hour, minute, second, micro) =
+            (num(11, 13)?, num(14, 16)?, num(17, 19)?, num(20, 26)?);
+        if year < 1970 || !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month)
+        {
             return Err(err("no such date"));
         }
         if hour > 23 || minute > 59 || second > 59 {
@@ -104,7 +129,15 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
 }
 
 impl fmt::Display for Timestamp {
@@ -165,8 +198,16 @@ mod tests {
     fn known_instants() {
         let t = Timestamp::parse("2026-11-22T08:31:41.123456Z").unwrap();
         assert_eq!(t.as_micros(), 1_795_336_301_123_456);
-        assert_eq!(Timestamp::UNIX_EPOCH.to_string(), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(Timestamp::parse("2024-02-29T23:59:59.999999Z").unwrap().to_string(), "2024-02-29T23:59:59.999999Z");
+        assert_eq!(
+            Timestamp::UNIX_EPOCH.to_string(),
+            "1970-01-01T00:00:00.000000Z"
+        );
+        assert_eq!(
+            Timestamp::parse("2024-02-29T23:59:59.999999Z")
+                .unwrap()
+                .to_string(),
+            "2024-02-29T23:59:59.999999Z"
+        );
     }
 
     #[test]

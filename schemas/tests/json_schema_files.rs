@@ -16,5 +16,8 @@ fn json_schema_files_are_current() {
             stale.push(name);
         }
     }
-    assert!(stale.is_empty(), "stale JSON Schema files (run with DOCKET_BLESS=1): {stale:?}");
+    assert!(
+        stale.is_empty(),
+        "stale JSON Schema files (run with DOCKET_BLESS=1): {stale:?}"
+    );
 }

@@ -9,12 +9,16 @@ use docket_ledger::store::Store;
 use docket_ledger::workload::Roles;
 use docket_schemas::{Envelope, encode_base64};
 
+#[allow(unused_imports)]
 pub use docket_ledger::nats_server::NatsServer;
 
 pub const DOCKET: &str = env!("CARGO_BIN_EXE_docket");
 
 pub fn docket(args: &[&str]) -> Output {
-    Command::new(DOCKET).args(args).output().expect("run docket")
+    Command::new(DOCKET)
+        .args(args)
+        .output()
+        .expect("run docket")
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -30,19 +34,34 @@ pub struct Serve {
 
 impl Serve {
     pub fn start(data: &Path, nats_url: &str, roles: &Roles) -> Serve {
-        let log = data.with_extension(format!("log.{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let log = data.with_extension(format!(
+            "log.{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(DOCKET)
             .args(["serve", "--data"])
             .arg(data)
-            .args(["--nats", nats_url, "--admin-key", &encode_base64(roles.admin.verifying_key().as_bytes())])
+            .args([
+                "--nats",
+                nats_url,
+                "--admin-key",
+                &encode_base64(roles.admin.verifying_key().as_bytes()),
+            ])
             .args(["--origin", "test.docket.local/ledger"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
             .expect("spawn docket serve");
-        Serve { child, data: data.to_path_buf(), log }
+        Serve {
+            child,
+            data: data.to_path_buf(),
+            log,
+        }
     }
 
     pub fn kill9(&mut self) {
@@ -52,11 +71,18 @@ impl Serve {
 
     /// SIGTERM and wait: the clean shutdown path.
     pub fn stop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(status.success(), "serve exited with {status}: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+                assert!(
+                    status.success(),
+                    "serve exited with {status}: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -81,13 +107,19 @@ pub fn head(data: &Path) -> Option<(u64, [u8; 32])> {
     Store::open_reader(&data.join("db")).ok()?.head().ok()
 }
 
-/// Waits until the ledger holds at least `seq` entries.
-pub fn wait_for_entries(data: &Path, seq: u64, timeout: Duration) -> u64 {
+/// Waits until the ledger holds at least `seq` entries; fails at once if `serve` exited.
+pub fn wait_for_entries(serve: &mut Serve, seq: u64, timeout: Duration) -> u64 {
     let deadline = Instant::now() + timeout;
     loop {
-        let n = head(data).map(|h| h.0).unwrap_or(0);
+        let n = head(&serve.data).map(|h| h.0).unwrap_or(0);
         if n >= seq || Instant::now() > deadline {
             return n;
+        }
+        if let Ok(Some(status)) = serve.child.try_wait() {
+            panic!(
+                "serve exited with {status} at {n} entries: {}",
+                serve.log_text()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -108,24 +140,40 @@ pub fn chain_ids(data: &Path) -> Vec<(u64, docket_schemas::EventId)> {
 
 /// Quarantine reason codes, in transport order.
 pub fn quarantine_codes(data: &Path) -> Vec<String> {
-    let store = Store::open_reader(&data.join("db")).expect("open ledger");
-    store.quarantine().unwrap().iter().map(|q| q["code"].as_str().unwrap().to_string()).collect()
+    let Ok(store) = Store::open_reader(&data.join("db")) else {
+        return Vec::new();
+    };
+    store
+        .quarantine()
+        .unwrap()
+        .iter()
+        .map(|q| q["code"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Runs `docket verify`; returns (exit code, stdout).
 pub fn verify(data: &Path) -> (i32, String) {
     let o = docket(&["verify", "--data", data.to_str().unwrap()]);
-    (o.status.code().unwrap_or(-1), stdout(&o) + &String::from_utf8_lossy(&o.stderr))
+    (
+        o.status.code().unwrap_or(-1),
+        stdout(&o) + &String::from_utf8_lossy(&o.stderr),
+    )
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 pub async fn jetstream(url: &str) -> async_nats::jetstream::Context {
     let client = async_nats::connect(url).await.expect("connect to nats");
     let js = async_nats::jetstream::new(client);
-    docket_ledger::transport::ensure_stream(&js).await.expect("stream");
+    docket_ledger::transport::ensure_stream(&js)
+        .await
+        .expect("stream");
     js
 }
 

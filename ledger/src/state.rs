@@ -1,0 +1,555 @@
+//! The vault's state derived from the log, and the policy violations found while deriving it.
+//!
+//! Pure and deterministic: `apply` takes an entry's seq and event and returns
+//! what it found. Time is the event's own `ts`; maps are ordered, so the state's
+//! serialisation and digest never depend on hash-map iteration order.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use docket_schemas::*;
+use serde::{Deserialize, Serialize};
+
+/// Findings kept per entry at most (an entry can break several rules).
+pub const FINDINGS_PER_ENTRY_MAX: usize = 8;
+
+/// Rule settings that are not in the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Oldest step-up authentication accepted for a critical approval, in seconds before the decision.
+    pub step_up_max_age_s: i64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { step_up_max_age_s: 300 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+/// A policy violation: which rule, how bad, in words, and the entries that prove it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// The entry that broke the rule.
+    pub seq: u64,
+    pub ts: Timestamp,
+    pub rule: Rule,
+    pub severity: Severity,
+    pub message: String,
+    /// Seqs of the entries that together show the violation (including `seq`).
+    pub evidence: Vec<u64>,
+    pub agent: Option<String>,
+}
+
+macro_rules! rules {
+    ($($variant:ident = $name:literal, $sev:ident;)*) => {
+        /// The policy rules the fold checks.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub enum Rule { $(#[serde(rename = $name)] $variant,)* }
+        impl Rule {
+            pub const ALL: &'static [Rule] = &[$(Rule::$variant,)*];
+            pub fn as_str(self) -> &'static str { match self { $(Rule::$variant => $name,)* } }
+            pub fn severity(self) -> Severity { match self { $(Rule::$variant => Severity::$sev,)* } }
+        }
+    };
+}
+
+rules! {
+    CallUnknownToken = "call.unknown_token", High;
+    CallExpiredToken = "call.expired_token", High;
+    CallRevokedToken = "call.revoked_token", Critical;
+    CallScopeNotGranted = "call.scope_not_granted", High;
+    CallWrongAgent = "call.wrong_agent", Critical;
+    CallSuspendedAgent = "call.suspended_agent", Critical;
+    CallOverBudget = "call.over_budget", Medium;
+    TokenUnknownGrant = "token.unknown_grant", High;
+    TokenScopeOutsideGrant = "token.scope_outside_grant", High;
+    TokenAfterGrantEnded = "token.after_grant_ended", High;
+    TokenWithoutApproval = "token.without_approval", Critical;
+    TokenTtlOverGrant = "token.ttl_over_grant", Medium;
+    ApprovalWrongDecider = "approval.wrong_decider", Critical;
+    ApprovalStaleStepUp = "approval.stale_step_up", High;
+    ApprovalUnknownRequest = "approval.unknown_request", Medium;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentState {
+    pub agent: String,
+    pub user: String,
+    pub name: String,
+    pub public_key: String,
+    pub registered_seq: u64,
+    pub suspended_seq: Option<u64>,
+    pub last_seq: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Active,
+    Revoked,
+    Expired,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantState {
+    pub grant_id: String,
+    pub user: String,
+    pub agent: String,
+    pub audience: String,
+    pub scopes: BTreeSet<String>,
+    pub expires_at: Timestamp,
+    pub max_calls: Option<u64>,
+    pub max_token_ttl_s: Option<u32>,
+    /// Scopes that need approval, with their risk.
+    pub approval: BTreeMap<String, Risk>,
+    pub created_seq: u64,
+    pub revoked_seq: Option<u64>,
+    pub calls: u64,
+    pub last_seq: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalStatus {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalState {
+    pub approval_id: String,
+    pub grant_id: String,
+    pub user: String,
+    pub agent: String,
+    pub audience: String,
+    pub scopes: BTreeSet<String>,
+    pub risk: Risk,
+    pub binding_message: String,
+    pub expires_at: Timestamp,
+    pub requested_seq: u64,
+    pub requested_at: Timestamp,
+    pub decision: Option<Decision>,
+    pub decided_by: Option<String>,
+    pub method: Option<ApprovalMethod>,
+    pub auth_time: Option<Timestamp>,
+    pub decided_at: Option<Timestamp>,
+    pub decided_seq: Option<u64>,
+    pub last_seq: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenState {
+    pub token_id: String,
+    pub token_hash: String,
+    pub grant_id: String,
+    pub user: String,
+    pub agent: String,
+    pub audience: String,
+    pub scopes: BTreeSet<String>,
+    pub issued_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub approval_id: Option<String>,
+    pub issued_seq: u64,
+    pub revoked_seq: Option<u64>,
+    pub uses: u64,
+    pub last_seq: u64,
+}
+
+impl GrantState {
+    pub fn status(&self, at: Timestamp) -> Status {
+        if self.revoked_seq.is_some() {
+            Status::Revoked
+        } else if at >= self.expires_at {
+            Status::Expired
+        } else {
+            Status::Active
+        }
+    }
+}
+
+impl TokenState {
+    pub fn status(&self, at: Timestamp) -> Status {
+        if self.revoked_seq.is_some() {
+            Status::Revoked
+        } else if at >= self.expires_at {
+            Status::Expired
+        } else {
+            Status::Active
+        }
+    }
+}
+
+impl ApprovalState {
+    pub fn status(&self, at: Timestamp) -> ApprovalStatus {
+        match self.decision {
+            Some(Decision::Approved) => ApprovalStatus::Approved,
+            Some(Decision::Denied) => ApprovalStatus::Denied,
+            None if at >= self.expires_at => ApprovalStatus::Expired,
+            None => ApprovalStatus::Pending,
+        }
+    }
+}
+
+/// A key of one object in the state: what changed, for persisting only the changes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectKey {
+    Agent(String),
+    Grant(String),
+    Approval(String),
+    Token(String),
+}
+
+impl ObjectKey {
+    /// Storage key: a one-letter family, a slash, the id.
+    pub fn encode(&self) -> Vec<u8> {
+        let (p, id) = match self {
+            ObjectKey::Agent(id) => ("a/", id),
+            ObjectKey::Grant(id) => ("g/", id),
+            ObjectKey::Approval(id) => ("p/", id),
+            ObjectKey::Token(id) => ("t/", id),
+        };
+        [p.as_bytes(), id.as_bytes()].concat()
+    }
+}
+
+/// Everything derived from the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultState {
+    pub agents: BTreeMap<String, AgentState>,
+    pub grants: BTreeMap<String, GrantState>,
+    pub approvals: BTreeMap<String, ApprovalState>,
+    pub tokens: BTreeMap<String, TokenState>,
+    /// Seq of the last entry applied.
+    pub seq: u64,
+    /// `ts` of the last entry applied: the state's notion of "now".
+    pub ts: Option<Timestamp>,
+    #[serde(skip)]
+    token_by_hash: BTreeMap<String, String>,
+    /// Live tokens per grant and per agent, so a cascade touches only what it revokes.
+    #[serde(skip)]
+    live_by_grant: BTreeMap<String, BTreeSet<String>>,
+    #[serde(skip)]
+    live_by_agent: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl VaultState {
+    /// Rebuilds indexes after loading objects from storage.
+    pub fn reindex(&mut self) {
+        self.token_by_hash = self.tokens.values().map(|t| (t.token_hash.clone(), t.token_id.clone())).collect();
+        self.live_by_grant.clear();
+        self.live_by_agent.clear();
+        for t in self.tokens.values().filter(|t| t.revoked_seq.is_none()) {
+            self.live_by_grant.entry(t.grant_id.clone()).or_default().insert(t.token_id.clone());
+            self.live_by_agent.entry(t.agent.clone()).or_default().insert(t.token_id.clone());
+        }
+    }
+
+    /// Marks tokens revoked at `seq` and drops them from the live indexes.
+    fn revoke_tokens(&mut self, ids: BTreeSet<String>, seq: u64, touched: &mut Vec<ObjectKey>) {
+        for id in ids {
+            if let Some(t) = self.tokens.get_mut(&id)
+                && t.revoked_seq.is_none()
+            {
+                t.revoked_seq = Some(seq);
+                t.last_seq = seq;
+                touched.push(ObjectKey::Token(id.clone()));
+                if let Some(set) = self.live_by_grant.get_mut(&t.grant_id) {
+                    set.remove(&id);
+                }
+                if let Some(set) = self.live_by_agent.get_mut(&t.agent) {
+                    set.remove(&id);
+                }
+            }
+        }
+    }
+
+    pub fn token_by_hash(&self, hash: &str) -> Option<&TokenState> {
+        self.token_by_hash.get(hash).and_then(|id| self.tokens.get(id))
+    }
+
+    /// Applies one entry; returns the findings and the objects it changed.
+    pub fn apply(&mut self, seq: u64, event: &Event, policy: &Policy) -> (Vec<Finding>, Vec<ObjectKey>) {
+        let mut cx = Apply { seq, ts: event.ts, findings: Vec::new(), touched: Vec::new() };
+        self.seq = seq;
+        self.ts = Some(self.ts.map_or(event.ts, |t| t.max(event.ts)));
+        match &event.body {
+            EventBody::AgentRegistered(e) => {
+                let a = self.agents.entry(e.agent.clone()).or_insert_with(|| AgentState {
+                    agent: e.agent.clone(),
+                    user: e.user.clone(),
+                    name: e.name.clone(),
+                    public_key: e.public_key.clone(),
+                    registered_seq: seq,
+                    suspended_seq: None,
+                    last_seq: seq,
+                });
+                a.user.clone_from(&e.user);
+                a.name.clone_from(&e.name);
+                a.public_key.clone_from(&e.public_key);
+                a.last_seq = seq;
+                cx.touched.push(ObjectKey::Agent(e.agent.clone()));
+            }
+            EventBody::AgentSuspended(e) => {
+                if let Some(a) = self.agents.get_mut(&e.agent) {
+                    a.suspended_seq.get_or_insert(seq);
+                    a.last_seq = seq;
+                    cx.touched.push(ObjectKey::Agent(e.agent.clone()));
+                }
+                let ids = self.live_by_agent.remove(&e.agent).unwrap_or_default();
+                self.revoke_tokens(ids, seq, &mut cx.touched);
+            }
+            EventBody::GrantCreated(e) => {
+                self.grants.insert(
+                    e.grant_id.clone(),
+                    GrantState {
+                        grant_id: e.grant_id.clone(),
+                        user: e.user.clone(),
+                        agent: e.agent.clone(),
+                        audience: e.audience.clone(),
+                        scopes: e.scopes.iter().cloned().collect(),
+                        expires_at: e.expires_at,
+                        max_calls: e.max_calls,
+                        max_token_ttl_s: e.max_token_ttl_s,
+                        approval: e.approval.iter().map(|r| (r.scope.clone(), r.risk)).collect(),
+                        created_seq: seq,
+                        revoked_seq: None,
+                        calls: 0,
+                        last_seq: seq,
+                    },
+                );
+                cx.touched.push(ObjectKey::Grant(e.grant_id.clone()));
+            }
+            EventBody::GrantRevoked(e) => {
+                if let Some(g) = self.grants.get_mut(&e.grant_id) {
+                    g.revoked_seq.get_or_insert(seq);
+                    g.last_seq = seq;
+                    cx.touched.push(ObjectKey::Grant(e.grant_id.clone()));
+                }
+                let ids = self.live_by_grant.remove(&e.grant_id).unwrap_or_default();
+                self.revoke_tokens(ids, seq, &mut cx.touched);
+            }
+            EventBody::ApprovalRequested(e) => {
+                self.approvals.insert(
+                    e.approval_id.clone(),
+                    ApprovalState {
+                        approval_id: e.approval_id.clone(),
+                        grant_id: e.grant_id.clone(),
+                        user: e.user.clone(),
+                        agent: e.agent.clone(),
+                        audience: e.audience.clone(),
+                        scopes: e.scopes.iter().cloned().collect(),
+                        risk: e.risk,
+                        binding_message: e.binding_message.clone(),
+                        expires_at: e.expires_at,
+                        requested_seq: seq,
+                        requested_at: event.ts,
+                        decision: None,
+                        decided_by: None,
+                        method: None,
+                        auth_time: None,
+                        decided_at: None,
+                        decided_seq: None,
+                        last_seq: seq,
+                    },
+                );
+                cx.touched.push(ObjectKey::Approval(e.approval_id.clone()));
+            }
+            EventBody::ApprovalDecided(e) => self.decide(e, policy, &mut cx),
+            EventBody::TokenIssued(e) => self.issue(e, &mut cx),
+            EventBody::TokenRevoked(e) => {
+                self.revoke_tokens(BTreeSet::from([e.token_id.clone()]), seq, &mut cx.touched);
+            }
+            EventBody::ApiCalled(e) => self.call(e, &mut cx),
+            EventBody::KeyRegistered(_) | EventBody::KeyRevoked(_) => {}
+        }
+        cx.findings.truncate(FINDINGS_PER_ENTRY_MAX);
+        cx.touched.sort();
+        cx.touched.dedup();
+        (cx.findings, cx.touched)
+    }
+
+    fn decide(&mut self, e: &ApprovalDecided, policy: &Policy, cx: &mut Apply) {
+        let Some(a) = self.approvals.get_mut(&e.approval_id) else {
+            return cx.find(Rule::ApprovalUnknownRequest, format!("{} decided approval {} that was never requested", e.user, e.approval_id), vec![], None);
+        };
+        let evidence = vec![a.requested_seq];
+        if e.user != a.user {
+            cx.find(
+                Rule::ApprovalWrongDecider,
+                format!("approval {} for {}'s grant was decided by {}", a.approval_id, a.user, e.user),
+                evidence.clone(),
+                Some(a.agent.clone()),
+            );
+        }
+        if e.decision == Decision::Approved && a.risk == Risk::Critical {
+            let fresh = match (e.method, e.auth_time) {
+                (ApprovalMethod::StepUp, Some(t)) => cx.ts.as_micros() - t.as_micros() <= policy.step_up_max_age_s * 1_000_000,
+                _ => false,
+            };
+            if !fresh {
+                cx.find(
+                    Rule::ApprovalStaleStepUp,
+                    format!("critical approval {} was approved without a step-up in the last {} s", a.approval_id, policy.step_up_max_age_s),
+                    evidence,
+                    Some(a.agent.clone()),
+                );
+            }
+        }
+        a.decision = Some(e.decision);
+        a.decided_by = Some(e.user.clone());
+        a.method = Some(e.method);
+        a.auth_time = e.auth_time;
+        a.decided_at = Some(cx.ts);
+        a.decided_seq = Some(cx.seq);
+        a.last_seq = cx.seq;
+        cx.touched.push(ObjectKey::Approval(e.approval_id.clone()));
+    }
+
+    fn issue(&mut self, e: &TokenIssued, cx: &mut Apply) {
+        let scopes: BTreeSet<String> = e.scopes.iter().cloned().collect();
+        match self.grants.get(&e.grant_id) {
+            None => cx.find(Rule::TokenUnknownGrant, format!("token {} was issued under unknown grant {}", e.token_id, e.grant_id), vec![], Some(e.agent.clone())),
+            Some(g) => {
+                let ev = vec![g.created_seq];
+                let outside: Vec<&String> = scopes.difference(&g.scopes).collect();
+                if !outside.is_empty() || g.agent != e.agent || g.audience != e.audience {
+                    cx.find(
+                        Rule::TokenScopeOutsideGrant,
+                        format!("token {} for {} on {} with {:?} exceeds grant {} ({} on {} with {:?})", e.token_id, e.agent, e.audience, e.scopes, g.grant_id, g.agent, g.audience, g.scopes),
+                        ev.clone(),
+                        Some(e.agent.clone()),
+                    );
+                }
+                if g.status(cx.ts) != Status::Active {
+                    let mut ev = ev.clone();
+                    ev.extend(g.revoked_seq);
+                    cx.find(Rule::TokenAfterGrantEnded, format!("token {} was issued after grant {} ended", e.token_id, g.grant_id), ev, Some(e.agent.clone()));
+                }
+                let ttl_cap = g.max_token_ttl_s.map(|s| cx.ts.plus_seconds(i64::from(s)));
+                if e.expires_at > g.expires_at || ttl_cap.is_some_and(|cap| e.expires_at > cap) {
+                    cx.find(Rule::TokenTtlOverGrant, format!("token {} expires {} , beyond what grant {} allows", e.token_id, e.expires_at, g.grant_id), ev.clone(), Some(e.agent.clone()));
+                }
+                let needs: Vec<&String> = scopes.iter().filter(|s| g.approval.contains_key(*s)).collect();
+                if !needs.is_empty() {
+                    let approval = e.approval_id.as_ref().and_then(|id| self.approvals.get(id));
+                    let ok = approval.is_some_and(|a| {
+                        a.grant_id == g.grant_id
+                            && a.decision == Some(Decision::Approved)
+                            && needs.iter().all(|s| a.scopes.contains(*s))
+                    });
+                    if !ok {
+                        let mut ev = ev.clone();
+                        ev.extend(approval.map(|a| a.requested_seq));
+                        cx.find(Rule::TokenWithoutApproval, format!("token {} carries {:?}, which need approval, without an approved request", e.token_id, needs), ev, Some(e.agent.clone()));
+                    }
+                }
+            }
+        }
+        self.tokens.insert(
+            e.token_id.clone(),
+            TokenState {
+                token_id: e.token_id.clone(),
+                token_hash: e.token_hash.clone(),
+                grant_id: e.grant_id.clone(),
+                user: e.user.clone(),
+                agent: e.agent.clone(),
+                audience: e.audience.clone(),
+                scopes,
+                issued_at: cx.ts,
+                expires_at: e.expires_at,
+                approval_id: e.approval_id.clone(),
+                issued_seq: cx.seq,
+                revoked_seq: None,
+                uses: 0,
+                last_seq: cx.seq,
+            },
+        );
+        self.token_by_hash.insert(e.token_hash.clone(), e.token_id.clone());
+        self.live_by_grant.entry(e.grant_id.clone()).or_default().insert(e.token_id.clone());
+        self.live_by_agent.entry(e.agent.clone()).or_default().insert(e.token_id.clone());
+        cx.touched.push(ObjectKey::Token(e.token_id.clone()));
+    }
+
+    fn call(&mut self, e: &ApiCalled, cx: &mut Apply) {
+        let suspended = self.agents.get(&e.agent).and_then(|a| a.suspended_seq);
+        if let Some(s) = suspended {
+            cx.find(Rule::CallSuspendedAgent, format!("{} called {} {} after being suspended", e.agent, e.method, e.operation), vec![s], Some(e.agent.clone()));
+        }
+        let Some(t) = self.tokens.get_mut(&e.token_id) else {
+            return cx.find(Rule::CallUnknownToken, format!("{} called {} {} with unknown token {}", e.agent, e.method, e.operation, e.token_id), vec![], Some(e.agent.clone()));
+        };
+        t.uses += 1;
+        t.last_seq = cx.seq;
+        cx.touched.push(ObjectKey::Token(t.token_id.clone()));
+        let ev = vec![t.issued_seq];
+        if let Some(r) = t.revoked_seq {
+            cx.find(Rule::CallRevokedToken, format!("{} used token {} after its revocation", e.agent, t.token_id), vec![t.issued_seq, r], Some(e.agent.clone()));
+        } else if cx.ts >= t.expires_at {
+            cx.find(Rule::CallExpiredToken, format!("{} used token {} after it expired at {}", e.agent, t.token_id, t.expires_at), ev.clone(), Some(e.agent.clone()));
+        }
+        if e.agent != t.agent {
+            cx.find(Rule::CallWrongAgent, format!("{} used token {} that was issued to {}", e.agent, t.token_id, t.agent), ev.clone(), Some(e.agent.clone()));
+        }
+        if let Some(scope) = &e.scope
+            && !t.scopes.contains(scope)
+        {
+            cx.find(Rule::CallScopeNotGranted, format!("{} called {} {} needing {scope}, which token {} does not carry", e.agent, e.method, e.operation, t.token_id), ev.clone(), Some(e.agent.clone()));
+        }
+        if let Some(g) = self.grants.get_mut(&t.grant_id) {
+            g.calls += 1;
+            g.last_seq = cx.seq;
+            cx.touched.push(ObjectKey::Grant(g.grant_id.clone()));
+            if let Some(max) = g.max_calls
+                && g.calls > max
+            {
+                cx.find(Rule::CallOverBudget, format!("grant {} is at call {} of a budget of {max}", g.grant_id, g.calls), vec![g.created_seq], Some(e.agent.clone()));
+            }
+        }
+    }
+
+    /// A digest of the whole state: blake3 over its canonical JSON (ordered maps).
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(b"docket/state/v1\n");
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        h.update(&bytes);
+        *h.finalize().as_bytes()
+    }
+
+    /// The object stored under `key`, as JSON, or `None` when absent.
+    pub fn object_json(&self, key: &ObjectKey) -> Option<Vec<u8>> {
+        let v = match key {
+            ObjectKey::Agent(id) => self.agents.get(id).map(serde_json::to_vec),
+            ObjectKey::Grant(id) => self.grants.get(id).map(serde_json::to_vec),
+            ObjectKey::Approval(id) => self.approvals.get(id).map(serde_json::to_vec),
+            ObjectKey::Token(id) => self.tokens.get(id).map(serde_json::to_vec),
+        };
+        v.and_then(Result::ok)
+    }
+}
+
+struct Apply {
+    seq: u64,
+    ts: Timestamp,
+    findings: Vec<Finding>,
+    touched: Vec<ObjectKey>,
+}
+
+impl Apply {
+    fn find(&mut self, rule: Rule, message: String, mut evidence: Vec<u64>, agent: Option<String>) {
+        evidence.push(self.seq);
+        evidence.sort_unstable();
+        evidence.dedup();
+        self.findings.push(Finding { seq: self.seq, ts: self.ts, rule, severity: rule.severity(), message, evidence, agent });
+    }
+}
