@@ -25,6 +25,14 @@ type Commits = Arc<Mutex<Vec<(u64, u64, i64)>>>;
 pub enum BenchCommand {
     /// End-to-end ingest through JetStream, publish-to-append latency, verify rate, raw ed25519 rates.
     Ingest(IngestArgs),
+    /// The ledger alone, no NATS: decode, verify, chain (admission), then admission plus the synced write.
+    Admit(AdmitArgs),
+}
+
+#[derive(Args)]
+pub struct AdmitArgs {
+    #[arg(long, default_value_t = 100_000)]
+    events: usize,
 }
 
 #[derive(Args)]
@@ -46,6 +54,7 @@ pub struct IngestArgs {
 pub async fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Ingest(args) => ingest(args).await,
+        BenchCommand::Admit(args) => admit_only(args),
     }
 }
 
@@ -279,6 +288,16 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     let last = total + args.latency_events as u64;
     wait_for_seq(&commits, last).await?;
     let lat = latencies(&commits, &sent_us, first_seq, last);
+    if std::env::var_os("DOCKET_BENCH_DEBUG").is_some() {
+        let c = commits.lock().map(|c| c.clone()).unwrap_or_default();
+        for &(a, b, t) in c.iter().filter(|(a, _, _)| *a >= first_seq).take(40) {
+            println!(
+                "batch {a}..{b} ({}) committed {:.1} ms after its first publish",
+                b - a + 1,
+                (t - sent_us[(a - 1) as usize]) as f64 / 1000.0
+            );
+        }
+    }
     println!(
         "publish-to-append at {rate:.0} events/s (half the ingest rate): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         percentile(&lat, 0.5),
@@ -290,10 +309,18 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     let (ledger, r) = ledger_task.await?;
     r?;
     watcher.abort();
+    let st = &ledger.stats;
     println!(
         "ledger: {} batches, mean {:.0} events per batch (one fsync each)",
-        ledger.stats.batches,
-        ledger.stats.appended as f64 / ledger.stats.batches.max(1) as f64
+        st.batches,
+        st.appended as f64 / st.batches.max(1) as f64
+    );
+    println!(
+        "  loop time: waiting {:.1}s, admission {:.1}s, synced write {:.1}s, acks {:.1}s",
+        st.wait_us as f64 / 1e6,
+        st.admit_us as f64 / 1e6,
+        st.write_us as f64 / 1e6,
+        st.ack_us as f64 / 1e6
     );
     drop(ledger);
 
@@ -310,6 +337,71 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     println!(
         "publish failures: {fails}; peak RSS of this process (publisher + ledger + verifier): {:.0} MiB",
         peak_rss_mib()
+    );
+    Ok(())
+}
+
+fn admit_only(args: AdmitArgs) -> Result<()> {
+    use docket_ledger::admission::{BATCH_EVENTS_MAX, ChainTip, Incoming, admit};
+    use docket_ledger::registry::Registry;
+    let items: Vec<Incoming> = workload(args.events, 1)
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| Incoming {
+            subject: p.subject,
+            payload: p.envelope.into(),
+            source_seq: i as u64 + 1,
+        })
+        .collect();
+    let t = Instant::now();
+    let envs: Vec<Envelope> = items
+        .iter()
+        .filter_map(|i| Envelope::decode(&i.payload).ok())
+        .collect();
+    let env_us = t.elapsed().as_secs_f64() * 1e6 / items.len() as f64;
+    let t = Instant::now();
+    let events = envs.iter().filter(|e| e.event().is_ok()).count();
+    let event_us = t.elapsed().as_secs_f64() * 1e6 / items.len() as f64;
+    let t = Instant::now();
+    let pae: usize = envs.iter().map(|e| e.signed_bytes().len()).sum();
+    let pae_us = t.elapsed().as_secs_f64() * 1e6 / items.len() as f64;
+    println!(
+        "one core, per event: envelope decode {env_us:.2} us, event decode+validate {event_us:.2} us, PAE {pae_us:.2} us ({events} events, {pae} bytes)"
+    );
+    let admin = docket_ledger::workload::Roles::from_seed(1)
+        .admin
+        .verifying_key();
+    let fresh = || ChainTip {
+        seq: 0,
+        head: [0; 32],
+        registry: Registry::new(&admin),
+        source_seq: 0,
+    };
+    let mut tip = fresh();
+    let t = Instant::now();
+    for batch in items.chunks(BATCH_EVENTS_MAX) {
+        let plan = admit(&mut tip, batch, now_us(), |ids| {
+            Ok::<_, ()>(vec![false; ids.len()])
+        });
+        assert!(plan.is_ok_and(|p| p.quarantined.is_empty()));
+    }
+    let rate = items.len() as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "admission only (decode, authorize, batch verify, chain), batches of {BATCH_EVENTS_MAX}: {rate:.0} events/s"
+    );
+    let temp = tempfile::tempdir()?;
+    let config = Config::default();
+    let ledger = crate::open_ledger(temp.path(), &config, &encode_base64(admin.as_bytes()))?;
+    let store = ledger.store();
+    let mut tip = fresh();
+    let t = Instant::now();
+    for batch in items.chunks(BATCH_EVENTS_MAX) {
+        let plan = admit(&mut tip, batch, now_us(), |ids| store.contains_ids(ids))?;
+        store.commit(&plan, &tip)?;
+    }
+    let rate = items.len() as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "admission + dedup lookup + synced RocksDB write:                  {rate:.0} events/s"
     );
     Ok(())
 }

@@ -317,8 +317,13 @@ fn append(
 /// batch that fails is re-verified one signature at a time to find the culprits.
 pub fn verify_all<'a>(items: impl Iterator<Item = (&'a Envelope, &'a VerifyingKey)>) -> Vec<bool> {
     let items: Vec<(&Envelope, &VerifyingKey)> = items.collect();
+    // Spread even small batches over every core; cap chunks where batching stops paying.
+    let chunk = items
+        .len()
+        .div_ceil(rayon::current_num_threads())
+        .clamp(8, VERIFY_CHUNK);
     items
-        .par_chunks(VERIFY_CHUNK)
+        .par_chunks(chunk)
         .flat_map_iter(verify_chunk)
         .collect()
 }

@@ -15,7 +15,8 @@ use crate::admission::{BATCH_EVENTS_MAX, ChainTip, Plan, admit};
 use crate::chain::hex;
 use crate::store::{LedgerIdentity, Store, StoreError};
 use crate::transport::{
-    Bus, SUBJECT_APPENDED, SUBJECT_CHECKPOINTS, SUBJECT_REJECTED, Source, TransportError,
+    ACK_QUEUE_MAX, Bus, SUBJECT_APPENDED, SUBJECT_CHECKPOINTS, SUBJECT_REJECTED, Source,
+    TransportError,
 };
 
 /// When to sign a checkpoint.
@@ -55,6 +56,11 @@ pub struct IngestStats {
     pub quarantined: u64,
     pub duplicates: u64,
     pub checkpoints: u64,
+    /// Where the loop's time went, in microseconds: waiting for input, admission, the synced write, acks.
+    pub wait_us: u64,
+    pub admit_us: u64,
+    pub write_us: u64,
+    pub ack_us: u64,
 }
 
 /// The `docket.appended` notice.
@@ -121,6 +127,18 @@ impl Ledger {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), IngestError> {
         tokio::pin!(shutdown);
+        // Acks leave the append loop's critical path; the queue is bounded, so a slow
+        // server slows the loop instead of letting unacked batches pile up.
+        let (ack_tx, mut ack_rx) =
+            tokio::sync::mpsc::channel::<crate::transport::AckToken>(ACK_QUEUE_MAX);
+        let acker = tokio::spawn(async move {
+            while let Some(token) = ack_rx.recv().await {
+                if let Err(e) = token.send().await {
+                    // Durable already: a redelivery is recognised by event id and acked then.
+                    tracing::warn!(error = %e, "ack failed; the batch will be redelivered and deduplicated");
+                }
+            }
+        });
         let mut tick = tokio::time::interval(self.policy.every.min(Duration::from_secs(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -128,7 +146,7 @@ impl Ledger {
                 biased;
                 _ = &mut shutdown => break,
                 _ = tick.tick() => self.checkpoint_if_due(&bus, false).await?,
-                delivery = source.next(BATCH_EVENTS_MAX) => {
+                delivery = timed(source.next(BATCH_EVENTS_MAX), &mut self.stats.wait_us) => {
                     let delivery = match delivery {
                         Ok(d) => d,
                         Err(TransportError::Closed) => break,
@@ -138,15 +156,16 @@ impl Ledger {
                         continue;
                     }
                     let plan = self.commit(delivery.items).await?;
-                    if let Err(e) = source.ack(delivery.ack).await {
-                        // Durable already: a redelivery is recognised by event id and acked then.
-                        tracing::warn!(error = %e, "ack failed; the batch will be redelivered and deduplicated");
+                    if timed(ack_tx.send(delivery.ack), &mut self.stats.ack_us).await.is_err() {
+                        return Err(IngestError::Task("ack task ended".into()));
                     }
                     self.announce(&bus, &plan).await;
                     self.checkpoint_if_due(&bus, false).await?;
                 }
             }
         }
+        drop(ack_tx);
+        let _ = acker.await;
         self.checkpoint_if_due(&bus, true).await
     }
 
@@ -158,13 +177,23 @@ impl Ledger {
         let store = Arc::clone(&self.store);
         let mut tip = self.tip.clone();
         let received_us = now_us();
-        let (tip, plan) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            let plan = admit(&mut tip, &items, received_us, |ids| store.contains_ids(ids))?;
-            store.commit(&plan, &tip)?;
-            Ok((tip, plan))
-        })
-        .await
-        .map_err(|e| IngestError::Task(e.to_string()))??;
+        let (tip, plan, admit_us, write_us) =
+            tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+                let t = Instant::now();
+                let plan = admit(&mut tip, &items, received_us, |ids| store.contains_ids(ids))?;
+                let admit_us = t.elapsed().as_micros() as u64;
+                store.commit(&plan, &tip)?;
+                Ok((
+                    tip,
+                    plan,
+                    admit_us,
+                    t.elapsed().as_micros() as u64 - admit_us,
+                ))
+            })
+            .await
+            .map_err(|e| IngestError::Task(e.to_string()))??;
+        self.stats.admit_us += admit_us;
+        self.stats.write_us += write_us;
         self.tip = tip;
         self.stats.batches += 1;
         self.stats.appended += plan.appends.len() as u64;
@@ -222,6 +251,13 @@ impl Ledger {
         bus.publish(SUBJECT_CHECKPOINTS, note.into_bytes()).await;
         Ok(())
     }
+}
+
+async fn timed<T>(f: impl std::future::Future<Output = T>, total_us: &mut u64) -> T {
+    let t = Instant::now();
+    let out = f.await;
+    *total_us += t.elapsed().as_micros() as u64;
+    out
 }
 
 /// Wall-clock microseconds since the epoch: read here, at the edge, and passed into the core.

@@ -28,6 +28,10 @@ pub const SUBJECT_CHECKPOINTS: &str = "docket.checkpoints";
 pub const ACK_PENDING_MAX: usize = 20_000;
 /// How long JetStream waits for an ack before redelivering.
 pub const ACK_WAIT: Duration = Duration::from_secs(10);
+/// Longest a batch waits for more messages after its first one.
+pub const BATCH_LINGER: Duration = Duration::from_millis(2);
+/// Batches whose acks may be queued behind the append loop.
+pub const ACK_QUEUE_MAX: usize = 8;
 /// Messages the in-process stream buffers before a publisher waits.
 pub const MEMORY_STREAM_CAPACITY: usize = 65_536;
 /// JetStream's duplicate window; the ledger's own index is the permanent one.
@@ -51,7 +55,31 @@ fn nats_err(e: impl std::fmt::Display) -> TransportError {
 /// What to acknowledge once a batch is durable.
 pub enum AckToken {
     Nats(Vec<jetstream::message::Acker>),
-    Memory(u64),
+    Memory(MemoryStream, u64),
+}
+
+impl AckToken {
+    /// Acknowledges everything in the batch; call only once the batch is durable.
+    pub async fn send(self) -> Result<(), TransportError> {
+        match self {
+            // Explicit acks, in order; the last one waits for the server's confirmation, which
+            // (one connection, processed in order) confirms the ones before it too.
+            AckToken::Nats(mut ackers) => {
+                let last = ackers.pop();
+                for a in ackers {
+                    a.ack().await.map_err(nats_err)?;
+                }
+                match last {
+                    Some(a) => a.double_ack().await.map_err(nats_err),
+                    None => Ok(()),
+                }
+            }
+            AckToken::Memory(stream, seq) => {
+                stream.ack_through(seq);
+                Ok(())
+            }
+        }
+    }
 }
 
 /// A batch taken from a source.
@@ -72,30 +100,6 @@ impl Source {
         match self {
             Source::Nats(s) => s.next(max).await,
             Source::Memory(s) => s.next(max).await,
-        }
-    }
-
-    /// Acknowledges everything up to and including the batch's last message.
-    pub async fn ack(&mut self, token: AckToken) -> Result<(), TransportError> {
-        match token {
-            // Explicit acks, in order; the last one waits for the server's confirmation, which
-            // (one connection, processed in order) confirms the ones before it too.
-            AckToken::Nats(mut ackers) => {
-                let last = ackers.pop();
-                for a in ackers {
-                    a.ack().await.map_err(nats_err)?;
-                }
-                match last {
-                    Some(a) => a.double_ack().await.map_err(nats_err),
-                    None => Ok(()),
-                }
-            }
-            AckToken::Memory(seq) => {
-                if let Source::Memory(s) = self {
-                    s.ack_through(seq);
-                }
-                Ok(())
-            }
         }
     }
 }
@@ -172,6 +176,7 @@ impl NatsSource {
     async fn next(&mut self, max: usize) -> Result<Delivery, TransportError> {
         let mut items = Vec::new();
         let mut ackers = Vec::new();
+        let mut deadline = None;
         loop {
             if self.messages.is_none() {
                 let m = self
@@ -188,15 +193,16 @@ impl NatsSource {
             let Some(messages) = self.messages.as_mut() else {
                 continue;
             };
-            // Block for the first message only; then drain what is already buffered.
-            let next = if items.is_empty() {
-                messages.next().await
-            } else {
-                match futures::FutureExt::now_or_never(messages.next()) {
-                    Some(n) => n,
-                    None => break,
-                }
+            // Block for the first message; then gather more for at most BATCH_LINGER, so
+            // one fsync and one round of acks serve many messages under load.
+            let next = match deadline {
+                None => messages.next().await,
+                Some(d) => match tokio::time::timeout_at(d, messages.next()).await {
+                    Ok(n) => n,
+                    Err(_) => break,
+                },
             };
+            deadline.get_or_insert_with(|| tokio::time::Instant::now() + BATCH_LINGER);
             match next {
                 Some(Ok(msg)) => {
                     let source_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
@@ -325,7 +331,7 @@ impl MemoryStream {
                     let last = items.last().map(|i| i.source_seq).unwrap_or(0);
                     return Ok(Delivery {
                         items,
-                        ack: AckToken::Memory(last),
+                        ack: AckToken::Memory(self.clone(), last),
                     });
                 }
                 if inner.closed {
