@@ -290,7 +290,22 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     let lat = latencies(&commits, &sent_us, first_seq, last);
     if std::env::var_os("DOCKET_BENCH_DEBUG").is_some() {
         let c = commits.lock().map(|c| c.clone()).unwrap_or_default();
-        for &(a, b, t) in c.iter().filter(|(a, _, _)| *a >= first_seq).take(40) {
+        let mut worst: Vec<(i64, u64, u64, u64)> = c
+            .iter()
+            .filter(|(a, _, _)| *a >= first_seq)
+            .map(|&(a, b, t)| (t - sent_us[(a - 1) as usize], a, b, t as u64))
+            .collect();
+        worst.sort();
+        println!(
+            "worst batches: {:?}",
+            &worst[worst.len().saturating_sub(5)..]
+        );
+        println!(
+            "notices: {}, first paced seq {first_seq}, sent {}",
+            c.len(),
+            sent_us.len()
+        );
+        for &(a, b, t) in c.iter().filter(|(a, _, _)| *a >= first_seq).take(3) {
             println!(
                 "batch {a}..{b} ({}) committed {:.1} ms after its first publish",
                 b - a + 1,

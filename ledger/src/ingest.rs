@@ -19,6 +19,9 @@ use crate::transport::{
     TransportError,
 };
 
+/// Batches read ahead of the append loop at most.
+pub const FETCH_QUEUE_MAX: usize = 2;
+
 /// When to sign a checkpoint.
 #[derive(Clone, Debug)]
 pub struct CheckpointPolicy {
@@ -139,6 +142,19 @@ impl Ledger {
                 }
             }
         });
+        // The source is read by its own task: a select! below must never cancel a read
+        // half-way (messages taken but not yet returned would wait out JetStream's ack
+        // timeout), and reading the next batch overlaps with committing this one.
+        let (batch_tx, mut batch_rx) = tokio::sync::mpsc::channel(FETCH_QUEUE_MAX);
+        let fetcher = tokio::spawn(async move {
+            loop {
+                let delivery = source.next(BATCH_EVENTS_MAX).await;
+                let failed = delivery.is_err();
+                if batch_tx.send(delivery).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
         let mut tick = tokio::time::interval(self.policy.every.min(Duration::from_secs(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -146,11 +162,11 @@ impl Ledger {
                 biased;
                 _ = &mut shutdown => break,
                 _ = tick.tick() => self.checkpoint_if_due(&bus, false).await?,
-                delivery = timed(source.next(BATCH_EVENTS_MAX), &mut self.stats.wait_us) => {
+                delivery = timed(batch_rx.recv(), &mut self.stats.wait_us) => {
                     let delivery = match delivery {
-                        Ok(d) => d,
-                        Err(TransportError::Closed) => break,
-                        Err(e) => return Err(e.into()),
+                        Some(Ok(d)) => d,
+                        None | Some(Err(TransportError::Closed)) => break,
+                        Some(Err(e)) => return Err(e.into()),
                     };
                     if delivery.items.is_empty() {
                         continue;
@@ -164,6 +180,7 @@ impl Ledger {
                 }
             }
         }
+        fetcher.abort();
         drop(ack_tx);
         let _ = acker.await;
         self.checkpoint_if_due(&bus, true).await

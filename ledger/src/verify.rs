@@ -7,8 +7,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
-use docket_schemas::{Checkpoint, Envelope, Kind};
+use docket_schemas::{Checkpoint, Envelope, Event, Kind};
 use ed25519_dalek::VerifyingKey;
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::admission::verify_all;
@@ -77,6 +78,41 @@ struct Pending {
     key: VerifyingKey,
 }
 
+/// One entry decoded off the critical path.
+struct Decoded {
+    seq: u64,
+    /// (stored hash, stored previous hash), or why the record is unreadable.
+    chain: Result<([u8; 32], [u8; 32]), String>,
+    hash_ok: bool,
+    event: Result<(Envelope, Event), String>,
+}
+
+fn decode(seq: u64, record: &[u8]) -> Decoded {
+    match Entry::decode(seq, record) {
+        Err(e) => Decoded {
+            seq,
+            chain: Err(e.to_string()),
+            hash_ok: false,
+            event: Err(String::new()),
+        },
+        Ok(entry) => {
+            let event = Envelope::decode(entry.envelope)
+                .map_err(|e| format!("envelope: {e}"))
+                .and_then(|env| {
+                    env.event()
+                        .map(|ev| (env, ev))
+                        .map_err(|e| format!("event: {e}"))
+                });
+            Decoded {
+                seq,
+                chain: Ok((entry.hash, entry.prev)),
+                hash_ok: entry.compute_hash() == entry.hash,
+                event,
+            }
+        }
+    }
+}
+
 /// Verifies the whole ledger; `progress(done, total)` is called as entries are checked.
 pub fn verify(
     store: &Store,
@@ -141,73 +177,88 @@ pub fn verify(
     let mut ids = HashSet::new();
     let mut pending: Vec<Pending> = Vec::new();
     let (mut expected_seq, mut prev, mut last_seq) = (1u64, GENESIS_PREV, 0u64);
-    for item in store.records(1)? {
-        let (seq, record) = match item {
-            Ok(r) => r,
-            Err(e) => {
-                found.add(None, format!("store read failed: {e}"));
-                break;
-            }
-        };
-        if seq != expected_seq {
-            if seq > expected_seq {
-                found.add(
-                    Some(expected_seq),
-                    format!("entries {expected_seq}..{} are missing", seq - 1),
-                );
-            } else {
-                found.add(Some(seq), format!("entry {seq} appears out of order"));
+    let mut window: Vec<(u64, Vec<u8>)> = Vec::with_capacity(VERIFY_WINDOW);
+    let mut records = store.records(1)?;
+    loop {
+        window.clear();
+        for item in records.by_ref().take(VERIFY_WINDOW) {
+            match item {
+                Ok(r) => window.push(r),
+                Err(e) => found.add(None, format!("store read failed: {e}")),
             }
         }
-        expected_seq = seq + 1;
-        last_seq = seq;
-        let entry = match Entry::decode(seq, &record) {
-            Ok(e) => e,
-            Err(e) => {
-                found.add(Some(seq), format!("record unreadable: {e}"));
-                prev = [0xff; 32];
-                continue;
+        if window.is_empty() {
+            break;
+        }
+        // Decoding and hashing are independent per entry: do them on every core.
+        let decoded: Vec<Decoded> = window
+            .par_iter()
+            .map(|(seq, record)| decode(*seq, record))
+            .collect();
+        for d in decoded {
+            let seq = d.seq;
+            if seq != expected_seq {
+                if seq > expected_seq {
+                    found.add(
+                        Some(expected_seq),
+                        format!("entries {expected_seq}..{} are missing", seq - 1),
+                    );
+                } else {
+                    found.add(Some(seq), format!("entry {seq} appears out of order"));
+                }
             }
-        };
-        if entry.compute_hash() != entry.hash {
-            found.add(
-                Some(seq),
-                "entry hash does not match its contents (altered, or moved from another seq)"
-                    .into(),
-            );
-        }
-        if entry.prev != prev {
-            found.add(
-                Some(seq),
-                format!(
-                    "previous-hash link broken: entry {seq} does not follow entry {}",
-                    seq - 1
-                ),
-            );
-        }
-        prev = entry.hash;
-        if let Some(want) = expected_heads.get(&seq) {
-            if *want == entry.hash {
-                checkpoints_verified += 1;
-            } else {
+            expected_seq = seq + 1;
+            last_seq = seq;
+            let (hash, link) = match d.chain {
+                Ok(c) => c,
+                Err(e) => {
+                    found.add(Some(seq), format!("record unreadable: {e}"));
+                    prev = [0xff; 32];
+                    continue;
+                }
+            };
+            if !d.hash_ok {
                 found.add(
                     Some(seq),
-                    format!("signed checkpoint at size {seq} names a different head hash"),
+                    "entry hash does not match its contents (altered, or moved from another seq)"
+                        .into(),
                 );
             }
+            if link != prev {
+                found.add(
+                    Some(seq),
+                    format!(
+                        "previous-hash link broken: entry {seq} does not follow entry {}",
+                        seq - 1
+                    ),
+                );
+            }
+            prev = hash;
+            if let Some(want) = expected_heads.get(&seq) {
+                if *want == hash {
+                    checkpoints_verified += 1;
+                } else {
+                    found.add(
+                        Some(seq),
+                        format!("signed checkpoint at size {seq} names a different head hash"),
+                    );
+                }
+            }
+            match d.event {
+                Ok((envelope, event)) => check_event(
+                    seq,
+                    envelope,
+                    event,
+                    &mut registry,
+                    &mut ids,
+                    &mut pending,
+                    &mut found,
+                ),
+                Err(e) => found.add(Some(seq), e),
+            }
         }
-        check_event(
-            seq,
-            &entry,
-            &mut registry,
-            &mut ids,
-            &mut pending,
-            &mut found,
-        );
-        if pending.len() >= VERIFY_WINDOW {
-            settle(&mut pending, &mut found);
-            progress(seq, total);
-        }
+        settle(&mut pending, &mut found);
+        progress(last_seq, total);
     }
     settle(&mut pending, &mut found);
     progress(last_seq, total);
@@ -242,20 +293,13 @@ pub fn verify(
 
 fn check_event(
     seq: u64,
-    entry: &Entry<'_>,
+    envelope: Envelope,
+    event: Event,
     registry: &mut Registry,
     ids: &mut HashSet<[u8; 16]>,
     pending: &mut Vec<Pending>,
     found: &mut Findings,
 ) {
-    let envelope = match Envelope::decode(entry.envelope) {
-        Ok(e) => e,
-        Err(e) => return found.add(Some(seq), format!("envelope: {e}")),
-    };
-    let event = match envelope.event() {
-        Ok(e) => e,
-        Err(e) => return found.add(Some(seq), format!("event: {e}")),
-    };
     if !ids.insert(event.id.0) {
         found.add(
             Some(seq),
