@@ -412,7 +412,7 @@ fn admit_only(args: AdmitArgs) -> Result<()> {
     let t = Instant::now();
     for batch in items.chunks(BATCH_EVENTS_MAX) {
         let plan = admit(&mut tip, batch, now_us(), |ids| store.contains_ids(ids))?;
-        store.commit(&plan, &tip)?;
+        store.commit(&plan, &tip, None)?;
     }
     let rate = items.len() as f64 / t.elapsed().as_secs_f64();
     println!(

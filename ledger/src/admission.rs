@@ -83,6 +83,8 @@ pub struct NewEntry {
     pub event_id: EventId,
     pub kind: Kind,
     pub key_id: String,
+    /// The decoded event, for the state fold.
+    pub event: Event,
 }
 
 impl NewEntry {
@@ -306,6 +308,7 @@ fn append(
         event_id: d.event.id,
         kind: d.event.kind(),
         key_id: d.envelope.key_id.clone(),
+        event: d.event.clone(),
     });
     known.insert(d.event.id);
     tip.seq = seq;

@@ -4,7 +4,7 @@
 //! checkpoint. A failed write ends the loop with an error: nothing after it is
 //! acknowledged, so nothing acknowledged can be lost.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use docket_schemas::Checkpoint;
@@ -13,10 +13,11 @@ use serde::Serialize;
 
 use crate::admission::{BATCH_EVENTS_MAX, ChainTip, Plan, admit};
 use crate::chain::hex;
-use crate::store::{LedgerIdentity, Store, StoreError};
+use crate::state::{Finding, Policy, VaultState};
+use crate::store::{LedgerIdentity, ProjectionDelta, Store, StoreError};
 use crate::transport::{
-    ACK_QUEUE_MAX, Bus, SUBJECT_APPENDED, SUBJECT_CHECKPOINTS, SUBJECT_REJECTED, Source,
-    TransportError,
+    ACK_QUEUE_MAX, Bus, SUBJECT_APPENDED, SUBJECT_CHECKPOINTS, SUBJECT_FINDINGS, SUBJECT_REJECTED,
+    Source, TransportError,
 };
 
 /// Batches read ahead of the append loop at most.
@@ -59,6 +60,7 @@ pub struct IngestStats {
     pub quarantined: u64,
     pub duplicates: u64,
     pub checkpoints: u64,
+    pub findings: u64,
     /// Where the loop's time went, in microseconds: waiting for input, admission, the synced write, acks.
     pub wait_us: u64,
     pub admit_us: u64,
@@ -84,6 +86,11 @@ pub struct Ledger {
     key: SigningKey,
     policy: CheckpointPolicy,
     checkpointed: (u64, Instant),
+    /// The projection, shared with readers (the vault's introspection) behind a lock held only to apply.
+    state: Arc<RwLock<VaultState>>,
+    rules: Policy,
+    /// Findings of the last committed batch, to publish.
+    last_findings: Vec<Finding>,
     pub stats: IngestStats,
 }
 
@@ -103,6 +110,9 @@ impl Ledger {
             })?;
         let tip = store.tip(|| crate::registry::Registry::new(&admin))?;
         let last_cp = store.checkpoints()?.last().map(|(s, _)| *s).unwrap_or(0);
+        let rules = Policy::default();
+        let mut state = store.load_state()?;
+        crate::projection::catch_up(&store, &mut state, &rules, &tip)?;
         Ok(Ledger {
             store: Arc::new(store),
             tip,
@@ -110,6 +120,9 @@ impl Ledger {
             key,
             policy,
             checkpointed: (last_cp, Instant::now()),
+            state: Arc::new(RwLock::new(state)),
+            rules,
+            last_findings: Vec::new(),
             stats: IngestStats::default(),
         })
     }
@@ -120,6 +133,11 @@ impl Ledger {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The live projection; hold its read lock briefly.
+    pub fn state(&self) -> Arc<RwLock<VaultState>> {
+        Arc::clone(&self.state)
     }
 
     /// Runs until `shutdown` resolves or an error stops acknowledgement.
@@ -194,21 +212,37 @@ impl Ledger {
         let store = Arc::clone(&self.store);
         let mut tip = self.tip.clone();
         let received_us = now_us();
-        let (tip, plan, admit_us, write_us) =
+        let (state, rules) = (Arc::clone(&self.state), self.rules.clone());
+        let (tip, plan, findings, admit_us, write_us) =
             tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
                 let t = Instant::now();
                 let plan = admit(&mut tip, &items, received_us, |ids| store.contains_ids(ids))?;
+                let delta = {
+                    // A poisoned lock means a panic mid-apply: the projection can't be trusted, stop.
+                    let mut st = state.write().map_err(|_| StoreError::Poisoned)?;
+                    let mut findings = Vec::new();
+                    let mut touched = std::collections::BTreeSet::new();
+                    for e in &plan.appends {
+                        let (f, t) = st.apply(e.seq, &e.event, &rules);
+                        findings.extend(f);
+                        touched.extend(t);
+                    }
+                    ProjectionDelta::capture(&st, &touched, findings)
+                };
                 let admit_us = t.elapsed().as_micros() as u64;
-                store.commit(&plan, &tip)?;
+                store.commit(&plan, &tip, Some(&delta))?;
                 Ok((
                     tip,
                     plan,
+                    delta.findings,
                     admit_us,
                     t.elapsed().as_micros() as u64 - admit_us,
                 ))
             })
             .await
             .map_err(|e| IngestError::Task(e.to_string()))??;
+        self.stats.findings += findings.len() as u64;
+        self.last_findings = findings;
         self.stats.admit_us += admit_us;
         self.stats.write_us += write_us;
         self.tip = tip;
@@ -239,6 +273,10 @@ impl Ledger {
         }
         for q in &plan.quarantined {
             bus.publish(SUBJECT_REJECTED, serde_json::to_vec(q).unwrap_or_default())
+                .await;
+        }
+        for f in &self.last_findings {
+            bus.publish(SUBJECT_FINDINGS, serde_json::to_vec(f).unwrap_or_default())
                 .await;
         }
     }

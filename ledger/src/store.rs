@@ -16,6 +16,37 @@ use rocksdb::{
 use crate::admission::{ChainTip, Plan};
 use crate::chain::{Entry, RecordError};
 use crate::registry::Registry;
+use crate::state::{Finding, ObjectKey, VaultState};
+
+/// What a batch changed in the projection, serialised, written with the batch.
+#[derive(Default)]
+pub struct ProjectionDelta {
+    /// (object key, JSON or `None` to delete).
+    pub objects: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub findings: Vec<Finding>,
+    /// Seq and time of the last entry the projection reflects.
+    pub seq: u64,
+    pub ts_us: i64,
+}
+
+impl ProjectionDelta {
+    /// Serialises the touched objects of `state` (call while holding the state, briefly).
+    pub fn capture(
+        state: &VaultState,
+        touched: &std::collections::BTreeSet<ObjectKey>,
+        findings: Vec<Finding>,
+    ) -> Self {
+        ProjectionDelta {
+            objects: touched
+                .iter()
+                .map(|k| (k.encode(), state.object_json(k)))
+                .collect(),
+            findings,
+            seq: state.seq,
+            ts_us: state.ts.map_or(0, |t| t.as_micros()),
+        }
+    }
+}
 
 /// Column family: seq (u64 big-endian) -> entry record (see chain.rs).
 pub const CF_ENTRIES: &str = "entries";
@@ -27,13 +58,19 @@ pub const CF_QUARANTINE: &str = "quarantine";
 pub const CF_CHECKPOINTS: &str = "checkpoints";
 /// Column family: name (ASCII) -> value. See docs/FORMAT.md for the names.
 pub const CF_META: &str = "meta";
+/// Column family: state object key (`a/`, `g/`, `p/`, `t/` + id) -> JSON. The projection.
+pub const CF_STATE: &str = "state";
+/// Column family: u64be(seq) || u8(index) -> finding (JSON).
+pub const CF_FINDINGS: &str = "findings";
 
-const ALL_CFS: [&str; 5] = [
+const ALL_CFS: [&str; 7] = [
     CF_ENTRIES,
     CF_EVENT_IDS,
     CF_QUARANTINE,
     CF_CHECKPOINTS,
     CF_META,
+    CF_STATE,
+    CF_FINDINGS,
 ];
 
 pub const META_FORMAT: &[u8] = b"format";
@@ -43,6 +80,8 @@ pub const META_LEDGER_KEY: &[u8] = b"ledger_public_key";
 pub const META_TIP: &[u8] = b"tip";
 pub const META_REGISTRY: &[u8] = b"registry";
 pub const META_SOURCE_SEQ: &[u8] = b"source_seq";
+/// u64be(seq) || i64be(ts micros) of the last entry the projection reflects.
+pub const META_STATE_AT: &[u8] = b"state_at";
 const FORMAT_VERSION: &[u8] = b"1";
 
 /// What went wrong with the store.
@@ -71,6 +110,10 @@ pub enum StoreError {
     CorruptMeta { path: PathBuf, key: String },
     #[error("entry {seq}: {source}")]
     Record { seq: u64, source: RecordError },
+    #[error("the projection's lock was poisoned by a panic; restart to reload it from the store")]
+    Poisoned,
+    #[error("entry {seq} does not decode: {why}")]
+    Undecodable { seq: u64, why: String },
 }
 
 /// Static facts about a ledger, fixed when it was created.
@@ -310,8 +353,14 @@ impl Store {
             .collect()
     }
 
-    /// Writes a planned batch atomically and durably: entries, ids, quarantine, tip and registry.
-    pub fn commit(&self, plan: &Plan, tip: &ChainTip) -> Result<(), StoreError> {
+    /// Writes a planned batch atomically and durably: entries, ids, quarantine, tip, registry,
+    /// and the projection's changed objects and findings, so state and chain never disagree.
+    pub fn commit(
+        &self,
+        plan: &Plan,
+        tip: &ChainTip,
+        projection: Option<&ProjectionDelta>,
+    ) -> Result<(), StoreError> {
         let (entries, ids, quarantine, meta) = (
             self.cf(CF_ENTRIES)?,
             self.cf(CF_EVENT_IDS)?,
@@ -341,9 +390,80 @@ impl Store {
             );
         }
         b.put_cf(meta, META_SOURCE_SEQ, tip.source_seq.to_be_bytes());
+        if let Some(p) = projection {
+            let (state_cf, findings_cf) = (self.cf(CF_STATE)?, self.cf(CF_FINDINGS)?);
+            for (key, json) in &p.objects {
+                match json {
+                    Some(json) => b.put_cf(state_cf, key, json),
+                    None => b.delete_cf(state_cf, key),
+                }
+            }
+            let mut index = std::collections::BTreeMap::<u64, u8>::new();
+            for f in &p.findings {
+                let i = index.entry(f.seq).or_default();
+                let mut k = f.seq.to_be_bytes().to_vec();
+                k.push(*i);
+                *i = i.saturating_add(1);
+                b.put_cf(findings_cf, k, serde_json::to_vec(f).unwrap_or_default());
+            }
+            let mut at = p.seq.to_be_bytes().to_vec();
+            at.extend_from_slice(&p.ts_us.to_be_bytes());
+            b.put_cf(meta, META_STATE_AT, at);
+        }
         self.db
             .write_opt(b, &self.sync)
             .map_err(|e| rocks(&self.path, e))
+    }
+
+    /// Loads the stored projection (objects, seq and time); an empty state when none was stored.
+    pub fn load_state(&self) -> Result<VaultState, StoreError> {
+        let mut state = VaultState::default();
+        for r in self.db.iterator_cf(self.cf(CF_STATE)?, IteratorMode::Start) {
+            let (k, v) = r.map_err(|e| rocks(&self.path, e))?;
+            let bad = || self.corrupt(&k);
+            let id = std::str::from_utf8(&k[2.min(k.len())..])
+                .map_err(|_| bad())?
+                .to_string();
+            match k.get(..2) {
+                Some(b"a/") => drop(
+                    state
+                        .agents
+                        .insert(id, serde_json::from_slice(&v).map_err(|_| bad())?),
+                ),
+                Some(b"g/") => drop(
+                    state
+                        .grants
+                        .insert(id, serde_json::from_slice(&v).map_err(|_| bad())?),
+                ),
+                Some(b"p/") => drop(
+                    state
+                        .approvals
+                        .insert(id, serde_json::from_slice(&v).map_err(|_| bad())?),
+                ),
+                Some(b"t/") => drop(
+                    state
+                        .tokens
+                        .insert(id, serde_json::from_slice(&v).map_err(|_| bad())?),
+                ),
+                _ => return Err(bad()),
+            }
+        }
+        if let Some(v) = self.meta(META_STATE_AT)? {
+            let (seq, ts) = v
+                .split_at_checked(8)
+                .ok_or_else(|| self.corrupt(META_STATE_AT))?;
+            state.seq =
+                u64::from_be_bytes(seq.try_into().map_err(|_| self.corrupt(META_STATE_AT))?);
+            let ts = i64::from_be_bytes(ts.try_into().map_err(|_| self.corrupt(META_STATE_AT))?);
+            state.ts = docket_schemas::Timestamp::from_micros(ts).filter(|_| state.seq > 0);
+        }
+        state.reindex();
+        Ok(state)
+    }
+
+    /// Every stored finding, in seq order.
+    pub fn findings(&self) -> Result<Vec<Finding>, StoreError> {
+        self.scan(CF_FINDINGS, |_, v| serde_json::from_slice(v).ok())
     }
 
     pub fn put_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError> {

@@ -24,6 +24,7 @@ pub const EVENT_SUBJECT_PREFIX: &str = "docket.events.";
 pub const SUBJECT_REJECTED: &str = "docket.rejected";
 pub const SUBJECT_APPENDED: &str = "docket.appended";
 pub const SUBJECT_CHECKPOINTS: &str = "docket.checkpoints";
+pub const SUBJECT_FINDINGS: &str = "docket.findings";
 /// Messages the ledger may hold unacknowledged (its pull window).
 pub const ACK_PENDING_MAX: usize = 20_000;
 /// How long JetStream waits for an ack before redelivering.

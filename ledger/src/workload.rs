@@ -111,20 +111,34 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("DELETE", "/deals/17"),
 ];
 
+#[derive(Clone)]
 struct Grant {
     id: String,
     user: usize,
     agent: usize,
     audience: usize,
     scopes: Vec<String>,
+    /// Scopes that need approval, with their risk.
+    needs: Vec<(String, Risk)>,
     live: bool,
 }
 
 struct Token {
     id: String,
     hash: String,
-    grant: usize,
+    grant_id: String,
+    agent: usize,
+    audience: usize,
+    scopes: Vec<String>,
+    expires_us: i64,
     live: bool,
+}
+
+struct Approval {
+    id: String,
+    grant: Grant,
+    scopes: Vec<String>,
+    risk: Risk,
 }
 
 /// The generator's state.
@@ -136,14 +150,32 @@ pub struct Workload {
     agents: usize,
     grants: Vec<Grant>,
     tokens: Vec<Token>,
+    pending: std::collections::VecDeque<Approval>,
+    approved: std::collections::VecDeque<Approval>,
+    suspended: std::collections::BTreeSet<usize>,
+    revoked_token: Option<(String, usize)>,
     serial: u64,
-    /// Forgeries per thousand envelopes (0 for a clean workload).
+    /// Forged or malformed envelopes per thousand (quarantined by the ledger).
     pub forged_per_mille: u64,
+    /// Well-signed events of misbehaving agents and services per thousand (policy findings).
+    pub misbehaving_per_mille: u64,
+    /// How many misbehaving events were generated.
+    pub misbehaved: u64,
 }
 
 /// Live grants and tokens kept at most, so memory stays flat on long runs.
 const LIVE_GRANTS_MAX: usize = 4096;
 const LIVE_TOKENS_MAX: usize = 16_384;
+/// Lifetime of the tokens the workload issues, in seconds of workload time.
+const TOKEN_TTL_S: i64 = 300;
+
+fn agent_name(a: usize) -> String {
+    format!("agent-{a}")
+}
+
+fn user_name(u: usize) -> String {
+    format!("user-{u}")
+}
 
 impl Workload {
     pub fn new(seed: u64, start: Timestamp, users: usize, agents: usize) -> Workload {
@@ -155,14 +187,24 @@ impl Workload {
             agents: agents.max(1),
             grants: Vec::new(),
             tokens: Vec::new(),
+            pending: Default::default(),
+            approved: Default::default(),
+            suspended: Default::default(),
+            revoked_token: None,
             serial: 0,
             forged_per_mille: 0,
+            misbehaving_per_mille: 0,
+            misbehaved: 0,
         }
+    }
+
+    fn now(&self) -> Timestamp {
+        Timestamp::from_micros(self.now_us).unwrap_or(Timestamp::UNIX_EPOCH)
     }
 
     fn ts(&mut self) -> Timestamp {
         self.now_us += 1 + self.rng.below(2_000) as i64;
-        Timestamp::from_micros(self.now_us).unwrap_or(Timestamp::UNIX_EPOCH)
+        self.now()
     }
 
     fn id(&mut self) -> EventId {
@@ -197,6 +239,11 @@ impl Workload {
         }
     }
 
+    fn by_vault(&mut self, body: EventBody) -> Published {
+        let e = self.event(body);
+        self.sealed(&e, &self.roles.vault.clone(), Expect::Append)
+    }
+
     /// The admin's key registrations and every agent: publish these first.
     pub fn setup(&mut self) -> Vec<Published> {
         let mut out = Vec::new();
@@ -212,6 +259,7 @@ impl Workload {
                     Kind::TokenIssued,
                     Kind::TokenRevoked,
                     Kind::AgentSuspended,
+                    Kind::RequestRefused,
                 ],
             ),
             ("gateway", self.roles.gateway.clone(), vec![Kind::ApiCalled]),
@@ -233,14 +281,13 @@ impl Workload {
         }
         for a in 0..self.agents {
             let agent_key =
-                SigningKey::from_bytes(blake3::hash(format!("agent-{a}").as_bytes()).as_bytes());
-            let e = self.event(EventBody::AgentRegistered(AgentRegistered {
-                agent: format!("agent-{a}"),
-                user: format!("user-{}", a % self.users),
+                SigningKey::from_bytes(blake3::hash(agent_name(a).as_bytes()).as_bytes());
+            out.push(self.by_vault(EventBody::AgentRegistered(AgentRegistered {
+                agent: agent_name(a),
+                user: user_name(a % self.users),
                 name: format!("assistant {a}"),
                 public_key: encode_base64(agent_key.verifying_key().as_bytes()),
-            }));
-            out.push(self.sealed(&e, &self.roles.vault, Expect::Append));
+            })));
         }
         out
     }
@@ -250,63 +297,88 @@ impl Workload {
         if self.forged_per_mille > 0 && self.rng.chance(self.forged_per_mille) {
             return self.forgery();
         }
+        if self.misbehaving_per_mille > 0 && self.rng.chance(self.misbehaving_per_mille) {
+            self.misbehaved += 1;
+            return self.misbehave();
+        }
+        let now = self.now_us;
+        self.tokens.retain(|t| t.expires_us > now);
         let roll = self.rng.below(1000);
-        let live_tokens = self.tokens.iter().filter(|t| t.live).count();
-        if self.grants.is_empty() || roll < 30 {
+        if self.live_grant().is_none() || roll < 25 {
             self.grant()
-        } else if live_tokens == 0 || roll < 110 {
+        } else if roll < 80 {
             self.token()
-        } else if roll < 130 {
-            self.approval()
-        } else if roll < 150 {
+        } else if roll < 95 {
+            self.request_approval()
+        } else if roll < 110 && !self.pending.is_empty() {
+            self.decide()
+        } else if roll < 125 && !self.approved.is_empty() {
+            self.approved_token()
+        } else if roll < 140 {
             self.revoke_token()
-        } else if roll < 154 {
+        } else if roll < 143 {
             self.revoke_grant()
+        } else if roll < 144 && self.suspended.len() < self.agents / 4 {
+            self.suspend()
         } else {
             self.api_call()
         }
     }
 
+    fn live_grant(&mut self) -> Option<usize> {
+        if self.grants.is_empty() {
+            return None;
+        }
+        let start = self.rng.below(self.grants.len() as u64) as usize;
+        (0..self.grants.len())
+            .map(|i| (start + i) % self.grants.len())
+            .find(|&i| self.grants[i].live && !self.suspended.contains(&self.grants[i].agent))
+    }
+
     fn grant(&mut self) -> Published {
-        let (user, agent, audience) = (
-            self.rng.below(self.users as u64) as usize,
-            self.rng.below(self.agents as u64) as usize,
-            self.rng.below(AUDIENCES.len() as u64) as usize,
-        );
+        let user = self.rng.below(self.users as u64) as usize;
+        let mut agent = self.rng.below(self.agents as u64) as usize;
+        while self.suspended.contains(&agent) {
+            agent = (agent + 1) % self.agents;
+        }
+        let audience = self.rng.below(AUDIENCES.len() as u64) as usize;
         let all = AUDIENCES[audience].1;
         let n = 1 + self.rng.below(all.len() as u64) as usize;
         let scopes: Vec<String> = all[..n].iter().map(|s| s.to_string()).collect();
-        let id = format!("grant-{}", self.serial + 1);
-        let approval = scopes
+        let needs: Vec<(String, Risk)> = scopes
             .iter()
-            .filter(|s| s.contains("write") || s.contains("delete") || s.contains("admin"))
-            .map(|s| ApprovalRule {
-                scope: s.clone(),
-                risk: if s.contains("delete") || s.contains("admin") {
-                    Risk::Critical
-                } else {
-                    Risk::High
-                },
+            .filter(|s| !s.ends_with(":read"))
+            .map(|s| {
+                (
+                    s.clone(),
+                    if s.contains("delete") || s.contains("admin") {
+                        Risk::Critical
+                    } else {
+                        Risk::High
+                    },
+                )
             })
             .collect();
-        let expires_at = Timestamp::from_micros(self.now_us)
-            .unwrap_or(Timestamp::UNIX_EPOCH)
-            .plus_seconds(86_400);
-        let e = self.event(EventBody::GrantCreated(GrantCreated {
+        let id = format!("grant-{}", self.serial + 1);
+        let body = EventBody::GrantCreated(GrantCreated {
             grant_id: id.clone(),
-            user: format!("user-{user}"),
-            agent: format!("agent-{agent}"),
+            user: user_name(user),
+            agent: agent_name(agent),
             audience: AUDIENCES[audience].0.into(),
             scopes: scopes.clone(),
-            expires_at,
-            max_calls: Some(10_000),
+            expires_at: self.now().plus_seconds(30 * 86_400),
+            max_calls: Some(10_000_000),
             max_token_ttl_s: Some(900),
-            approval,
-        }));
+            approval: needs
+                .iter()
+                .map(|(s, r)| ApprovalRule {
+                    scope: s.clone(),
+                    risk: *r,
+                })
+                .collect(),
+        });
         if self.grants.len() >= LIVE_GRANTS_MAX {
             self.grants.remove(0);
-            self.tokens.retain(|t| t.grant > 0);
-            self.tokens.iter_mut().for_each(|t| t.grant -= 1);
         }
         self.grants.push(Grant {
             id,
@@ -314,107 +386,142 @@ impl Workload {
             agent,
             audience,
             scopes,
+            needs,
             live: true,
         });
-        self.sealed(&e, &self.roles.vault.clone(), Expect::Append)
+        self.by_vault(body)
     }
 
-    fn pick_grant(&mut self) -> usize {
-        let start = self.rng.below(self.grants.len() as u64) as usize;
-        (0..self.grants.len())
-            .map(|i| (start + i) % self.grants.len())
-            .find(|&i| self.grants[i].live)
-            .unwrap_or(start)
-    }
-
-    fn token(&mut self) -> Published {
-        let g = self.pick_grant();
+    fn issue(
+        &mut self,
+        grant: &Grant,
+        scopes: Vec<String>,
+        approval_id: Option<String>,
+    ) -> Published {
         let secret = self.rng.next_u64().to_be_bytes();
         let hash = blake3::keyed_hash(&[7; 32], &secret).to_hex().to_string();
         let id = format!("tok-{}", self.serial + 1);
-        let grant = &self.grants[g];
+        let expires_us = self.now_us + TOKEN_TTL_S * 1_000_000;
         let body = EventBody::TokenIssued(TokenIssued {
             token_id: id.clone(),
             token_hash: hash.clone(),
             grant_id: grant.id.clone(),
-            user: format!("user-{}", grant.user),
-            agent: format!("agent-{}", grant.agent),
+            user: user_name(grant.user),
+            agent: agent_name(grant.agent),
             audience: AUDIENCES[grant.audience].0.into(),
-            scopes: grant
-                .scopes
-                .iter()
-                .filter(|s| s.contains("read"))
-                .cloned()
-                .collect(),
-            expires_at: Timestamp::from_micros(self.now_us)
-                .unwrap_or(Timestamp::UNIX_EPOCH)
-                .plus_seconds(300),
-            approval_id: None,
+            scopes: scopes.clone(),
+            expires_at: self.now().plus_seconds(TOKEN_TTL_S),
+            approval_id,
         });
-        let e = self.event(body);
         if self.tokens.len() >= LIVE_TOKENS_MAX {
             self.tokens.remove(0);
         }
         self.tokens.push(Token {
             id,
             hash,
-            grant: g,
+            grant_id: grant.id.clone(),
+            agent: grant.agent,
+            audience: grant.audience,
+            scopes,
+            expires_us,
             live: true,
         });
-        self.sealed(&e, &self.roles.vault.clone(), Expect::Append)
+        self.by_vault(body)
     }
 
-    fn approval(&mut self) -> Published {
-        let g = self.pick_grant();
-        let grant = &self.grants[g];
-        let (user, agent, audience, scopes, gid) = (
-            grant.user,
-            grant.agent,
-            grant.audience,
-            grant.scopes.clone(),
-            grant.id.clone(),
-        );
-        let approval_id = format!("appr-{}", self.serial + 1);
-        // Requests and decisions come in pairs; the decision is the next envelope's story.
-        if self.rng.chance(500) {
-            let e = self.event(EventBody::ApprovalRequested(ApprovalRequested {
-                approval_id,
-                grant_id: gid,
-                user: format!("user-{user}"),
-                agent: format!("agent-{agent}"),
-                audience: AUDIENCES[audience].0.into(),
-                scopes,
-                risk: Risk::High,
-                binding_message: format!("agent-{agent} wants to act on {}", AUDIENCES[audience].0),
-                expires_at: Timestamp::from_micros(self.now_us)
-                    .unwrap_or(Timestamp::UNIX_EPOCH)
-                    .plus_seconds(300),
-            }));
-            self.sealed(&e, &self.roles.vault.clone(), Expect::Append)
-        } else {
-            let step_up = self.rng.chance(300);
-            let auth_time = step_up.then(|| {
-                Timestamp::from_micros(self.now_us - 30_000_000).unwrap_or(Timestamp::UNIX_EPOCH)
-            });
-            let decision = if self.rng.chance(850) {
+    /// A token for the grant's scopes that need no approval; an approval request when all do.
+    fn token(&mut self) -> Published {
+        let Some(g) = self.live_grant() else {
+            return self.grant();
+        };
+        let grant = self.grants[g].clone();
+        let free: Vec<String> = grant
+            .scopes
+            .iter()
+            .filter(|s| !grant.needs.iter().any(|(n, _)| n == *s))
+            .cloned()
+            .collect();
+        if free.is_empty() {
+            return self.request_approval();
+        }
+        self.issue(&grant, free, None)
+    }
+
+    fn request_approval(&mut self) -> Published {
+        let Some(g) = self.live_grant() else {
+            return self.grant();
+        };
+        let grant = self.grants[g].clone();
+        if grant.needs.is_empty() {
+            return self.token();
+        }
+        let (scope, risk) = grant.needs[self.rng.below(grant.needs.len() as u64) as usize].clone();
+        let id = format!("appr-{}", self.serial + 1);
+        let body = EventBody::ApprovalRequested(ApprovalRequested {
+            approval_id: id.clone(),
+            grant_id: grant.id.clone(),
+            user: user_name(grant.user),
+            agent: agent_name(grant.agent),
+            audience: AUDIENCES[grant.audience].0.into(),
+            scopes: vec![scope.clone()],
+            risk,
+            binding_message: format!(
+                "{} wants {scope} on {}",
+                agent_name(grant.agent),
+                AUDIENCES[grant.audience].0
+            ),
+            expires_at: self.now().plus_seconds(300),
+        });
+        self.pending.push_back(Approval {
+            id,
+            grant,
+            scopes: vec![scope],
+            risk,
+        });
+        self.by_vault(body)
+    }
+
+    fn decide(&mut self) -> Published {
+        let Some(a) = self.pending.pop_front() else {
+            return self.api_call();
+        };
+        let approve = self.rng.chance(850);
+        let step_up = a.risk == Risk::Critical || self.rng.chance(200);
+        let body = EventBody::ApprovalDecided(ApprovalDecided {
+            approval_id: a.id.clone(),
+            user: user_name(a.grant.user),
+            decision: if approve {
                 Decision::Approved
             } else {
                 Decision::Denied
-            };
-            let e = self.event(EventBody::ApprovalDecided(ApprovalDecided {
-                approval_id,
-                user: format!("user-{user}"),
-                decision,
-                method: if step_up {
-                    ApprovalMethod::StepUp
-                } else {
-                    ApprovalMethod::Push
-                },
-                auth_time,
-                reason: None,
-            }));
-            self.sealed(&e, &self.roles.approvals.clone(), Expect::Append)
+            },
+            method: if step_up {
+                ApprovalMethod::StepUp
+            } else {
+                ApprovalMethod::Push
+            },
+            auth_time: step_up.then(|| {
+                Timestamp::from_micros(self.now_us - 30_000_000).unwrap_or(Timestamp::UNIX_EPOCH)
+            }),
+            reason: None,
+        });
+        if approve {
+            self.approved.push_back(a);
         }
+        let e = self.event(body);
+        self.sealed(&e, &self.roles.approvals.clone(), Expect::Append)
+    }
+
+    fn approved_token(&mut self) -> Published {
+        let Some(a) = self.approved.pop_front() else {
+            return self.api_call();
+        };
+        let live = self.grants.iter().any(|g| g.id == a.grant.id && g.live)
+            && !self.suspended.contains(&a.grant.agent);
+        if !live {
+            return self.api_call();
+        }
+        self.issue(&a.grant.clone(), a.scopes.clone(), Some(a.id))
     }
 
     fn revoke_token(&mut self) -> Published {
@@ -422,54 +529,149 @@ impl Workload {
             return self.token();
         };
         self.tokens[t].live = false;
-        let e = self.event(EventBody::TokenRevoked(TokenRevoked {
+        self.revoked_token = Some((self.tokens[t].id.clone(), self.tokens[t].agent));
+        self.by_vault(EventBody::TokenRevoked(TokenRevoked {
             token_id: self.tokens[t].id.clone(),
             by: "user-0".into(),
             reason: "task finished".into(),
-        }));
-        self.sealed(&e, &self.roles.vault.clone(), Expect::Append)
+        }))
     }
 
     fn revoke_grant(&mut self) -> Published {
-        let g = self.pick_grant();
+        let Some(g) = self.live_grant() else {
+            return self.grant();
+        };
         self.grants[g].live = false;
+        let id = self.grants[g].id.clone();
         self.tokens
             .iter_mut()
-            .filter(|t| t.grant == g)
+            .filter(|t| t.grant_id == id)
             .for_each(|t| t.live = false);
-        let e = self.event(EventBody::GrantRevoked(GrantRevoked {
-            grant_id: self.grants[g].id.clone(),
-            by: format!("user-{}", self.grants[g].user),
+        self.pending.retain(|a| a.grant.id != id);
+        self.approved.retain(|a| a.grant.id != id);
+        self.by_vault(EventBody::GrantRevoked(GrantRevoked {
+            grant_id: id,
+            by: user_name(self.grants[g].user),
             reason: "no longer needed".into(),
-        }));
-        self.sealed(&e, &self.roles.vault.clone(), Expect::Append)
+        }))
     }
 
-    fn api_call(&mut self) -> Published {
+    fn suspend(&mut self) -> Published {
+        let agent = self.rng.below(self.agents as u64) as usize;
+        self.suspended.insert(agent);
+        self.tokens
+            .iter_mut()
+            .filter(|t| t.agent == agent)
+            .for_each(|t| t.live = false);
+        self.pending.retain(|a| a.grant.agent != agent);
+        self.approved.retain(|a| a.grant.agent != agent);
+        self.by_vault(EventBody::AgentSuspended(AgentSuspended {
+            agent: agent_name(agent),
+            by: "security".into(),
+            reason: "unusual behaviour".into(),
+        }))
+    }
+
+    fn call(
+        &mut self,
+        token: (String, String),
+        agent: usize,
+        audience: usize,
+        scope: String,
+    ) -> Published {
+        let (method, op) = OPERATIONS[self.rng.below(OPERATIONS.len() as u64) as usize];
+        let status = [200, 200, 200, 201, 204, 403, 404, 429, 500][self.rng.below(9) as usize];
+        let body = EventBody::ApiCalled(ApiCalled {
+            token_id: token.0,
+            token_hash: Some(token.1),
+            agent: agent_name(agent),
+            audience: AUDIENCES[audience].0.into(),
+            method: method.into(),
+            operation: op.into(),
+            scope: Some(scope),
+            status,
+            source: format!("10.0.{}.{}", agent % 256, 1 + self.rng.below(250)),
+        });
+        let e = self.event(body);
+        self.sealed(&e, &self.roles.gateway.clone(), Expect::Append)
+    }
+
+    fn live_token(&mut self) -> Option<usize> {
+        let now = self.now_us;
         let live: Vec<usize> = self
             .tokens
             .iter()
             .enumerate()
-            .filter(|(_, t)| t.live)
+            .filter(|(_, t)| t.live && t.expires_us > now + 60_000_000)
             .map(|(i, _)| i)
             .collect();
-        let t = live[self.rng.below(live.len() as u64) as usize];
-        let grant = &self.grants[self.tokens[t].grant.min(self.grants.len() - 1)];
-        let (method, op) = OPERATIONS[self.rng.below(OPERATIONS.len() as u64) as usize];
-        let status = [200, 200, 200, 201, 204, 403, 404, 429, 500][self.rng.below(9) as usize];
-        let body = EventBody::ApiCalled(ApiCalled {
-            token_id: self.tokens[t].id.clone(),
-            token_hash: Some(self.tokens[t].hash.clone()),
-            agent: format!("agent-{}", grant.agent),
-            audience: AUDIENCES[grant.audience].0.into(),
-            method: method.into(),
-            operation: op.into(),
-            scope: grant.scopes.first().cloned(),
-            status,
-            source: format!("10.0.{}.{}", grant.agent % 256, 1 + self.rng.below(250)),
-        });
-        let e = self.event(body);
-        self.sealed(&e, &self.roles.gateway.clone(), Expect::Append)
+        (!live.is_empty()).then(|| live[self.rng.below(live.len() as u64) as usize])
+    }
+
+    fn api_call(&mut self) -> Published {
+        let Some(t) = self.live_token() else {
+            return self.token();
+        };
+        let t = &self.tokens[t];
+        let scope = t.scopes[self.rng.below(t.scopes.len() as u64) as usize].clone();
+        let (token, agent, audience) = ((t.id.clone(), t.hash.clone()), t.agent, t.audience);
+        self.call(token, agent, audience, scope)
+    }
+
+    /// Well-signed events that break a policy rule: what the findings are for.
+    fn misbehave(&mut self) -> Published {
+        let Some(t) = self.live_token() else {
+            return self.token();
+        };
+        let (id, hash, agent, audience) = {
+            let t = &self.tokens[t];
+            (t.id.clone(), t.hash.clone(), t.agent, t.audience)
+        };
+        match self.rng.below(5) {
+            0 => match self.revoked_token.clone() {
+                Some((rid, ragent)) => self.call(
+                    (rid, hash),
+                    ragent,
+                    audience,
+                    AUDIENCES[audience].1[0].into(),
+                ),
+                None => self.call(
+                    ("tok-unknown".into(), hash),
+                    agent,
+                    audience,
+                    AUDIENCES[audience].1[0].into(),
+                ),
+            },
+            1 => self.call(
+                (id, hash),
+                (agent + 1) % self.agents,
+                audience,
+                AUDIENCES[audience].1[0].into(),
+            ),
+            2 => self.call((id, hash), agent, audience, "admin:everything".into()),
+            3 => self.call(
+                ("tok-unknown".into(), hash),
+                agent,
+                audience,
+                AUDIENCES[audience].1[0].into(),
+            ),
+            _ => {
+                // A token for scopes that need approval, without one.
+                let Some(g) = self.live_grant() else {
+                    return self.grant();
+                };
+                let grant = self.grants[g].clone();
+                match grant.needs.first() {
+                    Some((scope, _)) => self.issue(&grant, vec![scope.clone()], None),
+                    None => self.call(
+                        ("tok-unknown".into(), hash),
+                        agent,
+                        audience,
+                        AUDIENCES[audience].1[0].into(),
+                    ),
+                }
+            }
+        }
     }
 
     /// One of the ways a bad envelope arrives, with the reason code the ledger must give.

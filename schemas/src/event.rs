@@ -144,6 +144,7 @@ kinds! {
     TokenRevoked = "token.revoked",
     ApiCalled = "api.called",
     AgentSuspended = "agent.suspended",
+    RequestRefused = "request.refused",
 }
 
 const _: () = assert!(Kind::ALL.len() <= KINDS_PER_KEY_MAX);
@@ -355,6 +356,23 @@ pub struct AgentSuspended {
     pub reason: String,
 }
 
+/// `request.refused`: the vault refused a request; recorded so that attempts are audited too.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestRefused {
+    /// The request's own id (a UUIDv7 chosen by the requester).
+    pub request_id: String,
+    /// Who asked: an agent, a user, or a key id when the signer is unknown.
+    pub requester: String,
+    /// The operation asked for (`grant`, `token`, `approve`, `revoke`, `introspect`).
+    pub op: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+}
+
 /// The kind-specific part of an event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind")]
@@ -381,6 +399,8 @@ pub enum EventBody {
     ApiCalled(ApiCalled),
     #[serde(rename = "agent.suspended")]
     AgentSuspended(AgentSuspended),
+    #[serde(rename = "request.refused")]
+    RequestRefused(RequestRefused),
 }
 
 /// One event: the header and its kind's fields.
@@ -617,6 +637,16 @@ impl Event {
                 id("agent", &e.agent)?;
                 id("by", &e.by)?;
                 text("reason", &e.reason, TEXT_BYTES_MAX)?;
+            }
+            B::RequestRefused(e) => {
+                id("request_id", &e.request_id)?;
+                text("requester", &e.requester, KEY_ID_BYTES_MAX)?;
+                id("op", &e.op)?;
+                text("reason", &e.reason, TEXT_BYTES_MAX)?;
+                if let Some(a) = &e.audience {
+                    text("audience", a, OPERATION_BYTES_MAX)?;
+                }
+                scopes(&e.scopes)?;
             }
         }
         Ok(())

@@ -61,6 +61,7 @@ fn kind_schema(kind: Kind) -> String {
         Kind::TokenRevoked => root::<TokenRevoked>(),
         Kind::ApiCalled => root::<ApiCalled>(),
         Kind::AgentSuspended => root::<AgentSuspended>(),
+        Kind::RequestRefused => root::<RequestRefused>(),
     }
     .to_value();
     let mut generator = SchemaGenerator::default();
