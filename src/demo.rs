@@ -33,6 +33,9 @@ pub struct DemoArgs {
     /// Forged or malformed envelopes per thousand.
     #[arg(long, default_value_t = 5)]
     forged_per_mille: u64,
+    /// Well-signed events of misbehaving agents per thousand (policy violations).
+    #[arg(long, default_value_t = 3)]
+    misbehaving_per_mille: u64,
 }
 
 /// Events published per pacing step; the demo pauses between steps so output stays readable.
@@ -47,6 +50,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let start = Timestamp::from_micros(now_us()).unwrap_or(Timestamp::UNIX_EPOCH);
     let mut workload = Workload::new(args.seed, start, 8, 24);
     workload.forged_per_mille = args.forged_per_mille;
+    workload.misbehaving_per_mille = args.misbehaving_per_mille;
     let admin = encode_base64(workload.roles.admin.verifying_key().as_bytes());
     let config = Config {
         origin: "demo.docket.local/ledger".into(),
@@ -206,6 +210,53 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     for line in String::from_utf8_lossy(&out).lines() {
         println!("  {}", line.chars().take(220).collect::<String>());
     }
+    let findings = store.findings()?;
+    let mut by_rule: BTreeMap<String, u64> = BTreeMap::new();
+    for f in &findings {
+        *by_rule.entry(f.rule.as_str().to_string()).or_default() += 1;
+    }
+    println!(
+        "policy findings ({} events from misbehaving agents were generated):",
+        workload.misbehaved
+    );
+    for (rule, n) in &by_rule {
+        println!("  {rule:<28} {n:>5}");
+    }
+    if let Some(f) = findings.last() {
+        println!("  latest: seq {} [{:?}] {}", f.seq, f.severity, f.message);
+    }
+    let state = store.load_state()?;
+    let at = state.ts.unwrap_or(Timestamp::UNIX_EPOCH);
+    let active = |s: docket_ledger::state::Status| s == docket_ledger::state::Status::Active;
+    println!(
+        "vault state: {} agents, {} grants ({} active), {} tokens ({} active), {} approvals",
+        state.agents.len(),
+        state.grants.len(),
+        state
+            .grants
+            .values()
+            .filter(|g| active(g.status(at)))
+            .count(),
+        state.tokens.len(),
+        state
+            .tokens
+            .values()
+            .filter(|t| active(t.status(at)))
+            .count(),
+        state.approvals.len()
+    );
+    let rebuilt =
+        docket_ledger::projection::rebuild_check(&store, &docket_ledger::state::Policy::default())?;
+    println!(
+        "state rebuild from genesis: {} ({:.0} events/s)",
+        if rebuilt.equal {
+            "matches the stored projection"
+        } else {
+            "DIVERGES"
+        },
+        rebuilt.events_per_s
+    );
+    let flagged: std::collections::BTreeSet<u64> = findings.iter().map(|f| f.seq).collect();
     let report = verify::verify(&store, &verify::Trust::default(), &mut |_, _| {})?;
     if report.intact() {
         println!(
@@ -222,6 +273,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
     if by_code != expected {
         anyhow::bail!("quarantine reasons differ from what the workload forged");
+    }
+    if flagged.len() as u64 != workload.misbehaved || !rebuilt.equal {
+        anyhow::bail!("findings or state do not match the workload");
     }
     Ok(())
 }

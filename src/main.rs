@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod state_cmd;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -45,6 +46,11 @@ enum Command {
     Quarantine(DataArgs),
     /// Export everything an independent verifier needs, as JSON lines.
     Export(ExportArgs),
+    /// The vault's state derived from the log: grants, tokens, approvals, agents; rebuild checks.
+    #[command(subcommand)]
+    State(state_cmd::StateCommand),
+    /// Policy violations found while deriving the state.
+    Findings(state_cmd::FindingsArgs),
     /// Run the whole pipeline on a synthetic workload, then verify it.
     Demo(demo::DemoArgs),
     /// Measure performance and print figures.
@@ -63,10 +69,10 @@ enum KeysCommand {
 }
 
 #[derive(Args)]
-struct DataArgs {
+pub struct DataArgs {
     /// The ledger's data directory.
     #[arg(long, env = "DOCKET_DATA")]
-    data: PathBuf,
+    pub data: PathBuf,
 }
 
 #[derive(Args)]
@@ -206,6 +212,8 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             eprintln!("exported {n} entries to {}", args.out.display());
             Ok(ok)
         }
+        Command::State(cmd) => state_cmd::run(cmd),
+        Command::Findings(args) => state_cmd::findings(args),
         Command::Demo(args) => demo::run(args).await.map(|_| ok),
         Command::Bench(cmd) => bench::run(cmd).await.map(|_| ok),
     }
