@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod state_cmd;
+mod vault_cmd;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -49,6 +50,16 @@ enum Command {
     /// The vault's state derived from the log: grants, tokens, approvals, agents; rebuild checks.
     #[command(subcommand)]
     State(state_cmd::StateCommand),
+    /// Vault: grant an agent scopes on an audience (signed by the user or the admin).
+    Grant(vault_cmd::GrantArgs),
+    /// Vault: ask for a short-lived token as an agent; may need a human's approval.
+    Token(vault_cmd::TokenArgs),
+    /// Vault: approve or deny a pending request as its user.
+    Approve(vault_cmd::ApproveArgs),
+    /// Vault: revoke a token or a grant, or suspend an agent.
+    Revoke(vault_cmd::RevokeArgs),
+    /// Vault: ask whether a token is active (RFC 7662), as a gateway.
+    Introspect(vault_cmd::IntrospectArgs),
     /// Policy violations found while deriving the state.
     Findings(state_cmd::FindingsArgs),
     /// Run the whole pipeline on a synthetic workload, then verify it.
@@ -91,6 +102,9 @@ struct ServeArgs {
     /// The chain's origin name; overrides the config file.
     #[arg(long, env = "DOCKET_ORIGIN")]
     origin: Option<String>,
+    /// Serve the vault with this key file (overrides the config file).
+    #[arg(long, env = "DOCKET_VAULT_KEY")]
+    vault_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -214,6 +228,11 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Command::State(cmd) => state_cmd::run(cmd),
         Command::Findings(args) => state_cmd::findings(args),
+        Command::Grant(a) => vault_cmd::grant(a).await,
+        Command::Token(a) => vault_cmd::token(a).await,
+        Command::Approve(a) => vault_cmd::approve(a).await,
+        Command::Revoke(a) => vault_cmd::revoke(a).await,
+        Command::Introspect(a) => vault_cmd::introspect(a).await,
         Command::Demo(args) => demo::run(args).await.map(|_| ok),
         Command::Bench(cmd) => bench::run(cmd).await.map(|_| ok),
     }
@@ -246,7 +265,7 @@ pub fn open_ledger(data: &Path, config: &Config, admin_b64: &str) -> Result<Ledg
         ledger_public_key: encode_base64(key.verifying_key().as_bytes()),
     };
     let store = Store::open(&db_dir(data), &identity)?;
-    Ok(Ledger::new(store, key, config.checkpoint_policy())?)
+    Ok(Ledger::new(store, key, config.checkpoint_policy())?.with_rules(config.rules()))
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
@@ -261,6 +280,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .admin_key
         .or(config.admin_public_key.clone())
         .context("no admin public key: pass --admin-key, set DOCKET_ADMIN_KEY, or admin_public_key in the config")?;
+    if let Some(k) = args.vault_key {
+        config.vault_key = Some(k);
+    }
     let mut ledger = open_ledger(&args.data.data, &config, &admin)?;
     let settings = NatsSettings {
         url: args.nats.clone(),
@@ -282,6 +304,18 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     tracing::info!(origin = %config.origin, seq = ledger.tip().seq, nats = %args.nats, "ledger serving");
     let bus = Bus::Nats(source.client.clone());
+    if let Some(path) = &config.vault_key {
+        let key = keyfile::read(path)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(docket_ledger::transport::VAULT_INFLIGHT_MAX);
+        ledger = ledger.with_vault(docket_ledger::ingest::VaultDesk::new(key, rx));
+        let client = source.client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = docket_ledger::transport::serve_vault_requests(client, tx).await {
+                tracing::error!(error = %e, "vault requests stopped");
+            }
+        });
+        tracing::info!(vault_key = %path.display(), "vault serving on docket.vault.>");
+    }
     ledger
         .run(Source::Nats(Box::new(source)), bus, shutdown_signal())
         .await?;

@@ -26,6 +26,23 @@ pub struct Config {
     /// Durable consumer name.
     #[serde(default = "default_consumer")]
     pub consumer: String,
+    /// Key file of the vault; when set, `serve` answers vault requests on `docket.vault.>`.
+    /// The admin must register this key for the kinds the vault emits.
+    #[serde(default)]
+    pub vault_key: Option<PathBuf>,
+    /// Oldest step-up authentication accepted for a critical approval, in seconds.
+    #[serde(default = "default_step_up_s")]
+    pub step_up_max_age_s: i64,
+    /// How long an approval request waits for a human, in seconds.
+    #[serde(default = "default_approval_ttl_s")]
+    pub approval_ttl_s: i64,
+}
+
+fn default_step_up_s() -> i64 {
+    300
+}
+fn default_approval_ttl_s() -> i64 {
+    300
 }
 
 fn default_origin() -> String {
@@ -54,6 +71,9 @@ impl Default for Config {
             checkpoint_every_s: default_every_s(),
             subject_filter: default_filter(),
             consumer: default_consumer(),
+            vault_key: None,
+            step_up_max_age_s: default_step_up_s(),
+            approval_ttl_s: default_approval_ttl_s(),
         }
     }
 }
@@ -79,6 +99,13 @@ impl Config {
             path: path.into(),
             why: e.to_string(),
         })
+    }
+
+    pub fn rules(&self) -> crate::state::Policy {
+        crate::state::Policy {
+            step_up_max_age_s: self.step_up_max_age_s,
+            approval_ttl_s: self.approval_ttl_s,
+        }
     }
 
     pub fn checkpoint_policy(&self) -> crate::ingest::CheckpointPolicy {

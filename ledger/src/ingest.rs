@@ -91,6 +91,7 @@ pub struct Ledger {
     rules: Policy,
     /// Findings of the last committed batch, to publish.
     last_findings: Vec<Finding>,
+    vault: Option<VaultDesk>,
     pub stats: IngestStats,
 }
 
@@ -123,6 +124,7 @@ impl Ledger {
             state: Arc::new(RwLock::new(state)),
             rules,
             last_findings: Vec::new(),
+            vault: None,
             stats: IngestStats::default(),
         })
     }
@@ -133,6 +135,150 @@ impl Ledger {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Serves vault requests from `desk` in this ledger's loop, so each decision is appended before it is answered.
+    /// Replaces the default policy settings (step-up age, approval lifetime).
+    pub fn with_rules(mut self, rules: Policy) -> Ledger {
+        self.rules = rules;
+        self
+    }
+
+    pub fn with_vault(mut self, desk: VaultDesk) -> Ledger {
+        self.vault = Some(desk);
+        self
+    }
+
+    /// Answers a batch of vault requests: decide each, append every decision in one
+    /// durable commit, then reply with receipts. A decision that could not be
+    /// appended is answered with an error and never with a token (fail closed).
+    async fn serve_vault(&mut self, calls: Vec<VaultCall>, bus: &Bus) -> Result<(), IngestError> {
+        use crate::vault::{Fresh, authenticate, decide};
+        use serde_json::json;
+        let now = docket_schemas::Timestamp::from_micros(now_us())
+            .unwrap_or(docket_schemas::Timestamp::UNIX_EPOCH);
+        let mut answers: Vec<(
+            VaultCall,
+            serde_json::Value,
+            Vec<docket_schemas::EventId>,
+            Option<(String, serde_json::Value)>,
+        )> = Vec::new();
+        let mut items = Vec::new();
+        {
+            let Some(desk) = self.vault.as_mut() else {
+                return Ok(());
+            };
+            let hash_key = desk.hash_key;
+            let state = self.state.read().map_err(|_| StoreError::Poisoned)?;
+            for call in calls {
+                let mut secret = [0u8; 32];
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+                let id = uuid::Uuid::now_v7();
+                let fresh = Fresh {
+                    now,
+                    id: id.simple().to_string(),
+                    token_secret: format!("dkt_{}", crate::chain::hex(&secret)),
+                    hash_key: &hash_key,
+                };
+                let outcome = match authenticate(&call.request, &self.tip.registry, &state) {
+                    Err((None, _, why)) => {
+                        let _ = call
+                            .reply
+                            .send(json!({"ok": false, "error": why.to_string()}));
+                        continue;
+                    }
+                    Err((Some(req), key_id, why)) => crate::vault::Outcome {
+                        reply: json!({"ok": false, "error": why.to_string()}),
+                        events: vec![docket_schemas::EventBody::RequestRefused(
+                            docket_schemas::RequestRefused {
+                                request_id: req.id.to_string(),
+                                requester: key_id
+                                    .chars()
+                                    .take(docket_schemas::limits::KEY_ID_BYTES_MAX)
+                                    .collect(),
+                                op: req.op.name().into(),
+                                reason: why.to_string(),
+                                audience: None,
+                                scopes: vec![],
+                            },
+                        )],
+                        notify: None,
+                    },
+                    Ok(auth) if !desk.first_sighting(auth.request.id) => {
+                        let why = crate::vault::Refusal::Replayed(auth.request.id.to_string());
+                        crate::vault::Outcome {
+                            reply: json!({"ok": false, "error": why.to_string()}),
+                            events: vec![docket_schemas::EventBody::RequestRefused(
+                                docket_schemas::RequestRefused {
+                                    request_id: auth.request.id.to_string(),
+                                    requester: auth.requester.name(),
+                                    op: auth.request.op.name().into(),
+                                    reason: why.to_string(),
+                                    audience: None,
+                                    scopes: vec![],
+                                },
+                            )],
+                            notify: None,
+                        }
+                    }
+                    Ok(auth) => decide(&state, &auth, &self.rules, &fresh),
+                };
+                let mut ids = Vec::new();
+                for body in outcome.events {
+                    let event = docket_schemas::Event {
+                        v: docket_schemas::SCHEMA_VERSION,
+                        id: docket_schemas::EventId(*uuid::Uuid::now_v7().as_bytes()),
+                        ts: now,
+                        body,
+                    };
+                    ids.push(event.id);
+                    items.push(crate::admission::Incoming {
+                        subject: format!(
+                            "{}{}",
+                            crate::transport::EVENT_SUBJECT_PREFIX,
+                            event.kind()
+                        ),
+                        payload: docket_schemas::seal_event(&event, &desk.key).into(),
+                        source_seq: 0,
+                    });
+                }
+                answers.push((call, outcome.reply, ids, outcome.notify));
+            }
+        }
+        let plan = if items.is_empty() {
+            crate::admission::Plan::default()
+        } else {
+            self.commit(items).await?
+        };
+        for (call, mut reply, ids, notify) in answers {
+            let receipts: Vec<serde_json::Value> = ids
+                .iter()
+                .map(|id| {
+                    plan.appends
+                        .iter()
+                        .find(|e| e.event_id == *id)
+                        .map(|e| json!({"seq": e.seq, "hash": hex(&e.hash)}))
+                })
+                .collect::<Option<Vec<_>>>()
+                .unwrap_or_default();
+            if receipts.len() != ids.len() {
+                let why = plan
+                    .quarantined
+                    .first()
+                    .map(|q| q.reason.clone())
+                    .unwrap_or_else(|| "not appended".into());
+                reply = json!({"ok": false, "error": format!("the ledger did not record this decision ({why}); nothing was issued")});
+            } else if !receipts.is_empty() {
+                reply["receipt"] = receipts.last().cloned().unwrap_or_default();
+                if let Some((subject, payload)) = notify {
+                    bus.publish_owned(subject, serde_json::to_vec(&payload).unwrap_or_default())
+                        .await;
+                }
+            }
+            let _ = call.reply.send(reply);
+        }
+        self.announce(bus, &plan).await;
+        Ok(())
     }
 
     /// The live projection; hold its read lock briefly.
@@ -175,10 +321,25 @@ impl Ledger {
         });
         let mut tick = tokio::time::interval(self.policy.every.min(Duration::from_secs(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut calls = self.vault.as_mut().and_then(|v| v.calls.take());
         loop {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
+                call = next_call(&mut calls) => {
+                    let Some(call) = call else {
+                        calls = None;
+                        continue;
+                    };
+                    let mut batch = vec![call];
+                    while batch.len() < VAULT_BATCH_MAX {
+                        match calls.as_mut().map(|c| c.try_recv()) {
+                            Some(Ok(c)) => batch.push(c),
+                            _ => break,
+                        }
+                    }
+                    self.serve_vault(batch, &bus).await?;
+                }
                 _ = tick.tick() => self.checkpoint_if_due(&bus, false).await?,
                 delivery = timed(batch_rx.recv(), &mut self.stats.wait_us) => {
                     let delivery = match delivery {
@@ -313,6 +474,63 @@ async fn timed<T>(f: impl std::future::Future<Output = T>, total_us: &mut u64) -
     let out = f.await;
     *total_us += t.elapsed().as_micros() as u64;
     out
+}
+
+async fn next_call(
+    calls: &mut Option<tokio::sync::mpsc::Receiver<VaultCall>>,
+) -> Option<VaultCall> {
+    match calls {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Vault requests answered together in one commit at most.
+pub const VAULT_BATCH_MAX: usize = 256;
+/// Request ids remembered for replay detection.
+const SEEN_MAX: usize = crate::vault::SEEN_REQUESTS_MAX;
+
+/// One vault request from the network, and where its answer goes.
+pub struct VaultCall {
+    pub request: bytes::Bytes,
+    pub reply: tokio::sync::oneshot::Sender<serde_json::Value>,
+}
+
+/// The vault's keys and its inbox.
+pub struct VaultDesk {
+    key: SigningKey,
+    hash_key: [u8; 32],
+    calls: Option<tokio::sync::mpsc::Receiver<VaultCall>>,
+    seen: std::collections::HashSet<docket_schemas::EventId>,
+    seen_order: std::collections::VecDeque<docket_schemas::EventId>,
+}
+
+impl VaultDesk {
+    /// The token-hash key is derived from the vault's key, so one secret file holds both.
+    pub fn new(key: SigningKey, calls: tokio::sync::mpsc::Receiver<VaultCall>) -> VaultDesk {
+        let hash_key = blake3::derive_key("docket vault token hash v1", key.as_bytes());
+        VaultDesk {
+            key,
+            hash_key,
+            calls: Some(calls),
+            seen: Default::default(),
+            seen_order: Default::default(),
+        }
+    }
+
+    /// Remembers a request id; false when it was seen before.
+    fn first_sighting(&mut self, id: docket_schemas::EventId) -> bool {
+        if !self.seen.insert(id) {
+            return false;
+        }
+        self.seen_order.push_back(id);
+        if self.seen_order.len() > SEEN_MAX
+            && let Some(old) = self.seen_order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        true
+    }
 }
 
 /// Wall-clock microseconds since the epoch: read here, at the edge, and passed into the core.

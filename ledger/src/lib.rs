@@ -16,5 +16,6 @@ pub mod registry;
 pub mod state;
 pub mod store;
 pub mod transport;
+pub mod vault;
 pub mod verify;
 pub mod workload;

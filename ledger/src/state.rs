@@ -17,12 +17,20 @@ pub const FINDINGS_PER_ENTRY_MAX: usize = 8;
 pub struct Policy {
     /// Oldest step-up authentication accepted for a critical approval, in seconds before the decision.
     pub step_up_max_age_s: i64,
+    /// How long an approval request waits for a human, in seconds.
+    #[serde(default = "default_approval_ttl_s")]
+    pub approval_ttl_s: i64,
+}
+
+fn default_approval_ttl_s() -> i64 {
+    300
 }
 
 impl Default for Policy {
     fn default() -> Self {
         Policy {
             step_up_max_age_s: 300,
+            approval_ttl_s: default_approval_ttl_s(),
         }
     }
 }

@@ -359,6 +359,20 @@ pub enum Bus {
 }
 
 impl Bus {
+    /// Like `publish`, for subjects built at run time.
+    pub async fn publish_owned(&self, subject: String, payload: Vec<u8>) {
+        match self {
+            Bus::Nats(c) => {
+                if let Err(e) = c.publish(subject, payload.into()).await {
+                    tracing::warn!(error = %e, "notice not published");
+                }
+            }
+            Bus::Memory(tx) => {
+                let _ = tx.send((subject, payload.into()));
+            }
+        }
+    }
+
     /// Fire-and-forget: notices are for live watchers; the store is the record.
     pub async fn publish(&self, subject: &'static str, payload: Vec<u8>) {
         match self {
@@ -372,4 +386,53 @@ impl Bus {
             }
         }
     }
+}
+
+/// Subjects vault requests arrive on: `docket.vault.<op>`.
+pub const SUBJECT_VAULT: &str = "docket.vault.>";
+/// Vault requests awaiting an answer at most; more wait for a slot (backpressure, not loss).
+pub const VAULT_INFLIGHT_MAX: usize = 4096;
+
+/// Receives vault requests over NATS request/reply and hands them to the ledger's loop.
+pub async fn serve_vault_requests(
+    client: async_nats::Client,
+    calls: tokio::sync::mpsc::Sender<crate::ingest::VaultCall>,
+) -> Result<(), TransportError> {
+    let mut sub = client
+        .queue_subscribe(SUBJECT_VAULT, "docket-vault".into())
+        .await
+        .map_err(nats_err)?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(VAULT_INFLIGHT_MAX));
+    while let Some(msg) = sub.next().await {
+        let Some(reply_to) = msg.reply.clone() else {
+            continue;
+        };
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if calls
+            .send(crate::ingest::VaultCall {
+                request: msg.payload,
+                reply: tx,
+            })
+            .await
+            .is_err()
+        {
+            break;
+        }
+        let client = client.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Ok(answer) = rx.await {
+                let _ = client
+                    .publish(
+                        reply_to,
+                        serde_json::to_vec(&answer).unwrap_or_default().into(),
+                    )
+                    .await;
+            }
+        });
+    }
+    Ok(())
 }

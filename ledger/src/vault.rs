@@ -1,0 +1,800 @@
+//! The vault's decisions: who may ask for what, and which events each answer appends.
+//!
+//! Pure: the state, the registry, the clock reading, fresh ids and token secrets
+//! are passed in; the answer is a reply plus the events to append before it is
+//! sent. Requests are DSSE envelopes signed by the requesting party.
+
+use docket_schemas::*;
+use ed25519_dalek::VerifyingKey;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::registry::Registry;
+use crate::state::{ApprovalStatus, Policy, Status, VaultState};
+
+/// The DSSE `payloadType` of a vault request.
+pub const REQUEST_PAYLOAD_TYPE: &str = "application/vnd.docket.request+json";
+/// Default lifetime of an issued token.
+pub const TOKEN_TTL_DEFAULT_S: i64 = 300;
+/// How long an approval request waits for a human.
+pub const APPROVAL_TTL_S: i64 = 300;
+/// How far a request's `ts` may be from the vault's clock (replay window).
+pub const REQUEST_SKEW_MAX_S: i64 = 300;
+/// Request ids remembered for replay detection (older ones fall outside the window anyway).
+pub const SEEN_REQUESTS_MAX: usize = 200_000;
+/// Producer-key name prefix that marks a user's own key.
+pub const USER_KEY_PREFIX: &str = "user:";
+
+/// A vault request: header and operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub v: u32,
+    /// UUIDv7 chosen by the requester; a request id is accepted once.
+    pub id: EventId,
+    pub ts: Timestamp,
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// A user (or the admin for them) grants an agent scopes on an audience.
+    Grant {
+        user: String,
+        agent: String,
+        audience: String,
+        scopes: Vec<String>,
+        expires_at: Timestamp,
+        #[serde(default)]
+        max_calls: Option<u64>,
+        #[serde(default)]
+        max_token_ttl_s: Option<u32>,
+        #[serde(default)]
+        approval: Vec<ApprovalRule>,
+    },
+    /// An agent asks for a token; `approval_id` polls a pending approval.
+    Token {
+        agent: String,
+        audience: String,
+        scopes: Vec<String>,
+        /// What the agent is about to do, shown to the approver.
+        action: String,
+        #[serde(default)]
+        approval_id: Option<String>,
+        #[serde(default)]
+        ttl_s: Option<u32>,
+    },
+    /// A user answers a pending approval request.
+    Approve {
+        approval_id: String,
+        decision: Decision,
+        method: ApprovalMethod,
+        #[serde(default)]
+        auth_time: Option<Timestamp>,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// A gateway asks whether a presented token is active (RFC 7662).
+    Introspect { token: String },
+    /// Revoke one token, a grant (and its tokens), or suspend an agent (and its tokens).
+    Revoke {
+        #[serde(default)]
+        token_id: Option<String>,
+        #[serde(default)]
+        grant_id: Option<String>,
+        #[serde(default)]
+        agent: Option<String>,
+        reason: String,
+    },
+}
+
+impl Op {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Grant { .. } => "grant",
+            Op::Token { .. } => "token",
+            Op::Approve { .. } => "approve",
+            Op::Introspect { .. } => "introspect",
+            Op::Revoke { .. } => "revoke",
+        }
+    }
+}
+
+/// Who signed a request, as the log knows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Requester {
+    Admin,
+    User(String),
+    Agent(String),
+    /// A producer key allowed to emit `api.called` (a gateway).
+    Gateway(String),
+}
+
+impl Requester {
+    pub fn name(&self) -> String {
+        match self {
+            Requester::Admin => "admin".into(),
+            Requester::User(u) | Requester::Agent(u) | Requester::Gateway(u) => u.clone(),
+        }
+    }
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("signature does not verify for key {0}")]
+    BadSignature(String),
+    #[error("key {0} belongs to no registered agent, user, gateway or the admin")]
+    UnknownSigner(String),
+    #[error("request id {0} was already used (replay)")]
+    Replayed(String),
+    #[error("request time {0} is outside the {REQUEST_SKEW_MAX_S}-second window")]
+    Stale(Timestamp),
+    #[error("{0} may not do this: {1}")]
+    Forbidden(String, String),
+    #[error("no active grant lets {agent} use {scopes:?} on {audience}")]
+    NoGrant {
+        agent: String,
+        audience: String,
+        scopes: Vec<String>,
+    },
+    #[error("approval {0} was denied")]
+    Denied(String),
+    #[error("approval {0} expired before a decision")]
+    Expired(String),
+    #[error("approval {0}: {1}")]
+    BadApproval(String, String),
+    #[error("{0} is suspended")]
+    Suspended(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+}
+
+/// A decoded, authenticated request.
+pub struct Authenticated {
+    pub request: Request,
+    pub requester: Requester,
+    pub key_id: String,
+}
+
+/// Checks form and signature and finds who signed; nothing about permissions yet.
+pub fn authenticate(
+    bytes: &[u8],
+    registry: &Registry,
+    state: &VaultState,
+) -> Result<Authenticated, (Option<Request>, String, Refusal)> {
+    let wire: EnvelopeWire<'_> = serde_json::from_slice(bytes)
+        .map_err(|e| (None, String::new(), Refusal::Malformed(e.to_string())))?;
+    if wire.payload_type != REQUEST_PAYLOAD_TYPE || wire.signatures.len() != 1 {
+        return Err((
+            None,
+            String::new(),
+            Refusal::Malformed(format!(
+                "expected one signature and payloadType {REQUEST_PAYLOAD_TYPE}"
+            )),
+        ));
+    }
+    let payload = decode_base64(&wire.payload).ok_or((
+        None,
+        String::new(),
+        Refusal::Malformed("payload is not base64".into()),
+    ))?;
+    let key_id = wire.signatures[0].keyid.clone();
+    let request: Request = serde_json::from_slice(&payload)
+        .map_err(|e| (None, key_id.clone(), Refusal::Malformed(e.to_string())))?;
+    if request.v != 1 {
+        return Err((
+            Some(request),
+            key_id,
+            Refusal::Malformed("unsupported version".into()),
+        ));
+    }
+    let (requester, key) = match signer(&key_id, registry, state) {
+        Some(s) => s,
+        None => {
+            return Err((
+                Some(request),
+                key_id.clone(),
+                Refusal::UnknownSigner(key_id),
+            ));
+        }
+    };
+    let sig = decode_base64(&wire.signatures[0].sig)
+        .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok())
+        .ok_or_else(|| {
+            (
+                Some(request.clone()),
+                key_id.clone(),
+                Refusal::Malformed("signature is not base64 of 64 bytes".into()),
+            )
+        })?;
+    if key
+        .verify_strict(&pae(REQUEST_PAYLOAD_TYPE, &payload), &sig)
+        .is_err()
+    {
+        return Err((Some(request), key_id.clone(), Refusal::BadSignature(key_id)));
+    }
+    Ok(Authenticated {
+        request,
+        requester,
+        key_id,
+    })
+}
+
+fn signer(
+    key_id: &str,
+    registry: &Registry,
+    state: &VaultState,
+) -> Option<(Requester, VerifyingKey)> {
+    if key_id == registry.admin_key_id {
+        return Some((Requester::Admin, registry.admin_key()?));
+    }
+    if let Some(k) = registry
+        .keys
+        .get(key_id)
+        .filter(|k| k.revoked_seq.is_none())
+    {
+        let vk = registry.authorize(key_id, *k.kinds.iter().next()?).ok()?;
+        if let Some(user) = k.name.strip_prefix(USER_KEY_PREFIX) {
+            return Some((Requester::User(user.to_string()), vk));
+        }
+        if k.kinds.contains(&Kind::ApiCalled) {
+            return Some((Requester::Gateway(k.name.clone()), vk));
+        }
+        return None;
+    }
+    let agent = state.agents.values().find(|a| {
+        decode_public_key(&a.public_key).is_ok_and(|pk| docket_schemas::key_id(&pk) == key_id)
+    })?;
+    let pk = decode_public_key(&agent.public_key).ok()?;
+    Some((
+        Requester::Agent(agent.agent.clone()),
+        check_producer_key(&pk).ok()?,
+    ))
+}
+
+/// What the vault answers, and the events that must be durable before it does.
+#[derive(Debug)]
+pub struct Outcome {
+    pub reply: Value,
+    pub events: Vec<EventBody>,
+    /// A notification to publish (subject, payload) once committed.
+    pub notify: Option<(String, Value)>,
+}
+
+/// Values the edge supplies: the clock, fresh ids, a fresh token secret and the hash key.
+pub struct Fresh<'a> {
+    pub now: Timestamp,
+    pub id: String,
+    pub token_secret: String,
+    pub hash_key: &'a [u8; 32],
+}
+
+/// The keyed hash stored for a token secret: hex of keyed BLAKE3.
+pub fn token_hash(hash_key: &[u8; 32], secret: &str) -> String {
+    blake3::keyed_hash(hash_key, secret.as_bytes())
+        .to_hex()
+        .to_string()
+}
+
+fn refused(
+    req: &Request,
+    who: &str,
+    why: &Refusal,
+    audience: Option<String>,
+    scopes: Vec<String>,
+) -> Outcome {
+    Outcome {
+        reply: json!({"ok": false, "error": why.to_string()}),
+        events: vec![EventBody::RequestRefused(RequestRefused {
+            request_id: req.id.to_string(),
+            requester: who.chars().take(limits::KEY_ID_BYTES_MAX).collect(),
+            op: req.op.name().into(),
+            reason: why.to_string(),
+            audience,
+            scopes,
+        })],
+        notify: None,
+    }
+}
+
+/// Decides an authenticated request. Introspection appends nothing; everything else appends at least one event.
+pub fn decide(
+    state: &VaultState,
+    auth: &Authenticated,
+    rules: &Policy,
+    fresh: &Fresh<'_>,
+) -> Outcome {
+    let req = &auth.request;
+    let who = auth.requester.name();
+    let skew = (fresh.now.as_micros() - req.ts.as_micros()).abs();
+    if skew > REQUEST_SKEW_MAX_S * 1_000_000 {
+        return refused(req, &who, &Refusal::Stale(req.ts), None, vec![]);
+    }
+    match &req.op {
+        Op::Introspect { token } => introspect(state, &auth.requester, token, fresh),
+        Op::Grant {
+            user,
+            agent,
+            audience,
+            scopes,
+            expires_at,
+            max_calls,
+            max_token_ttl_s,
+            approval,
+        } => {
+            let allowed = match &auth.requester {
+                Requester::Admin => true,
+                Requester::User(u) => u == user,
+                _ => false,
+            };
+            if !allowed {
+                return refused(
+                    req,
+                    &who,
+                    &Refusal::Forbidden(who.clone(), format!("grant on behalf of {user}")),
+                    Some(audience.clone()),
+                    scopes.clone(),
+                );
+            }
+            match state.agents.get(agent) {
+                None => {
+                    return refused(
+                        req,
+                        &who,
+                        &Refusal::NotFound(format!("agent {agent}")),
+                        Some(audience.clone()),
+                        scopes.clone(),
+                    );
+                }
+                Some(a) if a.suspended_seq.is_some() => {
+                    return refused(
+                        req,
+                        &who,
+                        &Refusal::Suspended(agent.clone()),
+                        Some(audience.clone()),
+                        scopes.clone(),
+                    );
+                }
+                Some(_) => {}
+            }
+            let grant_id = format!("grant-{}", fresh.id);
+            Outcome {
+                reply: json!({"ok": true, "status": "granted", "grant_id": grant_id}),
+                events: vec![EventBody::GrantCreated(GrantCreated {
+                    grant_id,
+                    user: user.clone(),
+                    agent: agent.clone(),
+                    audience: audience.clone(),
+                    scopes: scopes.clone(),
+                    expires_at: *expires_at,
+                    max_calls: *max_calls,
+                    max_token_ttl_s: *max_token_ttl_s,
+                    approval: approval.clone(),
+                })],
+                notify: None,
+            }
+        }
+        Op::Token {
+            agent,
+            audience,
+            scopes,
+            action,
+            approval_id,
+            ttl_s,
+        } => token(
+            state,
+            req,
+            &auth.requester,
+            (
+                agent,
+                audience,
+                scopes,
+                action,
+                approval_id.as_deref(),
+                *ttl_s,
+            ),
+            rules,
+            fresh,
+        ),
+        Op::Approve {
+            approval_id,
+            decision,
+            method,
+            auth_time,
+            reason,
+        } => {
+            let Some(a) = state.approvals.get(approval_id) else {
+                return refused(
+                    req,
+                    &who,
+                    &Refusal::NotFound(format!("approval {approval_id}")),
+                    None,
+                    vec![],
+                );
+            };
+            if auth.requester != Requester::User(a.user.clone()) {
+                return refused(
+                    req,
+                    &who,
+                    &Refusal::Forbidden(who.clone(), format!("decide {}'s approval", a.user)),
+                    Some(a.audience.clone()),
+                    a.scopes.iter().cloned().collect(),
+                );
+            }
+            match a.status(fresh.now) {
+                ApprovalStatus::Pending => {}
+                ApprovalStatus::Expired => {
+                    return refused(
+                        req,
+                        &who,
+                        &Refusal::Expired(approval_id.clone()),
+                        None,
+                        vec![],
+                    );
+                }
+                _ => {
+                    return refused(
+                        req,
+                        &who,
+                        &Refusal::BadApproval(approval_id.clone(), "already decided".into()),
+                        None,
+                        vec![],
+                    );
+                }
+            }
+            if *decision == Decision::Approved && a.risk == Risk::Critical {
+                let fresh_enough = matches!((method, auth_time), (ApprovalMethod::StepUp, Some(t))
+                    if fresh.now.as_micros() - t.as_micros() <= rules.step_up_max_age_s * 1_000_000);
+                if !fresh_enough {
+                    return refused(
+                        req,
+                        &who,
+                        &Refusal::BadApproval(
+                            approval_id.clone(),
+                            format!(
+                                "a critical action needs a step-up authentication in the last {} s",
+                                rules.step_up_max_age_s
+                            ),
+                        ),
+                        Some(a.audience.clone()),
+                        a.scopes.iter().cloned().collect(),
+                    );
+                }
+            }
+            Outcome {
+                reply: json!({"ok": true, "status": match decision { Decision::Approved => "approved", Decision::Denied => "denied" }, "approval_id": approval_id}),
+                events: vec![EventBody::ApprovalDecided(ApprovalDecided {
+                    approval_id: approval_id.clone(),
+                    user: a.user.clone(),
+                    decision: *decision,
+                    method: *method,
+                    auth_time: *auth_time,
+                    reason: reason.clone(),
+                })],
+                notify: None,
+            }
+        }
+        Op::Revoke {
+            token_id,
+            grant_id,
+            agent,
+            reason,
+        } => revoke(
+            state,
+            req,
+            &auth.requester,
+            (token_id.as_deref(), grant_id.as_deref(), agent.as_deref()),
+            reason,
+        ),
+    }
+}
+
+fn introspect(
+    state: &VaultState,
+    requester: &Requester,
+    token: &str,
+    fresh: &Fresh<'_>,
+) -> Outcome {
+    let inactive = Outcome {
+        reply: json!({"active": false}),
+        events: vec![],
+        notify: None,
+    };
+    if !matches!(requester, Requester::Gateway(_) | Requester::Admin) {
+        return inactive;
+    }
+    let Some(t) = state.token_by_hash(&token_hash(fresh.hash_key, token)) else {
+        return inactive;
+    };
+    let agent_ok = state
+        .agents
+        .get(&t.agent)
+        .is_some_and(|a| a.suspended_seq.is_none());
+    let grant_ok = state
+        .grants
+        .get(&t.grant_id)
+        .is_some_and(|g| g.status(fresh.now) == Status::Active);
+    if t.status(fresh.now) != Status::Active || !agent_ok || !grant_ok {
+        return inactive;
+    }
+    Outcome {
+        reply: json!({
+            "active": true,
+            "scope": t.scopes.iter().cloned().collect::<Vec<_>>().join(" "),
+            "client_id": t.agent,
+            "sub": t.user,
+            "aud": t.audience,
+            "exp": t.expires_at.as_micros() / 1_000_000,
+            "iat": t.issued_at.as_micros() / 1_000_000,
+            "jti": t.token_id,
+        }),
+        events: vec![],
+        notify: None,
+    }
+}
+
+type TokenAsk<'a> = (
+    &'a String,
+    &'a String,
+    &'a Vec<String>,
+    &'a String,
+    Option<&'a str>,
+    Option<u32>,
+);
+
+fn token(
+    state: &VaultState,
+    req: &Request,
+    requester: &Requester,
+    ask: TokenAsk<'_>,
+    rules: &Policy,
+    fresh: &Fresh<'_>,
+) -> Outcome {
+    let (agent, audience, scopes, action, approval_id, ttl_s) = ask;
+    let who = requester.name();
+    let refuse = |why: Refusal| refused(req, &who, &why, Some(audience.clone()), scopes.clone());
+    if *requester != Requester::Agent(agent.clone()) {
+        return refuse(Refusal::Forbidden(
+            who.clone(),
+            format!("ask for a token as {agent}"),
+        ));
+    }
+    if state
+        .agents
+        .get(agent)
+        .is_some_and(|a| a.suspended_seq.is_some())
+    {
+        return refuse(Refusal::Suspended(agent.clone()));
+    }
+    let wanted: std::collections::BTreeSet<&String> = scopes.iter().collect();
+    let grant = state.grants.values().find(|g| {
+        g.agent == *agent
+            && g.audience == *audience
+            && g.status(fresh.now) == Status::Active
+            && wanted.iter().all(|s| g.scopes.contains(*s))
+    });
+    let Some(grant) = grant else {
+        return refuse(Refusal::NoGrant {
+            agent: agent.clone(),
+            audience: audience.clone(),
+            scopes: scopes.clone(),
+        });
+    };
+    let risk = scopes
+        .iter()
+        .filter_map(|s| grant.approval.get(s))
+        .max()
+        .copied();
+    let mut approval_used = None;
+    if let Some(risk) = risk {
+        match approval_id.and_then(|id| state.approvals.get(id)) {
+            None => {
+                let approval_id = format!("appr-{}", fresh.id);
+                let expires_at = fresh.now.plus_seconds(rules.approval_ttl_s);
+                let binding_message: String = action
+                    .chars()
+                    .take(limits::BINDING_MESSAGE_BYTES_MAX / 4)
+                    .collect();
+                let notice = json!({"approval_id": approval_id, "agent": agent, "audience": audience, "scopes": scopes,
+                    "risk": risk, "binding_message": binding_message, "expires_at": expires_at.to_string()});
+                return Outcome {
+                    reply: json!({"ok": true, "status": "pending", "approval_id": approval_id, "expires_at": expires_at.to_string()}),
+                    events: vec![EventBody::ApprovalRequested(ApprovalRequested {
+                        approval_id: approval_id.clone(),
+                        grant_id: grant.grant_id.clone(),
+                        user: grant.user.clone(),
+                        agent: agent.clone(),
+                        audience: audience.clone(),
+                        scopes: scopes.clone(),
+                        risk,
+                        binding_message,
+                        expires_at,
+                    })],
+                    notify: Some((format!("docket.approvals.{}", grant.user), notice)),
+                };
+            }
+            Some(a) => {
+                if a.agent != *agent
+                    || a.grant_id != grant.grant_id
+                    || !wanted.iter().all(|s| a.scopes.contains(*s))
+                {
+                    return refuse(Refusal::BadApproval(
+                        a.approval_id.clone(),
+                        "does not cover this request".into(),
+                    ));
+                }
+                if state
+                    .tokens
+                    .values()
+                    .any(|t| t.approval_id.as_deref() == Some(a.approval_id.as_str()))
+                {
+                    return refuse(Refusal::BadApproval(
+                        a.approval_id.clone(),
+                        "was already used for a token".into(),
+                    ));
+                }
+                match a.status(fresh.now) {
+                    ApprovalStatus::Approved => approval_used = Some(a.approval_id.clone()),
+                    ApprovalStatus::Pending => {
+                        return Outcome {
+                            reply: json!({"ok": true, "status": "pending", "approval_id": a.approval_id}),
+                            events: vec![],
+                            notify: None,
+                        };
+                    }
+                    ApprovalStatus::Denied => {
+                        return refuse(Refusal::Denied(a.approval_id.clone()));
+                    }
+                    ApprovalStatus::Expired => {
+                        return refuse(Refusal::Expired(a.approval_id.clone()));
+                    }
+                }
+            }
+        }
+    }
+    let cap = grant.max_token_ttl_s.map_or(TOKEN_TTL_DEFAULT_S, i64::from);
+    let ttl = ttl_s.map_or(TOKEN_TTL_DEFAULT_S, i64::from).min(cap).max(1);
+    let expires_at = fresh.now.plus_seconds(ttl).min(grant.expires_at);
+    let token_id = format!("tok-{}", fresh.id);
+    Outcome {
+        reply: json!({"ok": true, "status": "issued", "token": fresh.token_secret, "token_id": token_id,
+            "expires_at": expires_at.to_string(), "scope": scopes.join(" ")}),
+        events: vec![EventBody::TokenIssued(TokenIssued {
+            token_id,
+            token_hash: token_hash(fresh.hash_key, &fresh.token_secret),
+            grant_id: grant.grant_id.clone(),
+            user: grant.user.clone(),
+            agent: agent.clone(),
+            audience: audience.clone(),
+            scopes: scopes.clone(),
+            expires_at,
+            approval_id: approval_used,
+        })],
+        notify: None,
+    }
+}
+
+fn revoke(
+    state: &VaultState,
+    req: &Request,
+    requester: &Requester,
+    what: (Option<&str>, Option<&str>, Option<&str>),
+    reason: &str,
+) -> Outcome {
+    let who = requester.name();
+    let by = who.clone();
+    let owner_ok = |user: &str, agent: &str| match requester {
+        Requester::Admin => true,
+        Requester::User(u) => u == user,
+        Requester::Agent(a) => a == agent,
+        Requester::Gateway(_) => false,
+    };
+    let done = |body: EventBody, status: &str| Outcome {
+        reply: json!({"ok": true, "status": status}),
+        events: vec![body],
+        notify: None,
+    };
+    match what {
+        (Some(token_id), None, None) => match state.tokens.get(token_id) {
+            Some(t) if owner_ok(&t.user, &t.agent) => done(
+                EventBody::TokenRevoked(TokenRevoked {
+                    token_id: token_id.into(),
+                    by,
+                    reason: reason.into(),
+                }),
+                "revoked",
+            ),
+            Some(_) => refused(
+                req,
+                &who,
+                &Refusal::Forbidden(who.clone(), format!("revoke token {token_id}")),
+                None,
+                vec![],
+            ),
+            None => refused(
+                req,
+                &who,
+                &Refusal::NotFound(format!("token {token_id}")),
+                None,
+                vec![],
+            ),
+        },
+        (None, Some(grant_id), None) => match state.grants.get(grant_id) {
+            Some(g) if owner_ok(&g.user, "") => done(
+                EventBody::GrantRevoked(GrantRevoked {
+                    grant_id: grant_id.into(),
+                    by,
+                    reason: reason.into(),
+                }),
+                "revoked",
+            ),
+            Some(_) => refused(
+                req,
+                &who,
+                &Refusal::Forbidden(who.clone(), format!("revoke grant {grant_id}")),
+                None,
+                vec![],
+            ),
+            None => refused(
+                req,
+                &who,
+                &Refusal::NotFound(format!("grant {grant_id}")),
+                None,
+                vec![],
+            ),
+        },
+        (None, None, Some(agent)) => match state.agents.get(agent) {
+            Some(a) if owner_ok(&a.user, "") => done(
+                EventBody::AgentSuspended(AgentSuspended {
+                    agent: agent.into(),
+                    by,
+                    reason: reason.into(),
+                }),
+                "suspended",
+            ),
+            Some(_) => refused(
+                req,
+                &who,
+                &Refusal::Forbidden(who.clone(), format!("suspend agent {agent}")),
+                None,
+                vec![],
+            ),
+            None => refused(
+                req,
+                &who,
+                &Refusal::NotFound(format!("agent {agent}")),
+                None,
+                vec![],
+            ),
+        },
+        _ => refused(
+            req,
+            &who,
+            &Refusal::Malformed("name exactly one of token_id, grant_id, agent".into()),
+            None,
+            vec![],
+        ),
+    }
+}
+
+/// Seals a request for the vault: the client side of the protocol.
+pub fn seal_request(request: &Request, key: &ed25519_dalek::SigningKey) -> Vec<u8> {
+    use ed25519_dalek::Signer;
+    let payload = serde_json::to_vec(request).unwrap_or_default();
+    let sig = key.sign(&pae(REQUEST_PAYLOAD_TYPE, &payload));
+    let wire = EnvelopeWire {
+        payload: encode_base64(&payload).into(),
+        payload_type: REQUEST_PAYLOAD_TYPE.into(),
+        signatures: vec![envelope::EnvelopeSignature {
+            keyid: key_id(key.verifying_key().as_bytes()),
+            sig: encode_base64(&sig.to_bytes()),
+        }],
+    };
+    serde_json::to_vec(&wire).unwrap_or_default()
+}

@@ -1,0 +1,243 @@
+//! CLI clients of the vault: grant, token, approve, revoke, introspect; each request signed with the caller's key.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use docket_ledger::ingest::now_us;
+use docket_ledger::keyfile;
+use docket_ledger::vault::{Op, Request, seal_request};
+use docket_schemas::{ApprovalMethod, ApprovalRule, Decision, EventId, Risk, Timestamp};
+use serde_json::Value;
+
+#[derive(Args)]
+pub struct Client {
+    #[arg(long, env = "DOCKET_NATS", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// Your key file: a user's, an agent's, a gateway's or the admin's.
+    #[arg(long, env = "DOCKET_KEY")]
+    key: PathBuf,
+}
+
+#[derive(Args)]
+pub struct GrantArgs {
+    #[command(flatten)]
+    client: Client,
+    #[arg(long)]
+    user: String,
+    #[arg(long)]
+    agent: String,
+    #[arg(long)]
+    audience: String,
+    /// A scope to grant (repeat).
+    #[arg(long = "scope", required = true)]
+    scopes: Vec<String>,
+    /// Lifetime of the grant, in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    expires_in: i64,
+    #[arg(long)]
+    max_calls: Option<u64>,
+    #[arg(long)]
+    max_token_ttl: Option<u32>,
+    /// A scope that needs approval, as SCOPE=low|high|critical (repeat).
+    #[arg(long = "approval")]
+    approvals: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    client: Client,
+    #[arg(long)]
+    agent: String,
+    #[arg(long)]
+    audience: String,
+    #[arg(long = "scope", required = true)]
+    scopes: Vec<String>,
+    /// What you are about to do; shown to the approver.
+    #[arg(long)]
+    action: String,
+    /// Poll this pending approval.
+    #[arg(long)]
+    approval_id: Option<String>,
+    /// Keep polling while the approval is pending, up to this many seconds (CIBA poll mode).
+    #[arg(long, default_value_t = 0)]
+    wait: u64,
+    #[arg(long)]
+    ttl: Option<u32>,
+}
+
+#[derive(Args)]
+pub struct ApproveArgs {
+    #[command(flatten)]
+    client: Client,
+    #[arg(long)]
+    approval_id: String,
+    /// Deny instead of approving.
+    #[arg(long)]
+    deny: bool,
+    /// When you last authenticated strongly (passkey, MFA), RFC 3339; makes this a step-up approval.
+    #[arg(long)]
+    step_up_at: Option<String>,
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+#[derive(Args)]
+pub struct RevokeArgs {
+    #[command(flatten)]
+    client: Client,
+    #[arg(long)]
+    token_id: Option<String>,
+    #[arg(long)]
+    grant_id: Option<String>,
+    /// Suspend this agent (every token it holds ends).
+    #[arg(long)]
+    agent: Option<String>,
+    #[arg(long)]
+    reason: String,
+}
+
+#[derive(Args)]
+pub struct IntrospectArgs {
+    #[command(flatten)]
+    client: Client,
+    /// The token presented to the gateway.
+    #[arg(long)]
+    token: String,
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_micros(now_us()).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+async fn call(client: &Client, op: Op) -> Result<Value> {
+    let key = keyfile::read(&client.key)?;
+    let nats = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(&client.nats)
+        .await
+        .with_context(|| format!("connecting to {}", client.nats))?;
+    let subject = format!("docket.vault.{}", op.name());
+    let request = Request {
+        v: 1,
+        id: EventId(*uuid::Uuid::now_v7().as_bytes()),
+        ts: now(),
+        op,
+    };
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        nats.request(subject, seal_request(&request, &key).into()),
+    )
+    .await
+    .context("the vault did not answer within 10 s")?
+    .context("no vault is serving (start `docket serve` with --vault-key)")?;
+    Ok(serde_json::from_slice(&reply.payload)?)
+}
+
+fn finish(reply: &Value) -> Result<std::process::ExitCode> {
+    println!("{}", serde_json::to_string_pretty(reply)?);
+    Ok(if reply["ok"] == Value::Bool(false) {
+        std::process::ExitCode::from(1)
+    } else {
+        std::process::ExitCode::SUCCESS
+    })
+}
+
+pub async fn grant(a: GrantArgs) -> Result<std::process::ExitCode> {
+    let approval = a
+        .approvals
+        .iter()
+        .map(|s| {
+            let (scope, risk) = s
+                .split_once('=')
+                .context("--approval takes SCOPE=low|high|critical")?;
+            let risk = match risk {
+                "low" => Risk::Low,
+                "high" => Risk::High,
+                "critical" => Risk::Critical,
+                other => bail!("unknown risk {other:?}"),
+            };
+            Ok(ApprovalRule {
+                scope: scope.into(),
+                risk,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let op = Op::Grant {
+        user: a.user,
+        agent: a.agent,
+        audience: a.audience,
+        scopes: a.scopes,
+        expires_at: now().plus_seconds(a.expires_in),
+        max_calls: a.max_calls,
+        max_token_ttl_s: a.max_token_ttl,
+        approval,
+    };
+    finish(&call(&a.client, op).await?)
+}
+
+pub async fn token(a: TokenArgs) -> Result<std::process::ExitCode> {
+    let deadline = Instant::now() + Duration::from_secs(a.wait);
+    let mut approval_id = a.approval_id.clone();
+    loop {
+        let op = Op::Token {
+            agent: a.agent.clone(),
+            audience: a.audience.clone(),
+            scopes: a.scopes.clone(),
+            action: a.action.clone(),
+            approval_id: approval_id.clone(),
+            ttl_s: a.ttl,
+        };
+        let reply = call(&a.client, op).await?;
+        if reply["status"] != "pending" || Instant::now() >= deadline {
+            return finish(&reply);
+        }
+        approval_id = reply["approval_id"].as_str().map(String::from);
+        eprintln!(
+            "pending approval {}; polling",
+            approval_id.as_deref().unwrap_or("?")
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+pub async fn approve(a: ApproveArgs) -> Result<std::process::ExitCode> {
+    let auth_time = a
+        .step_up_at
+        .as_deref()
+        .map(Timestamp::parse)
+        .transpose()
+        .context("--step-up-at")?;
+    let op = Op::Approve {
+        approval_id: a.approval_id,
+        decision: if a.deny {
+            Decision::Denied
+        } else {
+            Decision::Approved
+        },
+        method: if auth_time.is_some() {
+            ApprovalMethod::StepUp
+        } else {
+            ApprovalMethod::Push
+        },
+        auth_time,
+        reason: a.reason,
+    };
+    finish(&call(&a.client, op).await?)
+}
+
+pub async fn revoke(a: RevokeArgs) -> Result<std::process::ExitCode> {
+    let op = Op::Revoke {
+        token_id: a.token_id,
+        grant_id: a.grant_id,
+        agent: a.agent,
+        reason: a.reason,
+    };
+    finish(&call(&a.client, op).await?)
+}
+
+pub async fn introspect(a: IntrospectArgs) -> Result<std::process::ExitCode> {
+    finish(&call(&a.client, Op::Introspect { token: a.token }).await?)
+}
