@@ -157,12 +157,13 @@ impl Ledger {
         use serde_json::json;
         let now = docket_schemas::Timestamp::from_micros(now_us())
             .unwrap_or(docket_schemas::Timestamp::UNIX_EPOCH);
-        let mut answers: Vec<(
+        type Answer = (
             VaultCall,
             serde_json::Value,
             Vec<docket_schemas::EventId>,
             Option<(String, serde_json::Value)>,
-        )> = Vec::new();
+        );
+        let mut answers: Vec<Answer> = Vec::new();
         let mut items = Vec::new();
         {
             let Some(desk) = self.vault.as_mut() else {
@@ -181,29 +182,34 @@ impl Ledger {
                     hash_key: &hash_key,
                 };
                 let outcome = match authenticate(&call.request, &self.tip.registry, &state) {
-                    Err((None, _, why)) => {
+                    Err(e) if e.0.is_none() => {
+                        let why = e.2;
                         let _ = call
                             .reply
                             .send(json!({"ok": false, "error": why.to_string()}));
                         continue;
                     }
-                    Err((Some(req), key_id, why)) => crate::vault::Outcome {
-                        reply: json!({"ok": false, "error": why.to_string()}),
-                        events: vec![docket_schemas::EventBody::RequestRefused(
-                            docket_schemas::RequestRefused {
-                                request_id: req.id.to_string(),
-                                requester: key_id
-                                    .chars()
-                                    .take(docket_schemas::limits::KEY_ID_BYTES_MAX)
-                                    .collect(),
-                                op: req.op.name().into(),
-                                reason: why.to_string(),
-                                audience: None,
-                                scopes: vec![],
-                            },
-                        )],
-                        notify: None,
-                    },
+                    Err(e) => {
+                        let (req, key_id, why) = *e;
+                        let Some(req) = req else { continue };
+                        crate::vault::Outcome {
+                            reply: json!({"ok": false, "error": why.to_string()}),
+                            events: vec![docket_schemas::EventBody::RequestRefused(
+                                docket_schemas::RequestRefused {
+                                    request_id: req.id.to_string(),
+                                    requester: key_id
+                                        .chars()
+                                        .take(docket_schemas::limits::KEY_ID_BYTES_MAX)
+                                        .collect(),
+                                    op: req.op.name().into(),
+                                    reason: why.to_string(),
+                                    audience: None,
+                                    scopes: vec![],
+                                },
+                            )],
+                            notify: None,
+                        }
+                    }
                     Ok(auth) if !desk.first_sighting(auth.request.id) => {
                         let why = crate::vault::Refusal::Replayed(auth.request.id.to_string());
                         crate::vault::Outcome {

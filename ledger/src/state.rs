@@ -897,7 +897,8 @@ mod tests {
     #[test]
     fn each_violation_gives_exactly_its_finding() {
         use Rule::*;
-        let cases: Vec<(Rule, Box<dyn Fn(&mut Log) -> Vec<Finding>>)> = vec![
+        type Case = (Rule, Box<dyn Fn(&mut Log) -> Vec<Finding>>);
+        let cases: Vec<Case> = vec![
             (
                 CallUnknownToken,
                 Box::new(|l| l.add(call("nope", "a1", "repo:read"))),

@@ -26,9 +26,9 @@ pub const SEEN_REQUESTS_MAX: usize = 200_000;
 /// Producer-key name prefix that marks a user's own key.
 pub const USER_KEY_PREFIX: &str = "user:";
 
-/// A vault request: header and operation.
+/// A vault request: header and operation. (serde cannot refuse unknown fields
+/// through `flatten`; unknown request fields are ignored, unlike event fields.)
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Request {
     pub v: u32,
     /// UUIDv7 chosen by the requester; a request id is accepted once.
@@ -162,31 +162,38 @@ pub struct Authenticated {
     pub key_id: String,
 }
 
+/// A refused authentication: the request when it parsed, the key id it named, and why.
+pub type Unauthenticated = (Option<Request>, String, Refusal);
+
 /// Checks form and signature and finds who signed; nothing about permissions yet.
 pub fn authenticate(
     bytes: &[u8],
     registry: &Registry,
     state: &VaultState,
-) -> Result<Authenticated, (Option<Request>, String, Refusal)> {
-    let wire: EnvelopeWire<'_> = serde_json::from_slice(bytes)
-        .map_err(|e| (None, String::new(), Refusal::Malformed(e.to_string())))?;
+) -> Result<Authenticated, Box<Unauthenticated>> {
+    authenticate_inner(bytes, registry, state).map_err(Box::new)
+}
+
+#[allow(clippy::result_large_err)] // boxed once, by `authenticate`
+fn authenticate_inner(
+    bytes: &[u8],
+    registry: &Registry,
+    state: &VaultState,
+) -> Result<Authenticated, Unauthenticated> {
+    let malformed = |key_id: &str, why: String| (None, key_id.to_string(), Refusal::Malformed(why));
+    let wire: EnvelopeWire<'_> =
+        serde_json::from_slice(bytes).map_err(|e| malformed("", e.to_string()))?;
     if wire.payload_type != REQUEST_PAYLOAD_TYPE || wire.signatures.len() != 1 {
-        return Err((
-            None,
-            String::new(),
-            Refusal::Malformed(format!(
-                "expected one signature and payloadType {REQUEST_PAYLOAD_TYPE}"
-            )),
+        return Err(malformed(
+            "",
+            format!("expected one signature and payloadType {REQUEST_PAYLOAD_TYPE}"),
         ));
     }
-    let payload = decode_base64(&wire.payload).ok_or((
-        None,
-        String::new(),
-        Refusal::Malformed("payload is not base64".into()),
-    ))?;
+    let payload = decode_base64(&wire.payload)
+        .ok_or_else(|| malformed("", "payload is not base64".into()))?;
     let key_id = wire.signatures[0].keyid.clone();
-    let request: Request = serde_json::from_slice(&payload)
-        .map_err(|e| (None, key_id.clone(), Refusal::Malformed(e.to_string())))?;
+    let request: Request =
+        serde_json::from_slice(&payload).map_err(|e| malformed(&key_id, e.to_string()))?;
     if request.v != 1 {
         return Err((
             Some(request),
@@ -194,25 +201,22 @@ pub fn authenticate(
             Refusal::Malformed("unsupported version".into()),
         ));
     }
-    let (requester, key) = match signer(&key_id, registry, state) {
-        Some(s) => s,
-        None => {
-            return Err((
-                Some(request),
-                key_id.clone(),
-                Refusal::UnknownSigner(key_id),
-            ));
-        }
+    let Some((requester, key)) = signer(&key_id, registry, state) else {
+        return Err((
+            Some(request),
+            key_id.clone(),
+            Refusal::UnknownSigner(key_id),
+        ));
     };
     let sig = decode_base64(&wire.signatures[0].sig)
-        .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok())
-        .ok_or_else(|| {
-            (
-                Some(request.clone()),
-                key_id.clone(),
-                Refusal::Malformed("signature is not base64 of 64 bytes".into()),
-            )
-        })?;
+        .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok());
+    let Some(sig) = sig else {
+        return Err((
+            Some(request),
+            key_id,
+            Refusal::Malformed("signature is not base64 of 64 bytes".into()),
+        ));
+    };
     if key
         .verify_strict(&pae(REQUEST_PAYLOAD_TYPE, &payload), &sig)
         .is_err()

@@ -34,6 +34,10 @@ pub struct Serve {
 
 impl Serve {
     pub fn start(data: &Path, nats_url: &str, roles: &Roles) -> Serve {
+        Serve::start_with(data, nats_url, roles, &[])
+    }
+
+    pub fn start_with(data: &Path, nats_url: &str, roles: &Roles, extra: &[&str]) -> Serve {
         let log = data.with_extension(format!(
             "log.{}",
             std::time::SystemTime::now()
@@ -52,6 +56,7 @@ impl Serve {
                 &encode_base64(roles.admin.verifying_key().as_bytes()),
             ])
             .args(["--origin", "test.docket.local/ledger"])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(file)
