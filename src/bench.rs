@@ -27,6 +27,8 @@ pub enum BenchCommand {
     Ingest(IngestArgs),
     /// The ledger alone, no NATS: decode, verify, chain (admission), then admission plus the synced write.
     Admit(AdmitArgs),
+    /// The vault: replay rate, restart time, token issuance and introspection over NATS.
+    Vault(VaultArgs),
 }
 
 #[derive(Args)]
@@ -55,6 +57,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Ingest(args) => ingest(args).await,
         BenchCommand::Admit(args) => admit_only(args),
+        BenchCommand::Vault(args) => vault(args).await,
     }
 }
 
@@ -452,4 +455,252 @@ fn latencies(commits: &Commits, sent_us: &[i64], from: u64, to: u64) -> Vec<f64>
         .collect();
     out.sort_by(f64::total_cmp);
     out
+}
+
+#[derive(Args)]
+pub struct VaultArgs {
+    /// Entries in the ledger used for replay and restart figures.
+    #[arg(long, default_value_t = 1_000_000)]
+    entries: usize,
+    /// Introspection requests in the throughput run.
+    #[arg(long, default_value_t = 40_000)]
+    introspections: usize,
+    /// Token requests in the issuance run.
+    #[arg(long, default_value_t = 5_000)]
+    tokens: usize,
+    /// Requests kept in flight by the load generator.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+}
+
+pub async fn vault(args: VaultArgs) -> Result<()> {
+    use docket_ledger::admission::Incoming;
+    use docket_ledger::state::{Policy, VaultState};
+    use docket_ledger::vault::{Op, Request, seal_request};
+    println!("docket bench vault: {} entries", args.entries);
+    let temp = tempfile::tempdir()?;
+    let data = temp.path().join("ledger");
+    let roles = docket_ledger::workload::Roles::from_seed(1);
+    let admin = encode_base64(roles.admin.verifying_key().as_bytes());
+    let config = Config {
+        checkpoint_every_entries: 1_000_000,
+        ..Config::default()
+    };
+
+    // Build the ledger through the real commit path (admission, projection, synced writes).
+    let t = Instant::now();
+    let published = workload(args.entries, 1);
+    let gen_s = t.elapsed().as_secs_f64();
+    let events: Vec<docket_schemas::Event> = published
+        .iter()
+        .filter_map(|p| {
+            Envelope::decode(&p.envelope)
+                .ok()
+                .and_then(|e| e.event().ok())
+        })
+        .collect();
+    let mut ledger = crate::open_ledger(&data, &config, &admin)?;
+    let t = Instant::now();
+    let mut seq = 0u64;
+    for chunk in published.chunks(docket_ledger::admission::BATCH_EVENTS_MAX) {
+        let items = chunk
+            .iter()
+            .map(|p| {
+                seq += 1;
+                Incoming {
+                    subject: p.subject.clone(),
+                    payload: p.envelope.clone().into(),
+                    source_seq: seq,
+                }
+            })
+            .collect();
+        ledger.commit(items).await?;
+    }
+    let build_s = t.elapsed().as_secs_f64();
+    println!(
+        "built {} entries in {build_s:.1}s ({:.0} events/s through admission + projection + synced writes; workload generated and signed in {gen_s:.1}s)",
+        ledger.tip().seq,
+        ledger.tip().seq as f64 / build_s
+    );
+    drop(published);
+
+    // Replay: the fold alone on one core, then decode + fold from the store.
+    let t = Instant::now();
+    let mut state = VaultState::default();
+    for (i, e) in events.iter().enumerate() {
+        state.apply(i as u64 + 1, e, &Policy::default());
+    }
+    let fold_rate = events.len() as f64 / t.elapsed().as_secs_f64();
+    println!("replay, fold only (events already decoded), one core: {fold_rate:>10.0} events/s");
+    drop(events);
+    let report = docket_ledger::projection::rebuild_check(ledger.store(), &Policy::default())?;
+    println!(
+        "replay from the store (read, decode, fold), one core:  {:>10.0} events/s (matches stored projection: {})",
+        report.events_per_s, report.equal
+    );
+    println!(
+        "state: {} agents, {} grants, {} tokens, {} approvals",
+        state.agents.len(),
+        state.grants.len(),
+        state.tokens.len(),
+        state.approvals.len()
+    );
+    drop(state);
+    drop(ledger);
+
+    // Restart: open the store, load the tip, registry and projection.
+    let t = Instant::now();
+    let ledger = crate::open_ledger(&data, &config, &admin)?;
+    println!(
+        "restart with {} entries: {:.2}s (no replay: the projection is stored with the chain)",
+        ledger.tip().seq,
+        t.elapsed().as_secs_f64()
+    );
+
+    // The vault over a real NATS server.
+    let server = NatsServer::start(&temp.path().join("nats"))?;
+    let settings = NatsSettings {
+        url: server.url(),
+        consumer: "bench-vault".into(),
+        filter: docket_ledger::transport::STREAM_SUBJECTS.into(),
+        deliver_new: true,
+    };
+    let source = NatsSource::connect(&settings).await?;
+    let client = source.client.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel(docket_ledger::transport::VAULT_INFLIGHT_MAX);
+    let mut ledger = ledger.with_vault(docket_ledger::ingest::VaultDesk::new(
+        roles.vault.clone(),
+        rx,
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let vault_client = client.clone();
+    tokio::spawn(
+        async move { docket_ledger::transport::serve_vault_requests(vault_client, tx).await },
+    );
+    let bus = Bus::Nats(client.clone());
+    let ledger_task = tokio::spawn(async move {
+        let r = ledger
+            .run(Source::Nats(Box::new(source)), bus, async {
+                let _ = stop_rx.await;
+            })
+            .await;
+        (ledger, r)
+    });
+    let agent_key = ed25519_dalek::SigningKey::from_bytes(blake3::hash(b"agent-0").as_bytes());
+    let now = || Timestamp::from_micros(now_us()).unwrap_or(Timestamp::UNIX_EPOCH);
+    let request = |op: Op| Request {
+        v: 1,
+        id: docket_schemas::EventId(*uuid::Uuid::now_v7().as_bytes()),
+        ts: now(),
+        op,
+    };
+    let grant = request(Op::Grant {
+        user: "user-0".into(),
+        agent: "agent-0".into(),
+        audience: "https://bench.example".into(),
+        scopes: vec!["bench:read".into()],
+        expires_at: now().plus_seconds(3_600),
+        max_calls: None,
+        max_token_ttl_s: Some(900),
+        approval: vec![],
+    });
+    let reply = client
+        .request(
+            "docket.vault.grant",
+            seal_request(&grant, &roles.admin).into(),
+        )
+        .await?;
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+    anyhow::ensure!(reply["ok"] == true, "grant refused: {reply}");
+
+    let token_reqs: Vec<Vec<u8>> = (0..args.tokens)
+        .map(|_| {
+            seal_request(
+                &request(Op::Token {
+                    agent: "agent-0".into(),
+                    audience: "https://bench.example".into(),
+                    scopes: vec!["bench:read".into()],
+                    action: "bench".into(),
+                    approval_id: None,
+                    ttl_s: Some(900),
+                }),
+                &agent_key,
+            )
+        })
+        .collect();
+    let (replies, rate, lat) =
+        load(&client, "docket.vault.token", token_reqs, args.in_flight).await?;
+    let secrets: Vec<String> = replies
+        .iter()
+        .filter_map(|r| r["token"].as_str().map(String::from))
+        .collect();
+    println!(
+        "token issuance over NATS, {} in flight: {rate:>8.0} tokens/s (each appended durably before the reply), p50 {:.1} ms, p99 {:.1} ms ({} issued)",
+        args.in_flight,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        secrets.len()
+    );
+    anyhow::ensure!(!secrets.is_empty(), "no token was issued");
+    let intro_reqs: Vec<Vec<u8>> = (0..args.introspections)
+        .map(|i| {
+            seal_request(
+                &request(Op::Introspect {
+                    token: secrets[i % secrets.len()].clone(),
+                }),
+                &roles.gateway,
+            )
+        })
+        .collect();
+    let (replies, rate, lat) = load(
+        &client,
+        "docket.vault.introspect",
+        intro_reqs,
+        args.in_flight,
+    )
+    .await?;
+    let active = replies.iter().filter(|r| r["active"] == true).count();
+    println!(
+        "introspection over NATS, {} in flight: {rate:>8.0} requests/s, p50 {:.2} ms, p99 {:.2} ms ({active} of {} active)",
+        args.in_flight,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        replies.len()
+    );
+    let _ = stop_tx.send(());
+    let (_, r) = ledger_task.await?;
+    r?;
+    println!("peak RSS: {:.0} MiB", peak_rss_mib());
+    Ok(())
+}
+
+/// Sends pre-signed requests keeping `in_flight` outstanding; returns replies, requests/s and latencies (ms).
+async fn load(
+    client: &async_nats::Client,
+    subject: &'static str,
+    reqs: Vec<Vec<u8>>,
+    in_flight: usize,
+) -> Result<(Vec<serde_json::Value>, f64, Vec<f64>)> {
+    let n = reqs.len();
+    let started = Instant::now();
+    let results = futures::stream::iter(reqs.into_iter().map(|r| {
+        let client = client.clone();
+        async move {
+            let t = Instant::now();
+            let reply = client.request(subject, r.into()).await;
+            (reply, t.elapsed().as_secs_f64() * 1000.0)
+        }
+    }))
+    .buffer_unordered(in_flight)
+    .collect::<Vec<_>>()
+    .await;
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let mut lat = Vec::with_capacity(n);
+    let mut replies = Vec::with_capacity(n);
+    for (reply, ms) in results {
+        lat.push(ms);
+        replies.push(serde_json::from_slice(&reply?.payload)?);
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok((replies, rate, lat))
 }
