@@ -57,7 +57,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         checkpoint_every_entries: 5_000,
         ..Config::default()
     };
-    let mut ledger = crate::open_ledger(&data, &config, &admin)?;
+    let ledger = crate::open_ledger(&data, &config, &admin)?;
 
     let mut _server = None;
     let (source, bus, sink, transport) = match args.nats.as_deref() {
@@ -109,6 +109,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         args.seconds
     );
     println!("ledger data: {}", data.display());
+    let (vault_tx, vault_rx) = tokio::sync::mpsc::channel(64);
+    let mut ledger = ledger.with_vault(docket_ledger::ingest::VaultDesk::new(
+        workload.roles.vault.clone(),
+        vault_rx,
+    ));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let ledger_task = tokio::spawn(async move {
         let result = ledger
@@ -127,11 +132,20 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         }
     };
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
-    for p in workload.setup() {
+    let user_key = ed25519_dalek::SigningKey::from_bytes(blake3::hash(b"demo user-0").as_bytes());
+    let mut setup = workload.setup();
+    setup.push(crate::vault_scene::user_registration(&workload, &user_key));
+    for p in setup {
         publisher
             .send(p.subject, p.envelope, p.id, &mut on_ack)
             .await?;
     }
+    publisher.flush(&mut on_ack).await;
+    match &memory {
+        Some(m) => m.wait_acked(publisher.stats.published).await?,
+        None => tokio::time::sleep(Duration::from_millis(500)).await,
+    }
+    crate::vault_scene::play(&vault_tx, &workload, &user_key).await?;
     let started = Instant::now();
     let mut next_report = Duration::from_secs(1);
     let mut sent = 0u64;

@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod state_cmd;
 mod vault_cmd;
+mod vault_scene;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};

@@ -169,6 +169,11 @@ const LIVE_TOKENS_MAX: usize = 16_384;
 /// Lifetime of the tokens the workload issues, in seconds of workload time.
 const TOKEN_TTL_S: i64 = 300;
 
+/// The key of the workload's agent number `a` (derived from its name, so anyone can sign as it in demos).
+pub fn agent_key(a: usize) -> SigningKey {
+    SigningKey::from_bytes(blake3::hash(agent_name(a).as_bytes()).as_bytes())
+}
+
 fn agent_name(a: usize) -> String {
     format!("agent-{a}")
 }
@@ -260,6 +265,7 @@ impl Workload {
                     Kind::TokenRevoked,
                     Kind::AgentSuspended,
                     Kind::RequestRefused,
+                    Kind::ApprovalDecided,
                 ],
             ),
             ("gateway", self.roles.gateway.clone(), vec![Kind::ApiCalled]),
@@ -280,8 +286,7 @@ impl Workload {
             out.push(self.sealed(&e, &self.roles.admin, Expect::Append));
         }
         for a in 0..self.agents {
-            let agent_key =
-                SigningKey::from_bytes(blake3::hash(agent_name(a).as_bytes()).as_bytes());
+            let agent_key = agent_key(a);
             out.push(self.by_vault(EventBody::AgentRegistered(AgentRegistered {
                 agent: agent_name(a),
                 user: user_name(a % self.users),
