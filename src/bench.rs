@@ -528,7 +528,7 @@ pub async fn vault(args: VaultArgs) -> Result<()> {
     let t = Instant::now();
     let mut state = VaultState::default();
     for (i, e) in events.iter().enumerate() {
-        state.apply(i as u64 + 1, e, &Policy::default());
+        state.replay(i as u64 + 1, e, &Policy::default());
     }
     let fold_rate = events.len() as f64 / t.elapsed().as_secs_f64();
     println!("replay, fold only (events already decoded), one core: {fold_rate:>10.0} events/s");
@@ -546,13 +546,14 @@ pub async fn vault(args: VaultArgs) -> Result<()> {
         state.approvals.len()
     );
     drop(state);
+    ledger.store().flush()?;
     drop(ledger);
 
     // Restart: open the store, load the tip, registry and projection.
     let t = Instant::now();
     let ledger = crate::open_ledger(&data, &config, &admin)?;
     println!(
-        "restart with {} entries: {:.2}s (no replay: the projection is stored with the chain)",
+        "restart with {} entries after a clean stop: {:.2}s (no replay: the projection is stored with the chain)",
         ledger.tip().seq,
         t.elapsed().as_secs_f64()
     );
@@ -604,12 +605,23 @@ pub async fn vault(args: VaultArgs) -> Result<()> {
         max_token_ttl_s: Some(900),
         approval: vec![],
     });
-    let reply = client
-        .request(
-            "docket.vault.grant",
-            seal_request(&grant, &roles.admin).into(),
-        )
-        .await?;
+    // The vault's subscription starts in its own task: wait until it answers.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let reply = loop {
+        match client
+            .request(
+                "docket.vault.grant",
+                seal_request(&grant, &roles.admin).into(),
+            )
+            .await
+        {
+            Ok(r) => break r,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let reply: serde_json::Value = serde_json::from_slice(&reply.payload)?;
     anyhow::ensure!(reply["ok"] == true, "grant refused: {reply}");
 

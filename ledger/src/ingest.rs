@@ -171,9 +171,22 @@ impl Ledger {
             };
             let hash_key = desk.hash_key;
             let state = self.state.read().map_err(|_| StoreError::Poisoned)?;
-            for call in calls {
+            // Signature checks are the cost of a request: do them on every core.
+            let checked: Vec<_> = {
+                use rayon::prelude::*;
+                let registry = &self.tip.registry;
+                let state: &VaultState = &state;
+                calls
+                    .par_iter()
+                    .map(|c| authenticate(&c.request, registry, state))
+                    .collect()
+            };
+            for (call, checked) in calls.into_iter().zip(checked) {
                 let mut secret = [0u8; 32];
-                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+                if matches!(&checked, Ok(a) if matches!(a.request.op, crate::vault::Op::Token { .. }))
+                {
+                    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+                }
                 let id = uuid::Uuid::now_v7();
                 let fresh = Fresh {
                     now,
@@ -181,7 +194,7 @@ impl Ledger {
                     token_secret: format!("dkt_{}", crate::chain::hex(&secret)),
                     hash_key: &hash_key,
                 };
-                let outcome = match authenticate(&call.request, &self.tip.registry, &state) {
+                let outcome = match checked {
                     Err(e) if e.0.is_none() => {
                         let why = e.2;
                         let _ = call
@@ -229,6 +242,11 @@ impl Ledger {
                     }
                     Ok(auth) => decide(&state, &auth, &self.rules, &fresh),
                 };
+                if outcome.events.is_empty() {
+                    // Nothing to record (introspection, a poll still pending): answer now.
+                    let _ = call.reply.send(outcome.reply);
+                    continue;
+                }
                 let mut ids = Vec::new();
                 for body in outcome.events {
                     let event = docket_schemas::Event {
@@ -368,7 +386,13 @@ impl Ledger {
         fetcher.abort();
         drop(ack_tx);
         let _ = acker.await;
-        self.checkpoint_if_due(&bus, true).await
+        self.checkpoint_if_due(&bus, true).await?;
+        // A clean stop leaves no WAL to replay, so the next start is quick.
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| IngestError::Task(e.to_string()))??;
+        Ok(())
     }
 
     /// Admits and durably writes one batch; returns the plan that was written.

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Ports tried before giving up.
+const PORT_ATTEMPTS: usize = 5;
 /// How long to wait for a started server to accept connections.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -31,17 +33,25 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server with JetStream storing in `store_dir`, on a free port.
     pub fn start(store_dir: &Path) -> Result<NatsServer, NatsServerError> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(NatsServerError::Port)?
-            .port();
-        let mut s = NatsServer {
-            child: None,
-            port,
-            store_dir: store_dir.to_path_buf(),
-        };
-        s.spawn()?;
-        Ok(s)
+        // A free port can be taken by someone else between our probe and the server's bind
+        // (tests start servers in parallel): a server that exits right away gets a new port.
+        let mut last = None;
+        for _ in 0..PORT_ATTEMPTS {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(NatsServerError::Port)?
+                .port();
+            let mut s = NatsServer {
+                child: None,
+                port,
+                store_dir: store_dir.to_path_buf(),
+            };
+            match s.spawn() {
+                Ok(()) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(NatsServerError::NotReady { port: 0 }))
     }
 
     pub fn url(&self) -> String {
@@ -66,8 +76,24 @@ impl NatsServer {
         self.child = Some(child);
         let started = Instant::now();
         while started.elapsed() < START_TIMEOUT {
+            let exited = self
+                .child
+                .as_mut()
+                .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited {
+                // Most likely the port was taken: what answers there is not ours.
+                self.child = None;
+                return Err(NatsServerError::NotReady { port: self.port });
+            }
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
+                std::thread::sleep(Duration::from_millis(50));
+                if let Some(c) = self.child.as_mut()
+                    && matches!(c.try_wait(), Ok(None))
+                {
+                    return Ok(());
+                }
+                self.child = None;
+                return Err(NatsServerError::NotReady { port: self.port });
             }
             std::thread::sleep(Duration::from_millis(20));
         }

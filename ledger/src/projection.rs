@@ -45,7 +45,7 @@ pub fn replay(
         {
             break;
         }
-        findings.extend(state.apply(seq, &event, rules).0);
+        findings.extend(state.replay(seq, &event, rules));
     }
     Ok(findings)
 }

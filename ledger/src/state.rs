@@ -275,14 +275,14 @@ impl VaultState {
     }
 
     /// Marks tokens revoked at `seq` and drops them from the live indexes.
-    fn revoke_tokens(&mut self, ids: BTreeSet<String>, seq: u64, touched: &mut Vec<ObjectKey>) {
+    fn revoke_tokens(&mut self, ids: BTreeSet<String>, seq: u64, cx: &mut Apply) {
         for id in ids {
             if let Some(t) = self.tokens.get_mut(&id)
                 && t.revoked_seq.is_none()
             {
                 t.revoked_seq = Some(seq);
                 t.last_seq = seq;
-                touched.push(ObjectKey::Token(id.clone()));
+                cx.touch(|| ObjectKey::Token(id.clone()));
                 if let Some(set) = self.live_by_grant.get_mut(&t.grant_id) {
                     set.remove(&id);
                 }
@@ -306,11 +306,26 @@ impl VaultState {
         event: &Event,
         policy: &Policy,
     ) -> (Vec<Finding>, Vec<ObjectKey>) {
+        self.apply_inner(seq, event, policy, true)
+    }
+
+    /// Applies one entry without reporting which objects changed (replays that persist nothing).
+    pub fn replay(&mut self, seq: u64, event: &Event, policy: &Policy) -> Vec<Finding> {
+        self.apply_inner(seq, event, policy, false).0
+    }
+
+    fn apply_inner(
+        &mut self,
+        seq: u64,
+        event: &Event,
+        policy: &Policy,
+        track: bool,
+    ) -> (Vec<Finding>, Vec<ObjectKey>) {
         let mut cx = Apply {
             seq,
             ts: event.ts,
             findings: Vec::new(),
-            touched: Vec::new(),
+            touched: track.then(Vec::new),
         };
         self.seq = seq;
         self.ts = Some(self.ts.map_or(event.ts, |t| t.max(event.ts)));
@@ -332,16 +347,16 @@ impl VaultState {
                 a.name.clone_from(&e.name);
                 a.public_key.clone_from(&e.public_key);
                 a.last_seq = seq;
-                cx.touched.push(ObjectKey::Agent(e.agent.clone()));
+                cx.touch(|| ObjectKey::Agent(e.agent.clone()));
             }
             EventBody::AgentSuspended(e) => {
                 if let Some(a) = self.agents.get_mut(&e.agent) {
                     a.suspended_seq.get_or_insert(seq);
                     a.last_seq = seq;
-                    cx.touched.push(ObjectKey::Agent(e.agent.clone()));
+                    cx.touch(|| ObjectKey::Agent(e.agent.clone()));
                 }
                 let ids = self.live_by_agent.remove(&e.agent).unwrap_or_default();
-                self.revoke_tokens(ids, seq, &mut cx.touched);
+                self.revoke_tokens(ids, seq, &mut cx);
             }
             EventBody::GrantCreated(e) => {
                 self.grants.insert(
@@ -366,16 +381,16 @@ impl VaultState {
                         last_seq: seq,
                     },
                 );
-                cx.touched.push(ObjectKey::Grant(e.grant_id.clone()));
+                cx.touch(|| ObjectKey::Grant(e.grant_id.clone()));
             }
             EventBody::GrantRevoked(e) => {
                 if let Some(g) = self.grants.get_mut(&e.grant_id) {
                     g.revoked_seq.get_or_insert(seq);
                     g.last_seq = seq;
-                    cx.touched.push(ObjectKey::Grant(e.grant_id.clone()));
+                    cx.touch(|| ObjectKey::Grant(e.grant_id.clone()));
                 }
                 let ids = self.live_by_grant.remove(&e.grant_id).unwrap_or_default();
-                self.revoke_tokens(ids, seq, &mut cx.touched);
+                self.revoke_tokens(ids, seq, &mut cx);
             }
             EventBody::ApprovalRequested(e) => {
                 self.approvals.insert(
@@ -401,12 +416,12 @@ impl VaultState {
                         last_seq: seq,
                     },
                 );
-                cx.touched.push(ObjectKey::Approval(e.approval_id.clone()));
+                cx.touch(|| ObjectKey::Approval(e.approval_id.clone()));
             }
             EventBody::ApprovalDecided(e) => self.decide(e, policy, &mut cx),
             EventBody::TokenIssued(e) => self.issue(e, &mut cx),
             EventBody::TokenRevoked(e) => {
-                self.revoke_tokens(BTreeSet::from([e.token_id.clone()]), seq, &mut cx.touched);
+                self.revoke_tokens(BTreeSet::from([e.token_id.clone()]), seq, &mut cx);
             }
             EventBody::ApiCalled(e) => self.call(e, &mut cx),
             EventBody::KeyRegistered(_)
@@ -414,9 +429,10 @@ impl VaultState {
             | EventBody::RequestRefused(_) => {}
         }
         cx.findings.truncate(FINDINGS_PER_ENTRY_MAX);
-        cx.touched.sort();
-        cx.touched.dedup();
-        (cx.findings, cx.touched)
+        let mut touched = cx.touched.unwrap_or_default();
+        touched.sort();
+        touched.dedup();
+        (cx.findings, touched)
     }
 
     fn decide(&mut self, e: &ApprovalDecided, policy: &Policy, cx: &mut Apply) {
@@ -469,7 +485,7 @@ impl VaultState {
         a.decided_at = Some(cx.ts);
         a.decided_seq = Some(cx.seq);
         a.last_seq = cx.seq;
-        cx.touched.push(ObjectKey::Approval(e.approval_id.clone()));
+        cx.touch(|| ObjectKey::Approval(e.approval_id.clone()));
     }
 
     fn issue(&mut self, e: &TokenIssued, cx: &mut Apply) {
@@ -578,7 +594,7 @@ impl VaultState {
             .entry(e.agent.clone())
             .or_default()
             .insert(e.token_id.clone());
-        cx.touched.push(ObjectKey::Token(e.token_id.clone()));
+        cx.touch(|| ObjectKey::Token(e.token_id.clone()));
     }
 
     fn call(&mut self, e: &ApiCalled, cx: &mut Apply) {
@@ -607,8 +623,8 @@ impl VaultState {
         };
         t.uses += 1;
         t.last_seq = cx.seq;
-        cx.touched.push(ObjectKey::Token(t.token_id.clone()));
-        let ev = vec![t.issued_seq];
+        cx.touch(|| ObjectKey::Token(t.token_id.clone()));
+        let ev = [t.issued_seq];
         if let Some(r) = t.revoked_seq {
             cx.find(
                 Rule::CallRevokedToken,
@@ -623,7 +639,7 @@ impl VaultState {
                     "{} used token {} after it expired at {}",
                     e.agent, t.token_id, t.expires_at
                 ),
-                ev.clone(),
+                ev.to_vec(),
                 Some(e.agent.clone()),
             );
         }
@@ -634,7 +650,7 @@ impl VaultState {
                     "{} used token {} that was issued to {}",
                     e.agent, t.token_id, t.agent
                 ),
-                ev.clone(),
+                ev.to_vec(),
                 Some(e.agent.clone()),
             );
         }
@@ -647,14 +663,14 @@ impl VaultState {
                     "{} called {} {} needing {scope}, which token {} does not carry",
                     e.agent, e.method, e.operation, t.token_id
                 ),
-                ev.clone(),
+                ev.to_vec(),
                 Some(e.agent.clone()),
             );
         }
         if let Some(g) = self.grants.get_mut(&t.grant_id) {
             g.calls += 1;
             g.last_seq = cx.seq;
-            cx.touched.push(ObjectKey::Grant(g.grant_id.clone()));
+            cx.touch(|| ObjectKey::Grant(g.grant_id.clone()));
             if let Some(max) = g.max_calls
                 && g.calls > max
             {
@@ -696,10 +712,17 @@ struct Apply {
     seq: u64,
     ts: Timestamp,
     findings: Vec<Finding>,
-    touched: Vec<ObjectKey>,
+    /// Changed objects, when the caller persists them; `None` on replays, which skip the clones.
+    touched: Option<Vec<ObjectKey>>,
 }
 
 impl Apply {
+    fn touch(&mut self, key: impl FnOnce() -> ObjectKey) {
+        if let Some(t) = &mut self.touched {
+            t.push(key());
+        }
+    }
+
     fn find(&mut self, rule: Rule, message: String, mut evidence: Vec<u64>, agent: Option<String>) {
         evidence.push(self.seq);
         evidence.sort_unstable();

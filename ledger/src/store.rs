@@ -466,6 +466,16 @@ impl Store {
         self.scan(CF_FINDINGS, |_, v| serde_json::from_slice(v).ok())
     }
 
+    /// Flushes memtables to SST files, so the next open has no WAL to replay.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        for name in ALL_CFS {
+            self.db
+                .flush_cf(self.cf(name)?)
+                .map_err(|e| rocks(&self.path, e))?;
+        }
+        Ok(())
+    }
+
     pub fn put_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError> {
         let mut b = WriteBatch::default();
         b.put_cf(
