@@ -121,7 +121,51 @@ fn rows(state: &VaultState, kind: &str, at: Timestamp) -> Vec<Value> {
     }
 }
 
-/// Prints JSON objects as JSON lines or as an aligned table (columns in the objects' key order).
+/// Column order for tables, by each view's first column; JSON objects carry no order.
+const COLUMN_ORDER: &[&[&str]] = &[
+    &[
+        "grant_id",
+        "user",
+        "agent",
+        "audience",
+        "scopes",
+        "status",
+        "expires_at",
+        "calls",
+        "max_calls",
+        "created_seq",
+    ],
+    &[
+        "token_id",
+        "agent",
+        "audience",
+        "scopes",
+        "status",
+        "expires_at",
+        "uses",
+        "grant_id",
+        "issued_seq",
+        "token_hash",
+    ],
+    &[
+        "approval_id",
+        "user",
+        "agent",
+        "scopes",
+        "risk",
+        "status",
+        "decided_by",
+        "method",
+        "grant_id",
+        "binding_message",
+    ],
+    &[
+        "seq", "ts", "severity", "rule", "agent", "message", "evidence",
+    ],
+    &["agent", "user", "name", "registered_seq", "suspended_seq"],
+];
+
+/// Prints JSON objects as JSON lines or as an aligned table.
 pub fn print_rows(rows: &[Value], format: Format) {
     match format {
         Format::Json => {
@@ -134,7 +178,14 @@ pub fn print_rows(rows: &[Value], format: Format) {
                 println!("(none)");
                 return;
             };
-            let cols: Vec<&String> = first.keys().collect();
+            let cols: Vec<&str> = match COLUMN_ORDER.iter().find(|c| first.contains_key(c[0])) {
+                Some(order) => order
+                    .iter()
+                    .copied()
+                    .filter(|c| first.contains_key(*c))
+                    .collect(),
+                None => first.keys().map(String::as_str).collect(),
+            };
             let cell = |v: &Value| match v {
                 Value::String(s) => s.clone(),
                 Value::Null => "-".into(),
@@ -142,7 +193,7 @@ pub fn print_rows(rows: &[Value], format: Format) {
             };
             let table: Vec<Vec<String>> = rows
                 .iter()
-                .map(|r| cols.iter().map(|c| cell(&r[c.as_str()])).collect())
+                .map(|r| cols.iter().map(|c| cell(&r[*c])).collect())
                 .collect();
             let widths: Vec<usize> = cols
                 .iter()

@@ -498,6 +498,31 @@ fn vault_flows_end_to_end() {
         "refusals are recorded in the chain ({refused})"
     );
 
+    // point in time: as of the first token's receipt it was active; now it is revoked
+    let data = w.serve.data.to_str().unwrap();
+    let at = t["receipt"]["seq"].as_u64().unwrap().to_string();
+    let status_of = |args: &[&str]| -> String {
+        let out = stdout(&docket(
+            &[
+                &["state", "tokens", "--data", data, "--format", "json"],
+                args,
+            ]
+            .concat(),
+        ));
+        let line = out
+            .lines()
+            .find(|l| l.contains(t["token_id"].as_str().unwrap()))
+            .unwrap_or_default()
+            .to_string();
+        serde_json::from_str::<Value>(&line)
+            .map(|v| v["status"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(status_of(&["--as-of", &at]), "active");
+    assert_eq!(status_of(&[]), "revoked");
+    let table = stdout(&docket(&["state", "grants", "--data", data]));
+    assert!(table.starts_with("grant_id"), "{table}");
+
     // state agrees with a replay; the chain verifies
     let o = docket(&["state", "rebuild", "--data", w.serve.data.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stdout(&o));
