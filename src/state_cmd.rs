@@ -205,7 +205,7 @@ pub fn print_rows(rows: &[Value], format: Format) {
                         .max()
                         .unwrap_or(0)
                         .max(c.len())
-                        .min(48)
+                        .min(72)
                 })
                 .collect();
             let line = |cells: Vec<String>| {
