@@ -205,40 +205,17 @@ impl Ledger {
                     Err(e) => {
                         let (req, key_id, why) = *e;
                         let Some(req) = req else { continue };
-                        crate::vault::Outcome {
-                            reply: json!({"ok": false, "error": why.to_string()}),
-                            events: vec![docket_schemas::EventBody::RequestRefused(
-                                docket_schemas::RequestRefused {
-                                    request_id: req.id.to_string(),
-                                    requester: key_id
-                                        .chars()
-                                        .take(docket_schemas::limits::KEY_ID_BYTES_MAX)
-                                        .collect(),
-                                    op: req.op.name().into(),
-                                    reason: why.to_string(),
-                                    audience: None,
-                                    scopes: vec![],
-                                },
-                            )],
-                            notify: None,
-                        }
+                        crate::vault::refused(&req, &key_id, &why, None, vec![])
                     }
                     Ok(auth) if !desk.first_sighting(auth.request.id) => {
                         let why = crate::vault::Refusal::Replayed(auth.request.id.to_string());
-                        crate::vault::Outcome {
-                            reply: json!({"ok": false, "error": why.to_string()}),
-                            events: vec![docket_schemas::EventBody::RequestRefused(
-                                docket_schemas::RequestRefused {
-                                    request_id: auth.request.id.to_string(),
-                                    requester: auth.requester.name(),
-                                    op: auth.request.op.name().into(),
-                                    reason: why.to_string(),
-                                    audience: None,
-                                    scopes: vec![],
-                                },
-                            )],
-                            notify: None,
-                        }
+                        crate::vault::refused(
+                            &auth.request,
+                            &auth.requester.name(),
+                            &why,
+                            None,
+                            vec![],
+                        )
                     }
                     Ok(auth) => decide(&state, &auth, &self.rules, &fresh),
                 };

@@ -286,7 +286,8 @@ pub fn token_hash(hash_key: &[u8; 32], secret: &str) -> String {
         .to_string()
 }
 
-fn refused(
+/// A refusal: its reply, and the `request.refused` event that records it.
+pub fn refused(
     req: &Request,
     who: &str,
     why: &Refusal,
