@@ -114,6 +114,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         workload.roles.vault.clone(),
         vault_rx,
     ));
+    let live_state = ledger.state();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let ledger_task = tokio::spawn(async move {
         let result = ledger
@@ -173,8 +174,16 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     if let Some(m) = &memory {
         m.wait_acked(publisher.stats.published).await?;
     } else {
-        // JetStream has them; give the ledger a moment to drain its consumer.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // JetStream has them all; wait until the ledger has drained its consumer.
+        let mut last = u64::MAX;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let seq = live_state.read().map(|s| s.seq).unwrap_or(0);
+            if seq == last {
+                break;
+            }
+            last = seq;
+        }
     }
     let _ = stop_tx.send(());
     let (ledger, result) = ledger_task.await.context("ledger task")?;
