@@ -362,6 +362,55 @@ fn vault_flows_end_to_end() {
         "{again}"
     );
 
+    // bob cannot approve alice's request by publishing the event himself, nor grant alice's agents
+    let p = token(&w, &w.a1, "a1", "repo:write", None);
+    let id = p["approval_id"].as_str().unwrap().to_string();
+    let forged = event(EventBody::ApprovalDecided(ApprovalDecided {
+        approval_id: id.clone(),
+        user: "alice".into(),
+        decision: Decision::Approved,
+        method: ApprovalMethod::Push,
+        auth_time: None,
+        reason: None,
+    }));
+    let n = head(&w.serve.data).unwrap().0;
+    w.publish_raw(vec![seal_event(&forged, &w.bob)]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        head(&w.serve.data).unwrap().0,
+        n,
+        "bob's approval on alice's behalf entered the chain"
+    );
+    assert!(quarantine_codes(&w.serve.data).contains(&"unauthorized_kind".to_string()));
+    assert_eq!(
+        token(&w, &w.a1, "a1", "repo:write", Some(&id))["status"],
+        "pending"
+    );
+    let steer = w.ask(
+        &w.bob,
+        Op::Grant {
+            user: "bob".into(),
+            agent: "a1".into(),
+            audience: "https://api.github.com".into(),
+            scopes: vec!["repo:write".into()],
+            expires_at: now().plus_seconds(60),
+            max_calls: None,
+            max_token_ttl_s: None,
+            approval: vec![],
+        },
+    );
+    assert!(
+        steer["error"]
+            .as_str()
+            .unwrap()
+            .contains("belongs to alice"),
+        "{steer}"
+    );
+    assert_eq!(
+        approve(&w, &w.alice, &id, Decision::Denied, None)["status"],
+        "denied"
+    );
+
     // denied
     let p = token(&w, &w.a1, "a1", "repo:write", None);
     let id = p["approval_id"].as_str().unwrap().to_string();

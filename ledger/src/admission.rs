@@ -18,6 +18,9 @@ use crate::registry::{AuthError, Registry, RegistryError};
 
 /// Envelopes taken into one batch at most (one WriteBatch, one fsync, one ack).
 pub const BATCH_EVENTS_MAX: usize = 4096;
+/// Transport sequences with this bit set are the ledger's own (vault) entries, not JetStream's.
+pub const LOCAL_SEQ_BIT: u64 = 1 << 63;
+
 /// Signatures per batch-verification call; a failing chunk is re-checked one by one.
 pub const VERIFY_CHUNK: usize = 128;
 
@@ -167,6 +170,7 @@ pub fn admit<E>(
     tip.source_seq = batch
         .iter()
         .map(|i| i.source_seq)
+        .filter(|s| s & LOCAL_SEQ_BIT == 0)
         .fold(tip.source_seq, u64::max);
     let mut pending: Vec<(usize, VerifyingKey)> = Vec::new();
     let reject = |plan: &mut Plan, i: usize, why: Rejection| {
@@ -189,7 +193,10 @@ pub fn admit<E>(
             }
         };
         let kind = d.event.kind();
-        let key = match tip.registry.authorize(&d.envelope.key_id, kind) {
+        let key = match tip
+            .registry
+            .authorize_event(&d.envelope.key_id, &d.event.body)
+        {
             Ok(k) => k,
             Err(why) => {
                 reject(&mut plan, i, why.into());

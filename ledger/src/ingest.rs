@@ -165,6 +165,7 @@ impl Ledger {
         );
         let mut answers: Vec<Answer> = Vec::new();
         let mut items = Vec::new();
+        let mut local_seqs = std::collections::HashMap::new();
         {
             let Some(desk) = self.vault.as_mut() else {
                 return Ok(());
@@ -181,6 +182,7 @@ impl Ledger {
                     .map(|c| authenticate(&c.request, registry, state))
                     .collect()
             };
+            let mut used_approvals = std::collections::HashSet::new();
             for (call, checked) in calls.into_iter().zip(checked) {
                 let mut secret = [0u8; 32];
                 if matches!(&checked, Ok(a) if matches!(a.request.op, crate::vault::Op::Token { .. }))
@@ -204,20 +206,55 @@ impl Ledger {
                     }
                     Err(e) => {
                         let (req, key_id, why) = *e;
-                        let Some(req) = req else { continue };
-                        crate::vault::refused(&req, &key_id, &why, None, vec![])
+                        let recorded = desk.unauthenticated_budget.take(now);
+                        match req {
+                            // Unauthenticated refusals are recorded up to a rate, so that a flood
+                            // of junk cannot grow the chain or starve ingestion.
+                            Some(req) if recorded => {
+                                crate::vault::refused(&req, &key_id, &why, None, vec![])
+                            }
+                            _ => {
+                                let _ = call
+                                    .reply
+                                    .send(json!({"ok": false, "error": why.to_string()}));
+                                continue;
+                            }
+                        }
                     }
-                    Ok(auth) if !desk.first_sighting(auth.request.id) => {
-                        let why = crate::vault::Refusal::Replayed(auth.request.id.to_string());
-                        crate::vault::refused(
+                    Ok(auth) => match desk.sighting(&auth.request, now) {
+                        Err(why) => crate::vault::refused(
                             &auth.request,
                             &auth.requester.name(),
                             &why,
                             None,
                             vec![],
-                        )
-                    }
-                    Ok(auth) => decide(&state, &auth, &self.rules, &fresh),
+                        ),
+                        Ok(()) => {
+                            let mut outcome = decide(&state, &auth, &self.rules, &fresh);
+                            // Decisions in one batch see the same snapshot: an approval may
+                            // mint one token, so a second use within the batch is refused here.
+                            for body in &outcome.events {
+                                if let docket_schemas::EventBody::TokenIssued(t) = body
+                                    && let Some(a) = &t.approval_id
+                                    && !used_approvals.insert(a.clone())
+                                {
+                                    let why = crate::vault::Refusal::BadApproval(
+                                        a.clone(),
+                                        "was already used for a token".into(),
+                                    );
+                                    outcome = crate::vault::refused(
+                                        &auth.request,
+                                        &auth.requester.name(),
+                                        &why,
+                                        None,
+                                        vec![],
+                                    );
+                                    break;
+                                }
+                            }
+                            outcome
+                        }
+                    },
                 };
                 if outcome.events.is_empty() {
                     // Nothing to record (introspection, a poll still pending): answer now.
@@ -233,6 +270,8 @@ impl Ledger {
                         body,
                     };
                     ids.push(event.id);
+                    let source_seq = desk.next_local_seq();
+                    local_seqs.insert(event.id, source_seq);
                     items.push(crate::admission::Incoming {
                         subject: format!(
                             "{}{}",
@@ -240,7 +279,7 @@ impl Ledger {
                             event.kind()
                         ),
                         payload: docket_schemas::seal_event(&event, &desk.key).into(),
-                        source_seq: 0,
+                        source_seq,
                     });
                 }
                 answers.push((call, outcome.reply, ids, outcome.notify));
@@ -265,7 +304,8 @@ impl Ledger {
             if receipts.len() != ids.len() {
                 let why = plan
                     .quarantined
-                    .first()
+                    .iter()
+                    .find(|q| q.source_seq == local_seqs.get(&ids[0]).copied().unwrap_or(0))
                     .map(|q| q.reason.clone())
                     .unwrap_or_else(|| "not appended".into());
                 reply = json!({"ok": false, "error": format!("the ledger did not record this decision ({why}); nothing was issued")});
@@ -325,7 +365,7 @@ impl Ledger {
         let mut calls = self.vault.as_mut().and_then(|v| v.calls.take());
         loop {
             tokio::select! {
-                biased;
+                // Not biased: vault requests and deliveries take turns when both are ready.
                 _ = &mut shutdown => break,
                 call = next_call(&mut calls) => {
                     let Some(call) = call else {
@@ -508,35 +548,100 @@ pub struct VaultDesk {
     key: SigningKey,
     hash_key: [u8; 32],
     calls: Option<tokio::sync::mpsc::Receiver<VaultCall>>,
+    /// Request ids seen within the replay window, oldest first.
     seen: std::collections::HashSet<docket_schemas::EventId>,
-    seen_order: std::collections::VecDeque<docket_schemas::EventId>,
+    seen_order: std::collections::VecDeque<(docket_schemas::EventId, i64)>,
+    /// Requests dated before this were sent before this vault started: their ids were not
+    /// remembered, so they are refused rather than risk a replay.
+    started: docket_schemas::Timestamp,
+    unauthenticated_budget: RateBudget,
+    local_seq: u64,
 }
 
 impl VaultDesk {
     /// The token-hash key is derived from the vault's key, so one secret file holds both.
     pub fn new(key: SigningKey, calls: tokio::sync::mpsc::Receiver<VaultCall>) -> VaultDesk {
         let hash_key = blake3::derive_key("docket vault token hash v1", key.as_bytes());
+        let started = docket_schemas::Timestamp::from_micros(now_us())
+            .unwrap_or(docket_schemas::Timestamp::UNIX_EPOCH);
         VaultDesk {
             key,
             hash_key,
             calls: Some(calls),
             seen: Default::default(),
             seen_order: Default::default(),
+            started,
+            unauthenticated_budget: RateBudget::new(UNAUTHENTICATED_RECORDED_PER_S),
+            // Local entries take transport sequences with the top bit set, unique per start.
+            local_seq: crate::admission::LOCAL_SEQ_BIT | ((started.as_micros() as u64) << 12),
         }
     }
 
-    /// Remembers a request id; false when it was seen before.
-    fn first_sighting(&mut self, id: docket_schemas::EventId) -> bool {
-        if !self.seen.insert(id) {
-            return false;
+    fn next_local_seq(&mut self) -> u64 {
+        self.local_seq += 1;
+        self.local_seq
+    }
+
+    /// Accepts a request id once within the replay window.
+    fn sighting(
+        &mut self,
+        req: &crate::vault::Request,
+        now: docket_schemas::Timestamp,
+    ) -> Result<(), crate::vault::Refusal> {
+        use crate::vault::{REQUEST_SKEW_MAX_S, Refusal};
+        let window_us = REQUEST_SKEW_MAX_S * 1_000_000;
+        while let Some((id, ts)) = self.seen_order.front().copied() {
+            if ts >= now.as_micros() - 2 * window_us {
+                break;
+            }
+            self.seen_order.pop_front();
+            self.seen.remove(&id);
         }
-        self.seen_order.push_back(id);
-        if self.seen_order.len() > SEEN_MAX
-            && let Some(old) = self.seen_order.pop_front()
-        {
-            self.seen.remove(&old);
+        if req.ts < self.started {
+            return Err(Refusal::Stale(req.ts));
         }
-        true
+        if self.seen.contains(&req.id) {
+            return Err(Refusal::Replayed(req.id.to_string()));
+        }
+        if self.seen.len() >= SEEN_MAX {
+            return Err(Refusal::Malformed(
+                "too many requests in the replay window; try again".into(),
+            ));
+        }
+        self.seen.insert(req.id);
+        self.seen_order.push_back((req.id, now.as_micros()));
+        Ok(())
+    }
+}
+
+/// Refusals of unauthenticated requests recorded per second at most.
+const UNAUTHENTICATED_RECORDED_PER_S: u32 = 50;
+
+/// A token bucket refilled every second.
+struct RateBudget {
+    per_s: u32,
+    left: u32,
+    second: i64,
+}
+
+impl RateBudget {
+    fn new(per_s: u32) -> RateBudget {
+        RateBudget {
+            per_s,
+            left: per_s,
+            second: 0,
+        }
+    }
+
+    fn take(&mut self, now: docket_schemas::Timestamp) -> bool {
+        let second = now.as_micros() / 1_000_000;
+        if second != self.second {
+            self.second = second;
+            self.left = self.per_s;
+        }
+        let ok = self.left > 0;
+        self.left = self.left.saturating_sub(1);
+        ok
     }
 }
 

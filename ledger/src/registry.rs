@@ -9,6 +9,9 @@ use docket_schemas::{EventBody, Kind, check_producer_key, decode_public_key, key
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
+/// Producer-key name prefix that marks a user's own key.
+pub const USER_KEY_PREFIX: &str = "user:";
+
 /// Producer keys the registry holds at most; a registration past this is refused.
 pub const PRODUCER_KEYS_MAX: usize = 4096;
 
@@ -50,6 +53,12 @@ pub enum AuthError {
     },
     #[error("only the admin key may emit {0}")]
     NotAdmin(Kind),
+    #[error("key {key_id} belongs to user {user} and may not speak for {claimed}")]
+    NotTheUser {
+        key_id: String,
+        user: String,
+        claimed: String,
+    },
 }
 
 /// Why a well-signed admin event cannot change the registry.
@@ -92,6 +101,35 @@ impl Registry {
         decode_public_key(&self.admin_public_key)
             .ok()
             .and_then(|b| VerifyingKey::from_bytes(&b).ok())
+    }
+
+    /// An active producer key, whatever it may emit (vault requests are signed by such keys).
+    pub fn active_key(&self, key_id: &str) -> Option<(&ProducerKey, VerifyingKey)> {
+        let k = self.keys.get(key_id).filter(|k| k.revoked_seq.is_none())?;
+        Some((k, *self.verifying.get(key_id)?))
+    }
+
+    /// Like `authorize`, and a user's own key (named `user:<name>`) may only speak for that user.
+    pub fn authorize_event(
+        &self,
+        signer: &str,
+        body: &EventBody,
+    ) -> Result<VerifyingKey, AuthError> {
+        let key = self.authorize(signer, body.kind())?;
+        if let (Some(user), EventBody::ApprovalDecided(e)) = (
+            self.keys
+                .get(signer)
+                .and_then(|k| k.name.strip_prefix(USER_KEY_PREFIX)),
+            body,
+        ) && e.user != user
+        {
+            return Err(AuthError::NotTheUser {
+                key_id: signer.into(),
+                user: user.into(),
+                claimed: e.user.clone(),
+            });
+        }
+        Ok(key)
     }
 
     /// The key that must have signed an event of `kind` carrying `key_id`, if it may.

@@ -87,6 +87,8 @@ rules! {
     ApprovalWrongDecider = "approval.wrong_decider", Critical;
     ApprovalStaleStepUp = "approval.stale_step_up", High;
     ApprovalUnknownRequest = "approval.unknown_request", Medium;
+    ApprovalRedecided = "approval.redecided", High;
+    IdReused = "object.id_reused", High;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -358,6 +360,42 @@ impl VaultState {
                 let ids = self.live_by_agent.remove(&e.agent).unwrap_or_default();
                 self.revoke_tokens(ids, seq, &mut cx);
             }
+            EventBody::GrantCreated(e) if self.grants.contains_key(&e.grant_id) => {
+                let first = self.grants[&e.grant_id].created_seq;
+                cx.find(
+                    Rule::IdReused,
+                    format!(
+                        "grant id {} was created again; the first one stands",
+                        e.grant_id
+                    ),
+                    vec![first],
+                    Some(e.agent.clone()),
+                );
+            }
+            EventBody::ApprovalRequested(e) if self.approvals.contains_key(&e.approval_id) => {
+                let first = self.approvals[&e.approval_id].requested_seq;
+                cx.find(
+                    Rule::IdReused,
+                    format!(
+                        "approval id {} was requested again; the first one stands",
+                        e.approval_id
+                    ),
+                    vec![first],
+                    Some(e.agent.clone()),
+                );
+            }
+            EventBody::TokenIssued(e) if self.tokens.contains_key(&e.token_id) => {
+                let first = self.tokens[&e.token_id].issued_seq;
+                cx.find(
+                    Rule::IdReused,
+                    format!(
+                        "token id {} was issued again; the first one stands",
+                        e.token_id
+                    ),
+                    vec![first],
+                    Some(e.agent.clone()),
+                );
+            }
             EventBody::GrantCreated(e) => {
                 self.grants.insert(
                     e.grant_id.clone(),
@@ -447,6 +485,18 @@ impl VaultState {
                 None,
             );
         };
+        if let Some(first) = a.decided_seq {
+            // The first decision stands: a later one must not turn a denial into an approval.
+            return cx.find(
+                Rule::ApprovalRedecided,
+                format!(
+                    "approval {} was decided again by {} after its decision at seq {first}",
+                    a.approval_id, e.user
+                ),
+                vec![a.requested_seq, first],
+                Some(a.agent.clone()),
+            );
+        }
         let evidence = vec![a.requested_seq];
         if e.user != a.user {
             cx.find(
@@ -462,7 +512,7 @@ impl VaultState {
         if e.decision == Decision::Approved && a.risk == Risk::Critical {
             let fresh = match (e.method, e.auth_time) {
                 (ApprovalMethod::StepUp, Some(t)) => {
-                    cx.ts.as_micros() - t.as_micros() <= policy.step_up_max_age_s * 1_000_000
+                    crate::vault::step_up_is_fresh(t, cx.ts, policy)
                 }
                 _ => false,
             };
@@ -1033,6 +1083,29 @@ mod tests {
                     let d = decided("p1", "alice", ApprovalMethod::StepUp, Some(3_600), l);
                     l.add(d)
                 }),
+            ),
+            (
+                ApprovalRedecided,
+                Box::new(|l| {
+                    l.add(requested("p1", "repo:write", Risk::High));
+                    let mut deny = decided("p1", "alice", ApprovalMethod::Push, None, l);
+                    if let EventBody::ApprovalDecided(d) = &mut deny {
+                        d.decision = Decision::Denied;
+                    }
+                    assert!(l.add(deny).is_empty());
+                    let d = decided("p1", "alice", ApprovalMethod::Push, None, l);
+                    let f = l.add(d);
+                    assert_eq!(
+                        l.state.approvals["p1"].decision,
+                        Some(Decision::Denied),
+                        "the first decision stands"
+                    );
+                    f
+                }),
+            ),
+            (
+                IdReused,
+                Box::new(|l| l.add(token("t1", "g1", "a1", vec!["repo:read"], 300, None))),
             ),
             (
                 ApprovalUnknownRequest,

@@ -23,8 +23,7 @@ pub const APPROVAL_TTL_S: i64 = 300;
 pub const REQUEST_SKEW_MAX_S: i64 = 300;
 /// Request ids remembered for replay detection (older ones fall outside the window anyway).
 pub const SEEN_REQUESTS_MAX: usize = 200_000;
-/// Producer-key name prefix that marks a user's own key.
-pub const USER_KEY_PREFIX: &str = "user:";
+pub use crate::registry::USER_KEY_PREFIX;
 
 /// A vault request: header and operation. (serde cannot refuse unknown fields
 /// through `flatten`; unknown request fields are ignored, unlike event fields.)
@@ -238,12 +237,7 @@ fn signer(
     if key_id == registry.admin_key_id {
         return Some((Requester::Admin, registry.admin_key()?));
     }
-    if let Some(k) = registry
-        .keys
-        .get(key_id)
-        .filter(|k| k.revoked_seq.is_none())
-    {
-        let vk = registry.authorize(key_id, *k.kinds.iter().next()?).ok()?;
+    if let Some((k, vk)) = registry.active_key(key_id) {
         if let Some(user) = k.name.strip_prefix(USER_KEY_PREFIX) {
             return Some((Requester::User(user.to_string()), vk));
         }
@@ -252,9 +246,14 @@ fn signer(
         }
         return None;
     }
-    let agent = state.agents.values().find(|a| {
+    // Exactly one agent may hold a key: if two registrations claim it, neither speaks with it.
+    let mut holders = state.agents.values().filter(|a| {
         decode_public_key(&a.public_key).is_ok_and(|pk| docket_schemas::key_id(&pk) == key_id)
-    })?;
+    });
+    let agent = holders.next()?;
+    if holders.next().is_some() {
+        return None;
+    }
     let pk = decode_public_key(&agent.public_key).ok()?;
     Some((
         Requester::Agent(agent.agent.clone()),
@@ -296,16 +295,55 @@ pub fn refused(
 ) -> Outcome {
     Outcome {
         reply: json!({"ok": false, "error": why.to_string()}),
+        // Everything here may come from the requester: cut and clean it so the refusal
+        // itself always passes validation and is recorded.
         events: vec![EventBody::RequestRefused(RequestRefused {
             request_id: req.id.to_string(),
-            requester: who.chars().take(limits::KEY_ID_BYTES_MAX).collect(),
+            requester: clean(who, limits::KEY_ID_BYTES_MAX),
             op: req.op.name().into(),
-            reason: why.to_string(),
-            audience,
-            scopes,
+            reason: clean(&why.to_string(), limits::TEXT_BYTES_MAX),
+            audience: audience.map(|a| clean(&a, limits::OPERATION_BYTES_MAX)),
+            scopes: scopes
+                .into_iter()
+                .filter(|s| {
+                    !s.is_empty()
+                        && s.len() <= limits::SCOPE_BYTES_MAX
+                        && !s.contains(' ')
+                        && !s.chars().any(char::is_control)
+                })
+                .take(limits::SCOPES_PER_EVENT_MAX)
+                .collect(),
         })],
         notify: None,
     }
+}
+
+/// Text cut to at most `max` bytes on a character boundary, control characters replaced.
+fn clean(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars().map(|c| if c.is_control() { '?' } else { c }) {
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A step-up counts if it happened at most `step_up_max_age_s` before `at` and not after it.
+pub fn step_up_is_fresh(auth_time: Timestamp, at: Timestamp, rules: &Policy) -> bool {
+    let age_us = at.as_micros() - auth_time.as_micros();
+    (0..=rules.step_up_max_age_s * 1_000_000).contains(&age_us)
+}
+
+/// An approval the log records as approved is usable only if it was decided by the
+/// grant's user, before it expired, and (when critical) with a fresh step-up.
+fn approval_is_sound(a: &crate::state::ApprovalState, rules: &Policy) -> bool {
+    let decided_in_time = a.decided_at.is_some_and(|t| t <= a.expires_at);
+    let by_user = a.decided_by.as_deref() == Some(a.user.as_str());
+    let authenticated = a.risk != Risk::Critical
+        || matches!((a.method, a.auth_time, a.decided_at), (Some(ApprovalMethod::StepUp), Some(t), Some(at)) if step_up_is_fresh(t, at, rules));
+    decided_in_time && by_user && authenticated
 }
 
 /// Decides an authenticated request. Introspection appends nothing; everything else appends at least one event.
@@ -362,6 +400,19 @@ pub fn decide(
                         req,
                         &who,
                         &Refusal::Suspended(agent.clone()),
+                        Some(audience.clone()),
+                        scopes.clone(),
+                    );
+                }
+                Some(a) if matches!(&auth.requester, Requester::User(u) if *u != a.user) => {
+                    // A user grants only their own agents; otherwise they could steer another's agent.
+                    return refused(
+                        req,
+                        &who,
+                        &Refusal::Forbidden(
+                            who.clone(),
+                            format!("grant to {agent}, which belongs to {}", a.user),
+                        ),
                         Some(audience.clone()),
                         scopes.clone(),
                     );
@@ -455,7 +506,7 @@ pub fn decide(
             }
             if *decision == Decision::Approved && a.risk == Risk::Critical {
                 let fresh_enough = matches!((method, auth_time), (ApprovalMethod::StepUp, Some(t))
-                    if fresh.now.as_micros() - t.as_micros() <= rules.step_up_max_age_s * 1_000_000);
+                    if step_up_is_fresh(*t, fresh.now, rules));
                 if !fresh_enough {
                     return refused(
                         req,
@@ -645,7 +696,14 @@ fn token(
                     ));
                 }
                 match a.status(fresh.now) {
-                    ApprovalStatus::Approved => approval_used = Some(a.approval_id.clone()),
+                    // Approved is what the log says; the vault also checks it was a valid approval:
+                    // by the grant's user, before expiry, with a fresh step-up when critical.
+                    ApprovalStatus::Approved if approval_is_sound(a, rules) => {
+                        approval_used = Some(a.approval_id.clone())
+                    }
+                    ApprovalStatus::Approved => {
+                        return refuse(Refusal::BadApproval(a.approval_id.clone(), "was not given by the grant's user in time with the required authentication".into()));
+                    }
                     ApprovalStatus::Pending => {
                         return Outcome {
                             reply: json!({"ok": true, "status": "pending", "approval_id": a.approval_id}),

@@ -306,7 +306,7 @@ fn check_event(
             format!("event id {} appears twice in the chain", event.id),
         );
     }
-    let key = match registry.authorize(&envelope.key_id, event.kind()) {
+    let key = match registry.authorize_event(&envelope.key_id, &event.body) {
         Ok(k) => k,
         Err(e) => return found.add(Some(seq), format!("not authorized at this seq: {e}")),
     };
