@@ -46,6 +46,10 @@ fn event(body: EventBody) -> Event {
 
 impl World {
     fn new() -> World {
+        World::with_vault_registered(true)
+    }
+
+    fn with_vault_registered(register_vault: bool) -> World {
         let dir = tempfile::tempdir().unwrap();
         let nats = NatsServer::start(&dir.path().join("nats")).unwrap();
         let roles = docket_ledger::workload::Roles::from_seed(rand::random());
@@ -137,8 +141,12 @@ impl World {
             }));
             setup.push(seal_event(&e, &w.vault));
         }
+        if !register_vault {
+            setup.remove(0);
+        }
+        let n = setup.len() as u64;
         w.publish_raw(setup);
-        w.wait_entries(6);
+        w.wait_entries(if register_vault { n } else { n - 2 });
         w
     }
 
@@ -614,4 +622,32 @@ fn vault_flows_end_to_end() {
             );
         }
     }
+}
+
+#[test]
+fn no_token_when_the_ledger_cannot_record_the_decision() {
+    // The vault's key was never registered by the admin: its events are refused by the ledger.
+    let w = World::with_vault_registered(false);
+    let r = w.ask(
+        &w.alice,
+        Op::Grant {
+            user: "alice".into(),
+            agent: "a1".into(),
+            audience: "https://api.github.com".into(),
+            scopes: vec!["repo:read".into()],
+            expires_at: now().plus_seconds(60),
+            max_calls: None,
+            max_token_ttl_s: None,
+            approval: vec![],
+        },
+    );
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("did not record"),
+        "{r}"
+    );
+    assert!(
+        r.get("grant_id").is_none() && r.get("receipt").is_none(),
+        "{r}"
+    );
 }

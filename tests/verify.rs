@@ -185,3 +185,41 @@ proptest! {
         prop_assert_eq!(first, seq, "flip at seq {} reported at {}", seq, first);
     }
 }
+
+#[test]
+fn a_projection_that_disagrees_with_the_chain_is_named_by_seq() {
+    let (_d, data) = tampered(|db| {
+        let state = db.cf_handle("state").unwrap();
+        let (key, value) = db
+            .iterator_cf(
+                state,
+                rocksdb::IteratorMode::From(b"t/", rocksdb::Direction::Forward),
+            )
+            .next()
+            .unwrap()
+            .unwrap();
+        let mut token: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        token["uses"] = serde_json::json!(token["uses"].as_u64().unwrap() + 1000);
+        db.put_cf(state, key, serde_json::to_vec(&token).unwrap())
+            .unwrap();
+    });
+    let o = docket(&["state", "rebuild", "--data", data.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("STATE DIVERGES")
+            && out.contains("first divergent seq: ")
+            && out.contains("differs: token "),
+        "{out}"
+    );
+    assert!(
+        docket(&[
+            "state",
+            "rebuild",
+            "--data",
+            demo_ledger().to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+}

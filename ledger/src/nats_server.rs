@@ -1,57 +1,44 @@
-//! A local `nats-server` with JetStream, started on a free loopback port in a directory of ours.
+//! A local `nats-server` with JetStream, on a port it picks itself, storing in a directory of ours.
 //!
 //! For tests, benchmarks and `docket demo --nats auto`: the real server, really
-//! started, stopped with SIGTERM so JetStream flushes, and killed on drop.
+//! started, stopped with SIGTERM so JetStream flushes, and killed on drop. The
+//! server chooses its own port (`-p -1`) and reports it in a ports file, so
+//! servers started in parallel can never race for one.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Ports tried before giving up.
-const PORT_ATTEMPTS: usize = 5;
-/// How long to wait for a started server to accept connections.
+/// How long to wait for a started server to report its port and accept connections.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsServerError {
     #[error("cannot run nats-server (is it installed and on PATH?): {0}")]
     Spawn(std::io::Error),
-    #[error("nats-server did not accept connections on port {port} within {START_TIMEOUT:?}")]
-    NotReady { port: u16 },
-    #[error("no free port: {0}")]
-    Port(std::io::Error),
+    #[error("nats-server did not become ready within {START_TIMEOUT:?} (store {0})")]
+    NotReady(PathBuf),
 }
 
 /// A running nats-server.
 pub struct NatsServer {
     child: Option<Child>,
+    /// 0 until the first start has reported its port.
     pub port: u16,
     pub store_dir: PathBuf,
 }
 
 impl NatsServer {
-    /// Starts a server with JetStream storing in `store_dir`, on a free port.
+    /// Starts a server with JetStream storing in `store_dir`, on a port of its choosing.
     pub fn start(store_dir: &Path) -> Result<NatsServer, NatsServerError> {
-        // A free port can be taken by someone else between our probe and the server's bind
-        // (tests start servers in parallel): a server that exits right away gets a new port.
-        let mut last = None;
-        for _ in 0..PORT_ATTEMPTS {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map_err(NatsServerError::Port)?
-                .port();
-            let mut s = NatsServer {
-                child: None,
-                port,
-                store_dir: store_dir.to_path_buf(),
-            };
-            match s.spawn() {
-                Ok(()) => return Ok(s),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or(NatsServerError::NotReady { port: 0 }))
+        let mut s = NatsServer {
+            child: None,
+            port: 0,
+            store_dir: store_dir.to_path_buf(),
+        };
+        s.spawn()?;
+        Ok(s)
     }
 
     pub fn url(&self) -> String {
@@ -59,16 +46,20 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) -> Result<(), NatsServerError> {
+        let ports_dir = self.store_dir.join("ports");
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).map_err(NatsServerError::Spawn)?;
+        // A restart keeps the port clients already know.
+        let port = if self.port == 0 {
+            "-1".to_string()
+        } else {
+            self.port.to_string()
+        };
         let child = Command::new("nats-server")
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
+            .args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"])
             .arg(&self.store_dir)
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -76,28 +67,22 @@ impl NatsServer {
         self.child = Some(child);
         let started = Instant::now();
         while started.elapsed() < START_TIMEOUT {
-            let exited = self
+            if let Some(port) = reported_port(&ports_dir)
+                && TcpStream::connect(("127.0.0.1", port)).is_ok()
+            {
+                self.port = port;
+                return Ok(());
+            }
+            if self
                 .child
                 .as_mut()
-                .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))));
-            if exited {
-                // Most likely the port was taken: what answers there is not ours.
-                self.child = None;
-                return Err(NatsServerError::NotReady { port: self.port });
-            }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                std::thread::sleep(Duration::from_millis(50));
-                if let Some(c) = self.child.as_mut()
-                    && matches!(c.try_wait(), Ok(None))
-                {
-                    return Ok(());
-                }
-                self.child = None;
-                return Err(NatsServerError::NotReady { port: self.port });
+                .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
+            {
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Err(NatsServerError::NotReady { port: self.port })
+        Err(NatsServerError::NotReady(self.store_dir.clone()))
     }
 
     /// Stops the server gracefully (SIGTERM, so JetStream flushes its files) and waits for it.
@@ -124,6 +109,24 @@ impl NatsServer {
         self.stop();
         self.spawn()
     }
+}
+
+/// The client port in the `<name>_<pid>.ports` file nats-server writes: `{"nats":["nats://host:port"]}`.
+fn reported_port(dir: &Path) -> Option<u16> {
+    let file = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".ports"))?;
+    let ports: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(file.path()).ok()?).ok()?;
+    ports["nats"]
+        .as_array()?
+        .first()?
+        .as_str()?
+        .rsplit(':')
+        .next()?
+        .parse()
+        .ok()
 }
 
 impl Drop for NatsServer {
