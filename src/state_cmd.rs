@@ -90,35 +90,38 @@ pub fn run(cmd: StateCommand) -> Result<std::process::ExitCode> {
 fn rows(state: &VaultState, kind: &str, at: Timestamp) -> Vec<Value> {
     let scopes =
         |s: &std::collections::BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(" ");
-    match kind {
-        "grants" => state
+    let (order, mut rows): (&str, Vec<Value>) = match kind {
+        "grants" => ("created_seq", state
             .grants
             .values()
             .map(|g| json!({"grant_id": g.grant_id, "user": g.user, "agent": g.agent, "audience": g.audience,
                 "scopes": scopes(&g.scopes), "expires_at": g.expires_at.to_string(), "calls": g.calls,
                 "max_calls": g.max_calls, "status": g.status(at), "created_seq": g.created_seq}))
-            .collect(),
-        "tokens" => state
+            .collect()),
+        "tokens" => ("issued_seq", state
             .tokens
             .values()
             .map(|t| json!({"token_id": t.token_id, "token_hash": t.token_hash, "grant_id": t.grant_id, "agent": t.agent,
                 "audience": t.audience, "scopes": scopes(&t.scopes), "expires_at": t.expires_at.to_string(),
                 "status": t.status(at), "uses": t.uses, "issued_seq": t.issued_seq}))
-            .collect(),
-        "approvals" => state
+            .collect()),
+        "approvals" => ("requested_seq", state
             .approvals
             .values()
             .map(|a| json!({"approval_id": a.approval_id, "grant_id": a.grant_id, "user": a.user, "agent": a.agent,
                 "scopes": scopes(&a.scopes), "risk": a.risk, "status": a.status(at), "decided_by": a.decided_by,
-                "method": a.method, "binding_message": a.binding_message}))
-            .collect(),
-        _ => state
+                "method": a.method, "binding_message": a.binding_message, "requested_seq": a.requested_seq}))
+            .collect()),
+        _ => ("registered_seq", state
             .agents
             .values()
             .map(|a| json!({"agent": a.agent, "user": a.user, "name": a.name, "registered_seq": a.registered_seq,
                 "suspended_seq": a.suspended_seq}))
-            .collect(),
-    }
+            .collect()),
+    };
+    // The state is held in hash maps: list in the order things happened.
+    rows.sort_by_key(|r| r[order].as_u64());
+    rows
 }
 
 /// Column order for tables, by each view's first column; JSON objects carry no order.

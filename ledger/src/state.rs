@@ -4,7 +4,7 @@
 //! what it found. Time is the event's own `ts`; maps are ordered, so the state's
 //! serialisation and digest never depend on hash-map iteration order.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use docket_schemas::*;
 use serde::{Deserialize, Serialize};
@@ -237,16 +237,18 @@ impl ObjectKey {
 /// Everything derived from the log.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VaultState {
-    pub agents: BTreeMap<String, AgentState>,
-    pub grants: BTreeMap<String, GrantState>,
-    pub approvals: BTreeMap<String, ApprovalState>,
-    pub tokens: BTreeMap<String, TokenState>,
+    // Hash maps for the fold's lookups; anything that leaves the fold in bulk (digest,
+    // views) sorts by key first, so no output depends on hash order.
+    pub agents: HashMap<String, AgentState>,
+    pub grants: HashMap<String, GrantState>,
+    pub approvals: HashMap<String, ApprovalState>,
+    pub tokens: HashMap<String, TokenState>,
     /// Seq of the last entry applied.
     pub seq: u64,
     /// `ts` of the last entry applied: the state's notion of "now".
     pub ts: Option<Timestamp>,
     #[serde(skip)]
-    token_by_hash: BTreeMap<String, String>,
+    token_by_hash: HashMap<String, String>,
     /// Live tokens per grant and per agent, so a cascade touches only what it revokes.
     #[serde(skip)]
     live_by_grant: BTreeMap<String, BTreeSet<String>>,
@@ -737,12 +739,28 @@ impl VaultState {
         }
     }
 
-    /// A digest of the whole state: blake3 over its canonical JSON (ordered maps).
+    /// A digest of the whole state: blake3 over its canonical JSON (every map sorted by key).
     pub fn digest(&self) -> [u8; 32] {
+        #[derive(Serialize)]
+        struct Sorted<'a> {
+            agents: BTreeMap<&'a String, &'a AgentState>,
+            grants: BTreeMap<&'a String, &'a GrantState>,
+            approvals: BTreeMap<&'a String, &'a ApprovalState>,
+            tokens: BTreeMap<&'a String, &'a TokenState>,
+            seq: u64,
+            ts: Option<Timestamp>,
+        }
+        let sorted = Sorted {
+            agents: self.agents.iter().collect(),
+            grants: self.grants.iter().collect(),
+            approvals: self.approvals.iter().collect(),
+            tokens: self.tokens.iter().collect(),
+            seq: self.seq,
+            ts: self.ts,
+        };
         let mut h = blake3::Hasher::new();
         h.update(b"docket/state/v1\n");
-        let bytes = serde_json::to_vec(self).unwrap_or_default();
-        h.update(&bytes);
+        h.update(&serde_json::to_vec(&sorted).unwrap_or_default());
         *h.finalize().as_bytes()
     }
 

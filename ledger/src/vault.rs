@@ -629,12 +629,17 @@ fn token(
         return refuse(Refusal::Suspended(agent.clone()));
     }
     let wanted: std::collections::BTreeSet<&String> = scopes.iter().collect();
-    let grant = state.grants.values().find(|g| {
-        g.agent == *agent
-            && g.audience == *audience
-            && g.status(fresh.now) == Status::Active
-            && wanted.iter().all(|s| g.scopes.contains(*s))
-    });
+    // Of several grants that fit, the oldest decides (a fixed choice, whatever the map order).
+    let grant = state
+        .grants
+        .values()
+        .filter(|g| {
+            g.agent == *agent
+                && g.audience == *audience
+                && g.status(fresh.now) == Status::Active
+                && wanted.iter().all(|s| g.scopes.contains(*s))
+        })
+        .min_by_key(|g| g.created_seq);
     let Some(grant) = grant else {
         return refuse(Refusal::NoGrant {
             agent: agent.clone(),
