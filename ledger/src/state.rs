@@ -254,6 +254,9 @@ pub struct VaultState {
     live_by_grant: BTreeMap<String, BTreeSet<String>>,
     #[serde(skip)]
     live_by_agent: BTreeMap<String, BTreeSet<String>>,
+    /// Grants per agent, so the vault finds an agent's grants without a scan.
+    #[serde(skip)]
+    grants_by_agent: HashMap<String, BTreeSet<String>>,
 }
 
 impl VaultState {
@@ -266,6 +269,13 @@ impl VaultState {
             .collect();
         self.live_by_grant.clear();
         self.live_by_agent.clear();
+        self.grants_by_agent.clear();
+        for g in self.grants.values() {
+            self.grants_by_agent
+                .entry(g.agent.clone())
+                .or_default()
+                .insert(g.grant_id.clone());
+        }
         for t in self.tokens.values().filter(|t| t.revoked_seq.is_none()) {
             self.live_by_grant
                 .entry(t.grant_id.clone())
@@ -295,6 +305,15 @@ impl VaultState {
                 }
             }
         }
+    }
+
+    /// The grants given to `agent`.
+    pub fn grants_of<'a>(&'a self, agent: &str) -> impl Iterator<Item = &'a GrantState> + 'a {
+        self.grants_by_agent
+            .get(agent)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.grants.get(id))
     }
 
     pub fn token_by_hash(&self, hash: &str) -> Option<&TokenState> {
@@ -399,6 +418,10 @@ impl VaultState {
                 );
             }
             EventBody::GrantCreated(e) => {
+                self.grants_by_agent
+                    .entry(e.agent.clone())
+                    .or_default()
+                    .insert(e.grant_id.clone());
                 self.grants.insert(
                     e.grant_id.clone(),
                     GrantState {

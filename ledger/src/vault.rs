@@ -631,8 +631,7 @@ fn token(
     let wanted: std::collections::BTreeSet<&String> = scopes.iter().collect();
     // Of several grants that fit, the oldest decides (a fixed choice, whatever the map order).
     let grant = state
-        .grants
-        .values()
+        .grants_of(agent)
         .filter(|g| {
             g.agent == *agent
                 && g.audience == *audience
