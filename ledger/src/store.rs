@@ -37,10 +37,14 @@ impl ProjectionDelta {
         findings: Vec<Finding>,
     ) -> Self {
         ProjectionDelta {
-            objects: touched
-                .iter()
-                .map(|k| (k.encode(), state.object_json(k)))
-                .collect(),
+            // Serialising the changed objects is most of the projection's cost: use every core.
+            objects: {
+                use rayon::prelude::*;
+                let keys: Vec<&ObjectKey> = touched.iter().collect();
+                keys.par_iter()
+                    .map(|k| (k.encode(), state.object_json(k)))
+                    .collect()
+            },
             findings,
             seq: state.seq,
             ts_us: state.ts.map_or(0, |t| t.as_micros()),
