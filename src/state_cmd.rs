@@ -1,5 +1,7 @@
 //! `docket state` and `docket findings`: the derived state as tables or JSON, now or as of a seq or time.
 
+use std::io::Write;
+
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use docket_ledger::projection::{Until, rebuild_check, replay};
@@ -172,8 +174,12 @@ const COLUMN_ORDER: &[&[&str]] = &[
 pub fn print_rows(rows: &[Value], format: Format) {
     match format {
         Format::Json => {
+            let mut out = std::io::stdout().lock();
             for r in rows {
-                println!("{r}");
+                // A closed pipe (`| head`) ends the listing quietly.
+                if writeln!(out, "{r}").is_err() {
+                    return;
+                }
             }
         }
         Format::Table => {
@@ -219,9 +225,20 @@ pub fn print_rows(rows: &[Value], format: Format) {
                     .collect::<Vec<_>>()
                     .join("  ")
             };
-            println!("{}", line(cols.iter().map(|c| c.to_string()).collect()));
+            let mut out = std::io::stdout().lock();
+            if writeln!(
+                out,
+                "{}",
+                line(cols.iter().map(|c| c.to_string()).collect())
+            )
+            .is_err()
+            {
+                return;
+            }
             for row in table {
-                println!("{}", line(row));
+                if writeln!(out, "{}", line(row)).is_err() {
+                    return;
+                }
             }
         }
     }

@@ -72,7 +72,7 @@ pub enum RegistryError {
     AdminKey(String),
     #[error("key {0} is not registered")]
     Unknown(String),
-    #[error("registry is full ({PRODUCER_KEYS_MAX} keys)")]
+    #[error("registry is full ({PRODUCER_KEYS_MAX} active keys)")]
     Full,
 }
 
@@ -185,7 +185,12 @@ impl Registry {
                 {
                     return Err(RegistryError::Revoked(e.key_id.clone()));
                 }
-                if !self.keys.contains_key(&e.key_id) && self.keys.len() >= PRODUCER_KEYS_MAX {
+                let active = self
+                    .keys
+                    .values()
+                    .filter(|k| k.revoked_seq.is_none())
+                    .count();
+                if !self.keys.contains_key(&e.key_id) && active >= PRODUCER_KEYS_MAX {
                     return Err(RegistryError::Full);
                 }
                 // Re-registering an active key replaces its name and kinds.

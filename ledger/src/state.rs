@@ -366,11 +366,25 @@ impl VaultState {
                         suspended_seq: None,
                         last_seq: seq,
                     });
-                a.user.clone_from(&e.user);
-                a.name.clone_from(&e.name);
-                a.public_key.clone_from(&e.public_key);
-                a.last_seq = seq;
-                cx.touch(|| ObjectKey::Agent(e.agent.clone()));
+                if a.user != e.user {
+                    // The owner decides who may grant the agent: a re-registration may rotate
+                    // the key or rename, never hand the agent to someone else.
+                    let first = a.registered_seq;
+                    cx.find(
+                        Rule::IdReused,
+                        format!(
+                            "agent {} was registered again for {}; it stays {}'s",
+                            e.agent, e.user, a.user
+                        ),
+                        vec![first],
+                        Some(e.agent.clone()),
+                    );
+                } else {
+                    a.name.clone_from(&e.name);
+                    a.public_key.clone_from(&e.public_key);
+                    a.last_seq = seq;
+                    cx.touch(|| ObjectKey::Agent(e.agent.clone()));
+                }
             }
             EventBody::AgentSuspended(e) => {
                 if let Some(a) = self.agents.get_mut(&e.agent) {

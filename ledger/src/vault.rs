@@ -646,6 +646,12 @@ fn token(
             scopes: scopes.clone(),
         });
     };
+    if grant.max_calls.is_some_and(|max| grant.calls >= max) {
+        return refuse(Refusal::Forbidden(
+            who.clone(),
+            format!("use grant {}: its call budget is spent", grant.grant_id),
+        ));
+    }
     let risk = scopes
         .iter()
         .filter_map(|s| grant.approval.get(s))
