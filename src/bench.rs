@@ -575,9 +575,10 @@ pub async fn vault(args: VaultArgs) -> Result<()> {
     ));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let vault_client = client.clone();
-    tokio::spawn(
-        async move { docket_ledger::transport::serve_vault_requests(vault_client, tx).await },
-    );
+    let introspector = ledger.introspector();
+    tokio::spawn(async move {
+        docket_ledger::transport::serve_vault_requests(vault_client, tx, introspector).await
+    });
     let bus = Bus::Nats(client.clone());
     let ledger_task = tokio::spawn(async move {
         let r = ledger

@@ -310,8 +310,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let (tx, rx) = tokio::sync::mpsc::channel(docket_ledger::transport::VAULT_INFLIGHT_MAX);
         ledger = ledger.with_vault(docket_ledger::ingest::VaultDesk::new(key, rx));
         let client = source.client.clone();
+        let introspector = ledger.introspector();
         tokio::spawn(async move {
-            if let Err(e) = docket_ledger::transport::serve_vault_requests(client, tx).await {
+            if let Err(e) =
+                docket_ledger::transport::serve_vault_requests(client, tx, introspector).await
+            {
                 tracing::error!(error = %e, "vault requests stopped");
             }
         });

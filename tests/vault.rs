@@ -176,20 +176,26 @@ impl World {
     }
 
     fn ask(&self, k: &SigningKey, op: Op) -> Value {
+        let subject = format!("docket.vault.{}", op.name());
         let req = Request {
             v: 1,
             id: EventId(*uuid::Uuid::now_v7().as_bytes()),
             ts: now(),
             op,
         };
-        self.send(seal_request(&req, k))
+        self.send_to(&subject, seal_request(&req, k))
     }
 
+    /// Sends to the introspection subject (answered outside the ledger's loop).
     fn send(&self, bytes: Vec<u8>) -> Value {
+        self.send_to("docket.vault.introspect", bytes)
+    }
+
+    fn send_to(&self, subject: &str, bytes: Vec<u8>) -> Value {
         self.rt.block_on(async {
             let r = tokio::time::timeout(
                 Duration::from_secs(10),
-                self.client.request("docket.vault.x", bytes.into()),
+                self.client.request(subject.to_string(), bytes.into()),
             )
             .await
             .unwrap()

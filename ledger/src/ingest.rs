@@ -92,6 +92,8 @@ pub struct Ledger {
     /// Findings of the last committed batch, to publish.
     last_findings: Vec<Finding>,
     vault: Option<VaultDesk>,
+    /// The registry as of the last commit, for the introspector.
+    registry_shared: Arc<RwLock<crate::registry::Registry>>,
     pub stats: IngestStats,
 }
 
@@ -114,8 +116,10 @@ impl Ledger {
         let rules = Policy::default();
         let mut state = store.load_state()?;
         crate::projection::catch_up(&store, &mut state, &rules, &tip)?;
+        let registry_shared = Arc::new(RwLock::new(tip.registry.clone()));
         Ok(Ledger {
             store: Arc::new(store),
+            registry_shared,
             tip,
             identity,
             key,
@@ -322,6 +326,18 @@ impl Ledger {
         Ok(())
     }
 
+    /// An introspector sharing this ledger's state, registry and replay guard (with a vault).
+    pub fn introspector(&self) -> Option<Introspector> {
+        let desk = self.vault.as_ref()?;
+        Some(Introspector {
+            state: Arc::clone(&self.state),
+            registry: Arc::clone(&self.registry_shared),
+            guard: Arc::clone(&desk.guard),
+            hash_key: desk.hash_key,
+            rules: self.rules.clone(),
+        })
+    }
+
     /// The live projection; hold its read lock briefly.
     pub fn state(&self) -> Arc<RwLock<VaultState>> {
         Arc::clone(&self.state)
@@ -453,6 +469,11 @@ impl Ledger {
         self.last_findings = findings;
         self.stats.admit_us += admit_us;
         self.stats.write_us += write_us;
+        if plan.registry_changed
+            && let Ok(mut shared) = self.registry_shared.write()
+        {
+            *shared = tip.registry.clone();
+        }
         self.tip = tip;
         self.stats.batches += 1;
         self.stats.appended += plan.appends.len() as u64;
@@ -548,40 +569,22 @@ pub struct VaultDesk {
     key: SigningKey,
     hash_key: [u8; 32],
     calls: Option<tokio::sync::mpsc::Receiver<VaultCall>>,
-    /// Request ids seen within the replay window, oldest first.
-    seen: std::collections::HashSet<docket_schemas::EventId>,
-    seen_order: std::collections::VecDeque<(docket_schemas::EventId, i64)>,
-    /// Requests dated before this were sent before this vault started: their ids were not
-    /// remembered, so they are refused rather than risk a replay.
-    started: docket_schemas::Timestamp,
+    guard: Arc<std::sync::Mutex<ReplayGuard>>,
     unauthenticated_budget: RateBudget,
     local_seq: u64,
 }
 
-impl VaultDesk {
-    /// The token-hash key is derived from the vault's key, so one secret file holds both.
-    pub fn new(key: SigningKey, calls: tokio::sync::mpsc::Receiver<VaultCall>) -> VaultDesk {
-        let hash_key = blake3::derive_key("docket vault token hash v1", key.as_bytes());
-        let started = docket_schemas::Timestamp::from_micros(now_us())
-            .unwrap_or(docket_schemas::Timestamp::UNIX_EPOCH);
-        VaultDesk {
-            key,
-            hash_key,
-            calls: Some(calls),
-            seen: Default::default(),
-            seen_order: Default::default(),
-            started,
-            unauthenticated_budget: RateBudget::new(UNAUTHENTICATED_RECORDED_PER_S),
-            // Local entries take transport sequences with the top bit set, unique per start.
-            local_seq: crate::admission::LOCAL_SEQ_BIT | ((started.as_micros() as u64) << 12),
-        }
-    }
+/// Request ids seen within the replay window, shared by the ledger's loop and the introspector.
+pub struct ReplayGuard {
+    seen: std::collections::HashSet<docket_schemas::EventId>,
+    /// Oldest first, with the time each was seen.
+    seen_order: std::collections::VecDeque<(docket_schemas::EventId, i64)>,
+    /// Requests dated before this were sent before this vault started: their ids were not
+    /// remembered, so they are refused rather than risk a replay.
+    started: docket_schemas::Timestamp,
+}
 
-    fn next_local_seq(&mut self) -> u64 {
-        self.local_seq += 1;
-        self.local_seq
-    }
-
+impl ReplayGuard {
     /// Accepts a request id once within the replay window.
     fn sighting(
         &mut self,
@@ -611,6 +614,85 @@ impl VaultDesk {
         self.seen.insert(req.id);
         self.seen_order.push_back((req.id, now.as_micros()));
         Ok(())
+    }
+}
+
+impl VaultDesk {
+    /// The token-hash key is derived from the vault's key, so one secret file holds both.
+    pub fn new(key: SigningKey, calls: tokio::sync::mpsc::Receiver<VaultCall>) -> VaultDesk {
+        let hash_key = blake3::derive_key("docket vault token hash v1", key.as_bytes());
+        let started = docket_schemas::Timestamp::from_micros(now_us())
+            .unwrap_or(docket_schemas::Timestamp::UNIX_EPOCH);
+        VaultDesk {
+            key,
+            hash_key,
+            calls: Some(calls),
+            guard: Arc::new(std::sync::Mutex::new(ReplayGuard {
+                seen: Default::default(),
+                seen_order: Default::default(),
+                started,
+            })),
+            unauthenticated_budget: RateBudget::new(UNAUTHENTICATED_RECORDED_PER_S),
+            // Local entries take transport sequences with the top bit set, unique per start.
+            local_seq: crate::admission::LOCAL_SEQ_BIT | ((started.as_micros() as u64) << 12),
+        }
+    }
+
+    fn next_local_seq(&mut self) -> u64 {
+        self.local_seq += 1;
+        self.local_seq
+    }
+
+    fn sighting(
+        &mut self,
+        req: &crate::vault::Request,
+        now: docket_schemas::Timestamp,
+    ) -> Result<(), crate::vault::Refusal> {
+        match self.guard.lock() {
+            Ok(mut g) => g.sighting(req, now),
+            Err(_) => Err(crate::vault::Refusal::Malformed(
+                "replay guard unavailable".into(),
+            )),
+        }
+    }
+}
+
+/// Answers introspections outside the ledger's loop, from the live projection: they append
+/// nothing, so they need not wait behind commits. Anything else goes to the loop.
+#[derive(Clone)]
+pub struct Introspector {
+    state: Arc<RwLock<VaultState>>,
+    registry: Arc<RwLock<crate::registry::Registry>>,
+    guard: Arc<std::sync::Mutex<ReplayGuard>>,
+    hash_key: [u8; 32],
+    rules: Policy,
+}
+
+impl Introspector {
+    /// The answer to an introspection, or `None` when the request must go to the ledger's
+    /// loop (another operation, or a refusal that has to be recorded).
+    pub fn answer(&self, request: &[u8]) -> Option<serde_json::Value> {
+        use crate::vault::{Fresh, Op, authenticate, decide};
+        let now = docket_schemas::Timestamp::from_micros(now_us())
+            .unwrap_or(docket_schemas::Timestamp::UNIX_EPOCH);
+        let registry = self.registry.read().ok()?;
+        let state = self.state.read().ok()?;
+        let auth = authenticate(request, &registry, &state).ok()?;
+        if !matches!(auth.request.op, Op::Introspect { .. }) {
+            return None;
+        }
+        let fresh = Fresh {
+            now,
+            id: String::new(),
+            token_secret: String::new(),
+            hash_key: &self.hash_key,
+        };
+        let outcome = decide(&state, &auth, &self.rules, &fresh);
+        if !outcome.events.is_empty() {
+            return None;
+        }
+        self.guard.lock().ok()?.sighting(&auth.request, now).ok()?;
+        Some(outcome.reply)
     }
 }
 

@@ -397,6 +397,7 @@ pub const VAULT_INFLIGHT_MAX: usize = 4096;
 pub async fn serve_vault_requests(
     client: async_nats::Client,
     calls: tokio::sync::mpsc::Sender<crate::ingest::VaultCall>,
+    introspector: Option<crate::ingest::Introspector>,
 ) -> Result<(), TransportError> {
     let mut sub = client
         .queue_subscribe(SUBJECT_VAULT, "docket-vault".into())
@@ -407,6 +408,47 @@ pub async fn serve_vault_requests(
         let Some(reply_to) = msg.reply.clone() else {
             continue;
         };
+        if let Some(intro) = introspector
+            .clone()
+            .filter(|_| msg.subject.ends_with(".introspect"))
+        {
+            // Introspections are answered here, on any core, without waiting for the loop.
+            let (client, calls) = (client.clone(), calls.clone());
+            tokio::spawn(async move {
+                let payload = msg.payload.clone();
+                let answer = tokio::task::spawn_blocking(move || intro.answer(&payload))
+                    .await
+                    .ok()
+                    .flatten();
+                let answer = match answer {
+                    Some(a) => a,
+                    None => {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        if calls
+                            .send(crate::ingest::VaultCall {
+                                request: msg.payload,
+                                reply: tx,
+                            })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        match rx.await {
+                            Ok(a) => a,
+                            Err(_) => return,
+                        }
+                    }
+                };
+                let _ = client
+                    .publish(
+                        reply_to,
+                        serde_json::to_vec(&answer).unwrap_or_default().into(),
+                    )
+                    .await;
+            });
+            continue;
+        }
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             break;
         };
