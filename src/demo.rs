@@ -115,6 +115,19 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         vault_rx,
     ));
     let live_state = ledger.state();
+    let line = match &bus {
+        docket_ledger::transport::Bus::Nats(client) => {
+            let (server, calls, introspector) =
+                (client.clone(), vault_tx.clone(), ledger.introspector());
+            tokio::spawn(async move {
+                docket_ledger::transport::serve_vault_requests(server, calls, introspector).await
+            });
+            crate::vault_scene::VaultLine::Nats(client.clone())
+        }
+        docket_ledger::transport::Bus::Memory(_) => {
+            crate::vault_scene::VaultLine::Inbox(vault_tx.clone())
+        }
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let ledger_task = tokio::spawn(async move {
         let result = ledger
@@ -146,7 +159,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         Some(m) => m.wait_acked(publisher.stats.published).await?,
         None => tokio::time::sleep(Duration::from_millis(500)).await,
     }
-    crate::vault_scene::play(&vault_tx, &workload, &user_key).await?;
+    crate::vault_scene::play(&line, &workload, &user_key).await?;
     let started = Instant::now();
     let mut next_report = Duration::from_secs(1);
     let mut sent = 0u64;

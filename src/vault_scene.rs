@@ -32,20 +32,46 @@ pub fn user_registration(w: &Workload, user: &SigningKey) -> Published {
     }
 }
 
-async fn ask(tx: &tokio::sync::mpsc::Sender<VaultCall>, key: &SigningKey, op: Op) -> Result<Value> {
+/// How the scene reaches the vault: NATS request/reply when the demo runs over NATS,
+/// the ledger's own inbox otherwise (the same decision path either way).
+pub enum VaultLine {
+    Nats(async_nats::Client),
+    Inbox(tokio::sync::mpsc::Sender<VaultCall>),
+}
+
+async fn ask(line: &VaultLine, key: &SigningKey, op: Op) -> Result<Value> {
+    let subject = format!("docket.vault.{}", op.name());
     let request = Request {
         v: 1,
         id: EventId(*uuid::Uuid::now_v7().as_bytes()),
         ts: Timestamp::from_micros(now_us()).unwrap_or(Timestamp::UNIX_EPOCH),
         op,
     };
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    tx.send(VaultCall {
-        request: seal_request(&request, key).into(),
-        reply,
-    })
-    .await?;
-    Ok(answer.await?)
+    let bytes = seal_request(&request, key);
+    match line {
+        VaultLine::Nats(client) => {
+            // The vault subscribes in its own task: give it a moment to be there.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                match client.request(subject.clone(), bytes.clone().into()).await {
+                    Ok(reply) => return Ok(serde_json::from_slice(&reply.payload)?),
+                    Err(_) if std::time::Instant::now() < deadline => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        VaultLine::Inbox(tx) => {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            tx.send(VaultCall {
+                request: bytes.into(),
+                reply,
+            })
+            .await?;
+            Ok(answer.await?)
+        }
+    }
 }
 
 fn receipt(v: &Value) -> String {
@@ -67,11 +93,7 @@ fn token_op(scope: &str, approval: Option<String>) -> Op {
 }
 
 /// Plays the scene through the vault's real decision path (the NATS request/reply hop aside).
-pub async fn play(
-    tx: &tokio::sync::mpsc::Sender<VaultCall>,
-    w: &Workload,
-    user: &SigningKey,
-) -> Result<()> {
+pub async fn play(tx: &VaultLine, w: &Workload, user: &SigningKey) -> Result<()> {
     println!("vault scene:");
     let agent = agent_key(0);
     let now = Timestamp::from_micros(now_us()).unwrap_or(Timestamp::UNIX_EPOCH);
