@@ -213,8 +213,12 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Command::Quarantine(args) => {
             let store = Store::open_reader(&db_dir(&args.data))?;
+            let mut out = std::io::stdout().lock();
             for q in store.quarantine()? {
-                println!("{q}");
+                // A closed pipe (`| head`) ends the listing quietly.
+                if writeln!(out, "{q}").is_err() {
+                    break;
+                }
             }
             Ok(ok)
         }
