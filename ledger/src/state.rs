@@ -177,27 +177,26 @@ pub struct TokenState {
     pub last_seq: u64,
 }
 
+/// Revoked beats expired beats active, for anything with a revocation and an expiry.
+fn lifetime_status(revoked_seq: Option<u64>, expires_at: Timestamp, at: Timestamp) -> Status {
+    if revoked_seq.is_some() {
+        Status::Revoked
+    } else if at >= expires_at {
+        Status::Expired
+    } else {
+        Status::Active
+    }
+}
+
 impl GrantState {
     pub fn status(&self, at: Timestamp) -> Status {
-        if self.revoked_seq.is_some() {
-            Status::Revoked
-        } else if at >= self.expires_at {
-            Status::Expired
-        } else {
-            Status::Active
-        }
+        lifetime_status(self.revoked_seq, self.expires_at, at)
     }
 }
 
 impl TokenState {
     pub fn status(&self, at: Timestamp) -> Status {
-        if self.revoked_seq.is_some() {
-            Status::Revoked
-        } else if at >= self.expires_at {
-            Status::Expired
-        } else {
-            Status::Active
-        }
+        lifetime_status(self.revoked_seq, self.expires_at, at)
     }
 }
 
@@ -397,39 +396,15 @@ impl VaultState {
             }
             EventBody::GrantCreated(e) if self.grants.contains_key(&e.grant_id) => {
                 let first = self.grants[&e.grant_id].created_seq;
-                cx.find(
-                    Rule::IdReused,
-                    format!(
-                        "grant id {} was created again; the first one stands",
-                        e.grant_id
-                    ),
-                    vec![first],
-                    Some(e.agent.clone()),
-                );
+                cx.reused("grant", &e.grant_id, first, &e.agent);
             }
             EventBody::ApprovalRequested(e) if self.approvals.contains_key(&e.approval_id) => {
                 let first = self.approvals[&e.approval_id].requested_seq;
-                cx.find(
-                    Rule::IdReused,
-                    format!(
-                        "approval id {} was requested again; the first one stands",
-                        e.approval_id
-                    ),
-                    vec![first],
-                    Some(e.agent.clone()),
-                );
+                cx.reused("approval", &e.approval_id, first, &e.agent);
             }
             EventBody::TokenIssued(e) if self.tokens.contains_key(&e.token_id) => {
                 let first = self.tokens[&e.token_id].issued_seq;
-                cx.find(
-                    Rule::IdReused,
-                    format!(
-                        "token id {} was issued again; the first one stands",
-                        e.token_id
-                    ),
-                    vec![first],
-                    Some(e.agent.clone()),
-                );
+                cx.reused("token", &e.token_id, first, &e.agent);
             }
             EventBody::GrantCreated(e) => {
                 self.grants_by_agent
@@ -822,6 +797,18 @@ struct Apply {
 }
 
 impl Apply {
+    /// An id that names an existing object was used to create another: the first one stands.
+    fn reused(&mut self, what: &str, id: &str, first_seq: u64, agent: &str) {
+        let message =
+            format!("{what} id {id} was used again; the first one (seq {first_seq}) stands");
+        self.find(
+            Rule::IdReused,
+            message,
+            vec![first_seq],
+            Some(agent.to_string()),
+        );
+    }
+
     fn touch(&mut self, key: impl FnOnce() -> ObjectKey) {
         if let Some(t) = &mut self.touched {
             t.push(key());

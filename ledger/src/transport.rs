@@ -393,7 +393,8 @@ pub const SUBJECT_VAULT: &str = "docket.vault.>";
 /// Vault requests awaiting an answer at most; more wait for a slot (backpressure, not loss).
 pub const VAULT_INFLIGHT_MAX: usize = 4096;
 
-/// Receives vault requests over NATS request/reply and hands them to the ledger's loop.
+/// Receives vault requests over NATS request/reply and hands them to the ledger's loop;
+/// introspections are answered by the introspector when one is given.
 pub async fn serve_vault_requests(
     client: async_nats::Client,
     calls: tokio::sync::mpsc::Sender<crate::ingest::VaultCall>,
@@ -408,73 +409,73 @@ pub async fn serve_vault_requests(
         let Some(reply_to) = msg.reply.clone() else {
             continue;
         };
-        if let Some(intro) = introspector
-            .clone()
-            .filter(|_| msg.subject.ends_with(".introspect"))
-        {
-            // Introspections are answered here, on any core, without waiting for the loop.
-            let (client, calls) = (client.clone(), calls.clone());
-            tokio::spawn(async move {
-                let payload = msg.payload.clone();
-                let answer = tokio::task::spawn_blocking(move || intro.answer(&payload))
-                    .await
-                    .ok()
-                    .flatten();
-                let answer = match answer {
-                    Some(a) => a,
-                    None => {
-                        let (tx, rx) = tokio::sync::oneshot::channel();
-                        if calls
-                            .send(crate::ingest::VaultCall {
-                                request: msg.payload,
-                                reply: tx,
-                            })
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                        match rx.await {
-                            Ok(a) => a,
-                            Err(_) => return,
-                        }
-                    }
-                };
-                let _ = client
-                    .publish(
-                        reply_to,
-                        serde_json::to_vec(&answer).unwrap_or_default().into(),
-                    )
-                    .await;
-            });
-            continue;
-        }
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             break;
         };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if calls
-            .send(crate::ingest::VaultCall {
-                request: msg.payload,
-                reply: tx,
-            })
-            .await
-            .is_err()
-        {
-            break;
-        }
         let client = client.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            if let Ok(answer) = rx.await {
-                let _ = client
-                    .publish(
-                        reply_to,
-                        serde_json::to_vec(&answer).unwrap_or_default().into(),
-                    )
-                    .await;
+        match introspector
+            .clone()
+            .filter(|_| msg.subject.ends_with(".introspect"))
+        {
+            Some(intro) => {
+                // Answered here, on any core, without waiting for the loop; what must be
+                // recorded (a refusal, a replay) still goes to the loop.
+                let calls = calls.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let payload = msg.payload.clone();
+                    let answer =
+                        match tokio::task::spawn_blocking(move || intro.answer(&payload)).await {
+                            Ok(Some(answer)) => Some(answer),
+                            _ => match to_loop(&calls, msg.payload).await {
+                                Some(pending) => pending.await.ok(),
+                                None => None,
+                            },
+                        };
+                    if let Some(answer) = answer {
+                        respond(&client, reply_to, &answer).await;
+                    }
+                });
             }
-        });
+            None => {
+                // Handed over here, in arrival order; answered when the loop has decided.
+                let Some(pending) = to_loop(&calls, msg.payload).await else {
+                    break;
+                };
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    if let Ok(answer) = pending.await {
+                        respond(&client, reply_to, &answer).await;
+                    }
+                });
+            }
+        }
     }
     Ok(())
+}
+
+/// Queues a request for the ledger's loop; `None` once the loop has stopped.
+async fn to_loop(
+    calls: &tokio::sync::mpsc::Sender<crate::ingest::VaultCall>,
+    request: Bytes,
+) -> Option<tokio::sync::oneshot::Receiver<serde_json::Value>> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    calls
+        .send(crate::ingest::VaultCall { request, reply })
+        .await
+        .ok()?;
+    Some(answer)
+}
+
+async fn respond(
+    client: &async_nats::Client,
+    reply_to: async_nats::Subject,
+    answer: &serde_json::Value,
+) {
+    let _ = client
+        .publish(
+            reply_to,
+            serde_json::to_vec(answer).unwrap_or_default().into(),
+        )
+        .await;
 }

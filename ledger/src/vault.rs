@@ -761,98 +761,70 @@ fn revoke(
     reason: &str,
 ) -> Outcome {
     let who = requester.name();
-    let by = who.clone();
-    let owner_ok = |user: &str, agent: &str| match requester {
+    let (by, reason) = (who.clone(), reason.to_string());
+    // What is named, who owns it (user, agent), the event that ends it, and the answer.
+    let (verb, name, owner, body, status) = match what {
+        (Some(id), None, None) => (
+            "revoke",
+            format!("token {id}"),
+            state
+                .tokens
+                .get(id)
+                .map(|t| (t.user.as_str(), t.agent.as_str())),
+            EventBody::TokenRevoked(TokenRevoked {
+                token_id: id.into(),
+                by,
+                reason,
+            }),
+            "revoked",
+        ),
+        (None, Some(id), None) => (
+            "revoke",
+            format!("grant {id}"),
+            state.grants.get(id).map(|g| (g.user.as_str(), "")),
+            EventBody::GrantRevoked(GrantRevoked {
+                grant_id: id.into(),
+                by,
+                reason,
+            }),
+            "revoked",
+        ),
+        (None, None, Some(id)) => (
+            "suspend",
+            format!("agent {id}"),
+            state.agents.get(id).map(|a| (a.user.as_str(), "")),
+            EventBody::AgentSuspended(AgentSuspended {
+                agent: id.into(),
+                by,
+                reason,
+            }),
+            "suspended",
+        ),
+        _ => {
+            let why = Refusal::Malformed("name exactly one of token_id, grant_id, agent".into());
+            return refused(req, &who, &why, None, vec![]);
+        }
+    };
+    let allowed = |user: &str, agent: &str| match requester {
         Requester::Admin => true,
         Requester::User(u) => u == user,
         Requester::Agent(a) => a == agent,
         Requester::Gateway(_) => false,
     };
-    let done = |body: EventBody, status: &str| Outcome {
-        reply: json!({"ok": true, "status": status}),
-        events: vec![body],
-        notify: None,
-    };
-    match what {
-        (Some(token_id), None, None) => match state.tokens.get(token_id) {
-            Some(t) if owner_ok(&t.user, &t.agent) => done(
-                EventBody::TokenRevoked(TokenRevoked {
-                    token_id: token_id.into(),
-                    by,
-                    reason: reason.into(),
-                }),
-                "revoked",
-            ),
-            Some(_) => refused(
-                req,
-                &who,
-                &Refusal::Forbidden(who.clone(), format!("revoke token {token_id}")),
-                None,
-                vec![],
-            ),
-            None => refused(
-                req,
-                &who,
-                &Refusal::NotFound(format!("token {token_id}")),
-                None,
-                vec![],
-            ),
-        },
-        (None, Some(grant_id), None) => match state.grants.get(grant_id) {
-            Some(g) if owner_ok(&g.user, "") => done(
-                EventBody::GrantRevoked(GrantRevoked {
-                    grant_id: grant_id.into(),
-                    by,
-                    reason: reason.into(),
-                }),
-                "revoked",
-            ),
-            Some(_) => refused(
-                req,
-                &who,
-                &Refusal::Forbidden(who.clone(), format!("revoke grant {grant_id}")),
-                None,
-                vec![],
-            ),
-            None => refused(
-                req,
-                &who,
-                &Refusal::NotFound(format!("grant {grant_id}")),
-                None,
-                vec![],
-            ),
-        },
-        (None, None, Some(agent)) => match state.agents.get(agent) {
-            Some(a) if owner_ok(&a.user, "") => done(
-                EventBody::AgentSuspended(AgentSuspended {
-                    agent: agent.into(),
-                    by,
-                    reason: reason.into(),
-                }),
-                "suspended",
-            ),
-            Some(_) => refused(
-                req,
-                &who,
-                &Refusal::Forbidden(who.clone(), format!("suspend agent {agent}")),
-                None,
-                vec![],
-            ),
-            None => refused(
-                req,
-                &who,
-                &Refusal::NotFound(format!("agent {agent}")),
-                None,
-                vec![],
-            ),
-        },
-        _ => refused(
+    match owner {
+        None => refused(req, &who, &Refusal::NotFound(name), None, vec![]),
+        Some((user, agent)) if !allowed(user, agent) => refused(
             req,
             &who,
-            &Refusal::Malformed("name exactly one of token_id, grant_id, agent".into()),
+            &Refusal::Forbidden(who.clone(), format!("{verb} {name}")),
             None,
             vec![],
         ),
+        Some(_) => Outcome {
+            reply: json!({"ok": true, "status": status}),
+            events: vec![body],
+            notify: None,
+        },
     }
 }
 
