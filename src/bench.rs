@@ -29,6 +29,8 @@ pub enum BenchCommand {
     Admit(AdmitArgs),
     /// The vault: replay rate, restart time, token issuance and introspection over NATS.
     Vault(VaultArgs),
+    /// SQL: columnar copy build rate, three auditor queries, memory, and DuckDB on the same data.
+    Sql(crate::bench_sql::SqlBenchArgs),
 }
 
 #[derive(Args)]
@@ -58,6 +60,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Ingest(args) => ingest(args).await,
         BenchCommand::Admit(args) => admit_only(args),
         BenchCommand::Vault(args) => vault(args).await,
+        BenchCommand::Sql(args) => crate::bench_sql::run(args).await,
     }
 }
 

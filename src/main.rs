@@ -1,7 +1,9 @@
 //! The `docket` command line: thin glue over the ledger library.
 
 mod bench;
+mod bench_sql;
 mod demo;
+mod sql_cmd;
 mod state_cmd;
 mod vault_cmd;
 mod vault_scene;
@@ -46,8 +48,13 @@ enum Command {
     Log(LogArgs),
     /// Print quarantined (rejected) envelopes as JSON lines.
     Quarantine(DataArgs),
-    /// Export everything an independent verifier needs, as JSON lines.
+    /// Export the chain for an independent verifier (JSON lines), or every SQL table as Parquet.
     Export(ExportArgs),
+    /// Ask the ledger questions in SQL (read-only): one query, or an interactive shell.
+    Sql(sql_cmd::SqlArgs),
+    /// The columnar copy of the chain that SQL reads: seal, check against the chain, rebuild.
+    #[command(subcommand)]
+    Columnar(sql_cmd::ColumnarCommand),
     /// The vault's state derived from the log: grants, tokens, approvals, agents; rebuild checks.
     #[command(subcommand)]
     State(state_cmd::StateCommand),
@@ -151,7 +158,10 @@ struct LogArgs {
 struct ExportArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// Output file (JSON lines).
+    /// `jsonl`: the chain, entry by entry, for verifiers (a file). `parquet`: every SQL table (a directory).
+    #[arg(long, default_value = "jsonl")]
+    format: String,
+    /// Output file (jsonl) or directory (parquet).
     #[arg(long)]
     out: PathBuf,
 }
@@ -222,6 +232,15 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             }
             Ok(ok)
         }
+        Command::Export(args) if args.format == "parquet" => {
+            sql_cmd::export_parquet(&args.data.data, &args.out).await?;
+            Ok(ok)
+        }
+        Command::Export(args) if args.format != "jsonl" => {
+            bail!("--format {:?}: expected jsonl or parquet", args.format)
+        }
+        Command::Sql(args) => sql_cmd::sql(args).await,
+        Command::Columnar(cmd) => sql_cmd::columnar(cmd),
         Command::Export(args) => {
             let store = Store::open_reader(&db_dir(&args.data.data))?;
             let file = std::fs::File::create(&args.out)
@@ -324,9 +343,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
         });
         tracing::info!(vault_key = %path.display(), "vault serving on docket.vault.>");
     }
-    ledger
+    let stop_sealing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sealer = sql_cmd::spawn_sealer(args.data.data.clone(), stop_sealing.clone());
+    let result = ledger
         .run(Source::Nats(Box::new(source)), bus, shutdown_signal())
-        .await?;
+        .await;
+    stop_sealing.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sealer.join();
+    result?;
     tracing::info!(seq = ledger.tip().seq, stats = ?ledger.stats, "ledger stopped cleanly");
     Ok(())
 }

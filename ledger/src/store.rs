@@ -243,6 +243,13 @@ impl Store {
         Ok(store)
     }
 
+    /// A reader's view catches up with the primary's latest writes.
+    pub fn catch_up(&self) -> Result<(), StoreError> {
+        self.db
+            .try_catch_up_with_primary()
+            .map_err(|e| rocks(&self.path, e))
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

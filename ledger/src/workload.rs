@@ -161,11 +161,15 @@ pub struct Workload {
     pub misbehaving_per_mille: u64,
     /// How many misbehaving events were generated.
     pub misbehaved: u64,
+    /// Workload time between two events is uniform in `1..=step_us_max` microseconds.
+    pub step_us_max: u64,
 }
 
 /// Live grants and tokens kept at most, so memory stays flat on long runs.
 const LIVE_GRANTS_MAX: usize = 4096;
 const LIVE_TOKENS_MAX: usize = 16_384;
+/// Default for [`Workload::step_us_max`]: about a thousand events per second of workload time.
+pub const STEP_US_MAX_DEFAULT: u64 = 2_000;
 /// Lifetime of the tokens the workload issues, in seconds of workload time.
 const TOKEN_TTL_S: i64 = 300;
 
@@ -200,6 +204,7 @@ impl Workload {
             forged_per_mille: 0,
             misbehaving_per_mille: 0,
             misbehaved: 0,
+            step_us_max: STEP_US_MAX_DEFAULT,
         }
     }
 
@@ -208,7 +213,7 @@ impl Workload {
     }
 
     fn ts(&mut self) -> Timestamp {
-        self.now_us += 1 + self.rng.below(2_000) as i64;
+        self.now_us += 1 + self.rng.below(self.step_us_max.max(1)) as i64;
         self.now()
     }
 

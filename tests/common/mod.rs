@@ -38,6 +38,16 @@ impl Serve {
     }
 
     pub fn start_with(data: &Path, nats_url: &str, roles: &Roles, extra: &[&str]) -> Serve {
+        Serve::start_env(data, nats_url, roles, extra, &[])
+    }
+
+    pub fn start_env(
+        data: &Path,
+        nats_url: &str,
+        roles: &Roles,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Serve {
         let log = data.with_extension(format!(
             "log.{}",
             std::time::SystemTime::now()
@@ -57,6 +67,7 @@ impl Serve {
             ])
             .args(["--origin", "test.docket.local/ledger"])
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(file)

@@ -1,0 +1,481 @@
+//! The columnar copy of the chain: sealed Parquet segments of a bounded number of entries.
+//!
+//! A segment is derived from the chain and only from it: the next segment
+//! holds the `N` entries after the last sealed one, so two writers (a running
+//! `serve` and a `docket sql`) with the same `N` that seal the same segment
+//! write the same rows, and the atomic rename lets either win. Each file is
+//! stamped with its seq range and the entry hash at its end; opening checks
+//! the stamps against the chain, `check` re-derives every row.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::concat_batches;
+use docket_ledger::chain::hex;
+use docket_ledger::store::{Store, decode_record};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::Compression;
+use parquet::file::metadata::{KeyValue, SortingColumn};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::reader::{FileReader, SerializedFileReader};
+
+use crate::QueryError;
+use crate::rows::{EVENTS_SCHEMA, EventRows};
+
+/// Entries per sealed segment by default: the unit of pruning, and the most the unsealed tail holds once sealing keeps up.
+pub const SEGMENT_ENTRIES: u64 = 65_536;
+/// Fewest entries a segment may be given (small segments only make sense in tests).
+pub const SEGMENT_ENTRIES_MIN: u64 = 16;
+/// Rows per Parquet row group inside a segment: a second, finer level of pruning.
+pub const ROW_GROUP_ROWS: usize = 16_384;
+/// Rows per in-memory batch of the unsealed tail.
+pub const TAIL_BATCH_ROWS: usize = 8_192;
+/// Segments being built at once: each holds its raw records and its columns in memory.
+pub const SEAL_WORKERS_MAX: usize = 4;
+/// The columnar copy's directory inside a data directory.
+pub const COLUMNAR_DIR: &str = "columnar";
+/// Version of the segment layout written in each file's metadata.
+pub const SEGMENT_FORMAT: &str = "1";
+
+const KEY_FORMAT: &str = "docket.segment.format";
+const KEY_FIRST: &str = "docket.segment.first_seq";
+const KEY_LAST: &str = "docket.segment.last_seq";
+const KEY_LAST_HASH: &str = "docket.segment.last_entry_hash";
+
+/// A sealed segment on disk, as its stamp describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub path: PathBuf,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub last_entry_hash: String,
+    pub rows: u64,
+}
+
+/// What sealing did.
+#[derive(Clone, Debug, Default)]
+pub struct SealReport {
+    pub sealed: usize,
+    pub entries: u64,
+    /// Seq of the last entry in a sealed segment after sealing.
+    pub sealed_through: u64,
+}
+
+/// One disagreement between the columnar copy and the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentProblem {
+    pub path: PathBuf,
+    pub first_seq: u64,
+    pub why: String,
+}
+
+pub fn columnar_dir(data: &Path) -> PathBuf {
+    data.join(COLUMNAR_DIR)
+}
+
+fn file_name(first: u64, last: u64) -> String {
+    format!("events-{first:020}-{last:020}.parquet")
+}
+
+fn io(path: &Path, source: std::io::Error) -> QueryError {
+    QueryError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The segments in `dir`, ordered by first seq. Files that are not segments are ignored; a damaged one is an error.
+pub fn list(dir: &Path) -> Result<Vec<Segment>, QueryError> {
+    let mut out = Vec::new();
+    let read = match std::fs::read_dir(dir) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io(dir, e)),
+    };
+    for item in read {
+        let path = item.map_err(|e| io(dir, e))?.path();
+        let is_segment = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("events-") && n.ends_with(".parquet"));
+        if is_segment {
+            out.push(read_stamp(&path)?);
+        }
+    }
+    out.sort_by_key(|s| s.first_seq);
+    Ok(out)
+}
+
+/// Reads a segment's stamp from its Parquet footer.
+pub fn read_stamp(path: &Path) -> Result<Segment, QueryError> {
+    let bad = |why: String| QueryError::BadSegment {
+        path: path.to_path_buf(),
+        why,
+    };
+    let file = File::open(path).map_err(|e| io(path, e))?;
+    let reader = SerializedFileReader::new(file).map_err(|e| bad(e.to_string()))?;
+    let meta = reader.metadata().file_metadata();
+    let kv = meta.key_value_metadata().cloned().unwrap_or_default();
+    let get = |key: &str| {
+        kv.iter()
+            .find(|k| k.key == key)
+            .and_then(|k| k.value.clone())
+            .ok_or_else(|| bad(format!("no `{key}` in its metadata")))
+    };
+    let format = get(KEY_FORMAT)?;
+    if format != SEGMENT_FORMAT {
+        return Err(bad(format!(
+            "segment format {format:?} is not {SEGMENT_FORMAT:?}"
+        )));
+    }
+    let num = |key: &str| -> Result<u64, QueryError> {
+        get(key)?
+            .parse()
+            .map_err(|_| bad(format!("`{key}` is not a number")))
+    };
+    Ok(Segment {
+        path: path.to_path_buf(),
+        first_seq: num(KEY_FIRST)?,
+        last_seq: num(KEY_LAST)?,
+        last_entry_hash: get(KEY_LAST_HASH)?,
+        rows: u64::try_from(meta.num_rows()).unwrap_or(0),
+    })
+}
+
+/// Checks each segment's stamp against the chain: contiguous from seq 1, whole, ending on the chain's own hash.
+///
+/// Cheap (one read per segment), so every session does it; [`check`] re-derives the rows.
+pub fn check_stamps(store: &Store, segments: &[Segment]) -> Vec<SegmentProblem> {
+    let mut problems = Vec::new();
+    let mut next = 1u64;
+    for s in segments {
+        let mut why = Vec::new();
+        if s.first_seq != next {
+            why.push(format!(
+                "starts at seq {} where seq {next} was expected",
+                s.first_seq
+            ));
+        }
+        if s.last_seq < s.first_seq || s.rows != s.last_seq - s.first_seq + 1 {
+            why.push(format!(
+                "holds {} rows for seqs {}..={}",
+                s.rows, s.first_seq, s.last_seq
+            ));
+        }
+        match store.record(s.last_seq) {
+            Ok(Some(record)) => match decode_record(s.last_seq, &record) {
+                Ok(entry) if hex(&entry.hash) == s.last_entry_hash => {}
+                Ok(entry) => why.push(format!(
+                    "ends on entry hash {} but the chain's entry {} is {}",
+                    s.last_entry_hash,
+                    s.last_seq,
+                    hex(&entry.hash)
+                )),
+                Err(e) => why.push(format!(
+                    "the chain's entry {} is unreadable: {e}",
+                    s.last_seq
+                )),
+            },
+            Ok(None) => why.push(format!(
+                "ends at seq {} beyond the chain's head",
+                s.last_seq
+            )),
+            Err(e) => why.push(format!("reading the chain: {e}")),
+        }
+        if !why.is_empty() {
+            problems.push(SegmentProblem {
+                path: s.path.clone(),
+                first_seq: s.first_seq,
+                why: why.join("; "),
+            });
+        }
+        next = s.last_seq.saturating_add(1);
+    }
+    problems
+}
+
+/// Re-derives every segment's rows from the chain and compares them with the file: catches any edited row.
+pub fn check(store: &Store, dir: &Path) -> Result<Vec<SegmentProblem>, QueryError> {
+    let segments = list(dir)?;
+    let mut problems = check_stamps(store, &segments);
+    for s in &segments {
+        if problems.iter().any(|p| p.path == s.path) {
+            continue;
+        }
+        let expected = derive(store, s.first_seq, s.last_seq)?;
+        let found = read_segment(&s.path)?;
+        if let Some(why) = first_difference(&expected, &found) {
+            problems.push(SegmentProblem {
+                path: s.path.clone(),
+                first_seq: s.first_seq,
+                why,
+            });
+        }
+    }
+    problems.sort_by_key(|p| p.first_seq);
+    Ok(problems)
+}
+
+fn first_difference(expected: &RecordBatch, found: &RecordBatch) -> Option<String> {
+    if expected.num_rows() != found.num_rows() {
+        return Some(format!(
+            "holds {} rows, the chain has {}",
+            found.num_rows(),
+            expected.num_rows()
+        ));
+    }
+    if found.schema().fields() != expected.schema().fields() {
+        return Some("its columns are not the events columns".into());
+    }
+    for (i, field) in expected.schema().fields().iter().enumerate() {
+        let (e, f) = (expected.column(i), found.column(i));
+        if e == f {
+            continue;
+        }
+        let row = (0..e.len())
+            .find(|&r| e.slice(r, 1) != f.slice(r, 1))
+            .unwrap_or(0);
+        return Some(format!(
+            "column `{}` differs from the chain at row {row}",
+            field.name()
+        ));
+    }
+    None
+}
+
+/// Reads a whole segment back as one batch.
+pub fn read_segment(path: &Path) -> Result<RecordBatch, QueryError> {
+    let bad = |why: String| QueryError::BadSegment {
+        path: path.to_path_buf(),
+        why,
+    };
+    let file = File::open(path).map_err(|e| io(path, e))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .map_err(|e| bad(e.to_string()))?;
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    concat_batches(&EVENTS_SCHEMA, &batches).map_err(|e| bad(e.to_string()))
+}
+
+/// Decodes entries `first..=last` from the chain into one batch.
+pub fn derive(store: &Store, first: u64, last: u64) -> Result<RecordBatch, QueryError> {
+    let mut rows = EventRows::with_capacity((last.saturating_sub(first) + 1) as usize);
+    for item in store.records(first)? {
+        let (seq, record) = item?;
+        if seq > last {
+            break;
+        }
+        rows.push(&decode_record(seq, &record)?)?;
+    }
+    rows.finish()
+}
+
+/// Decodes entries from `first` to the head into batches of [`TAIL_BATCH_ROWS`]: the unsealed tail.
+pub fn tail(store: &Store, first: u64) -> Result<Vec<RecordBatch>, QueryError> {
+    let mut batches = Vec::new();
+    let mut rows = EventRows::with_capacity(TAIL_BATCH_ROWS);
+    for item in store.records(first)? {
+        let (seq, record) = item?;
+        rows.push(&decode_record(seq, &record)?)?;
+        if rows.len() >= TAIL_BATCH_ROWS {
+            batches.push(rows.finish()?);
+        }
+    }
+    if !rows.is_empty() {
+        batches.push(rows.finish()?);
+    }
+    Ok(batches)
+}
+
+/// Seals every whole segment the chain has and the directory lacks, on all cores.
+///
+/// Starts after the last segment whose stamp agrees with the chain; segments
+/// that disagree must be removed first (see [`rebuild`]).
+pub fn seal(
+    store: &Store,
+    dir: &Path,
+    segment_entries: u64,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<SealReport, QueryError> {
+    let n = segment_entries.max(SEGMENT_ENTRIES_MIN);
+    let segments = list(dir)?;
+    if let Some(p) = check_stamps(store, &segments).first() {
+        return Err(QueryError::SegmentMismatch {
+            path: p.path.clone(),
+            why: p.why.clone(),
+        });
+    }
+    let sealed_through = segments.last().map_or(0, |s| s.last_seq);
+    let (head, _) = store.head()?;
+    let whole = sealed_through + (head.saturating_sub(sealed_through)) / n * n;
+    let mut report = SealReport {
+        sealed_through,
+        ..SealReport::default()
+    };
+    if whole <= sealed_through {
+        return Ok(report);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(SEAL_WORKERS_MAX);
+    // Reading is sequential; decoding and encoding are spread over the workers.
+    let (tx, rx) = mpsc::sync_channel::<Vec<(u64, Vec<u8>)>>(workers);
+    let rx = Arc::new(Mutex::new(rx));
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let results: Vec<Result<usize, QueryError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let rx = Arc::clone(&rx);
+                let done = &done;
+                scope.spawn(move || -> Result<usize, QueryError> {
+                    let mut n = 0;
+                    loop {
+                        let chunk = match rx.lock() {
+                            Ok(guard) => guard.recv(),
+                            Err(_) => return Ok(n),
+                        };
+                        let Ok(chunk) = chunk else { return Ok(n) };
+                        write_segment(dir, &chunk)?;
+                        n += 1;
+                        let total = done
+                            .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed)
+                            + chunk.len() as u64;
+                        progress(total);
+                    }
+                })
+            })
+            .collect();
+        let read = (|| -> Result<(), QueryError> {
+            let mut chunk = Vec::with_capacity(n as usize);
+            for item in store.records(sealed_through + 1)? {
+                let (seq, record) = item?;
+                if seq > whole {
+                    break;
+                }
+                chunk.push((seq, record));
+                if chunk.len() as u64 == n {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(n as usize));
+                    if tx.send(full).is_err() {
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        })();
+        drop(tx);
+        let mut out: Vec<Result<usize, QueryError>> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(QueryError::WorkerPanicked)))
+            .collect();
+        out.push(read.map(|_| 0));
+        out
+    });
+    for r in results {
+        report.sealed += r?;
+    }
+    report.entries = report.sealed as u64 * n;
+    report.sealed_through = sealed_through + report.entries;
+    sync_dir(dir)?;
+    Ok(report)
+}
+
+/// Writes one segment: to a temporary name, synced, then renamed into place.
+fn write_segment(dir: &Path, records: &[(u64, Vec<u8>)]) -> Result<(), QueryError> {
+    let mut rows = EventRows::with_capacity(records.len());
+    for (seq, record) in records {
+        rows.push(&decode_record(*seq, record)?)?;
+    }
+    let (first, last) = match (records.first(), rows.last()) {
+        (Some((first, _)), Some((last, hash))) => (*first, (last, hash)),
+        _ => return Ok(()),
+    };
+    let batch = rows.finish()?;
+    let name = file_name(first, last.0);
+    let path = dir.join(&name);
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_sorting_columns(Some(vec![SortingColumn {
+            column_idx: 0,
+            descending: false,
+            nulls_first: false,
+        }]))
+        .set_key_value_metadata(Some(vec![
+            KeyValue::new(KEY_FORMAT.into(), SEGMENT_FORMAT.to_string()),
+            KeyValue::new(KEY_FIRST.into(), first.to_string()),
+            KeyValue::new(KEY_LAST.into(), last.0.to_string()),
+            KeyValue::new(KEY_LAST_HASH.into(), hex(&last.1)),
+        ]))
+        .build();
+    let file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    let mut writer = ArrowWriter::try_new(file, EVENTS_SCHEMA.clone(), Some(props))?;
+    writer.write(&batch)?;
+    let file = writer.into_inner()?;
+    file.sync_all().map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), QueryError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io(dir, e))
+}
+
+/// Removes every segment and seals again from the chain.
+pub fn rebuild(
+    store: &Store,
+    dir: &Path,
+    segment_entries: u64,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<SealReport, QueryError> {
+    remove_segments(dir)?;
+    seal(store, dir, segment_entries, progress)
+}
+
+/// Removes the segments from the first one that disagrees with the chain on, so sealing can resume.
+pub fn remove_from(dir: &Path, first_seq: u64) -> Result<usize, QueryError> {
+    let mut n = 0;
+    for s in list_names(dir)? {
+        if s.1 >= first_seq {
+            std::fs::remove_file(&s.0).map_err(|e| io(&s.0, e))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+fn remove_segments(dir: &Path) -> Result<usize, QueryError> {
+    remove_from(dir, 0)
+}
+
+/// Segment files by name alone (a damaged footer must not stop their removal).
+fn list_names(dir: &Path) -> Result<Vec<(PathBuf, u64)>, QueryError> {
+    let read = match std::fs::read_dir(dir) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(dir, e)),
+    };
+    let mut out = Vec::new();
+    for item in read {
+        let path = item.map_err(|e| io(dir, e))?.path();
+        let first = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("events-"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(first) = first {
+            out.push((path, first));
+        }
+    }
+    Ok(out)
+}

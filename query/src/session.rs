@@ -1,0 +1,378 @@
+//! An auditor's SQL session: the tables over one data directory, read-only, under limits.
+//!
+//! `events` is the sealed segments (Parquet, pruned by their statistics)
+//! unioned with the unsealed tail (decoded at open, at most one segment's
+//! worth once sealing keeps up). The file list is pinned at open, so a
+//! segment sealed by a running `serve` meanwhile is neither missed nor counted
+//! twice. The small tables are built only when a query names them.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::MemTable;
+use datafusion::dataframe::DataFrame;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, col};
+use datafusion::sql::parser::Statement;
+use datafusion::sql::sqlparser::ast::Statement as Ast;
+use docket_ledger::store::Store;
+
+use crate::QueryError;
+use crate::rows::EVENTS_SCHEMA;
+use crate::segment::{self, Segment};
+use crate::tables::{self, AsOf, SMALL_TABLES};
+
+/// Memory a query may hold in operators (sorts, joins, aggregates) unless told otherwise.
+pub const MEMORY_LIMIT_BYTES_DEFAULT: usize = 512 * 1024 * 1024;
+/// Longest a query may run unless told otherwise.
+pub const QUERY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(300);
+
+/// The typed views, each a filter and projection of `events`; documented in docs/QUERIES.md.
+pub const VIEWS: &[(&str, &str)] = &[
+    (
+        "api_calls",
+        "SELECT seq, ts, received, event_id, agent, audience, token_id, token_hash, method, operation, \
+         scopes[1] AS scope, status, source, key_id, entry_hash FROM events WHERE kind = 'api.called'",
+    ),
+    (
+        "grants",
+        "SELECT seq, ts, event_id, grant_id, \"user\", agent, audience, scopes, expires_at, max_calls, key_id \
+         FROM events WHERE kind = 'grant.created'",
+    ),
+    (
+        "approvals",
+        "SELECT seq, ts, event_id, kind, approval_id, grant_id, \"user\", agent, audience, scopes, risk, \
+         decision, method, reason, expires_at, key_id FROM events \
+         WHERE kind IN ('approval.requested', 'approval.decided')",
+    ),
+    (
+        "tokens",
+        "SELECT seq, ts, event_id, token_id, token_hash, grant_id, \"user\", agent, audience, scopes, \
+         expires_at, approval_id, key_id FROM events WHERE kind = 'token.issued'",
+    ),
+    (
+        "revocations",
+        "SELECT seq, ts, event_id, kind, \
+         CASE kind WHEN 'grant.revoked' THEN 'grant' WHEN 'token.revoked' THEN 'token' \
+         WHEN 'agent.suspended' THEN 'agent' ELSE 'key' END AS target_type, \
+         COALESCE(grant_id, token_id, agent, subject_key_id) AS target, actor, reason, key_id FROM events \
+         WHERE kind IN ('grant.revoked', 'token.revoked', 'agent.suspended', 'key.revoked')",
+    ),
+];
+
+/// How a session is opened.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    pub memory_limit_bytes: usize,
+    pub timeout: Duration,
+    pub as_of: AsOf,
+    /// Seal whole segments the columnar copy lacks before answering (skipped, with a warning, on a read-only directory).
+    pub seal: bool,
+    /// Threads a query runs on; 0 means one per core.
+    pub partitions: usize,
+    /// Entries per segment when sealing.
+    pub segment_entries: u64,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            memory_limit_bytes: MEMORY_LIMIT_BYTES_DEFAULT,
+            timeout: QUERY_TIMEOUT_DEFAULT,
+            as_of: AsOf::Now,
+            seal: true,
+            partitions: 0,
+            segment_entries: segment::SEGMENT_ENTRIES,
+        }
+    }
+}
+
+/// What the session saw when it opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Coverage {
+    pub segments: usize,
+    pub sealed_through: u64,
+    pub tail_rows: u64,
+    pub head: u64,
+    /// Why sealing was skipped, when it was.
+    pub seal_skipped: Option<String>,
+}
+
+pub struct AuditSession {
+    ctx: SessionContext,
+    store: Store,
+    options: SessionOptions,
+    loaded: BTreeSet<&'static str>,
+    coverage: Coverage,
+}
+
+/// The schema `events` is queried with: strings as views, as DataFusion reads Parquet.
+fn query_schema(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+fn cast_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, QueryError> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+impl AuditSession {
+    /// Opens the ledger in `data` (read-only, beside a running `serve` if there is one).
+    pub async fn open(data: &Path, options: SessionOptions) -> Result<AuditSession, QueryError> {
+        let store = Store::open_reader(&data.join("db"))?;
+        Self::with_store(store, &segment::columnar_dir(data), options).await
+    }
+
+    pub async fn with_store(
+        store: Store,
+        dir: &Path,
+        options: SessionOptions,
+    ) -> Result<AuditSession, QueryError> {
+        let mut seal_skipped = None;
+        if options.seal {
+            match segment::seal(&store, dir, options.segment_entries, &|_| {}) {
+                Ok(_) => {}
+                Err(QueryError::Io { path, source }) => {
+                    seal_skipped = Some(format!("{}: {source}", path.display()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let segments = segment::list(dir)?;
+        if let Some(p) = segment::check_stamps(&store, &segments).into_iter().next() {
+            return Err(QueryError::SegmentMismatch {
+                path: p.path,
+                why: p.why,
+            });
+        }
+        let sealed_through = segments.last().map_or(0, |s| s.last_seq);
+        let (head, _) = store.head()?;
+        let tail = segment::tail(&store, sealed_through + 1)?;
+        let partitions = match options.partitions {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let config = SessionConfig::new()
+            .with_target_partitions(partitions)
+            .with_information_schema(true)
+            .set_bool("datafusion.execution.parquet.pushdown_filters", true)
+            .set_bool("datafusion.execution.parquet.reorder_filters", true);
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(options.memory_limit_bytes, 1.0)
+            .build_arc()?;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let schema = query_schema(&EVENTS_SCHEMA);
+        let tail_rows = tail.iter().map(|b| b.num_rows() as u64).sum();
+        let tail = tail
+            .iter()
+            .map(|b| cast_batch(b, &schema))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Two partitions so the tail, too, is scanned on both cores.
+        let half = tail.len().div_ceil(2).max(1);
+        let parts: Vec<Vec<RecordBatch>> = tail.chunks(half).map(<[_]>::to_vec).collect();
+        let parts = if parts.is_empty() {
+            vec![vec![]]
+        } else {
+            parts
+        };
+        ctx.register_table(
+            "tail_events",
+            Arc::new(MemTable::try_new(schema.clone(), parts)?),
+        )?;
+        ctx.register_table(
+            "sealed_events",
+            sealed_table(&ctx, &segments, &schema).await?,
+        )?;
+        ctx.sql(
+            "CREATE VIEW events AS SELECT * FROM sealed_events UNION ALL SELECT * FROM tail_events",
+        )
+        .await?;
+        for (name, sql) in VIEWS {
+            ctx.sql(&format!("CREATE VIEW {name} AS {sql}")).await?;
+        }
+        Ok(AuditSession {
+            ctx,
+            store,
+            options,
+            loaded: BTreeSet::new(),
+            coverage: Coverage {
+                segments: segments.len(),
+                sealed_through,
+                tail_rows,
+                head,
+                seal_skipped,
+            },
+        })
+    }
+
+    pub fn coverage(&self) -> &Coverage {
+        &self.coverage
+    }
+
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Every table and view a query may name.
+    pub fn table_names() -> Vec<&'static str> {
+        let mut names = vec!["events"];
+        names.extend(VIEWS.iter().map(|(n, _)| *n));
+        names.extend(SMALL_TABLES);
+        names
+    }
+
+    /// Plans one read-only statement; refuses anything that would change something.
+    pub async fn plan(&mut self, sql: &str) -> Result<DataFrame, QueryError> {
+        let state = self.ctx.state();
+        let dialect = state.config().options().sql_parser.dialect.clone();
+        let statement = state.sql_to_statement(sql, &dialect)?;
+        refuse_writes(&statement)?;
+        let names: Vec<String> = state
+            .resolve_table_references(&statement)?
+            .iter()
+            .map(|r| r.table().to_string())
+            .collect();
+        self.load_small_tables(&names)?;
+        let plan = self.ctx.state().statement_to_plan(statement).await?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)?;
+        Ok(self.ctx.execute_logical_plan(plan).await?)
+    }
+
+    /// Runs one statement and collects its rows, within the time limit.
+    pub async fn query(&mut self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+        let timeout = self.options.timeout;
+        let df = self.plan(sql).await?;
+        tokio::time::timeout(timeout, df.collect())
+            .await
+            .map_err(|_| QueryError::Timeout(timeout))?
+            .map_err(QueryError::from)
+    }
+
+    /// Runs one statement as a stream; the caller applies [`Self::timeout`] to draining it.
+    pub async fn stream(&mut self, sql: &str) -> Result<SendableRecordBatchStream, QueryError> {
+        let df = self.plan(sql).await?;
+        Ok(df.execute_stream().await?)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.options.timeout
+    }
+
+    fn load_small_tables(&mut self, names: &[String]) -> Result<(), QueryError> {
+        let wanted: Vec<&'static str> = SMALL_TABLES
+            .iter()
+            .copied()
+            .filter(|t| names.iter().any(|n| n == t) && !self.loaded.contains(t))
+            .collect();
+        let mut built: Vec<(&'static str, RecordBatch)> = Vec::new();
+        if wanted
+            .iter()
+            .any(|t| t.ends_with("_state") || *t == "agents")
+        {
+            let (state, at) = tables::state_at(&self.store, self.options.as_of)?;
+            built.extend(tables::state_tables(&state, at)?);
+        }
+        for t in &wanted {
+            match *t {
+                "findings" => built.push((t, tables::findings(&self.store)?)),
+                "rejections" => built.push((t, tables::rejections(&self.store)?)),
+                "checkpoints" => built.push((t, tables::checkpoints(&self.store)?)),
+                _ => {}
+            }
+        }
+        for (name, batch) in built {
+            if self.loaded.insert(name) {
+                let schema = query_schema(&batch.schema());
+                let batch = cast_batch(&batch, &schema)?;
+                self.ctx.register_table(
+                    name,
+                    Arc::new(MemTable::try_new(schema, vec![vec![batch]])?),
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The sealed segments as one Parquet table, its file list pinned, declared sorted by seq.
+async fn sealed_table(
+    ctx: &SessionContext,
+    segments: &[Segment],
+    schema: &SchemaRef,
+) -> Result<Arc<dyn datafusion::catalog::TableProvider>, QueryError> {
+    if segments.is_empty() {
+        return Ok(Arc::new(MemTable::try_new(schema.clone(), vec![vec![]])?));
+    }
+    let urls = segments
+        .iter()
+        .map(|s| file_url(&s.path))
+        .collect::<Result<Vec<_>, _>>()?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_file_sort_order(vec![vec![col("seq").sort(true, false)]]);
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .with_schema(schema.clone());
+    let _ = ctx;
+    Ok(Arc::new(ListingTable::try_new(config)?))
+}
+
+fn file_url(path: &Path) -> Result<ListingTableUrl, QueryError> {
+    let abs: PathBuf = std::path::absolute(path).map_err(|e| QueryError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    Ok(ListingTableUrl::parse(abs.to_string_lossy())?)
+}
+
+/// Refuses every statement that is not a question.
+fn refuse_writes(statement: &Statement) -> Result<(), QueryError> {
+    let what = match statement {
+        Statement::Statement(s) => match s.as_ref() {
+            Ast::Explain { statement, .. } => {
+                return refuse_writes(&Statement::Statement(statement.clone()));
+            }
+            Ast::Query(_)
+            | Ast::ExplainTable { .. }
+            | Ast::ShowTables { .. }
+            | Ast::ShowColumns { .. } => return Ok(()),
+            other => {
+                let text = other.to_string();
+                let words: Vec<&str> = text.split_whitespace().take(2).collect();
+                words.join(" ").to_uppercase()
+            }
+        },
+        Statement::Explain(e) => return refuse_writes(&e.statement),
+        Statement::CreateExternalTable(_) => "CREATE EXTERNAL TABLE".into(),
+        Statement::CopyTo(_) => "COPY ... TO".into(),
+        Statement::Reset(_) => "RESET".into(),
+    };
+    Err(QueryError::ReadOnly(what))
+}

@@ -1,0 +1,325 @@
+//! The small tables: derived state (now or as of a point), findings, rejections and checkpoints.
+//!
+//! Each is built in memory from what the store already keeps, only when a
+//! query names it. Rows go through JSON on their way to Arrow: these tables
+//! are thousands of rows, not millions, and one schema per table stays readable.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, LazyLock};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::json::ReaderBuilder;
+use docket_ledger::projection::{Until, replay};
+use docket_ledger::state::{Policy, VaultState};
+use docket_ledger::store::Store;
+use docket_schemas::Timestamp;
+use serde_json::{Value, json};
+
+use crate::QueryError;
+
+/// The tables this module builds, by name.
+pub const SMALL_TABLES: &[&str] = &[
+    "grants_state",
+    "tokens_state",
+    "approvals_state",
+    "agents",
+    "findings",
+    "rejections",
+    "checkpoints",
+];
+
+/// Which state the `*_state` and `agents` tables show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AsOf {
+    Now,
+    Seq(u64),
+    Time(Timestamp),
+}
+
+impl AsOf {
+    /// Parses a seq (digits) or an RFC 3339 time.
+    pub fn parse(text: &str) -> Result<AsOf, QueryError> {
+        if let Ok(seq) = text.parse::<u64>() {
+            return Ok(AsOf::Seq(seq));
+        }
+        Timestamp::parse(text)
+            .map(AsOf::Time)
+            .map_err(|_| QueryError::AsOf(text.into()))
+    }
+}
+
+enum Col {
+    Text,
+    Int,
+    Time,
+    Texts,
+    Ints,
+}
+
+fn schema(cols: &[(&str, Col, bool)]) -> SchemaRef {
+    let fields: Vec<Field> = cols
+        .iter()
+        .map(|(name, col, nullable)| {
+            let t = match col {
+                Col::Text => DataType::Utf8,
+                Col::Int => DataType::UInt64,
+                Col::Time => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                Col::Texts => DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+                Col::Ints => DataType::List(Arc::new(Field::new("item", DataType::UInt64, true))),
+            };
+            Field::new(*name, t, *nullable)
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+use Col::*;
+
+static GRANTS_STATE: LazyLock<SchemaRef> = LazyLock::new(|| {
+    schema(&[
+        ("grant_id", Text, false),
+        ("user", Text, false),
+        ("agent", Text, false),
+        ("audience", Text, false),
+        ("scopes", Texts, false),
+        ("status", Text, false),
+        ("expires_at", Time, false),
+        ("max_calls", Int, true),
+        ("max_token_ttl_s", Int, true),
+        ("approval_scopes", Texts, false),
+        ("calls", Int, false),
+        ("created_seq", Int, false),
+        ("revoked_seq", Int, true),
+        ("last_seq", Int, false),
+    ])
+});
+
+static TOKENS_STATE: LazyLock<SchemaRef> = LazyLock::new(|| {
+    schema(&[
+        ("token_id", Text, false),
+        ("token_hash", Text, false),
+        ("grant_id", Text, false),
+        ("user", Text, false),
+        ("agent", Text, false),
+        ("audience", Text, false),
+        ("scopes", Texts, false),
+        ("status", Text, false),
+        ("issued_at", Time, false),
+        ("expires_at", Time, false),
+        ("approval_id", Text, true),
+        ("uses", Int, false),
+        ("issued_seq", Int, false),
+        ("revoked_seq", Int, true),
+        ("last_seq", Int, false),
+    ])
+});
+
+static APPROVALS_STATE: LazyLock<SchemaRef> = LazyLock::new(|| {
+    schema(&[
+        ("approval_id", Text, false),
+        ("grant_id", Text, false),
+        ("user", Text, false),
+        ("agent", Text, false),
+        ("audience", Text, false),
+        ("scopes", Texts, false),
+        ("risk", Text, false),
+        ("status", Text, false),
+        ("binding_message", Text, false),
+        ("requested_at", Time, false),
+        ("expires_at", Time, false),
+        ("decided_by", Text, true),
+        ("method", Text, true),
+        ("decided_at", Time, true),
+        ("requested_seq", Int, false),
+        ("decided_seq", Int, true),
+    ])
+});
+
+static AGENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    schema(&[
+        ("agent", Text, false),
+        ("user", Text, false),
+        ("name", Text, false),
+        ("public_key", Text, false),
+        ("status", Text, false),
+        ("registered_seq", Int, false),
+        ("suspended_seq", Int, true),
+        ("last_seq", Int, false),
+    ])
+});
+
+static FINDINGS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    schema(&[
+        ("seq", Int, false),
+        ("ts", Time, false),
+        ("rule", Text, false),
+        ("severity", Text, false),
+        ("message", Text, false),
+        ("evidence", Ints, false),
+        ("agent", Text, true),
+    ])
+});
+
+static REJECTIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    schema(&[
+        ("source_seq", Int, false),
+        ("received", Time, false),
+        ("subject", Text, false),
+        ("code", Text, false),
+        ("reason", Text, false),
+        ("raw_base64", Text, false),
+    ])
+});
+
+static CHECKPOINTS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    schema(&[
+        ("tree_size", Int, false),
+        ("origin", Text, false),
+        ("root", Text, false),
+        ("note", Text, false),
+    ])
+});
+
+fn batch(schema: &SchemaRef, rows: &[Value]) -> Result<RecordBatch, QueryError> {
+    let mut decoder = ReaderBuilder::new(schema.clone()).build_decoder()?;
+    decoder.serialize(rows)?;
+    Ok(decoder
+        .flush()?
+        .unwrap_or_else(|| RecordBatch::new_empty(schema.clone())))
+}
+
+fn list(s: &BTreeSet<String>) -> Vec<&str> {
+    s.iter().map(String::as_str).collect()
+}
+
+fn micros(t: Timestamp) -> String {
+    t.to_string()
+}
+
+/// The vault state now (the stored projection) or replayed up to a point, and the time statuses are judged at.
+pub fn state_at(store: &Store, as_of: AsOf) -> Result<(VaultState, Timestamp), QueryError> {
+    let until = match as_of {
+        AsOf::Now => {
+            let s = store.load_state()?;
+            let at = s.ts.unwrap_or(Timestamp::UNIX_EPOCH);
+            return Ok((s, at));
+        }
+        AsOf::Seq(seq) => Until::Seq(seq),
+        AsOf::Time(t) => Until::Time(t),
+    };
+    let mut s = VaultState::default();
+    replay(store, &mut s, &Policy::default(), until)?;
+    let at = match as_of {
+        AsOf::Time(t) => t,
+        _ => s.ts.unwrap_or(Timestamp::UNIX_EPOCH),
+    };
+    Ok((s, at))
+}
+
+/// `(name, schema, batch)` of the four state tables, sorted by the seq that created each row.
+pub fn state_tables(
+    state: &VaultState,
+    at: Timestamp,
+) -> Result<Vec<(&'static str, RecordBatch)>, QueryError> {
+    let status = |v: Value| v.as_str().unwrap_or_default().to_string();
+    let mut grants: Vec<_> = state.grants.values().collect();
+    grants.sort_by_key(|g| g.created_seq);
+    let grants: Vec<Value> = grants
+        .iter()
+        .map(|g| {
+            json!({"grant_id": g.grant_id, "user": g.user, "agent": g.agent, "audience": g.audience,
+            "scopes": list(&g.scopes), "status": status(json!(g.status(at))), "expires_at": micros(g.expires_at),
+            "max_calls": g.max_calls, "max_token_ttl_s": g.max_token_ttl_s,
+            "approval_scopes": g.approval.keys().collect::<Vec<_>>(), "calls": g.calls,
+            "created_seq": g.created_seq, "revoked_seq": g.revoked_seq, "last_seq": g.last_seq})
+        })
+        .collect();
+    let mut tokens: Vec<_> = state.tokens.values().collect();
+    tokens.sort_by_key(|t| t.issued_seq);
+    let tokens: Vec<Value> = tokens
+        .iter()
+        .map(|t| {
+            json!({"token_id": t.token_id, "token_hash": t.token_hash, "grant_id": t.grant_id, "user": t.user,
+            "agent": t.agent, "audience": t.audience, "scopes": list(&t.scopes), "status": status(json!(t.status(at))),
+            "issued_at": micros(t.issued_at), "expires_at": micros(t.expires_at), "approval_id": t.approval_id,
+            "uses": t.uses, "issued_seq": t.issued_seq, "revoked_seq": t.revoked_seq, "last_seq": t.last_seq})
+        })
+        .collect();
+    let mut approvals: Vec<_> = state.approvals.values().collect();
+    approvals.sort_by_key(|a| a.requested_seq);
+    let approvals: Vec<Value> = approvals
+        .iter()
+        .map(|a| {
+            json!({"approval_id": a.approval_id, "grant_id": a.grant_id, "user": a.user, "agent": a.agent,
+            "audience": a.audience, "scopes": list(&a.scopes), "risk": status(json!(a.risk)),
+            "status": status(json!(a.status(at))), "binding_message": a.binding_message,
+            "requested_at": micros(a.requested_at), "expires_at": micros(a.expires_at),
+            "decided_by": a.decided_by, "method": a.method.map(|m| status(json!(m))),
+            "decided_at": a.decided_at.map(micros), "requested_seq": a.requested_seq,
+            "decided_seq": a.decided_seq})
+        })
+        .collect();
+    let mut agents: Vec<_> = state.agents.values().collect();
+    agents.sort_by_key(|a| a.registered_seq);
+    let agents: Vec<Value> = agents
+        .iter()
+        .map(|a| {
+            json!({"agent": a.agent, "user": a.user, "name": a.name, "public_key": a.public_key,
+            "status": if a.suspended_seq.is_some() { "suspended" } else { "active" },
+            "registered_seq": a.registered_seq, "suspended_seq": a.suspended_seq, "last_seq": a.last_seq})
+        })
+        .collect();
+    Ok(vec![
+        ("grants_state", batch(&GRANTS_STATE, &grants)?),
+        ("tokens_state", batch(&TOKENS_STATE, &tokens)?),
+        ("approvals_state", batch(&APPROVALS_STATE, &approvals)?),
+        ("agents", batch(&AGENTS, &agents)?),
+    ])
+}
+
+/// Every finding the ledger recorded, in seq order.
+pub fn findings(store: &Store) -> Result<RecordBatch, QueryError> {
+    let rows: Vec<Value> = store
+        .findings()?
+        .iter()
+        .map(|f| {
+            json!({"seq": f.seq, "ts": micros(f.ts), "rule": f.rule.as_str(),
+            "severity": json!(f.severity), "message": f.message, "evidence": f.evidence, "agent": f.agent})
+        })
+        .collect();
+    batch(&FINDINGS, &rows)
+}
+
+/// The quarantine: every envelope refused at the door, with its reason.
+pub fn rejections(store: &Store) -> Result<RecordBatch, QueryError> {
+    let rows: Vec<Value> = store
+        .quarantine()?
+        .into_iter()
+        .map(|q| {
+            let received = q["received_us"]
+                .as_i64()
+                .and_then(Timestamp::from_micros)
+                .unwrap_or(Timestamp::UNIX_EPOCH);
+            json!({"source_seq": q["source_seq"], "received": micros(received), "subject": q["subject"],
+            "code": q["code"], "reason": q["reason"], "raw_base64": q["raw"]})
+        })
+        .collect();
+    batch(&REJECTIONS, &rows)
+}
+
+/// Signed checkpoints: tree size, origin, root hash and the whole signed note.
+pub fn checkpoints(store: &Store) -> Result<RecordBatch, QueryError> {
+    let rows: Vec<Value> = store
+        .checkpoints()?
+        .into_iter()
+        .map(|(size, note)| {
+            let mut lines = note.lines();
+            let origin = lines.next().unwrap_or_default().to_string();
+            let _size = lines.next();
+            let root = lines.next().unwrap_or_default().to_string();
+            json!({"tree_size": size, "origin": origin, "root": root, "note": note})
+        })
+        .collect();
+    batch(&CHECKPOINTS, &rows)
+}

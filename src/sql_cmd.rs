@@ -1,0 +1,381 @@
+//! `docket sql` (one query, or an interactive shell), `docket columnar` and the Parquet export.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use docket_query::render::{self, Format};
+use docket_query::segment::{self, columnar_dir};
+use docket_query::tables::AsOf;
+use docket_query::{AuditSession, QueryError, SessionOptions};
+
+#[derive(Args)]
+pub struct SqlArgs {
+    /// The ledger's data directory.
+    #[arg(long, env = "DOCKET_DATA")]
+    data: PathBuf,
+    /// One query to run; without it, an interactive shell starts.
+    query: Option<String>,
+    /// table, csv, json (one object per line) or parquet (needs --out).
+    #[arg(long, default_value = "table")]
+    format: String,
+    /// Write the result here instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Show grants_state, tokens_state, approvals_state and agents as of this seq or RFC 3339 time.
+    #[arg(long)]
+    as_of: Option<String>,
+    /// Memory a query's operators may hold, in MiB.
+    #[arg(long, default_value_t = 512)]
+    memory_limit_mib: usize,
+    /// Longest a query may run, in seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout_s: u64,
+    /// Print how long the query took and what the session covered, to standard error.
+    #[arg(long)]
+    timing: bool,
+}
+
+#[derive(Subcommand)]
+pub enum ColumnarCommand {
+    /// Seal every whole segment the columnar copy lacks.
+    Seal(ColumnarArgs),
+    /// Re-derive every segment from the chain and compare, row by row.
+    Check(ColumnarArgs),
+    /// Remove the columnar copy and derive it again from the chain.
+    Rebuild(ColumnarArgs),
+}
+
+#[derive(Args)]
+pub struct ColumnarArgs {
+    #[arg(long, env = "DOCKET_DATA")]
+    data: PathBuf,
+}
+
+/// Entries per sealed segment: `DOCKET_SEGMENT_ENTRIES` (for tests and tiny ledgers) or the default.
+pub fn segment_entries() -> u64 {
+    std::env::var("DOCKET_SEGMENT_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(segment::SEGMENT_ENTRIES)
+}
+
+fn options(args: &SqlArgs) -> Result<SessionOptions> {
+    Ok(SessionOptions {
+        memory_limit_bytes: args.memory_limit_mib.max(16) * 1024 * 1024,
+        timeout: Duration::from_secs(args.timeout_s.max(1)),
+        as_of: match &args.as_of {
+            Some(text) => AsOf::parse(text)?,
+            None => AsOf::Now,
+        },
+        segment_entries: segment_entries(),
+        ..SessionOptions::default()
+    })
+}
+
+pub async fn sql(args: SqlArgs) -> Result<ExitCode> {
+    let format = Format::parse(&args.format).with_context(|| {
+        format!(
+            "--format {:?}: expected table, csv, json or parquet",
+            args.format
+        )
+    })?;
+    if format == Format::Parquet && args.out.is_none() {
+        bail!("--format parquet writes a file: give it with --out FILE");
+    }
+    let opened = Instant::now();
+    let mut session = AuditSession::open(&args.data, options(&args)?).await?;
+    let cov = session.coverage().clone();
+    if let Some(why) = &cov.seal_skipped {
+        eprintln!(
+            "warning: could not extend the columnar copy ({why}); {} entries are decoded in memory",
+            cov.tail_rows
+        );
+    }
+    if args.timing {
+        eprintln!(
+            "opened in {:.0} ms: {} segments through seq {}, {} tail entries, head {}",
+            opened.elapsed().as_secs_f64() * 1e3,
+            cov.segments,
+            cov.sealed_through,
+            cov.tail_rows,
+            cov.head
+        );
+    }
+    match &args.query {
+        Some(q) => {
+            let ok = run_one(&mut session, q, format, args.out.as_deref(), args.timing).await;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        None => shell(&mut session, format).await,
+    }
+}
+
+/// Runs one query and prints its result or its error; false when it failed.
+async fn run_one(
+    session: &mut AuditSession,
+    query: &str,
+    format: Format,
+    out: Option<&Path>,
+    timing: bool,
+) -> bool {
+    let started = Instant::now();
+    let result = async {
+        let stream = session.stream(query).await?;
+        let timeout = session.timeout();
+        let write = async {
+            match out {
+                Some(path) => {
+                    let file = std::fs::File::create(path).map_err(|source| QueryError::Io {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                    render::write(stream, format, std::io::BufWriter::new(file)).await
+                }
+                None => {
+                    render::write(stream, format, std::io::BufWriter::new(std::io::stdout())).await
+                }
+            }
+        };
+        tokio::time::timeout(timeout, write)
+            .await
+            .map_err(|_| QueryError::Timeout(timeout))?
+    }
+    .await;
+    match result {
+        Ok(rows) => {
+            if timing {
+                eprintln!(
+                    "{rows} rows in {:.1} ms",
+                    started.elapsed().as_secs_f64() * 1e3
+                );
+            }
+            if let Some(path) = out {
+                eprintln!("wrote {rows} rows to {}", path.display());
+            }
+            true
+        }
+        Err(e) if render::is_closed_pipe(&e) => true,
+        Err(e) => {
+            eprintln!("error: {e}");
+            false
+        }
+    }
+}
+
+const SHELL_HELP: &str = "End a query with `;` (it may span lines). \\d lists the tables, \\d NAME shows a table's columns, \\q quits.";
+
+async fn shell(session: &mut AuditSession, format: Format) -> Result<ExitCode> {
+    use rustyline::error::ReadlineError;
+    let mut editor = rustyline::DefaultEditor::new()?;
+    let history = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(".docket_sql_history");
+    let _ = editor.load_history(&history);
+    if std::io::stdin().is_terminal() {
+        eprintln!("docket sql: read-only SQL over the ledger. {SHELL_HELP}");
+    }
+    let mut buffer = String::new();
+    loop {
+        let prompt = if buffer.is_empty() {
+            "docket> "
+        } else {
+            "   ...> "
+        };
+        match editor.readline(prompt) {
+            Ok(line) => {
+                let trimmed = line.trim();
+                if buffer.is_empty() && trimmed.starts_with('\\') {
+                    let _ = editor.add_history_entry(trimmed);
+                    match trimmed {
+                        "\\q" => break,
+                        "\\d" => {
+                            println!("{}", AuditSession::table_names().join("\n"));
+                        }
+                        _ if trimmed.starts_with("\\d ") => {
+                            let table = trimmed[3..].trim();
+                            run_one(session, &format!("DESCRIBE {table}"), format, None, false)
+                                .await;
+                        }
+                        _ => eprintln!("{SHELL_HELP}"),
+                    }
+                    continue;
+                }
+                if trimmed.is_empty() && buffer.is_empty() {
+                    continue;
+                }
+                buffer.push_str(&line);
+                buffer.push('\n');
+                if trimmed.ends_with(';') {
+                    let query = std::mem::take(&mut buffer);
+                    let _ = editor.add_history_entry(query.trim());
+                    run_one(
+                        session,
+                        query.trim().trim_end_matches(';'),
+                        format,
+                        None,
+                        false,
+                    )
+                    .await;
+                }
+            }
+            Err(ReadlineError::Interrupted) => buffer.clear(),
+            Err(ReadlineError::Eof) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !buffer.trim().is_empty() {
+        run_one(
+            session,
+            buffer.trim().trim_end_matches(';'),
+            format,
+            None,
+            false,
+        )
+        .await;
+    }
+    let _ = editor.save_history(&history);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn columnar(cmd: ColumnarCommand) -> Result<ExitCode> {
+    let (args, what) = match cmd {
+        ColumnarCommand::Seal(a) => (a, "seal"),
+        ColumnarCommand::Check(a) => (a, "check"),
+        ColumnarCommand::Rebuild(a) => (a, "rebuild"),
+    };
+    let store = docket_ledger::store::Store::open_reader(&crate::db_dir(&args.data))?;
+    let dir = columnar_dir(&args.data);
+    let started = Instant::now();
+    let progress = |n: u64| {
+        if std::io::stderr().is_terminal() {
+            eprint!("\r{n} entries sealed");
+        }
+    };
+    match what {
+        "check" => {
+            let problems = segment::check(&store, &dir)?;
+            let segments = segment::list(&dir)?;
+            if problems.is_empty() {
+                println!(
+                    "columnar copy OK: {} segments through seq {} equal the chain, row by row ({:.1}s)",
+                    segments.len(),
+                    segments.last().map_or(0, |s| s.last_seq),
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            for p in &problems {
+                println!(
+                    "MISMATCH {} (from seq {}): {}",
+                    p.path.display(),
+                    p.first_seq,
+                    p.why
+                );
+            }
+            println!(
+                "{} of {} segments disagree with the chain; `docket columnar rebuild --data {}` derives them again",
+                problems.len(),
+                segments.len(),
+                args.data.display()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        _ => {
+            let report = if what == "rebuild" {
+                segment::rebuild(&store, &dir, segment_entries(), &progress)?
+            } else {
+                segment::seal(&store, &dir, segment_entries(), &progress)?
+            };
+            if std::io::stderr().is_terminal() {
+                eprintln!();
+            }
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "sealed {} segments ({} entries) in {secs:.1}s ({:.0} entries/s); sealed through seq {}",
+                report.sealed,
+                report.entries,
+                report.entries as f64 / secs.max(1e-9),
+                report.sealed_through
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// How often `serve` looks for whole segments to seal.
+const SEAL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Keeps the columnar copy sealed while `serve` runs, from a read-only view of the store.
+///
+/// A failure here never touches ingest: the chain is the system of record, and
+/// `docket sql` seals (or decodes) whatever is missing on its own.
+pub fn spawn_sealer(
+    data: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
+        let mut store = None;
+        let mut warned = false;
+        while !stopped() {
+            let mut step = || -> Result<()> {
+                if store.is_none() {
+                    store = Some(docket_ledger::store::Store::open_reader(&crate::db_dir(
+                        &data,
+                    ))?);
+                }
+                if let Some(s) = &store {
+                    s.catch_up()?;
+                    let report =
+                        segment::seal(s, &columnar_dir(&data), segment_entries(), &|_| {})?;
+                    if report.sealed > 0 {
+                        tracing::info!(
+                            segments = report.sealed,
+                            through = report.sealed_through,
+                            "columnar copy sealed"
+                        );
+                    }
+                }
+                Ok(())
+            };
+            match step() {
+                Ok(()) => warned = false,
+                Err(e) if !warned => {
+                    tracing::warn!(error = %e, "cannot seal the columnar copy; SQL will decode the unsealed entries");
+                    warned = true;
+                }
+                Err(_) => {}
+            }
+            let until = Instant::now() + SEAL_INTERVAL;
+            while !stopped() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    })
+}
+
+/// `docket export --format parquet --out DIR`.
+pub async fn export_parquet(data: &Path, out: &Path) -> Result<()> {
+    let options = SessionOptions {
+        partitions: 1,
+        segment_entries: segment_entries(),
+        timeout: Duration::from_secs(24 * 3600),
+        ..SessionOptions::default()
+    };
+    let mut session = AuditSession::open(data, options).await?;
+    let done = docket_query::export::export_parquet(&mut session, out).await?;
+    for e in &done {
+        eprintln!("{:>12} rows  {}", e.rows, e.path.display());
+    }
+    let _ = std::io::stderr().flush();
+    Ok(())
+}
