@@ -36,15 +36,19 @@ pub struct SqlBenchArgs {
 /// Workload time starts here, so the benchmark's "one day" is the same day on every run.
 const START: &str = "2026-01-01T00:00:00.000000Z";
 
+/// The benchmark's day; its agent is the one with the most calls that day.
+const DAY: (&str, &str) = ("2026-01-11T00:00:00Z", "2026-01-12T00:00:00Z");
+
 /// The three benchmark queries, in SQL both engines read.
-fn queries() -> Vec<(&'static str, String)> {
+fn queries(agent: &str) -> Vec<(&'static str, String)> {
+    let (from, to) = DAY;
     vec![
         (
             "selective: one agent, one day",
-            "SELECT seq, ts, audience, method, operation, status FROM api_calls \
-             WHERE agent = 'agent-7' AND ts >= '2026-01-11T00:00:00Z' AND ts < '2026-01-12T00:00:00Z' \
-             ORDER BY seq"
-                .into(),
+            format!(
+                "SELECT seq, ts, audience, method, operation, status FROM api_calls \
+                 WHERE agent = '{agent}' AND ts >= '{from}' AND ts < '{to}' ORDER BY seq"
+            ),
         ),
         (
             "aggregate: calls per agent and audience",
@@ -110,8 +114,22 @@ pub async fn run(args: SqlBenchArgs) -> Result<()> {
         cov.segments,
         cov.tail_rows
     );
+    let (from, to) = DAY;
+    let busiest = session
+        .query(&format!(
+            "SELECT agent FROM api_calls WHERE ts >= '{from}' AND ts < '{to}' \
+             GROUP BY agent ORDER BY count(*) DESC, agent LIMIT 1"
+        ))
+        .await?;
+    let agent = busiest
+        .first()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| docket_query::arrow::util::display::array_value_to_string(b.column(0), 0))
+        .transpose()?
+        .unwrap_or_else(|| "agent-0".into());
+    println!("selective query: {agent} (the busiest agent on {from})");
     let mut ours = Vec::new();
-    for (name, sql) in queries() {
+    for (name, sql) in queries(&agent) {
         let mut times = Vec::new();
         let mut rows = 0;
         for _ in 0..args.runs.max(1) {
@@ -132,7 +150,7 @@ pub async fn run(args: SqlBenchArgs) -> Result<()> {
 
     // Each query as a fresh `docket sql` process: open + query, and its peak memory.
     let exe = std::env::current_exe()?;
-    for (name, sql) in queries() {
+    for (name, sql) in queries(&agent) {
         let t = Instant::now();
         let out = Command::new(&exe)
             .args(["sql", "--data"])
@@ -163,7 +181,7 @@ pub async fn run(args: SqlBenchArgs) -> Result<()> {
     if args.no_duckdb {
         return Ok(());
     }
-    let duck = duckdb(&export, args.runs)?;
+    let duck = duckdb(&export, &agent, args.runs)?;
     println!("DuckDB over the exported events.parquet (same views, same queries):");
     for ((name, med, rows), (dname, dmed, drows)) in ours.iter().zip(duck.iter()) {
         println!(
@@ -280,12 +298,12 @@ fn children_peak_rss_mib() -> f64 {
 }
 
 /// Runs the same queries in DuckDB (Python) over the export; `(name, median ms, rows)`.
-fn duckdb(export: &Path, runs: usize) -> Result<Vec<(&'static str, f64, usize)>> {
+fn duckdb(export: &Path, agent: &str, runs: usize) -> Result<Vec<(&'static str, f64, usize)>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/bench_duckdb.py");
     let spec = serde_json::json!({
         "events": export.join("events.parquet"),
         "views": VIEWS.iter().map(|(n, s)| serde_json::json!({"name": n, "sql": s})).collect::<Vec<_>>(),
-        "queries": queries().iter().map(|(n, s)| serde_json::json!({"name": n, "sql": s})).collect::<Vec<_>>(),
+        "queries": queries(agent).iter().map(|(n, s)| serde_json::json!({"name": n, "sql": s})).collect::<Vec<_>>(),
         "runs": runs,
     });
     let out = Command::new("python3")
@@ -300,7 +318,7 @@ fn duckdb(export: &Path, runs: usize) -> Result<Vec<(&'static str, f64, usize)>>
         );
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let names = queries();
+    let names = queries(agent);
     Ok(names
         .iter()
         .map(|(name, _)| {

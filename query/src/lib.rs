@@ -18,6 +18,7 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
 use docket_ledger::store::StoreError;
 
+pub use datafusion::arrow;
 pub use session::{AuditSession, SessionOptions};
 
 /// Everything that can go wrong answering a question.

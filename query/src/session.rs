@@ -247,7 +247,7 @@ impl AuditSession {
     /// Plans one read-only statement; refuses anything that would change something.
     pub async fn plan(&mut self, sql: &str) -> Result<DataFrame, QueryError> {
         let state = self.ctx.state();
-        let dialect = state.config().options().sql_parser.dialect.clone();
+        let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(sql, &dialect)?;
         refuse_writes(&statement)?;
         let names: Vec<String> = state

@@ -334,10 +334,11 @@ fn expected(
             }
             for (_, q) in &requested {
                 for (_, d) in &decided {
-                    if d.approval_id == q.approval_id && d.decision == Decision::Denied {
-                        if let Some(e) = per.get_mut(q.agent.as_str()) {
-                            e.2 += 1;
-                        }
+                    if d.approval_id == q.approval_id
+                        && d.decision == Decision::Denied
+                        && let Some(e) = per.get_mut(q.agent.as_str())
+                    {
+                        e.2 += 1;
                     }
                 }
             }
@@ -673,26 +674,22 @@ async fn writes_are_refused_and_bad_queries_get_clear_errors() {
     let err = session
         .query("SELEC * FROM events")
         .await
-        .err()
-        .expect("syntax error");
+        .expect_err("syntax error");
     assert!(err.to_string().contains("SELEC"), "{err}");
     let err = session
         .query("SELECT * FROM no_such_table")
         .await
-        .err()
-        .expect("unknown table");
+        .expect_err("unknown table");
     assert!(err.to_string().contains("no_such_table"), "{err}");
     let err = session
         .query("SELECT nope FROM events")
         .await
-        .err()
-        .expect("unknown column");
+        .expect_err("unknown column");
     assert!(err.to_string().contains("nope"), "{err}");
     let err = session
         .query("SELECT 1; SELECT 2")
         .await
-        .err()
-        .expect("two statements");
+        .expect_err("two statements");
     assert!(err.to_string().contains("single SQL statement"), "{err}");
 
     // Limits: a tiny memory budget and a tiny time budget stop a query with their own message.
@@ -708,8 +705,7 @@ async fn writes_are_refused_and_bad_queries_get_clear_errors() {
     let err = tight
         .query("SELECT payload FROM events ORDER BY payload DESC")
         .await
-        .err()
-        .expect("over the memory limit");
+        .expect_err("over the memory limit");
     assert!(err.to_string().contains("Resources exhausted"), "{err}");
     let mut hurried = AuditSession::open(
         &f.data,
@@ -723,8 +719,7 @@ async fn writes_are_refused_and_bad_queries_get_clear_errors() {
     let err = hurried
         .query("SELECT count(*) FROM events a JOIN events b ON a.kind = b.kind")
         .await
-        .err()
-        .expect("past the time limit");
+        .expect_err("past the time limit");
     assert!(matches!(err, QueryError::Timeout(_)), "{err}");
 }
 
