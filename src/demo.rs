@@ -307,6 +307,21 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         println!("verify: NOT INTACT: {:?}", report.problems);
         anyhow::bail!("the demo's own ledger failed verification");
     }
+    let question = "SELECT agent, count(*) AS calls, sum(CASE WHEN status = 403 THEN 1 ELSE 0 END) AS denied \
+                    FROM api_calls GROUP BY agent ORDER BY calls DESC, agent LIMIT 5";
+    println!(
+        "an auditor asks, in SQL: docket sql --data {} \"{question}\"",
+        data.display()
+    );
+    let mut session =
+        docket_query::AuditSession::open(&data, docket_query::SessionOptions::default()).await?;
+    let stream = session.stream(question).await?;
+    docket_query::render::write(
+        stream,
+        docket_query::render::Format::Table,
+        std::io::stdout(),
+    )
+    .await?;
     if by_code != expected {
         anyhow::bail!("quarantine reasons differ from what the workload forged");
     }
