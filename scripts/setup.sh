@@ -46,7 +46,7 @@ fi
 # The independent export verifier (tools/verify_export.py) needs these.
 python3 -c 'import blake3, cryptography' 2>/dev/null || pip_install blake3 cryptography
 # DuckDB reads the Parquet export in the tests and is the benchmark's yardstick.
-python3 -c 'import duckdb' 2>/dev/null || pip_install duckdb
+python3 -c 'import duckdb, pytz' 2>/dev/null || pip_install duckdb pytz
 
 # One target directory outside the clone, so repeated runs reuse the ~25-minute RocksDB build.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/docket-target}"

@@ -119,7 +119,7 @@ fn workload(n: usize, seed: u64) -> Vec<Published> {
     out
 }
 
-fn peak_rss_mib() -> f64 {
+pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -58,9 +58,9 @@ fn queries(agent: &str) -> Vec<(&'static str, String)> {
         ),
         (
             "join: calls after their token's revocation",
-            "SELECT c.token_id, count(*) AS calls_after, min(c.seq) AS first_seq FROM api_calls c \
-             JOIN revocations r ON r.target_type = 'token' AND r.target = c.token_id \
-             WHERE c.seq > r.seq GROUP BY c.token_id ORDER BY calls_after DESC, c.token_id"
+            "SELECT c.token_id, count(*) AS calls_after, min(c.seq) AS first_seq FROM revocations r \
+             JOIN api_calls c ON c.token_id = r.target AND c.seq > r.seq \
+             WHERE r.target_type = 'token' GROUP BY c.token_id ORDER BY calls_after DESC, c.token_id"
                 .into(),
         ),
     ]
@@ -148,12 +148,14 @@ pub async fn run(args: SqlBenchArgs) -> Result<()> {
     }
     drop(session);
 
-    // Each query as a fresh `docket sql` process: open + query, and its peak memory.
+    // Each query as a fresh `docket sql` process: open + query, and its peak memory
+    // (as the process reads it itself: a forked child's rusage also counts this process's pages).
     let exe = std::env::current_exe()?;
+    let mut peak = 0f64;
     for (name, sql) in queries(&agent) {
         let t = Instant::now();
         let out = Command::new(&exe)
-            .args(["sql", "--data"])
+            .args(["sql", "--timing", "--data"])
             .arg(&data)
             .args(["--format", "csv", &sql])
             .output()?;
@@ -163,15 +165,20 @@ pub async fn run(args: SqlBenchArgs) -> Result<()> {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let rss = stderr
+            .split("peak RSS ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|r| r.parse::<f64>().ok())
+            .unwrap_or(f64::NAN);
+        peak = peak.max(rss);
         println!(
-            "  one-shot `docket sql` ({name}): {:.0} ms wall",
+            "  one-shot `docket sql` ({name}): {:.0} ms wall, peak RSS {rss:.0} MiB",
             t.elapsed().as_secs_f64() * 1e3
         );
     }
-    println!(
-        "peak RSS of the largest `docket sql` process: {:.0} MiB",
-        children_peak_rss_mib()
-    );
+    println!("peak RSS of the largest `docket sql` process: {peak:.0} MiB");
 
     // Parquet export, then DuckDB over it.
     let export = data.join("export");
@@ -283,18 +290,6 @@ async fn build_ledger(data: &Path, args: &SqlBenchArgs) -> Result<()> {
         ledger.tip().seq as f64 / t.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// Largest resident set of any child waited for so far (Linux reports it in KiB).
-fn children_peak_rss_mib() -> f64 {
-    // SAFETY: getrusage only writes the struct it is given.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    if rc == 0 {
-        usage.ru_maxrss as f64 / 1024.0
-    } else {
-        f64::NAN
-    }
 }
 
 /// Runs the same queries in DuckDB (Python) over the export; `(name, median ms, rows)`.

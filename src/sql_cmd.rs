@@ -153,8 +153,9 @@ async fn run_one(
         Ok(rows) => {
             if timing {
                 eprintln!(
-                    "{rows} rows in {:.1} ms",
-                    started.elapsed().as_secs_f64() * 1e3
+                    "{rows} rows in {:.1} ms; peak RSS {:.0} MiB",
+                    started.elapsed().as_secs_f64() * 1e3,
+                    crate::bench::peak_rss_mib()
                 );
             }
             if let Some(path) = out {

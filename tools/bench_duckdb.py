@@ -11,8 +11,9 @@ import time
 
 try:
     import duckdb
+    import pytz  # noqa: F401  (DuckDB needs it to hand back TIMESTAMPTZ values)
 except ImportError:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "duckdb"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "duckdb", "pytz"], check=True)
     import duckdb
 
 spec = json.loads(sys.argv[1])

@@ -29,8 +29,9 @@ use crate::rows::{EVENTS_SCHEMA, EventRows};
 pub const SEGMENT_ENTRIES: u64 = 65_536;
 /// Fewest entries a segment may be given (small segments only make sense in tests).
 pub const SEGMENT_ENTRIES_MIN: u64 = 16;
-/// Rows per Parquet row group inside a segment: a second, finer level of pruning.
-pub const ROW_GROUP_ROWS: usize = 16_384;
+/// Most rows per Parquet row group: a whole default segment. Smaller groups (16,384) were
+/// measured 15-20% slower on full scans; pages and their index still prune inside a group.
+pub const ROW_GROUP_ROWS: usize = 65_536;
 /// Rows per in-memory batch of the unsealed tail.
 pub const TAIL_BATCH_ROWS: usize = 8_192;
 /// Segments being built at once: each holds its raw records and its columns in memory.
