@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use docket_ledger::workload::{Published, Workload};
+use docket_ledger::workload::{Expect, Published, Workload};
 use docket_schemas::{Envelope, Timestamp};
 
 const SEGMENT: &str = "500";
@@ -65,9 +65,17 @@ fn sql_answers_beside_a_running_serve_in_every_format() {
         &[],
         &[("DOCKET_SEGMENT_ENTRIES", SEGMENT)],
     );
+    w.forged_per_mille = 10;
     let mut items: Vec<Published> = w.setup();
     items.extend((0..3_200).map(|_| w.next_envelope()));
-    let n = items.len() as u64;
+    let mut forged: BTreeMap<String, u64> = BTreeMap::new();
+    for p in &items {
+        if let Expect::Quarantine(code) = p.expect {
+            *forged.entry(code.to_string()).or_default() += 1;
+        }
+    }
+    assert!(!forged.is_empty());
+    let n = items.len() as u64 - forged.values().sum::<u64>();
     let rt = runtime();
     rt.block_on(async {
         let js = jetstream(&nats.url()).await;
@@ -109,6 +117,26 @@ fn sql_answers_beside_a_running_serve_in_every_format() {
         })
         .collect();
     assert_eq!(got, kinds_in_chain(&data));
+
+    // The quarantine, as a table: each forgery with the reason it was refused.
+    let o = sql(
+        &data,
+        &[
+            "--format",
+            "csv",
+            "SELECT code, count(*) AS n FROM rejections GROUP BY code ORDER BY code",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got: BTreeMap<String, u64> = stdout(&o)
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let (k, v) = l.split_once(',').unwrap();
+            (k.to_string(), v.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(got, forged);
 
     // JSON: one object per line.
     let o = sql(
