@@ -87,6 +87,9 @@ pub async fn sql(args: SqlArgs) -> Result<ExitCode> {
         bail!("--format parquet writes a file: give it with --out FILE");
     }
     let opened = Instant::now();
+    if std::io::stderr().is_terminal() {
+        seal_with_progress(&args.data);
+    }
     let mut session = AuditSession::open(&args.data, options(&args)?).await?;
     let cov = session.coverage().clone();
     if let Some(why) = &cov.seal_skipped {
@@ -115,6 +118,23 @@ pub async fn sql(args: SqlArgs) -> Result<ExitCode> {
             })
         }
         None => shell(&mut session, format).await,
+    }
+}
+
+/// Seals what the columnar copy lacks with a progress line, so a first open of a large ledger is not silent.
+/// Errors are left for the session's own open to report.
+fn seal_with_progress(data: &Path) {
+    let Ok(store) = docket_ledger::store::Store::open_reader(&crate::db_dir(data)) else {
+        return;
+    };
+    let shown = std::sync::atomic::AtomicBool::new(false);
+    let progress = |n: u64| {
+        shown.store(true, std::sync::atomic::Ordering::Relaxed);
+        eprint!("\rsealing the columnar copy: {n} entries");
+    };
+    let _ = segment::seal(&store, &columnar_dir(data), segment_entries(), &progress);
+    if shown.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!();
     }
 }
 
