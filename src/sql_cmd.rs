@@ -387,7 +387,6 @@ pub fn spawn_sealer(
 /// `docket export --format parquet --out DIR`.
 pub async fn export_parquet(data: &Path, out: &Path) -> Result<()> {
     let options = SessionOptions {
-        partitions: 1,
         segment_entries: segment_entries(),
         timeout: Duration::from_secs(24 * 3600),
         ..SessionOptions::default()

@@ -40,7 +40,7 @@ pub enum QueryError {
     )]
     SegmentMismatch { path: PathBuf, why: String },
     #[error(
-        "docket sql is read-only: {0} is refused; ask with SELECT, WITH, EXPLAIN, SHOW or DESCRIBE"
+        "docket sql is read-only: {0} is refused; ask with SELECT, WITH, EXPLAIN, SHOW TABLES, SHOW COLUMNS or DESCRIBE"
     )]
     ReadOnly(String),
     #[error("the query ran past its {0:?} time limit and was stopped")]

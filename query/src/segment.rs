@@ -146,6 +146,27 @@ pub fn read_stamp(path: &Path) -> Result<Segment, QueryError> {
     })
 }
 
+/// The segments a reader may use: the contiguous run from seq 1 that ends at or before `head`.
+///
+/// A segment after a gap (a crash between two renames, a file removed by hand)
+/// is left out until the gap is sealed again; one past `head` was sealed after
+/// this reader's snapshot of the chain. Files overlapping the run are stale.
+pub fn usable(segments: &[Segment], head: u64) -> Vec<Segment> {
+    let mut out = Vec::new();
+    let mut next = 1u64;
+    for s in segments {
+        if s.first_seq < next {
+            continue;
+        }
+        if s.first_seq > next || s.last_seq > head {
+            break;
+        }
+        out.push(s.clone());
+        next = s.last_seq.saturating_add(1);
+    }
+    out
+}
+
 /// Checks each segment's stamp against the chain: contiguous from seq 1, whole, ending on the chain's own hash.
 ///
 /// Cheap (one read per segment), so every session does it; [`check`] re-derives the rows.
@@ -160,7 +181,11 @@ pub fn check_stamps(store: &Store, segments: &[Segment]) -> Vec<SegmentProblem> 
                 s.first_seq
             ));
         }
-        if s.last_seq < s.first_seq || s.rows != s.last_seq - s.first_seq + 1 {
+        let expected_rows = s
+            .last_seq
+            .checked_sub(s.first_seq)
+            .and_then(|d| d.checked_add(1));
+        if expected_rows != Some(s.rows) {
             why.push(format!(
                 "holds {} rows for seqs {}..={}",
                 s.rows, s.first_seq, s.last_seq
@@ -199,16 +224,47 @@ pub fn check_stamps(store: &Store, segments: &[Segment]) -> Vec<SegmentProblem> 
 }
 
 /// Re-derives every segment's rows from the chain and compares them with the file: catches any edited row.
+///
+/// Also compares each file's bytes with a fresh encoding of those rows, so
+/// edited statistics or metadata (which steer pruning) are caught too, and
+/// reports files left unused after a gap.
 pub fn check(store: &Store, dir: &Path) -> Result<Vec<SegmentProblem>, QueryError> {
-    let segments = list(dir)?;
+    let (head, _) = store.head()?;
+    let all = list(dir)?;
+    let segments = usable(&all, head);
     let mut problems = check_stamps(store, &segments);
+    let next = segments.last().map_or(1, |s| s.last_seq + 1);
+    if let Some(after) = all
+        .iter()
+        .find(|s| s.first_seq > next && s.last_seq <= head)
+    {
+        problems.push(SegmentProblem {
+            path: after.path.clone(),
+            first_seq: after.first_seq,
+            why: format!(
+                "no segment starts at seq {next}, so this and later segments are unused until sealing fills the gap"
+            ),
+        });
+    }
     for s in &segments {
         if problems.iter().any(|p| p.path == s.path) {
             continue;
         }
         let expected = derive(store, s.first_seq, s.last_seq)?;
-        let found = read_segment(&s.path)?;
-        if let Some(why) = first_difference(&expected, &found) {
+        let why = match read_segment(&s.path) {
+            Err(QueryError::BadSegment { why, .. }) => Some(why),
+            Err(e) => return Err(e),
+            Ok(found) => first_difference(&expected, &found).or_else(|| {
+                let fresh = encode(&expected, s.first_seq, s.last_seq, &s.last_entry_hash).ok()?;
+                let bytes = std::fs::read(&s.path).ok()?;
+                (fresh != bytes).then(|| {
+                    "its rows match the chain but its bytes differ from a fresh encoding of them \
+                     (statistics or metadata edited, or written by another version of docket)"
+                        .to_string()
+                })
+            }),
+        };
+        if let Some(why) = why {
             problems.push(SegmentProblem {
                 path: s.path.clone(),
                 first_seq: s.first_seq,
@@ -254,9 +310,23 @@ pub fn read_segment(path: &Path) -> Result<RecordBatch, QueryError> {
         why,
     };
     let file = File::open(path).map_err(|e| io(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.build())
-        .map_err(|e| bad(e.to_string()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| bad(e.to_string()))?;
+    // By name and type, as DataFusion reads them: swapped column names must not pass.
+    let found: Vec<(&String, &datafusion::arrow::datatypes::DataType)> = builder
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| (f.name(), f.data_type()))
+        .collect();
+    let expected: Vec<(&String, &datafusion::arrow::datatypes::DataType)> = EVENTS_SCHEMA
+        .fields()
+        .iter()
+        .map(|f| (f.name(), f.data_type()))
+        .collect();
+    if found != expected {
+        return Err(bad("its columns are not the events columns".into()));
+    }
+    let reader = builder.build().map_err(|e| bad(e.to_string()))?;
     let batches = reader
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(e.to_string()))?;
@@ -304,7 +374,8 @@ pub fn seal(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<SealReport, QueryError> {
     let n = segment_entries.max(SEGMENT_ENTRIES_MIN);
-    let segments = list(dir)?;
+    let (head, _) = store.head()?;
+    let segments = usable(&list(dir)?, head);
     if let Some(p) = check_stamps(store, &segments).first() {
         return Err(QueryError::SegmentMismatch {
             path: p.path.clone(),
@@ -312,7 +383,6 @@ pub fn seal(
         });
     }
     let sealed_through = segments.last().map_or(0, |s| s.last_seq);
-    let (head, _) = store.head()?;
     let whole = sealed_through + (head.saturating_sub(sealed_through)) / n * n;
     let mut report = SealReport {
         sealed_through,
@@ -352,6 +422,8 @@ pub fn seal(
                 })
             })
             .collect();
+        // Only the workers hold the receiver now: if they all stop, sending fails instead of blocking.
+        drop(rx);
         let read = (|| -> Result<(), QueryError> {
             let mut chunk = Vec::with_capacity(n as usize);
             for item in store.records(sealed_through + 1)? {
@@ -392,14 +464,29 @@ fn write_segment(dir: &Path, records: &[(u64, Vec<u8>)]) -> Result<(), QueryErro
     for (seq, record) in records {
         rows.push(&decode_record(*seq, record)?)?;
     }
-    let (first, last) = match (records.first(), rows.last()) {
-        (Some((first, _)), Some((last, hash))) => (*first, (last, hash)),
+    let (first, (last, hash)) = match (records.first(), rows.last()) {
+        (Some((first, _)), Some(last)) => (*first, last),
         _ => return Ok(()),
     };
     let batch = rows.finish()?;
-    let name = file_name(first, last.0);
+    let bytes = encode(&batch, first, last, &hex(&hash))?;
+    let name = file_name(first, last);
     let path = dir.join(&name);
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let mut file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    std::io::Write::write_all(&mut file, &bytes).map_err(|e| io(&tmp, e))?;
+    file.sync_all().map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+    Ok(())
+}
+
+/// A segment's exact bytes: the same rows and stamp always encode the same way.
+fn encode(
+    batch: &RecordBatch,
+    first: u64,
+    last: u64,
+    last_hash: &str,
+) -> Result<Vec<u8>, QueryError> {
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
@@ -412,17 +499,13 @@ fn write_segment(dir: &Path, records: &[(u64, Vec<u8>)]) -> Result<(), QueryErro
         .set_key_value_metadata(Some(vec![
             KeyValue::new(KEY_FORMAT.into(), SEGMENT_FORMAT.to_string()),
             KeyValue::new(KEY_FIRST.into(), first.to_string()),
-            KeyValue::new(KEY_LAST.into(), last.0.to_string()),
-            KeyValue::new(KEY_LAST_HASH.into(), hex(&last.1)),
+            KeyValue::new(KEY_LAST.into(), last.to_string()),
+            KeyValue::new(KEY_LAST_HASH.into(), last_hash.to_string()),
         ]))
         .build();
-    let file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    let mut writer = ArrowWriter::try_new(file, EVENTS_SCHEMA.clone(), Some(props))?;
-    writer.write(&batch)?;
-    let file = writer.into_inner()?;
-    file.sync_all().map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
-    Ok(())
+    let mut writer = ArrowWriter::try_new(Vec::new(), EVENTS_SCHEMA.clone(), Some(props))?;
+    writer.write(batch)?;
+    Ok(writer.into_inner()?)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), QueryError> {
@@ -442,8 +525,8 @@ pub fn rebuild(
     seal(store, dir, segment_entries, progress)
 }
 
-/// Removes the segments from the first one that disagrees with the chain on, so sealing can resume.
-pub fn remove_from(dir: &Path, first_seq: u64) -> Result<usize, QueryError> {
+/// Removes the segments that start at or after `first_seq`.
+fn remove_from(dir: &Path, first_seq: u64) -> Result<usize, QueryError> {
     let mut n = 0;
     for s in list_names(dir)? {
         if s.1 >= first_seq {
