@@ -39,20 +39,26 @@ impl Format {
     }
 }
 
-/// The same columns with plain strings instead of string views, for readers that predate views.
-pub fn plain_schema(schema: &Schema) -> SchemaRef {
+/// The same columns with every top-level `from` string type changed to `to`.
+pub fn retype_strings(schema: &Schema, from: &DataType, to: &DataType) -> SchemaRef {
     let fields: Vec<Field> = schema
         .fields()
         .iter()
         .map(|f| match f.data_type() {
-            DataType::Utf8View => f.as_ref().clone().with_data_type(DataType::Utf8),
+            t if t == from => f.as_ref().clone().with_data_type(to.clone()),
             _ => f.as_ref().clone(),
         })
         .collect();
     Arc::new(Schema::new(fields))
 }
 
-pub fn to_plain(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, QueryError> {
+/// The same columns with plain strings instead of string views, for readers that predate views.
+pub fn plain_schema(schema: &Schema) -> SchemaRef {
+    retype_strings(schema, &DataType::Utf8View, &DataType::Utf8)
+}
+
+/// `batch` with each column cast to the type `schema` gives it.
+pub fn cast_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, QueryError> {
     let columns = batch
         .columns()
         .iter()
@@ -122,7 +128,7 @@ pub async fn write<W: Write + Send>(
                 .with_header(true)
                 .build(out);
             while let Some(batch) = stream.next().await {
-                let batch = to_plain(&batch?, &schema)?;
+                let batch = cast_batch(&batch?, &schema)?;
                 rows += batch.num_rows() as u64;
                 w.write(&batch)?;
             }
@@ -134,7 +140,7 @@ pub async fn write<W: Write + Send>(
         Format::Json => {
             let mut w = datafusion::arrow::json::LineDelimitedWriter::new(out);
             while let Some(batch) = stream.next().await {
-                let batch = to_plain(&batch?, &schema)?;
+                let batch = cast_batch(&batch?, &schema)?;
                 rows += batch.num_rows() as u64;
                 w.write(&batch)?;
             }
@@ -147,7 +153,7 @@ pub async fn write<W: Write + Send>(
                 .build();
             let mut w = ArrowWriter::try_new(out, schema.clone(), Some(props))?;
             while let Some(batch) = stream.next().await {
-                let batch = to_plain(&batch?, &schema)?;
+                let batch = cast_batch(&batch?, &schema)?;
                 rows += batch.num_rows() as u64;
                 w.write(&batch)?;
             }

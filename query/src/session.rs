@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::catalog::MemTable;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -29,6 +28,7 @@ use datafusion::sql::sqlparser::ast::Statement as Ast;
 use docket_ledger::store::Store;
 
 use crate::QueryError;
+use crate::render::{cast_batch, retype_strings};
 use crate::rows::EVENTS_SCHEMA;
 use crate::segment::{self, Segment};
 use crate::tables::{self, AsOf, SMALL_TABLES};
@@ -121,27 +121,9 @@ pub struct AuditSession {
     coverage: Coverage,
 }
 
-/// The schema `events` is queried with: strings as views, as DataFusion reads Parquet.
+/// The schema a table is queried with: strings as views, as DataFusion reads Parquet.
 fn query_schema(schema: &Schema) -> SchemaRef {
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|f| match f.data_type() {
-            DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
-            _ => f.as_ref().clone(),
-        })
-        .collect();
-    Arc::new(Schema::new(fields))
-}
-
-fn cast_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, QueryError> {
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .map(|(c, f)| cast(c, f.data_type()))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+    retype_strings(schema, &DataType::Utf8, &DataType::Utf8View)
 }
 
 impl AuditSession {
