@@ -37,6 +37,9 @@ pub struct SqlArgs {
     /// Print how long the query took and what the session covered, to standard error.
     #[arg(long)]
     timing: bool,
+    /// Write nothing, not even missing segments: decode unsealed entries in memory instead.
+    #[arg(long)]
+    no_seal: bool,
 }
 
 #[derive(Subcommand)]
@@ -72,6 +75,7 @@ fn options(args: &SqlArgs) -> Result<SessionOptions> {
             None => AsOf::Now,
         },
         segment_entries: segment_entries(),
+        seal: !args.no_seal,
         ..SessionOptions::default()
     })
 }
@@ -87,7 +91,7 @@ pub async fn sql(args: SqlArgs) -> Result<ExitCode> {
         bail!("--format parquet writes a file: give it with --out FILE");
     }
     let opened = Instant::now();
-    if std::io::stderr().is_terminal() {
+    if !args.no_seal && std::io::stderr().is_terminal() {
         seal_with_progress(&args.data);
     }
     let mut session = AuditSession::open(&args.data, options(&args)?).await?;

@@ -271,4 +271,24 @@ fn sql_answers_beside_a_running_serve_in_every_format() {
     );
     assert_eq!(stdout(&o), format!("({n}, {n}, {n})\n{calls}\nTrue\n"));
     serve.stop();
+
+    // --no-seal writes nothing and still answers every entry once (on a copy of the stopped ledger).
+    let fresh = dir.path().join("fresh-copy");
+    copy_dir(&data, &fresh);
+    std::fs::remove_dir_all(fresh.join("columnar")).unwrap();
+    let o = sql(
+        &fresh,
+        &[
+            "--no-seal",
+            "--format",
+            "csv",
+            "SELECT count(DISTINCT seq) AS n FROM events",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(stdout(&o), format!("n\n{n}\n"));
+    assert!(
+        !fresh.join("columnar").exists(),
+        "--no-seal wrote the columnar copy"
+    );
 }

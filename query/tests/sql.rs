@@ -811,6 +811,35 @@ async fn state_tables_show_now_and_any_earlier_point() {
     assert_eq!(got, want);
     assert!(want.len() < now.grants.len());
 
+    // As of a time: the entries before the first whose event time is after it.
+    let cut = f.log[4000].1.ts;
+    let mut then = AuditSession::open(
+        &f.data,
+        SessionOptions {
+            as_of: AsOf::Time(cut),
+            ..options()
+        },
+    )
+    .await
+    .expect("open");
+    let first_after = f
+        .log
+        .iter()
+        .position(|(_, e)| e.ts > cut)
+        .unwrap_or(f.log.len());
+    let tokens_then = f.log[..first_after]
+        .iter()
+        .filter(|(_, e)| matches!(e.body, EventBody::TokenIssued(_)))
+        .count();
+    let got = table(
+        &then
+            .query("SELECT count(*) AS n FROM tokens_state")
+            .await
+            .expect("then"),
+        &["n"],
+    );
+    assert_eq!(got, vec![vec![s(tokens_then)]]);
+
     // The ledger's own records.
     let findings = store.findings().expect("findings");
     let got = table(
