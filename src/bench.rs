@@ -119,6 +119,24 @@ fn workload(n: usize, seed: u64) -> Vec<Published> {
     out
 }
 
+/// Workload envelopes as the ledger receives them, numbered on from `*seq` as a stream would.
+pub fn incoming(
+    published: impl IntoIterator<Item = Published>,
+    seq: &mut u64,
+) -> Vec<docket_ledger::admission::Incoming> {
+    published
+        .into_iter()
+        .map(|p| {
+            *seq += 1;
+            docket_ledger::admission::Incoming {
+                subject: p.subject,
+                payload: p.envelope.into(),
+                source_seq: *seq,
+            }
+        })
+        .collect()
+}
+
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -365,15 +383,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
 fn admit_only(args: AdmitArgs) -> Result<()> {
     use docket_ledger::admission::{BATCH_EVENTS_MAX, ChainTip, Incoming, admit};
     use docket_ledger::registry::Registry;
-    let items: Vec<Incoming> = workload(args.events, 1)
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| Incoming {
-            subject: p.subject,
-            payload: p.envelope.into(),
-            source_seq: i as u64 + 1,
-        })
-        .collect();
+    let items: Vec<Incoming> = incoming(workload(args.events, 1), &mut 0);
     let t = Instant::now();
     let envs: Vec<Envelope> = items
         .iter()
@@ -477,7 +487,6 @@ pub struct VaultArgs {
 }
 
 pub async fn vault(args: VaultArgs) -> Result<()> {
-    use docket_ledger::admission::Incoming;
     use docket_ledger::state::{Policy, VaultState};
     use docket_ledger::vault::{Op, Request, seal_request};
     println!("docket bench vault: {} entries", args.entries);
@@ -506,17 +515,7 @@ pub async fn vault(args: VaultArgs) -> Result<()> {
     let t = Instant::now();
     let mut seq = 0u64;
     for chunk in published.chunks(docket_ledger::admission::BATCH_EVENTS_MAX) {
-        let items = chunk
-            .iter()
-            .map(|p| {
-                seq += 1;
-                Incoming {
-                    subject: p.subject.clone(),
-                    payload: p.envelope.clone().into(),
-                    source_seq: seq,
-                }
-            })
-            .collect();
+        let items = incoming(chunk.iter().cloned(), &mut seq);
         ledger.commit(items).await?;
     }
     let build_s = t.elapsed().as_secs_f64();

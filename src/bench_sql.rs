@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use docket_ledger::admission::{BATCH_EVENTS_MAX, Incoming};
+use docket_ledger::admission::BATCH_EVENTS_MAX;
 use docket_ledger::config::Config;
 use docket_ledger::workload::{Published, Workload};
 use docket_query::segment::{self, columnar_dir};
@@ -261,17 +261,7 @@ async fn build_ledger(data: &Path, args: &SqlBenchArgs) -> Result<()> {
     let mut seq = 0u64;
     let mut reported = 0u64;
     while let Some(chunk) = rx.recv().await {
-        let items = chunk
-            .into_iter()
-            .map(|p| {
-                seq += 1;
-                Incoming {
-                    subject: p.subject,
-                    payload: p.envelope.into(),
-                    source_seq: seq,
-                }
-            })
-            .collect();
+        let items = crate::bench::incoming(chunk, &mut seq);
         ledger.commit(items).await?;
         if seq - reported >= 1_000_000 {
             reported = seq;

@@ -91,10 +91,19 @@ pub async fn sql(args: SqlArgs) -> Result<ExitCode> {
         bail!("--format parquet writes a file: give it with --out FILE");
     }
     let opened = Instant::now();
-    if !args.no_seal && std::io::stderr().is_terminal() {
-        seal_with_progress(&args.data);
+    // A first open of a large unsealed ledger seals for a while: say so on a terminal.
+    let shown = std::sync::atomic::AtomicBool::new(false);
+    let progress = |n: u64| {
+        if std::io::stderr().is_terminal() {
+            shown.store(true, std::sync::atomic::Ordering::Relaxed);
+            eprint!("\rsealing the columnar copy: {n} entries");
+        }
+    };
+    let opening = AuditSession::open_with_progress(&args.data, options(&args)?, &progress).await;
+    if shown.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!();
     }
-    let mut session = AuditSession::open(&args.data, options(&args)?).await?;
+    let mut session = opening?;
     let cov = session.coverage().clone();
     if let Some(why) = &cov.seal_skipped {
         eprintln!(
@@ -122,23 +131,6 @@ pub async fn sql(args: SqlArgs) -> Result<ExitCode> {
             })
         }
         None => shell(&mut session, format).await,
-    }
-}
-
-/// Seals what the columnar copy lacks with a progress line, so a first open of a large ledger is not silent.
-/// Errors are left for the session's own open to report.
-fn seal_with_progress(data: &Path) {
-    let Ok(store) = docket_ledger::store::Store::open_reader(&crate::db_dir(data)) else {
-        return;
-    };
-    let shown = std::sync::atomic::AtomicBool::new(false);
-    let progress = |n: u64| {
-        shown.store(true, std::sync::atomic::Ordering::Relaxed);
-        eprint!("\rsealing the columnar copy: {n} entries");
-    };
-    let _ = segment::seal(&store, &columnar_dir(data), segment_entries(), &progress);
-    if shown.load(std::sync::atomic::Ordering::Relaxed) {
-        eprintln!();
     }
 }
 
@@ -272,10 +264,10 @@ async fn shell(session: &mut AuditSession, format: Format) -> Result<ExitCode> {
 }
 
 pub fn columnar(cmd: ColumnarCommand) -> Result<ExitCode> {
-    let (args, what) = match cmd {
-        ColumnarCommand::Seal(a) => (a, "seal"),
-        ColumnarCommand::Check(a) => (a, "check"),
-        ColumnarCommand::Rebuild(a) => (a, "rebuild"),
+    let (args, rebuild) = match cmd {
+        ColumnarCommand::Check(a) => return columnar_check(&a),
+        ColumnarCommand::Seal(a) => (a, false),
+        ColumnarCommand::Rebuild(a) => (a, true),
     };
     let store = docket_ledger::store::Store::open_reader(&crate::db_dir(&args.data))?;
     let dir = columnar_dir(&args.data);
@@ -285,55 +277,56 @@ pub fn columnar(cmd: ColumnarCommand) -> Result<ExitCode> {
             eprint!("\r{n} entries sealed");
         }
     };
-    match what {
-        "check" => {
-            let problems = segment::check(&store, &dir)?;
-            let segments = segment::list(&dir)?;
-            if problems.is_empty() {
-                println!(
-                    "columnar copy OK: {} segments through seq {} equal the chain, row by row ({:.1}s)",
-                    segments.len(),
-                    segments.last().map_or(0, |s| s.last_seq),
-                    started.elapsed().as_secs_f64()
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-            for p in &problems {
-                println!(
-                    "MISMATCH {} (from seq {}): {}",
-                    p.path.display(),
-                    p.first_seq,
-                    p.why
-                );
-            }
-            println!(
-                "{} of {} segments disagree with the chain; `docket columnar rebuild --data {}` derives them again",
-                problems.len(),
-                segments.len(),
-                args.data.display()
-            );
-            Ok(ExitCode::FAILURE)
-        }
-        _ => {
-            let report = if what == "rebuild" {
-                segment::rebuild(&store, &dir, segment_entries(), &progress)?
-            } else {
-                segment::seal(&store, &dir, segment_entries(), &progress)?
-            };
-            if std::io::stderr().is_terminal() {
-                eprintln!();
-            }
-            let secs = started.elapsed().as_secs_f64();
-            println!(
-                "sealed {} segments ({} entries) in {secs:.1}s ({:.0} entries/s); sealed through seq {}",
-                report.sealed,
-                report.entries,
-                report.entries as f64 / secs.max(1e-9),
-                report.sealed_through
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+    let report = if rebuild {
+        segment::rebuild(&store, &dir, segment_entries(), &progress)?
+    } else {
+        segment::seal(&store, &dir, segment_entries(), &progress)?
+    };
+    if std::io::stderr().is_terminal() {
+        eprintln!();
     }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "sealed {} segments ({} entries) in {secs:.1}s ({:.0} entries/s); sealed through seq {}",
+        report.sealed,
+        report.entries,
+        report.entries as f64 / secs.max(1e-9),
+        report.sealed_through
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `docket columnar check`: every segment against the chain, row by row and byte by byte.
+fn columnar_check(args: &ColumnarArgs) -> Result<ExitCode> {
+    let store = docket_ledger::store::Store::open_reader(&crate::db_dir(&args.data))?;
+    let dir = columnar_dir(&args.data);
+    let started = Instant::now();
+    let problems = segment::check(&store, &dir)?;
+    let segments = segment::list(&dir)?;
+    if problems.is_empty() {
+        println!(
+            "columnar copy OK: {} segments through seq {} equal the chain, row by row ({:.1}s)",
+            segments.len(),
+            segments.last().map_or(0, |s| s.last_seq),
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &problems {
+        println!(
+            "MISMATCH {} (from seq {}): {}",
+            p.path.display(),
+            p.first_seq,
+            p.why
+        );
+    }
+    println!(
+        "{} of {} segments disagree with the chain; `docket columnar rebuild --data {}` derives them again",
+        problems.len(),
+        segments.len(),
+        args.data.display()
+    );
+    Ok(ExitCode::FAILURE)
 }
 
 /// How often `serve` looks for whole segments to seal.

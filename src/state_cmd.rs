@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use docket_ledger::projection::{Until, rebuild_check, replay};
+use docket_ledger::projection::{Until, rebuild_check, state_at};
 use docket_ledger::state::{Policy, VaultState};
 use docket_ledger::store::Store;
 use docket_schemas::Timestamp;
@@ -61,29 +61,13 @@ pub fn run(cmd: StateCommand) -> Result<std::process::ExitCode> {
         StateCommand::Agents(a) => (a, "agents"),
     };
     let store = Store::open_reader(&crate::db_dir(&args.data.data))?;
-    let (state, at) = match args.as_of.as_deref() {
-        None => {
-            let s = store.load_state()?;
-            let at = s.ts.unwrap_or(Timestamp::UNIX_EPOCH);
-            (s, at)
-        }
+    let until = match args.as_of.as_deref() {
+        None => Until::End,
         Some(text) => {
-            let until = match text.parse::<u64>() {
-                Ok(seq) => Until::Seq(seq),
-                Err(_) => Until::Time(
-                    Timestamp::parse(text)
-                        .context("--as-of is neither a seq nor an RFC 3339 time")?,
-                ),
-            };
-            let mut s = VaultState::default();
-            replay(&store, &mut s, &Policy::default(), until)?;
-            let at = match until {
-                Until::Time(t) => t,
-                _ => s.ts.unwrap_or(Timestamp::UNIX_EPOCH),
-            };
-            (s, at)
+            Until::parse(text).context("--as-of is neither a seq nor an RFC 3339 time")?
         }
     };
+    let (state, at) = state_at(&store, until)?;
     let rows = rows(&state, kind, at);
     print_rows(&rows, args.format);
     Ok(std::process::ExitCode::SUCCESS)

@@ -20,6 +20,34 @@ pub enum Until {
     Time(Timestamp),
 }
 
+impl Until {
+    /// Parses `--as-of`: a seq (digits) or an RFC 3339 time.
+    pub fn parse(text: &str) -> Option<Until> {
+        match text.parse::<u64>() {
+            Ok(seq) => Some(Until::Seq(seq)),
+            Err(_) => Timestamp::parse(text).ok().map(Until::Time),
+        }
+    }
+}
+
+/// The state at `until` (the stored projection for `End`, a replay from genesis otherwise),
+/// and the time statuses are judged at: the given time, or the last applied entry's.
+pub fn state_at(store: &Store, until: Until) -> Result<(VaultState, Timestamp), StoreError> {
+    let state = match until {
+        Until::End => store.load_state()?,
+        _ => {
+            let mut s = VaultState::default();
+            replay(store, &mut s, &Policy::default(), until)?;
+            s
+        }
+    };
+    let at = match until {
+        Until::Time(t) => t,
+        _ => state.ts.unwrap_or(Timestamp::UNIX_EPOCH),
+    };
+    Ok((state, at))
+}
+
 /// Replays entries `from..` into `state`, stopping as `until` says; returns the findings.
 pub fn replay(
     store: &Store,

@@ -90,12 +90,22 @@ fn io(path: &Path, source: std::io::Error) -> QueryError {
 
 /// The segments in `dir`, ordered by first seq. Files that are not segments are ignored; a damaged one is an error.
 pub fn list(dir: &Path) -> Result<Vec<Segment>, QueryError> {
-    let mut out = Vec::new();
+    let mut out = segment_files(dir)?
+        .iter()
+        .map(|p| read_stamp(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    out.sort_by_key(|s| s.first_seq);
+    Ok(out)
+}
+
+/// Segment files by name alone (a damaged footer must not stop their removal); none if `dir` is absent.
+fn segment_files(dir: &Path) -> Result<Vec<PathBuf>, QueryError> {
     let read = match std::fs::read_dir(dir) {
         Ok(r) => r,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io(dir, e)),
     };
+    let mut out = Vec::new();
     for item in read {
         let path = item.map_err(|e| io(dir, e))?.path();
         let is_segment = path
@@ -103,10 +113,9 @@ pub fn list(dir: &Path) -> Result<Vec<Segment>, QueryError> {
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with("events-") && n.ends_with(".parquet"));
         if is_segment {
-            out.push(read_stamp(&path)?);
+            out.push(path);
         }
     }
-    out.sort_by_key(|s| s.first_seq);
     Ok(out)
 }
 
@@ -525,41 +534,10 @@ pub fn rebuild(
     seal(store, dir, segment_entries, progress)
 }
 
-/// Removes the segments that start at or after `first_seq`.
-fn remove_from(dir: &Path, first_seq: u64) -> Result<usize, QueryError> {
-    let mut n = 0;
-    for s in list_names(dir)? {
-        if s.1 >= first_seq {
-            std::fs::remove_file(&s.0).map_err(|e| io(&s.0, e))?;
-            n += 1;
-        }
-    }
-    Ok(n)
-}
-
 fn remove_segments(dir: &Path) -> Result<usize, QueryError> {
-    remove_from(dir, 0)
-}
-
-/// Segment files by name alone (a damaged footer must not stop their removal).
-fn list_names(dir: &Path) -> Result<Vec<(PathBuf, u64)>, QueryError> {
-    let read = match std::fs::read_dir(dir) {
-        Ok(r) => r,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io(dir, e)),
-    };
-    let mut out = Vec::new();
-    for item in read {
-        let path = item.map_err(|e| io(dir, e))?.path();
-        let first = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix("events-"))
-            .and_then(|n| n.split('-').next())
-            .and_then(|n| n.parse::<u64>().ok());
-        if let Some(first) = first {
-            out.push((path, first));
-        }
+    let files = segment_files(dir)?;
+    for path in &files {
+        std::fs::remove_file(path).map_err(|e| io(path, e))?;
     }
-    Ok(out)
+    Ok(files.len())
 }

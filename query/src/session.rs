@@ -129,18 +129,20 @@ fn query_schema(schema: &Schema) -> SchemaRef {
 impl AuditSession {
     /// Opens the ledger in `data` (read-only, beside a running `serve` if there is one).
     pub async fn open(data: &Path, options: SessionOptions) -> Result<AuditSession, QueryError> {
-        let store = Store::open_reader(&data.join("db"))?;
-        Self::with_store(store, &segment::columnar_dir(data), options).await
+        Self::open_with_progress(data, options, &|_| {}).await
     }
 
-    pub async fn with_store(
-        store: Store,
-        dir: &Path,
+    /// As [`Self::open`], telling `progress` how many entries sealing has covered, if it seals any.
+    pub async fn open_with_progress(
+        data: &Path,
         options: SessionOptions,
+        progress: &(dyn Fn(u64) + Sync),
     ) -> Result<AuditSession, QueryError> {
+        let store = Store::open_reader(&data.join("db"))?;
+        let dir = segment::columnar_dir(data);
         let mut seal_skipped = None;
         if options.seal {
-            match segment::seal(&store, dir, options.segment_entries, &|_| {}) {
+            match segment::seal(&store, &dir, options.segment_entries, progress) {
                 Ok(_) => {}
                 Err(e @ QueryError::SegmentMismatch { .. }) => return Err(e),
                 // Sealing only saves decoding: a read-only or full disk must not stop a question.
@@ -149,7 +151,7 @@ impl AuditSession {
         }
         // The head first: segments a running `serve` seals after this snapshot are left to the tail.
         let (head, _) = store.head()?;
-        let segments = segment::usable(&segment::list(dir)?, head);
+        let segments = segment::usable(&segment::list(&dir)?, head);
         if let Some(p) = segment::check_stamps(&store, &segments).into_iter().next() {
             return Err(QueryError::SegmentMismatch {
                 path: p.path,
@@ -195,10 +197,7 @@ impl AuditSession {
         let tail_table = MemTable::try_new(schema.clone(), parts)?
             .with_sort_order(vec![vec![col("seq").sort(true, false)]]);
         ctx.register_table("tail_events", Arc::new(tail_table))?;
-        ctx.register_table(
-            "sealed_events",
-            sealed_table(&ctx, &segments, &schema).await?,
-        )?;
+        ctx.register_table("sealed_events", sealed_table(&segments, &schema)?)?;
         ctx.sql(
             "CREATE VIEW events AS SELECT * FROM sealed_events UNION ALL SELECT * FROM tail_events",
         )
@@ -315,8 +314,7 @@ impl AuditSession {
 }
 
 /// The sealed segments as one Parquet table, its file list pinned, declared sorted by seq.
-async fn sealed_table(
-    ctx: &SessionContext,
+fn sealed_table(
     segments: &[Segment],
     schema: &SchemaRef,
 ) -> Result<Arc<dyn datafusion::catalog::TableProvider>, QueryError> {
@@ -333,7 +331,6 @@ async fn sealed_table(
     let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
         .with_schema(schema.clone());
-    let _ = ctx;
     Ok(Arc::new(ListingTable::try_new(config)?))
 }
 

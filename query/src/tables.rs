@@ -10,8 +10,8 @@ use std::sync::{Arc, LazyLock};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::json::ReaderBuilder;
-use docket_ledger::projection::{Until, replay};
-use docket_ledger::state::{Policy, VaultState};
+use docket_ledger::projection::{self, Until};
+use docket_ledger::state::VaultState;
 use docket_ledger::store::Store;
 use docket_schemas::Timestamp;
 use serde_json::{Value, json};
@@ -40,12 +40,19 @@ pub enum AsOf {
 impl AsOf {
     /// Parses a seq (digits) or an RFC 3339 time.
     pub fn parse(text: &str) -> Result<AsOf, QueryError> {
-        if let Ok(seq) = text.parse::<u64>() {
-            return Ok(AsOf::Seq(seq));
+        match Until::parse(text) {
+            Some(Until::Seq(seq)) => Ok(AsOf::Seq(seq)),
+            Some(Until::Time(t)) => Ok(AsOf::Time(t)),
+            _ => Err(QueryError::AsOf(text.into())),
         }
-        Timestamp::parse(text)
-            .map(AsOf::Time)
-            .map_err(|_| QueryError::AsOf(text.into()))
+    }
+
+    fn until(self) -> Until {
+        match self {
+            AsOf::Now => Until::End,
+            AsOf::Seq(seq) => Until::Seq(seq),
+            AsOf::Time(t) => Until::Time(t),
+        }
     }
 }
 
@@ -193,28 +200,9 @@ fn list(s: &BTreeSet<String>) -> Vec<&str> {
     s.iter().map(String::as_str).collect()
 }
 
-fn micros(t: Timestamp) -> String {
-    t.to_string()
-}
-
 /// The vault state now (the stored projection) or replayed up to a point, and the time statuses are judged at.
 pub fn state_at(store: &Store, as_of: AsOf) -> Result<(VaultState, Timestamp), QueryError> {
-    let until = match as_of {
-        AsOf::Now => {
-            let s = store.load_state()?;
-            let at = s.ts.unwrap_or(Timestamp::UNIX_EPOCH);
-            return Ok((s, at));
-        }
-        AsOf::Seq(seq) => Until::Seq(seq),
-        AsOf::Time(t) => Until::Time(t),
-    };
-    let mut s = VaultState::default();
-    replay(store, &mut s, &Policy::default(), until)?;
-    let at = match as_of {
-        AsOf::Time(t) => t,
-        _ => s.ts.unwrap_or(Timestamp::UNIX_EPOCH),
-    };
-    Ok((s, at))
+    Ok(projection::state_at(store, as_of.until())?)
 }
 
 /// `(name, schema, batch)` of the four state tables, sorted by the seq that created each row.
@@ -222,14 +210,13 @@ pub fn state_tables(
     state: &VaultState,
     at: Timestamp,
 ) -> Result<Vec<(&'static str, RecordBatch)>, QueryError> {
-    let status = |v: Value| v.as_str().unwrap_or_default().to_string();
     let mut grants: Vec<_> = state.grants.values().collect();
     grants.sort_by_key(|g| g.created_seq);
     let grants: Vec<Value> = grants
         .iter()
         .map(|g| {
             json!({"grant_id": g.grant_id, "user": g.user, "agent": g.agent, "audience": g.audience,
-            "scopes": list(&g.scopes), "status": status(json!(g.status(at))), "expires_at": micros(g.expires_at),
+            "scopes": list(&g.scopes), "status": g.status(at), "expires_at": g.expires_at.to_string(),
             "max_calls": g.max_calls, "max_token_ttl_s": g.max_token_ttl_s,
             "approval_scopes": g.approval.keys().collect::<Vec<_>>(), "calls": g.calls,
             "created_seq": g.created_seq, "revoked_seq": g.revoked_seq, "last_seq": g.last_seq})
@@ -241,8 +228,8 @@ pub fn state_tables(
         .iter()
         .map(|t| {
             json!({"token_id": t.token_id, "token_hash": t.token_hash, "grant_id": t.grant_id, "user": t.user,
-            "agent": t.agent, "audience": t.audience, "scopes": list(&t.scopes), "status": status(json!(t.status(at))),
-            "issued_at": micros(t.issued_at), "expires_at": micros(t.expires_at), "approval_id": t.approval_id,
+            "agent": t.agent, "audience": t.audience, "scopes": list(&t.scopes), "status": t.status(at),
+            "issued_at": t.issued_at.to_string(), "expires_at": t.expires_at.to_string(), "approval_id": t.approval_id,
             "uses": t.uses, "issued_seq": t.issued_seq, "revoked_seq": t.revoked_seq, "last_seq": t.last_seq})
         })
         .collect();
@@ -252,11 +239,11 @@ pub fn state_tables(
         .iter()
         .map(|a| {
             json!({"approval_id": a.approval_id, "grant_id": a.grant_id, "user": a.user, "agent": a.agent,
-            "audience": a.audience, "scopes": list(&a.scopes), "risk": status(json!(a.risk)),
-            "status": status(json!(a.status(at))), "binding_message": a.binding_message,
-            "requested_at": micros(a.requested_at), "expires_at": micros(a.expires_at),
-            "decided_by": a.decided_by, "method": a.method.map(|m| status(json!(m))),
-            "decided_at": a.decided_at.map(micros), "requested_seq": a.requested_seq,
+            "audience": a.audience, "scopes": list(&a.scopes), "risk": a.risk,
+            "status": a.status(at), "binding_message": a.binding_message,
+            "requested_at": a.requested_at.to_string(), "expires_at": a.expires_at.to_string(),
+            "decided_by": a.decided_by, "method": a.method,
+            "decided_at": a.decided_at.map(|t| t.to_string()), "requested_seq": a.requested_seq,
             "decided_seq": a.decided_seq})
         })
         .collect();
@@ -284,8 +271,8 @@ pub fn findings(store: &Store) -> Result<RecordBatch, QueryError> {
         .findings()?
         .iter()
         .map(|f| {
-            json!({"seq": f.seq, "ts": micros(f.ts), "rule": f.rule.as_str(),
-            "severity": json!(f.severity), "message": f.message, "evidence": f.evidence, "agent": f.agent})
+            json!({"seq": f.seq, "ts": f.ts.to_string(), "rule": f.rule.as_str(),
+            "severity": f.severity, "message": f.message, "evidence": f.evidence, "agent": f.agent})
         })
         .collect();
     batch(&FINDINGS, &rows)
@@ -301,7 +288,7 @@ pub fn rejections(store: &Store) -> Result<RecordBatch, QueryError> {
                 .as_i64()
                 .and_then(Timestamp::from_micros)
                 .unwrap_or(Timestamp::UNIX_EPOCH);
-            json!({"source_seq": q["source_seq"], "received": micros(received), "subject": q["subject"],
+            json!({"source_seq": q["source_seq"], "received": received.to_string(), "subject": q["subject"],
             "code": q["code"], "reason": q["reason"], "raw_base64": q["raw"]})
         })
         .collect();
