@@ -10,9 +10,20 @@ pip_install() {
 apt_missing=()
 command -v cc >/dev/null 2>&1 || apt_missing+=(build-essential)
 command -v python3 >/dev/null 2>&1 || apt_missing+=(python3 python3-pip)
-# RocksDB's Rust bindings are generated with bindgen, which needs libclang.
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then
-  apt_missing+=(libclang-dev clang)
+# RocksDB's Rust bindings are generated with bindgen, which loads libclang
+# itself (libclang.so, libclang.so.N or libclang-N.so: clang-sys's names, not
+# libclang-cpp.so, which Debian installs by default and which bindgen cannot
+# use) and needs clang's own headers (stddef.h), which libclang-common-*-dev
+# provides and libclang-dev pulls in.
+has_libclang() {
+  ls /usr/lib/llvm-*/lib/libclang.so /usr/lib/llvm-*/lib/libclang.so.[0-9]* >/dev/null 2>&1 \
+    || ldconfig -p 2>/dev/null | grep -Eq '[[:space:]]libclang(-[0-9.]+)?\.so(\.[0-9]+)*[[:space:]]'
+}
+has_clang_headers() {
+  ls /usr/lib/llvm-*/lib/clang/*/include/stddef.h >/dev/null 2>&1
+}
+if ! has_libclang || ! has_clang_headers; then
+  apt_missing+=(libclang-dev)
 fi
 if ((${#apt_missing[@]})); then
   echo "setup: installing ${apt_missing[*]}" >&2
