@@ -8,8 +8,11 @@ pip_install() {
 }
 
 apt_missing=()
-command -v cc >/dev/null 2>&1 || apt_missing+=(build-essential)
-command -v python3 >/dev/null 2>&1 || apt_missing+=(python3 python3-pip)
+# RocksDB is C++: both compilers (build-essential brings gcc, g++ and make).
+{ command -v cc && command -v c++; } >/dev/null 2>&1 || apt_missing+=(build-essential)
+command -v python3 >/dev/null 2>&1 || apt_missing+=(python3)
+# pip is a separate package on Debian: python3 alone does not bring it.
+python3 -m pip --version >/dev/null 2>&1 || apt_missing+=(python3-pip)
 # RocksDB's Rust bindings are generated with bindgen, which loads libclang
 # itself (libclang.so, libclang.so.N or libclang-N.so: clang-sys's names, not
 # libclang-cpp.so, which Debian installs by default and which bindgen cannot

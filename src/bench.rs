@@ -35,6 +35,7 @@ pub enum BenchCommand {
 
 #[derive(Args)]
 pub struct AdmitArgs {
+    /// Envelopes to admit (decode, authorize, verify, chain) in memory.
     #[arg(long, default_value_t = 100_000)]
     events: usize,
 }

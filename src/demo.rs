@@ -24,9 +24,10 @@ pub struct DemoArgs {
     /// Run through a real NATS server at this URL ("auto" starts a local nats-server).
     #[arg(long)]
     nats: Option<String>,
-    /// Keep the ledger here instead of a temporary directory.
-    #[arg(long)]
-    data: Option<PathBuf>,
+    /// Where to keep the demo's ledger, to explore afterwards. A directory a previous demo
+    /// made is replaced; any other non-empty directory is refused.
+    #[arg(long, default_value = "docket-demo")]
+    data: PathBuf,
     /// Workload seed.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -43,10 +44,7 @@ const DEMO_EVENTS_PER_SECOND: u64 = 20_000;
 
 pub async fn run(args: DemoArgs) -> Result<()> {
     let temp = tempfile::tempdir().context("creating a temporary directory")?;
-    let data = args
-        .data
-        .clone()
-        .unwrap_or_else(|| temp.path().join("ledger"));
+    let data = prepare_data_dir(&args.data)?;
     let start = Timestamp::from_micros(now_us()).unwrap_or(Timestamp::UNIX_EPOCH);
     let mut workload = Workload::new(args.seed, start, 8, 24);
     workload.forged_per_mille = args.forged_per_mille;
@@ -140,7 +138,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     let mut publisher = Publisher::new(sink);
     let mut failures = 0u64;
-    let mut on_ack = |_: u64, r: Result<u64, String>| {
+    let mut on_ack = |_: u64, r: Result<docket_ledger::publisher::Acked, String>| {
         if r.is_err() {
             failures += 1;
         }
@@ -309,10 +307,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
     let question = "SELECT agent, count(*) AS calls, sum(CASE WHEN status = 403 THEN 1 ELSE 0 END) AS denied \
                     FROM api_calls GROUP BY agent ORDER BY calls DESC, agent LIMIT 5";
-    println!(
-        "an auditor asks, in SQL: docket sql --data {} \"{question}\"",
-        data.display()
-    );
+    let docket = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "docket".into());
+    let shown = data.display();
+    println!("an auditor asks, in SQL: {docket} sql --data {shown} \"{question}\"");
     let mut session =
         docket_query::AuditSession::open(&data, docket_query::SessionOptions::default()).await?;
     let stream = session.stream(question).await?;
@@ -322,6 +321,20 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         std::io::stdout(),
     )
     .await?;
+    println!();
+    println!(
+        "The demo's ledger is kept in {shown}; explore it (the same commands work on any ledger):"
+    );
+    for (what, args) in [
+        ("verify it offline", "verify"),
+        ("the policy findings", "findings"),
+        ("grants as derived from the log", "state grants"),
+        ("tokens (ids and hashes, never secrets)", "state tokens"),
+        ("the refused envelopes and why", "quarantine"),
+        ("an SQL shell (\\d lists tables)", "sql"),
+    ] {
+        println!("  {what:<40} {docket} {args} --data {shown}");
+    }
     if by_code != expected {
         anyhow::bail!("quarantine reasons differ from what the workload forged");
     }
@@ -329,4 +342,33 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         anyhow::bail!("findings or state do not match the workload");
     }
     Ok(())
+}
+
+/// A file that marks a directory as made by `docket demo`, so a later demo may replace it.
+const DEMO_MARKER: &str = ".docket-demo";
+
+/// Makes `dir` ready for a fresh demo ledger and returns its absolute path. Only a directory
+/// that a demo made (it holds the marker) is ever deleted.
+fn prepare_data_dir(dir: &std::path::Path) -> Result<PathBuf> {
+    let non_empty = std::fs::read_dir(dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if non_empty {
+        if !dir.join(DEMO_MARKER).exists() {
+            anyhow::bail!(
+                "{} exists and was not made by `docket demo`; pass --data with a new directory",
+                dir.display()
+            );
+        }
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("removing the previous demo's {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(
+        dir.join(DEMO_MARKER),
+        b"made by docket demo; a later demo replaces it\n",
+    )
+    .with_context(|| format!("writing {}", dir.join(DEMO_MARKER).display()))?;
+    dir.canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))
 }

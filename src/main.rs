@@ -85,6 +85,44 @@ enum KeysCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print a key file's public key and key id (never the secret).
+    Show {
+        /// The key file.
+        file: PathBuf,
+        /// Print only the public key (base64), for scripts.
+        #[arg(long, conflicts_with = "key_id")]
+        public_key: bool,
+        /// Print only the key id (hex), for scripts.
+        #[arg(long)]
+        key_id: bool,
+    },
+    /// Print the unsigned `key.registered` event that lets this key emit KINDs; pipe it to
+    /// `docket publish --key admin.key`.
+    Registration {
+        /// The producer's key file (only its public half is read into the event).
+        file: PathBuf,
+        /// Who holds the key: a service name, or `user:<name>` for a user's own key.
+        #[arg(long)]
+        name: String,
+        /// An event kind the key may emit (repeat), e.g. api.called.
+        #[arg(long = "kind", required = true)]
+        kinds: Vec<String>,
+    },
+    /// Print the unsigned `agent.registered` event for an agent's key; pipe it to
+    /// `docket publish` with a key allowed to emit agent.registered (the vault's).
+    Agent {
+        /// The agent's key file (only its public half is read into the event).
+        file: PathBuf,
+        /// The agent's id (its OAuth client_id).
+        #[arg(long)]
+        agent: String,
+        /// The user who owns the agent.
+        #[arg(long)]
+        user: String,
+        /// A human-readable name (defaults to the agent id).
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -117,8 +155,14 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct PublishArgs {
+    /// NATS server URL.
     #[arg(long, env = "DOCKET_NATS", default_value = "nats://127.0.0.1:4222")]
     nats: String,
+    /// After JetStream stores the events, wait up to this many seconds for the ledger's verdict
+    /// on each (appended at seq N, duplicate, or quarantined with the reason); exit 1 unless all
+    /// were appended.
+    #[arg(long, value_name = "SECONDS")]
+    wait: Option<u64>,
     /// The producer's key file.
     #[arg(long, env = "DOCKET_KEY")]
     key: PathBuf,
@@ -149,9 +193,9 @@ struct LogArgs {
     /// First seq to print.
     #[arg(long, default_value_t = 1)]
     from: u64,
-    /// Most entries to print.
-    #[arg(long, default_value_t = u64::MAX)]
-    limit: u64,
+    /// Most entries to print (all when absent).
+    #[arg(long)]
+    limit: Option<u64>,
 }
 
 #[derive(Args)]
@@ -169,9 +213,12 @@ struct ExportArgs {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The demo and benchmarks print their own summary; per-envelope warnings would drown it.
+    // Client commands print their answer; only trouble belongs on stderr. `serve` logs its life,
+    // but not the NATS client's chatter about each connection.
     let default_filter = match cli.command {
         Command::Demo(_) | Command::Bench(_) => "error",
-        _ => "info",
+        Command::Serve(_) => "info,async_nats=warn",
+        _ => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -193,23 +240,33 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             std::process::ExitCode::from(2)
         }
     }
 }
 
+/// An error and its causes on one line, each said once: library errors often embed their
+/// source's text in their own message, and repeating it reads like a stutter.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 async fn run(cli: Cli) -> Result<std::process::ExitCode> {
     let ok = std::process::ExitCode::SUCCESS;
     match cli.command {
-        Command::Keys(KeysCommand::New { out }) => {
-            let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-            keyfile::write(&out, &key)?;
-            let pk = key.verifying_key();
-            println!("public_key {}", encode_base64(pk.as_bytes()));
-            println!("key_id {}", key_id(pk.as_bytes()));
-            Ok(ok)
-        }
+        Command::Keys(cmd) => keys(cmd).map(|_| ok),
         Command::Serve(args) => serve(args).await.map(|_| ok),
         Command::Publish(args) => publish(args).await.map(|_| ok),
         Command::Verify(args) => verify_cmd(args),
@@ -217,7 +274,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let store = Store::open_reader(&db_dir(&args.data.data))?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            export::write_log(&store, args.from, args.limit, &mut out)?;
+            export::write_log(&store, args.from, args.limit.unwrap_or(u64::MAX), &mut out)?;
             out.flush()?;
             Ok(ok)
         }
@@ -262,6 +319,81 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
     }
 }
 
+fn keys(cmd: KeysCommand) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    // A closed pipe downstream (`| docket publish` that failed) is an error, not a panic.
+    let mut say = |text: String| writeln!(out, "{text}").context("writing to standard output");
+    let public = |file: &Path| -> Result<(String, String)> {
+        let pk = keyfile::read(file)?.verifying_key();
+        Ok((encode_base64(pk.as_bytes()), key_id(pk.as_bytes())))
+    };
+    match cmd {
+        KeysCommand::New { out } => {
+            let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+            keyfile::write(&out, &key)?;
+            let (pk, id) = public(&out)?;
+            say(format!("public_key {pk}"))?;
+            say(format!("key_id {id}"))?;
+        }
+        KeysCommand::Show {
+            file,
+            public_key,
+            key_id,
+        } => {
+            let (pk, id) = public(&file)?;
+            match (public_key, key_id) {
+                (true, _) => say(pk)?,
+                (_, true) => say(id)?,
+                _ => {
+                    say(format!("public_key {pk}"))?;
+                    say(format!("key_id {id}"))?;
+                }
+            }
+        }
+        KeysCommand::Registration { file, name, kinds } => {
+            let (pk, id) = public(&file)?;
+            let kinds = kinds
+                .iter()
+                .map(|k| parse_kind(k))
+                .collect::<Result<Vec<_>>>()?;
+            let event = serde_json::json!({"kind": "key.registered", "key_id": id,
+                "public_key": pk, "name": name, "kinds": kinds});
+            say(format!("{event}"))?;
+        }
+        KeysCommand::Agent {
+            file,
+            agent,
+            user,
+            name,
+        } => {
+            let (pk, _) = public(&file)?;
+            let name = name.unwrap_or_else(|| agent.clone());
+            let event = serde_json::json!({"kind": "agent.registered", "agent": agent,
+                "user": user, "name": name, "public_key": pk});
+            say(format!("{event}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// An event kind by its wire name, or an error listing the kinds there are.
+fn parse_kind(text: &str) -> Result<docket_schemas::Kind> {
+    docket_schemas::Kind::ALL
+        .iter()
+        .copied()
+        .find(|k| k.as_str() == text)
+        .with_context(|| {
+            let all: Vec<&str> = docket_schemas::Kind::ALL
+                .iter()
+                .map(|k| k.as_str())
+                .collect();
+            format!(
+                "unknown event kind {text:?}; the kinds are {}",
+                all.join(", ")
+            )
+        })
+}
+
 /// Where RocksDB lives inside a data directory.
 pub fn db_dir(data: &Path) -> PathBuf {
     data.join("db")
@@ -299,31 +431,47 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     if let Some(o) = args.origin {
         config.origin = o;
+        config.origin_named = true;
     }
-    let admin = args
-        .admin_key
-        .or(config.admin_public_key.clone())
-        .context("no admin public key: pass --admin-key, set DOCKET_ADMIN_KEY, or admin_public_key in the config")?;
     if let Some(k) = args.vault_key {
         config.vault_key = Some(k);
     }
-    let mut ledger = open_ledger(&args.data.data, &config, &admin)?;
+    let data = &args.data.data;
+    // A ledger records its origin and admin key when it is created; a restart needs no reminder.
+    let recorded = if db_dir(data).join("CURRENT").exists() {
+        Some(Store::open_reader(&db_dir(data))?.identity()?)
+    } else {
+        None
+    };
+    if let (false, Some(r)) = (config.origin_named, &recorded) {
+        config.origin = r.origin.clone();
+    }
+    let admin = match (args.admin_key.or(config.admin_public_key.clone()), recorded) {
+        (Some(admin), _) => admin,
+        (None, Some(r)) => r.admin_public_key,
+        (None, None) => bail!(
+            "{} holds no ledger yet, so it needs the admin's public key: pass --admin-key \
+             (`docket keys show admin.key --public-key` prints it), set DOCKET_ADMIN_KEY, \
+             or set admin_public_key in the config",
+            data.display()
+        ),
+    };
+    // Reach NATS before creating anything on disk, so a wrong URL leaves no half-made ledger.
     let settings = NatsSettings {
         url: args.nats.clone(),
         consumer: config.consumer.clone(),
         filter: config.subject_filter.clone(),
         deliver_new: false,
     };
-    let mut source = NatsSource::connect(&settings)
-        .await
-        .with_context(|| format!("connecting to {}", args.nats))?;
+    let mut source = connect_patiently(&settings).await?;
+    let mut ledger = open_ledger(data, &config, &admin)?;
     let floor = source.ack_floor().await?;
     let applied = ledger.store().last_source_seq()?;
     if floor > applied {
         bail!(
             "the ledger has lost acknowledged data: JetStream's ack floor is stream seq {floor} but the ledger \
              only holds up to stream seq {applied}. Restore {} from backup before serving.",
-            args.data.data.display()
+            data.display()
         );
     }
     tracing::info!(origin = %config.origin, seq = ledger.tip().seq, nats = %args.nats, "ledger serving");
@@ -343,8 +491,20 @@ async fn serve(args: ServeArgs) -> Result<()> {
         });
         tracing::info!(vault_key = %path.display(), "vault serving on docket.vault.>");
     }
+    {
+        let (client, store, origin) = (
+            source.client.clone(),
+            ledger.shared_store(),
+            config.origin.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = docket_ledger::fate::serve_fate_requests(client, store, origin).await {
+                tracing::error!(error = %e, "fate requests stopped");
+            }
+        });
+    }
     let stop_sealing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sealer = sql_cmd::spawn_sealer(args.data.data.clone(), stop_sealing.clone());
+    let sealer = sql_cmd::spawn_sealer(data.clone(), stop_sealing.clone());
     let result = ledger
         .run(Source::Nats(Box::new(source)), bus, shutdown_signal())
         .await;
@@ -353,6 +513,50 @@ async fn serve(args: ServeArgs) -> Result<()> {
     result?;
     tracing::info!(seq = ledger.tip().seq, stats = ?ledger.stats, "ledger stopped cleanly");
     Ok(())
+}
+
+/// How long `serve` keeps trying to reach NATS at start (a server started a moment earlier
+/// may not listen yet); past it, `serve` fails and says what to check.
+const SERVE_CONNECT_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Connects the ledger's source, retrying an unreachable server for a bounded time, out loud.
+async fn connect_patiently(settings: &NatsSettings) -> Result<NatsSource> {
+    let deadline = tokio::time::Instant::now() + SERVE_CONNECT_PATIENCE;
+    let mut warned = false;
+    loop {
+        match NatsSource::connect(settings).await {
+            Ok(source) => return Ok(source),
+            Err(e @ docket_ledger::transport::TransportError::Connect { .. })
+                if tokio::time::Instant::now() < deadline =>
+            {
+                if !warned {
+                    tracing::warn!(
+                        "{e}; retrying for up to {} s",
+                        SERVE_CONNECT_PATIENCE.as_secs()
+                    );
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Connects to NATS, retrying an unreachable server until `patience` has passed.
+async fn connect_within(url: &str, patience: Duration) -> Result<async_nats::Client> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match docket_ledger::transport::connect(url).await {
+            Ok(client) => return Ok(client),
+            Err(docket_ledger::transport::TransportError::Connect { .. })
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -373,6 +577,14 @@ pub async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// One event `publish` sent, and what JetStream said of it.
+struct Sent {
+    line: usize,
+    id: EventId,
+    kind: String,
+    ack: Option<Result<docket_ledger::publisher::Acked, String>>,
+}
+
 async fn publish(args: PublishArgs) -> Result<()> {
     let key = keyfile::read(&args.key)?;
     let reader: Box<dyn BufRead> = if args.input == "-" {
@@ -382,18 +594,23 @@ async fn publish(args: PublishArgs) -> Result<()> {
             std::fs::File::open(&args.input).with_context(|| format!("opening {}", args.input))?;
         Box::new(std::io::BufReader::new(f))
     };
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(&args.nats)
-        .await
-        .with_context(|| format!("connecting to {}", args.nats))?;
-    let js = async_nats::jetstream::new(client);
+    // With --wait the caller has said how long it will wait: a server still starting within
+    // that time is no failure. Without it, a wrong URL fails at once.
+    let patience = Duration::from_secs(args.wait.unwrap_or(0));
+    let client = connect_within(&args.nats, patience).await?;
+    let js = async_nats::jetstream::new(client.clone());
     docket_ledger::transport::ensure_stream(&js).await?;
     let mut publisher = Publisher::new(Sink::Nats(js));
     let mut invalid = 0u64;
-    let mut report = |_: u64, r: Result<u64, String>| {
-        if let Err(e) = r {
+    let mut sent: Vec<Sent> = Vec::new();
+    let acks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let acks_in = std::sync::Arc::clone(&acks);
+    let mut report = move |index: u64, r: Result<docket_ledger::publisher::Acked, String>| {
+        if let Err(e) = &r {
             eprintln!("publish failed: {e}");
+        }
+        if let Ok(mut a) = acks_in.lock() {
+            a.push((index, r));
         }
     };
     for (n, line) in reader.lines().enumerate() {
@@ -402,13 +619,23 @@ async fn publish(args: PublishArgs) -> Result<()> {
             continue;
         }
         let now = Timestamp::from_micros(docket_ledger::ingest::now_us())
-            .unwrap_or(Timestamp::UNIX_EPOCH);
+            .context("the system clock is outside the range of event times")?;
         let id = EventId(*uuid::Uuid::now_v7().as_bytes());
         match prepare(&line, &key, now, id) {
             Ok((subject, envelope, id)) => {
+                let kind = subject
+                    .strip_prefix(docket_ledger::transport::EVENT_SUBJECT_PREFIX)
+                    .unwrap_or(&subject)
+                    .to_string();
                 publisher
                     .send(subject, envelope, Some(id), &mut report)
                     .await?;
+                sent.push(Sent {
+                    line: n + 1,
+                    id,
+                    kind,
+                    ack: None,
+                });
             }
             Err(e) => {
                 invalid += 1;
@@ -417,15 +644,156 @@ async fn publish(args: PublishArgs) -> Result<()> {
         }
     }
     publisher.flush(&mut report).await;
-    let s = &publisher.stats;
-    println!(
-        "published {} acked {} duplicates {} failed {} invalid {invalid}",
-        s.published, s.acked, s.duplicates, s.failed
+    for (index, r) in acks
+        .lock()
+        .map_err(|_| anyhow::anyhow!("ack list poisoned"))?
+        .drain(..)
+    {
+        if let Some(s) = sent.get_mut(index as usize) {
+            s.ack = Some(r);
+        }
+    }
+    let st = &publisher.stats;
+    let not_published = st.failed + invalid;
+    if args.wait.is_none() {
+        // JetStream's ack is not the ledger's verdict: say so, every time.
+        println!(
+            "published {}: JetStream stored {} ({} already within its duplicate window), failed {}, invalid {invalid}",
+            st.published, st.acked, st.duplicates, st.failed
+        );
+        println!(
+            "stored means queued for the ledger, not accepted by it: the ledger may still quarantine an event \
+             (`docket publish --wait SECONDS` reports each event's fate)"
+        );
+        if not_published > 0 {
+            bail!("{not_published} events were not published");
+        }
+        return Ok(());
+    }
+    let wait = Duration::from_secs(args.wait.unwrap_or(0));
+    let fates = wait_for_fates(&client, &sent, wait).await?;
+    let (mut appended, mut duplicates, mut quarantined, mut pending) = (0u64, 0u64, 0u64, 0u64);
+    let mut out = std::io::stdout().lock();
+    for (s, fate) in sent.iter().zip(&fates) {
+        use docket_schemas::fate::Fate;
+        let dup = matches!(&s.ack, Some(Ok(a)) if a.duplicate);
+        let text = match fate {
+            None => continue,
+            Some(Fate::Appended { seq, .. }) if dup => {
+                duplicates += 1;
+                format!("duplicate: already in the chain at seq {seq}")
+            }
+            Some(Fate::Appended { seq, hash }) => {
+                appended += 1;
+                format!("appended at seq {seq} (entry hash {hash})")
+            }
+            Some(Fate::Quarantined { code, reason }) => {
+                quarantined += 1;
+                format!("QUARANTINED {code}: {reason}")
+            }
+            Some(Fate::Pending) => {
+                pending += 1;
+                format!(
+                    "pending: the ledger has not processed it after {} s",
+                    wait.as_secs()
+                )
+            }
+        };
+        let _ = writeln!(out, "line {} {} {}: {text}", s.line, s.kind, s.id);
+    }
+    let _ = writeln!(
+        out,
+        "appended {appended}, duplicates {duplicates}, quarantined {quarantined}, pending {pending}, \
+         failed {}, invalid {invalid}",
+        st.failed
     );
-    if s.failed > 0 || invalid > 0 {
-        bail!("{} events were not published", s.failed + invalid);
+    if not_published + quarantined + pending > 0 {
+        bail!(
+            "{} of {} events did not reach the chain",
+            not_published + quarantined + pending,
+            sent.len() as u64 + invalid
+        );
     }
     Ok(())
+}
+
+/// Asks the ledger what became of each acknowledged event until none is pending or `wait` ends.
+/// `None` for an event JetStream never acknowledged.
+async fn wait_for_fates(
+    client: &async_nats::Client,
+    sent: &[Sent],
+    wait: Duration,
+) -> Result<Vec<Option<docket_schemas::fate::Fate>>> {
+    use docket_schemas::fate::{
+        FATE_QUERIES_MAX, FATE_VERSION, Fate, FateQuery, FateReply, FateRequest, SUBJECT_FATE,
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut fates: Vec<Option<Fate>> = sent
+        .iter()
+        .map(|s| match &s.ack {
+            Some(Ok(_)) => Some(Fate::Pending),
+            _ => None,
+        })
+        .collect();
+    let mut answered_once = false;
+    loop {
+        let open: Vec<usize> = (0..sent.len())
+            .filter(|&i| fates[i] == Some(Fate::Pending))
+            .collect();
+        if open.is_empty() {
+            break;
+        }
+        for chunk in open.chunks(FATE_QUERIES_MAX) {
+            let events = chunk
+                .iter()
+                .filter_map(|&i| match &sent[i].ack {
+                    Some(Ok(a)) => Some(FateQuery {
+                        id: sent[i].id,
+                        stream_seq: a.stream_seq,
+                    }),
+                    _ => None,
+                })
+                .collect();
+            let body = serde_json::to_vec(&FateRequest {
+                v: FATE_VERSION,
+                events,
+            })?;
+            let reply = tokio::time::timeout(
+                docket_ledger::transport::CONNECT_TIMEOUT,
+                client.request(SUBJECT_FATE, body.into()),
+            )
+            .await;
+            // No ledger answering yet (not started, or restarting) is the same as "pending".
+            let Ok(Ok(reply)) = reply else { continue };
+            let reply: FateReply = serde_json::from_slice(&reply.payload)
+                .context("the ledger's fate reply does not parse")?;
+            if let Some(e) = reply.error {
+                bail!("the ledger refused the fate request: {e}");
+            }
+            if reply.fates.len() != chunk.len() {
+                bail!(
+                    "the ledger answered {} fates for {} events",
+                    reply.fates.len(),
+                    chunk.len()
+                );
+            }
+            answered_once = true;
+            for (&i, fate) in chunk.iter().zip(reply.fates) {
+                fates[i] = Some(fate);
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if !answered_once && fates.iter().any(|f| f.is_some()) {
+        eprintln!(
+            "no ledger answered on {SUBJECT_FATE} within {} s: is `docket serve` running against this NATS server?",
+            wait.as_secs()
+        );
+    }
+    Ok(fates)
 }
 
 fn verify_cmd(args: VerifyArgs) -> Result<std::process::ExitCode> {

@@ -13,32 +13,42 @@ use serde_json::Value;
 
 #[derive(Args)]
 pub struct Client {
+    /// NATS server URL (the vault answers on docket.vault.>).
     #[arg(long, env = "DOCKET_NATS", default_value = "nats://127.0.0.1:4222")]
     nats: String,
     /// Your key file: a user's, an agent's, a gateway's or the admin's.
     #[arg(long, env = "DOCKET_KEY")]
     key: PathBuf,
+    /// Print only this field of the answer (e.g. grant_id, approval_id, token), for scripts;
+    /// the exit status still says whether the vault agreed.
+    #[arg(long, value_name = "NAME")]
+    field: Option<String>,
 }
 
 #[derive(Args)]
 pub struct GrantArgs {
     #[command(flatten)]
     client: Client,
+    /// The user granting access (your key must be `user:<this user>`, or the admin's).
     #[arg(long)]
     user: String,
+    /// The agent receiving the grant (it must be registered and owned by the user).
     #[arg(long)]
     agent: String,
+    /// The API the grant is for (an OAuth audience, e.g. https://api.github.com).
     #[arg(long)]
     audience: String,
     /// A scope to grant (repeat).
     #[arg(long = "scope", required = true)]
     scopes: Vec<String>,
     /// Lifetime of the grant, in seconds.
-    #[arg(long, default_value_t = 86_400)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 86_400)]
     expires_in: i64,
-    #[arg(long)]
+    /// Most API calls the agent may make under this grant, in all (no budget when absent).
+    #[arg(long, value_name = "CALLS")]
     max_calls: Option<u64>,
-    #[arg(long)]
+    /// Longest lifetime of a token issued under this grant, in seconds (the policy's longest when absent).
+    #[arg(long, value_name = "SECONDS")]
     max_token_ttl: Option<u32>,
     /// A scope that needs approval, as SCOPE=low|high|critical (repeat).
     #[arg(long = "approval")]
@@ -49,10 +59,13 @@ pub struct GrantArgs {
 pub struct TokenArgs {
     #[command(flatten)]
     client: Client,
+    /// The agent asking (your key must be this agent's registered key).
     #[arg(long)]
     agent: String,
+    /// The API the token is for.
     #[arg(long)]
     audience: String,
+    /// A scope the token should carry (repeat); each must be in the grant.
     #[arg(long = "scope", required = true)]
     scopes: Vec<String>,
     /// What you are about to do; shown to the approver.
@@ -62,9 +75,10 @@ pub struct TokenArgs {
     #[arg(long)]
     approval_id: Option<String>,
     /// Keep polling while the approval is pending, up to this many seconds (CIBA poll mode).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     wait: u64,
-    #[arg(long)]
+    /// The token's lifetime, in seconds (at most the grant's and the policy's longest).
+    #[arg(long, value_name = "SECONDS")]
     ttl: Option<u32>,
 }
 
@@ -72,6 +86,7 @@ pub struct TokenArgs {
 pub struct ApproveArgs {
     #[command(flatten)]
     client: Client,
+    /// The pending request to decide (`approval_id` in the agent's pending answer, or `docket state approvals`).
     #[arg(long)]
     approval_id: String,
     /// Deny instead of approving.
@@ -80,6 +95,7 @@ pub struct ApproveArgs {
     /// When you last authenticated strongly (passkey, MFA), RFC 3339; makes this a step-up approval.
     #[arg(long)]
     step_up_at: Option<String>,
+    /// Why you decided so; recorded with the decision.
     #[arg(long)]
     reason: Option<String>,
 }
@@ -88,13 +104,16 @@ pub struct ApproveArgs {
 pub struct RevokeArgs {
     #[command(flatten)]
     client: Client,
+    /// Revoke this token (its id, as in `docket state tokens`).
     #[arg(long)]
     token_id: Option<String>,
+    /// Revoke this grant; every token issued under it ends too.
     #[arg(long)]
     grant_id: Option<String>,
     /// Suspend this agent (every token it holds ends).
     #[arg(long)]
     agent: Option<String>,
+    /// Why; recorded with the revocation (required: an auditor will ask).
     #[arg(long)]
     reason: String,
 }
@@ -114,11 +133,7 @@ fn now() -> Timestamp {
 
 async fn call(client: &Client, op: Op) -> Result<Value> {
     let key = keyfile::read(&client.key)?;
-    let nats = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(&client.nats)
-        .await
-        .with_context(|| format!("connecting to {}", client.nats))?;
+    let nats = docket_ledger::transport::connect(&client.nats).await?;
     let subject = format!("docket.vault.{}", op.name());
     let request = Request {
         v: 1,
@@ -136,9 +151,22 @@ async fn call(client: &Client, op: Op) -> Result<Value> {
     Ok(serde_json::from_slice(&reply.payload)?)
 }
 
-fn finish(reply: &Value) -> Result<std::process::ExitCode> {
-    println!("{}", serde_json::to_string_pretty(reply)?);
-    Ok(if reply["ok"] == Value::Bool(false) {
+fn finish(client: &Client, reply: &Value) -> Result<std::process::ExitCode> {
+    let refused = reply["ok"] == Value::Bool(false);
+    match &client.field {
+        // A refusal has no such field; show the vault's reason instead of an empty line.
+        Some(name) if !refused => match &reply[name.as_str()] {
+            Value::Null => bail!(
+                "the vault's answer has no field {name:?}: {}",
+                serde_json::to_string(reply)?
+            ),
+            Value::String(text) => println!("{text}"),
+            other => println!("{other}"),
+        },
+        Some(_) => eprintln!("{}", serde_json::to_string_pretty(reply)?),
+        None => println!("{}", serde_json::to_string_pretty(reply)?),
+    }
+    Ok(if refused {
         std::process::ExitCode::from(1)
     } else {
         std::process::ExitCode::SUCCESS
@@ -175,7 +203,7 @@ pub async fn grant(a: GrantArgs) -> Result<std::process::ExitCode> {
         max_token_ttl_s: a.max_token_ttl,
         approval,
     };
-    finish(&call(&a.client, op).await?)
+    finish(&a.client, &call(&a.client, op).await?)
 }
 
 pub async fn token(a: TokenArgs) -> Result<std::process::ExitCode> {
@@ -192,7 +220,15 @@ pub async fn token(a: TokenArgs) -> Result<std::process::ExitCode> {
         };
         let reply = call(&a.client, op).await?;
         if reply["status"] != "pending" || Instant::now() >= deadline {
-            return finish(&reply);
+            if let (Some("pending"), Some(id)) =
+                (reply["status"].as_str(), reply["approval_id"].as_str())
+            {
+                eprintln!(
+                    "pending: a human must decide approval {id} (`docket approve --approval-id {id}` \
+                     with the user's key); then ask again with --approval-id {id}, or use --wait SECONDS"
+                );
+            }
+            return finish(&a.client, &reply);
         }
         approval_id = reply["approval_id"].as_str().map(String::from);
         eprintln!(
@@ -225,7 +261,7 @@ pub async fn approve(a: ApproveArgs) -> Result<std::process::ExitCode> {
         auth_time,
         reason: a.reason,
     };
-    finish(&call(&a.client, op).await?)
+    finish(&a.client, &call(&a.client, op).await?)
 }
 
 pub async fn revoke(a: RevokeArgs) -> Result<std::process::ExitCode> {
@@ -235,9 +271,12 @@ pub async fn revoke(a: RevokeArgs) -> Result<std::process::ExitCode> {
         agent: a.agent,
         reason: a.reason,
     };
-    finish(&call(&a.client, op).await?)
+    finish(&a.client, &call(&a.client, op).await?)
 }
 
 pub async fn introspect(a: IntrospectArgs) -> Result<std::process::ExitCode> {
-    finish(&call(&a.client, Op::Introspect { token: a.token }).await?)
+    finish(
+        &a.client,
+        &call(&a.client, Op::Introspect { token: a.token }).await?,
+    )
 }

@@ -21,7 +21,7 @@ async fn publish(js: &async_nats::jetstream::Context, items: Vec<Published>) -> 
     let acked = Arc::new(Mutex::new(Vec::new()));
     let mut p = Publisher::new(Sink::Nats(js.clone()));
     let a = Arc::clone(&acked);
-    let mut on_ack = move |i: u64, r: Result<u64, String>| {
+    let mut on_ack = move |i: u64, r: Result<docket_ledger::publisher::Acked, String>| {
         if r.is_ok() {
             a.lock().unwrap().push(i);
         }

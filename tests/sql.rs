@@ -81,7 +81,7 @@ fn sql_answers_beside_a_running_serve_in_every_format() {
         let js = jetstream(&nats.url()).await;
         let mut p =
             docket_ledger::publisher::Publisher::new(docket_ledger::publisher::Sink::Nats(js));
-        let mut ignore = |_: u64, _: Result<u64, String>| {};
+        let mut ignore = |_: u64, _: Result<docket_ledger::publisher::Acked, String>| {};
         for it in items {
             p.send(it.subject, it.envelope, it.id, &mut ignore)
                 .await

@@ -12,6 +12,10 @@ pub struct Config {
     /// The chain's name in checkpoints, e.g. `docket.example.com/ledger`.
     #[serde(default = "default_origin")]
     pub origin: String,
+    /// Whether the file named `origin` itself; if not, an existing ledger's recorded origin
+    /// stands instead of the default, so a restart needs no reminder.
+    #[serde(skip)]
+    pub origin_named: bool,
     /// base64 of the admin's ed25519 public key: the root of trust for producer keys.
     pub admin_public_key: Option<String>,
     /// File holding the key that signs checkpoints; created in the data directory when absent.
@@ -65,6 +69,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             origin: default_origin(),
+            origin_named: false,
             admin_public_key: None,
             ledger_key: None,
             checkpoint_every_entries: default_every_entries(),
@@ -95,10 +100,15 @@ impl Config {
             path: path.into(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let parse = |e: toml::de::Error| ConfigError::Parse {
             path: path.into(),
             why: e.to_string(),
-        })
+        };
+        let mut config: Config = toml::from_str(&text).map_err(parse)?;
+        config.origin_named = toml::from_str::<toml::Table>(&text)
+            .map_err(parse)?
+            .contains_key("origin");
+        Ok(config)
     }
 
     pub fn rules(&self) -> crate::state::Policy {

@@ -141,6 +141,11 @@ impl Ledger {
         &self.store
     }
 
+    /// The store, for readers that outlive a borrow of the ledger (the fate responder).
+    pub fn shared_store(&self) -> Arc<Store> {
+        Arc::clone(&self.store)
+    }
+
     /// Serves vault requests from `desk` in this ledger's loop, so each decision is appended before it is answered.
     /// Replaces the default policy settings (step-up age, approval lifetime).
     pub fn with_rules(mut self, rules: Policy) -> Ledger {

@@ -7,6 +7,7 @@ pub mod admission;
 pub mod chain;
 pub mod config;
 pub mod export;
+pub mod fate;
 pub mod ingest;
 pub mod keyfile;
 pub mod nats_server;

@@ -66,12 +66,24 @@ pub struct PublishStats {
     pub failed: u64,
 }
 
+/// JetStream's acknowledgement of one message: where the stream holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Acked {
+    /// The stream sequence JetStream stored the message at (the original's, for a duplicate).
+    pub stream_seq: u64,
+    /// JetStream recognised the message id within its duplicate window and stored nothing new.
+    pub duplicate: bool,
+}
+
+/// Called once per message: its index and JetStream's acknowledgement, or why there was none.
+pub type OnAck<'a> = dyn FnMut(u64, Result<Acked, String>) + Send + 'a;
+
 enum InFlight {
     Nats(jetstream::context::PublishAckFuture),
     Memory(u64),
 }
 
-/// Sends envelopes in order; `on_ack(index, stream_seq)` is called for each one the stream confirmed.
+/// Sends envelopes in order; `on_ack(index, ack)` is called for each one, confirmed or failed.
 pub struct Publisher {
     sink: Sink,
     window: VecDeque<(u64, InFlight)>,
@@ -95,7 +107,7 @@ impl Publisher {
         subject: String,
         envelope: Vec<u8>,
         id: Option<EventId>,
-        on_ack: &mut (dyn FnMut(u64, Result<u64, String>) + Send),
+        on_ack: &mut OnAck<'_>,
     ) -> Result<u64, TransportError> {
         while self.window.len() >= PUBLISH_WINDOW {
             self.settle_one(on_ack).await;
@@ -124,7 +136,7 @@ impl Publisher {
         Ok(index)
     }
 
-    async fn settle_one(&mut self, on_ack: &mut (dyn FnMut(u64, Result<u64, String>) + Send)) {
+    async fn settle_one(&mut self, on_ack: &mut OnAck<'_>) {
         let Some((index, f)) = self.window.pop_front() else {
             return;
         };
@@ -134,11 +146,17 @@ impl Publisher {
                     if ack.duplicate {
                         self.stats.duplicates += 1;
                     }
-                    Ok(ack.sequence)
+                    Ok(Acked {
+                        stream_seq: ack.sequence,
+                        duplicate: ack.duplicate,
+                    })
                 }
                 Err(e) => Err(e.to_string()),
             },
-            InFlight::Memory(seq) => Ok(seq),
+            InFlight::Memory(seq) => Ok(Acked {
+                stream_seq: seq,
+                duplicate: false,
+            }),
         };
         match &result {
             Ok(_) => self.stats.acked += 1,
@@ -148,7 +166,7 @@ impl Publisher {
     }
 
     /// Waits for every outstanding ack.
-    pub async fn flush(&mut self, on_ack: &mut (dyn FnMut(u64, Result<u64, String>) + Send)) {
+    pub async fn flush(&mut self, on_ack: &mut OnAck<'_>) {
         while !self.window.is_empty() {
             self.settle_one(on_ack).await;
         }

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use docket_schemas::EventId;
+use docket_schemas::fate::Fate;
 use rocksdb::{
     BlockBasedOptions, ColumnFamilyDescriptor, DB, DBCompressionType, DBRecoveryMode, Direction,
     IteratorMode, Options, WriteBatch, WriteOptions,
@@ -91,6 +92,10 @@ const FORMAT_VERSION: &[u8] = b"1";
 /// What went wrong with the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error(
+        "{path} is in use by another process (a running `docket serve`?); stop it, or pass another --data"
+    )]
+    Locked { path: PathBuf },
     #[error("RocksDB at {path}: {source}")]
     Rocks {
         path: PathBuf,
@@ -177,8 +182,14 @@ fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
 impl Store {
     /// Opens (creating if needed) the primary store for `serve`, checking it belongs to this ledger.
     pub fn open(path: &Path, identity: &LedgerIdentity) -> Result<Store, StoreError> {
-        let db = DB::open_cf_descriptors(&options(), path, cf_descriptors())
-            .map_err(|e| rocks(path, e))?;
+        let db = DB::open_cf_descriptors(&options(), path, cf_descriptors()).map_err(|e| {
+            // RocksDB reports a held LOCK file as an I/O error; name the likely cause instead.
+            if e.kind() == rocksdb::ErrorKind::IOError && e.to_string().contains("LOCK") {
+                StoreError::Locked { path: path.into() }
+            } else {
+                rocks(path, e)
+            }
+        })?;
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
         let store = Store {
@@ -538,6 +549,40 @@ impl Store {
 
     pub fn quarantine(&self) -> Result<Vec<serde_json::Value>, StoreError> {
         self.scan(CF_QUARANTINE, |_, v| serde_json::from_slice(v).ok())
+    }
+
+    /// What became of the message JetStream stored at `stream_seq` carrying event `id`:
+    /// quarantined (that exact message was refused), appended (an entry holds the id), or pending.
+    pub fn fate(&self, id: &EventId, stream_seq: u64) -> Result<Fate, StoreError> {
+        let quarantined = self
+            .db
+            .get_cf(self.cf(CF_QUARANTINE)?, stream_seq.to_be_bytes())
+            .map_err(|e| rocks(&self.path, e))?;
+        if let Some(record) = quarantined {
+            let q: serde_json::Value = serde_json::from_slice(&record)
+                .map_err(|_| self.corrupt(CF_QUARANTINE.as_bytes()))?;
+            let text = |field: &str| {
+                q[field]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| self.corrupt(CF_QUARANTINE.as_bytes()))
+            };
+            return Ok(Fate::Quarantined {
+                code: text("code")?,
+                reason: text("reason")?,
+            });
+        }
+        let Some(seq) = self.seq_of(id)? else {
+            return Ok(Fate::Pending);
+        };
+        let record = self
+            .record(seq)?
+            .ok_or_else(|| self.corrupt(CF_ENTRIES.as_bytes()))?;
+        let entry = decode_record(seq, &record)?;
+        Ok(Fate::Appended {
+            seq,
+            hash: crate::chain::hex(&entry.hash),
+        })
     }
 
     /// Seq of the entry holding `id`, if any.

@@ -45,6 +45,12 @@ const _: () = assert!(crate::admission::BATCH_EVENTS_MAX <= ACK_PENDING_MAX);
 pub enum TransportError {
     #[error("NATS: {0}")]
     Nats(String),
+    #[error(
+        "cannot reach NATS at {url} ({why}); is nats-server running there? (`nats-server -js` starts one)"
+    )]
+    Connect { url: String, why: String },
+    #[error("NATS JetStream: {0}; is JetStream enabled on the server? (`nats-server -js`)")]
+    JetStream(String),
     #[error("transport closed")]
     Closed,
 }
@@ -127,12 +133,9 @@ pub struct NatsSettings {
 impl NatsSource {
     /// Connects, ensures the file-backed stream and the durable consumer exist.
     pub async fn connect(settings: &NatsSettings) -> Result<NatsSource, TransportError> {
-        let client = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(&settings.url)
-            .await
-            .map_err(nats_err)?;
+        // No retry on the first connect: a wrong URL should fail now, loudly, not hang at INFO.
+        // Once connected, the client reconnects by itself when the server restarts.
+        let client = connect(&settings.url).await?;
         let js = jetstream::new(client.clone());
         let stream = ensure_stream(&js).await?;
         let consumer = stream
@@ -241,6 +244,30 @@ impl NatsSource {
     }
 }
 
+/// How long a first connection attempt may take before it is reported as a failure.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to a NATS server once, with an error that names the URL and what to check.
+pub async fn connect(url: &str) -> Result<async_nats::Client, TransportError> {
+    async_nats::ConnectOptions::new()
+        .connection_timeout(CONNECT_TIMEOUT)
+        .connect(url)
+        .await
+        .map_err(|e| TransportError::Connect {
+            url: url.to_string(),
+            why: root_cause(&e),
+        })
+}
+
+/// The innermost cause of an error: NATS errors wrap an I/O error and repeat its text.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    inner.to_string()
+}
+
 /// Creates the events stream if absent: file storage, so JetStream survives a restart.
 pub async fn ensure_stream(js: &jetstream::Context) -> Result<stream::Stream, TransportError> {
     js.get_or_create_stream(stream::Config {
@@ -251,7 +278,7 @@ pub async fn ensure_stream(js: &jetstream::Context) -> Result<stream::Stream, Tr
         ..Default::default()
     })
     .await
-    .map_err(nats_err)
+    .map_err(|e| TransportError::JetStream(e.to_string()))
 }
 
 /// An in-process stand-in for the JetStream stream and its consumer.

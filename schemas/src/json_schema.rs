@@ -12,7 +12,17 @@ use crate::limits::*;
 
 /// (file name, pretty JSON) for every schema file.
 pub fn files() -> Vec<(String, String)> {
-    let mut out = vec![("envelope.schema.json".to_string(), envelope())];
+    let mut out = vec![
+        ("envelope.schema.json".to_string(), envelope()),
+        (
+            "fate.request.schema.json".to_string(),
+            contract::<crate::fate::FateRequest>("fate.request"),
+        ),
+        (
+            "fate.reply.schema.json".to_string(),
+            contract::<crate::fate::FateReply>("fate.reply"),
+        ),
+    ];
     for &kind in Kind::ALL {
         out.push((format!("{}.schema.json", kind.as_str()), kind_schema(kind)));
     }
@@ -27,6 +37,18 @@ fn pretty(value: &Value) -> String {
     let mut s = serde_json::to_string_pretty(value).unwrap_or_default();
     s.push('\n');
     s
+}
+
+/// A message that is not an event (a request or reply on the bus), with its `$id`.
+fn contract<T: JsonSchema>(name: &str) -> String {
+    let mut schema = root::<T>().to_value();
+    if let Some(obj) = schema.as_object_mut() {
+        obj.insert(
+            "$id".into(),
+            json!(format!("https://docket.dev/schemas/{name}.schema.json")),
+        );
+    }
+    pretty(&schema)
 }
 
 fn envelope() -> String {

@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod envelope;
 pub mod event;
+pub mod fate;
 pub mod json_schema;
 pub mod keys;
 pub mod limits;
