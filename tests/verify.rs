@@ -223,3 +223,49 @@ fn a_projection_that_disagrees_with_the_chain_is_named_by_seq() {
         .success()
     );
 }
+
+/// The demo keeps its ledger where it says, prints commands that work on it, replaces only
+/// a directory a demo made, and refuses to touch anything else.
+#[test]
+fn demo_keeps_its_ledger_and_prints_commands_that_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("docket-demo");
+    let run = || docket(&["demo", "--seconds", "1", "--data", data.to_str().unwrap()]);
+    let o = run();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = stdout(&o);
+    let shown = data.canonicalize().unwrap();
+    assert!(
+        out.contains(&format!("kept in {}", shown.display())),
+        "{out}"
+    );
+    // Every printed command runs, as printed, after the demo has exited.
+    let commands: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains(&format!("--data {}", shown.display())) && l.contains(" verify "))
+        .collect();
+    assert_eq!(commands.len(), 1, "{out}");
+    let verify_line = commands[0].trim();
+    let exe = verify_line
+        .find(DOCKET)
+        .map(|i| &verify_line[i..])
+        .expect("the command names the binary that ran");
+    let words: Vec<&str> = exe.split_whitespace().collect();
+    let o = Command::new(words[0]).args(&words[1..]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout(&o).starts_with("intact"), "{}", stdout(&o));
+    // A second demo replaces the first one's ledger.
+    assert!(run().status.success());
+    // A directory the demo did not make is never deleted.
+    let other = dir.path().join("mine");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("precious.txt"), "keep").unwrap();
+    let o = docket(&["demo", "--seconds", "1", "--data", other.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("was not made by `docket demo`"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(other.join("precious.txt").exists());
+}
