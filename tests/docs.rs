@@ -116,12 +116,15 @@ fn run(script_text: &str, dir: &Path) -> (bool, String) {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    // The group may be gone already (the script ended and took its jobs with it).
     let _ = Command::new("kill")
         .args(["-TERM", "--", &format!("-{}", child.id())])
+        .stderr(Stdio::null())
         .status();
     std::thread::sleep(Duration::from_millis(300));
     let _ = Command::new("kill")
         .args(["-KILL", "--", &format!("-{}", child.id())])
+        .stderr(Stdio::null())
         .status();
     let _ = child.wait();
     let mut text = String::new();
