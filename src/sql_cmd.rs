@@ -249,15 +249,74 @@ impl ShellInput {
 }
 
 
+/// One read from the shell's input.
+enum Read {
+    Line(String),
+    /// Ctrl-C at a terminal.
+    Interrupted,
+    End,
+}
+
+/// Where the shell's lines come from: the line editor at a terminal; piped input is read as
+/// it is, without prompts (which the editor writes to standard output on some terminals)
+/// and without adding a script's queries to the person's history.
+enum Lines {
+    Editor {
+        editor: Box<rustyline::DefaultEditor>,
+        history: PathBuf,
+    },
+    Piped(std::io::Lines<std::io::StdinLock<'static>>),
+}
+
+impl Lines {
+    fn open(interactive: bool) -> Result<Lines> {
+        if !interactive {
+            use std::io::BufRead;
+            return Ok(Lines::Piped(std::io::stdin().lock().lines()));
+        }
+        let mut editor = Box::new(rustyline::DefaultEditor::new()?);
+        let history = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir)
+            .join(".docket_sql_history");
+        // A missing or unreadable history only means starting without one.
+        let _ = editor.load_history(&history);
+        Ok(Lines::Editor { editor, history })
+    }
+
+    fn read(&mut self, prompt: &str) -> Result<Read> {
+        use rustyline::error::ReadlineError;
+        match self {
+            Lines::Editor { editor, .. } => match editor.readline(prompt) {
+                Ok(line) => Ok(Read::Line(line)),
+                Err(ReadlineError::Interrupted) => Ok(Read::Interrupted),
+                Err(ReadlineError::Eof) => Ok(Read::End),
+                Err(e) => Err(e.into()),
+            },
+            Lines::Piped(lines) => match lines.next() {
+                Some(line) => Ok(Read::Line(line.context("reading standard input")?)),
+                None => Ok(Read::End),
+            },
+        }
+    }
+
+    fn remember(&mut self, query: &str) {
+        if let Lines::Editor { editor, .. } = self {
+            let _ = editor.add_history_entry(format!("{query};"));
+        }
+    }
+
+    fn close(&mut self) {
+        if let Lines::Editor { editor, history } = self {
+            // Losing the history is not worth failing a session that answered.
+            let _ = editor.save_history(history);
+        }
+    }
+}
+
 async fn shell(session: &mut AuditSession, format: Format) -> Result<ExitCode> {
-    use rustyline::error::ReadlineError;
-    let mut editor = rustyline::DefaultEditor::new()?;
-    let history = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
-        .join(".docket_sql_history");
-    let _ = editor.load_history(&history);
     let interactive = std::io::stdin().is_terminal();
+    let mut lines = Lines::open(interactive)?;
     if interactive {
         eprintln!("docket sql: read-only SQL over the ledger. {SHELL_HELP}");
     }
@@ -269,24 +328,23 @@ async fn shell(session: &mut AuditSession, format: Format) -> Result<ExitCode> {
         } else {
             "docket> "
         };
-        let action = match editor.readline(prompt) {
-            Ok(line) => input.line(&line),
-            Err(ReadlineError::Interrupted) => {
+        let action = match lines.read(prompt)? {
+            Read::Line(line) => input.line(&line),
+            Read::Interrupted => {
                 // Ctrl-C drops the query being typed, as in psql.
                 let _ = input.take();
                 None
             }
             // Run what is left; the next read meets the end again, with nothing left.
-            Err(ReadlineError::Eof) => match input.end() {
+            Read::End => match input.end() {
                 Some(last) => Some(last),
                 None => break,
             },
-            Err(e) => return Err(e.into()),
         };
         let Some(action) = action else { continue };
         let ok = match action {
             Action::Run(query) => {
-                let _ = editor.add_history_entry(format!("{query};"));
+                lines.remember(&query);
                 run_one(session, &query, format, None, false).await
             }
             Action::Tables => {
@@ -309,7 +367,7 @@ async fn shell(session: &mut AuditSession, format: Format) -> Result<ExitCode> {
         };
         failed += usize::from(!ok);
     }
-    let _ = editor.save_history(&history);
+    lines.close();
     // Piped input is a script: its caller must learn that a query failed. At a terminal, the
     // person saw each error as it came.
     if failed > 0 && !interactive {
