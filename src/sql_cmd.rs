@@ -248,7 +248,6 @@ impl ShellInput {
     }
 }
 
-
 /// One read from the shell's input.
 enum Read {
     Line(String),
@@ -371,7 +370,10 @@ async fn shell(session: &mut AuditSession, format: Format) -> Result<ExitCode> {
     // Piped input is a script: its caller must learn that a query failed. At a terminal, the
     // person saw each error as it came.
     if failed > 0 && !interactive {
-        eprintln!("{failed} quer{} failed", if failed == 1 { "y" } else { "ies" });
+        eprintln!(
+            "{failed} quer{} failed",
+            if failed == 1 { "y" } else { "ies" }
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

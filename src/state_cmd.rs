@@ -305,8 +305,16 @@ mod tests {
     fn a_table_cuts_wide_cells_but_never_the_last_column() {
         let long = "x".repeat(CELL_WIDTH_MAX + 30);
         let rows: Vec<Row> = vec![
-            vec![("id", json!("a")), ("wide", json!(long)), ("msg", json!(long))],
-            vec![("id", json!("bb")), ("wide", json!(null)), ("msg", json!([9, 11, 12]))],
+            vec![
+                ("id", json!("a")),
+                ("wide", json!(long)),
+                ("msg", json!(long)),
+            ],
+            vec![
+                ("id", json!("bb")),
+                ("wide", json!(null)),
+                ("msg", json!([9, 11, 12])),
+            ],
         ];
         let t = table(&rows);
         assert!(t[0].starts_with("id  wide"), "{}", t[0]);

@@ -483,7 +483,10 @@ fn a_new_users_first_hour_with_state_findings_times_csv_and_the_shell() {
     let beyond = (head + 1).to_string();
     for o in [
         docket(&["state", "grants", "--data", d, "--as-of", &beyond]),
-        sql(&data, &["--as-of", &beyond, "SELECT count(*) FROM grants_state"]),
+        sql(
+            &data,
+            &["--as-of", &beyond, "SELECT count(*) FROM grants_state"],
+        ),
     ] {
         assert!(!o.status.success(), "{}", stdout(&o));
         assert!(
@@ -495,7 +498,11 @@ fn a_new_users_first_hour_with_state_findings_times_csv_and_the_shell() {
         );
     }
     let o = docket(&["state", "grants", "--data", d, "--as-of", &head.to_string()]);
-    assert!(o.status.success(), "the head itself is a point: {}", stderr(&o));
+    assert!(
+        o.status.success(),
+        "the head itself is a point: {}",
+        stderr(&o)
+    );
     let later = "2027-01-01T00:00:00Z";
     let note = format!("the state shown is as of the head, seq {head}");
     let o = docket(&["state", "grants", "--data", d, "--as-of", later]);
@@ -514,7 +521,11 @@ fn a_new_users_first_hour_with_state_findings_times_csv_and_the_shell() {
     );
     // --step-up-at reads the same spellings (refused ones before any connection is tried).
     let key = dir.path().join("user.key");
-    assert!(docket(&["keys", "new", "--out", key.to_str().unwrap()]).status.success());
+    assert!(
+        docket(&["keys", "new", "--out", key.to_str().unwrap()])
+            .status
+            .success()
+    );
     let approve = |at: &str| {
         docket(&[
             "approve",
@@ -610,7 +621,10 @@ fn a_new_users_first_hour_with_state_findings_times_csv_and_the_shell() {
             list
         };
         let cell = format!("{list},{},", f.seq);
-        assert!(text.lines().any(|l| l.starts_with(&cell)), "{cell} in {text}");
+        assert!(
+            text.lines().any(|l| l.starts_with(&cell)),
+            "{cell} in {text}"
+        );
     }
     // A query that fails part way leaves the file as it was, and nothing beside it.
     std::fs::write(&out, "previous answer\n").unwrap();
@@ -659,5 +673,9 @@ fn a_new_users_first_hour_with_state_findings_times_csv_and_the_shell() {
     // `\d` inside a query lists the tables and the query goes on.
     let o = shell(&data, dir.path(), "SELECT 5\n\\d\nAS e;\n");
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(stdout(&o).ends_with("checkpoints\ne\n5\n"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).ends_with("checkpoints\ne\n5\n"),
+        "{}",
+        stdout(&o)
+    );
 }

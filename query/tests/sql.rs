@@ -45,7 +45,11 @@ struct Endings {
 /// Events after the workload's: a live token used after its grant's revocation, and another
 /// used after its agent's suspension. Neither token is revoked itself, so only a query that
 /// follows grants and agents finds these calls.
-fn ended_other_ways(w: &Workload, so_far: &[Published], endings: &mut Option<Endings>) -> Vec<Published> {
+fn ended_other_ways(
+    w: &Workload,
+    so_far: &[Published],
+    endings: &mut Option<Endings>,
+) -> Vec<Published> {
     let events: Vec<Event> = so_far
         .iter()
         .filter_map(|p| Envelope::decode(&p.envelope).ok()?.event().ok())
@@ -531,7 +535,10 @@ fn documented_token(sql: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn documented_examples_match_answers_computed_from_the_log() {
     let mut endings = None;
-    let f = ledger_with(20_500, |w, so_far| ended_other_ways(w, so_far, &mut endings)).await;
+    let f = ledger_with(20_500, |w, so_far| {
+        ended_other_ways(w, so_far, &mut endings)
+    })
+    .await;
     let endings = endings.expect("the fixture ended two tokens");
     let mut session = AuditSession::open(&f.data, options()).await.expect("open");
     assert!(

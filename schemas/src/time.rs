@@ -128,7 +128,10 @@ impl Timestamp {
         // RFC 3339 § 5.6 allows lower-case `t` and `z`, and a space for `T` (its note on readability).
         let (body, zone_ok) = if let Some(b) = t.strip_suffix(['Z', 'z']) {
             (b, true)
-        } else if let Some(b) = t.strip_suffix("+00:00").or_else(|| t.strip_suffix("-00:00")) {
+        } else if let Some(b) = t
+            .strip_suffix("+00:00")
+            .or_else(|| t.strip_suffix("-00:00"))
+        {
             (b, true)
         } else {
             (t, false)
@@ -161,7 +164,9 @@ impl Timestamp {
                 return Err(err("the fraction after `.` must be digits"));
             }
             Some(f) if f.len() > 6 && f[6..].bytes().any(|c| c != b'0') => {
-                return Err(err("finer than a microsecond, which timestamps cannot hold"));
+                return Err(err(
+                    "finer than a microsecond, which timestamps cannot hold",
+                ));
             }
             Some(f) => format!("{:0<6}", &f[..f.len().min(6)]),
         };
