@@ -25,7 +25,7 @@ pub struct SqlArgs {
     /// Write the result here instead of standard output.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Show grants_state, tokens_state, approvals_state and agents as of this seq or RFC 3339 time.
+    /// Show grants_state, tokens_state, approvals_state and agents as of this seq or time (RFC 3339 UTC, e.g. 2026-11-22T08:00:00Z).
     #[arg(long)]
     as_of: Option<String>,
     /// Memory a query's operators may hold, in MiB.
@@ -148,13 +148,7 @@ async fn run_one(
         let timeout = session.timeout();
         let write = async {
             match out {
-                Some(path) => {
-                    let file = std::fs::File::create(path).map_err(|source| QueryError::Io {
-                        path: path.to_path_buf(),
-                        source,
-                    })?;
-                    render::write(stream, format, std::io::BufWriter::new(file)).await
-                }
+                Some(path) => render::write_file(stream, format, path).await,
                 None => {
                     render::write(stream, format, std::io::BufWriter::new(std::io::stdout())).await
                 }
@@ -165,6 +159,9 @@ async fn run_one(
             .map_err(|_| QueryError::Timeout(timeout))?
     }
     .await;
+    for note in session.take_notes() {
+        eprintln!("{note}");
+    }
     match result {
         Ok(rows) => {
             if timing {
@@ -189,77 +186,196 @@ async fn run_one(
 
 const SHELL_HELP: &str = "End a query with `;` (it may span lines). \\d lists the tables, \\d NAME shows a table's columns, \\q quits.";
 
-async fn shell(session: &mut AuditSession, format: Format) -> Result<ExitCode> {
-    use rustyline::error::ReadlineError;
-    let mut editor = rustyline::DefaultEditor::new()?;
-    let history = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
-        .join(".docket_sql_history");
-    let _ = editor.load_history(&history);
-    if std::io::stdin().is_terminal() {
-        eprintln!("docket sql: read-only SQL over the ledger. {SHELL_HELP}");
+/// What the shell does next.
+#[derive(Debug, PartialEq, Eq)]
+enum Action {
+    Run(String),
+    Tables,
+    Describe(String),
+    Help,
+    /// `\q`; carries a query begun but not ended with `;`, which is not run.
+    Quit(Option<String>),
+}
+
+/// Splits the shell's input into queries and backslash commands.
+///
+/// A line starting with `\` is a command wherever it comes, also inside an unfinished
+/// query (which it leaves as it was): SQL has no statement that starts so.
+#[derive(Default)]
+struct ShellInput {
+    buffer: String,
+}
+
+impl ShellInput {
+    fn continuing(&self) -> bool {
+        !self.buffer.is_empty()
     }
-    let mut buffer = String::new();
-    loop {
-        let prompt = if buffer.is_empty() {
-            "docket> "
-        } else {
-            "   ...> "
-        };
-        match editor.readline(prompt) {
-            Ok(line) => {
-                let trimmed = line.trim();
-                if buffer.is_empty() && trimmed.starts_with('\\') {
-                    let _ = editor.add_history_entry(trimmed);
-                    match trimmed {
-                        "\\q" => break,
-                        "\\d" => {
-                            println!("{}", AuditSession::table_names().join("\n"));
-                        }
-                        _ if trimmed.starts_with("\\d ") => {
-                            let table = trimmed[3..].trim();
-                            run_one(session, &format!("DESCRIBE {table}"), format, None, false)
-                                .await;
-                        }
-                        _ => eprintln!("{SHELL_HELP}"),
-                    }
-                    continue;
+
+    /// One line of input; what to do now, if anything.
+    fn line(&mut self, line: &str) -> Option<Action> {
+        let trimmed = line.trim();
+        if let Some(command) = trimmed.strip_prefix('\\') {
+            return Some(match command.split_once(char::is_whitespace) {
+                None if command == "q" => Action::Quit(self.take()),
+                None if command == "d" => Action::Tables,
+                Some(("d", table)) if !table.trim().is_empty() => {
+                    Action::Describe(table.trim().to_string())
                 }
-                if trimmed.is_empty() && buffer.is_empty() {
-                    continue;
-                }
-                buffer.push_str(&line);
-                buffer.push('\n');
-                if trimmed.ends_with(';') {
-                    let query = std::mem::take(&mut buffer);
-                    let _ = editor.add_history_entry(query.trim());
-                    run_one(
-                        session,
-                        query.trim().trim_end_matches(';'),
-                        format,
-                        None,
-                        false,
-                    )
-                    .await;
-                }
-            }
-            Err(ReadlineError::Interrupted) => buffer.clear(),
-            Err(ReadlineError::Eof) => break,
-            Err(e) => return Err(e.into()),
+                _ => Action::Help,
+            });
+        }
+        if trimmed.is_empty() && self.buffer.is_empty() {
+            return None;
+        }
+        self.buffer.push_str(line);
+        self.buffer.push('\n');
+        if trimmed.ends_with(';') {
+            return self.take().map(Action::Run);
+        }
+        None
+    }
+
+    /// The end of the input: a last query without its `;` is run all the same.
+    fn end(&mut self) -> Option<Action> {
+        self.take().map(Action::Run)
+    }
+
+    /// The buffered query without its final `;`, if it holds one.
+    fn take(&mut self) -> Option<String> {
+        let query = std::mem::take(&mut self.buffer);
+        let query = query.trim().trim_end_matches(';').trim_end();
+        (!query.is_empty()).then(|| query.to_string())
+    }
+}
+
+/// One read from the shell's input.
+enum Read {
+    Line(String),
+    /// Ctrl-C at a terminal.
+    Interrupted,
+    End,
+}
+
+/// Where the shell's lines come from: the line editor at a terminal; piped input is read as
+/// it is, without prompts (which the editor writes to standard output on some terminals)
+/// and without adding a script's queries to the person's history.
+enum Lines {
+    Editor {
+        editor: Box<rustyline::DefaultEditor>,
+        history: PathBuf,
+    },
+    Piped(std::io::Lines<std::io::StdinLock<'static>>),
+}
+
+impl Lines {
+    fn open(interactive: bool) -> Result<Lines> {
+        if !interactive {
+            use std::io::BufRead;
+            return Ok(Lines::Piped(std::io::stdin().lock().lines()));
+        }
+        let mut editor = Box::new(rustyline::DefaultEditor::new()?);
+        let history = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir)
+            .join(".docket_sql_history");
+        // A missing or unreadable history only means starting without one.
+        let _ = editor.load_history(&history);
+        Ok(Lines::Editor { editor, history })
+    }
+
+    fn read(&mut self, prompt: &str) -> Result<Read> {
+        use rustyline::error::ReadlineError;
+        match self {
+            Lines::Editor { editor, .. } => match editor.readline(prompt) {
+                Ok(line) => Ok(Read::Line(line)),
+                Err(ReadlineError::Interrupted) => Ok(Read::Interrupted),
+                Err(ReadlineError::Eof) => Ok(Read::End),
+                Err(e) => Err(e.into()),
+            },
+            Lines::Piped(lines) => match lines.next() {
+                Some(line) => Ok(Read::Line(line.context("reading standard input")?)),
+                None => Ok(Read::End),
+            },
         }
     }
-    if !buffer.trim().is_empty() {
-        run_one(
-            session,
-            buffer.trim().trim_end_matches(';'),
-            format,
-            None,
-            false,
-        )
-        .await;
+
+    fn remember(&mut self, query: &str) {
+        if let Lines::Editor { editor, .. } = self {
+            let _ = editor.add_history_entry(format!("{query};"));
+        }
     }
-    let _ = editor.save_history(&history);
+
+    fn close(&mut self) {
+        if let Lines::Editor { editor, history } = self {
+            // Losing the history is not worth failing a session that answered.
+            let _ = editor.save_history(history);
+        }
+    }
+}
+
+async fn shell(session: &mut AuditSession, format: Format) -> Result<ExitCode> {
+    let interactive = std::io::stdin().is_terminal();
+    let mut lines = Lines::open(interactive)?;
+    if interactive {
+        eprintln!("docket sql: read-only SQL over the ledger. {SHELL_HELP}");
+    }
+    let mut input = ShellInput::default();
+    let mut failed = 0usize;
+    loop {
+        let prompt = if input.continuing() {
+            "   ...> "
+        } else {
+            "docket> "
+        };
+        let action = match lines.read(prompt)? {
+            Read::Line(line) => input.line(&line),
+            Read::Interrupted => {
+                // Ctrl-C drops the query being typed, as in psql.
+                let _ = input.take();
+                None
+            }
+            // Run what is left; the next read meets the end again, with nothing left.
+            Read::End => match input.end() {
+                Some(last) => Some(last),
+                None => break,
+            },
+        };
+        let Some(action) = action else { continue };
+        let ok = match action {
+            Action::Run(query) => {
+                lines.remember(&query);
+                run_one(session, &query, format, None, false).await
+            }
+            Action::Tables => {
+                println!("{}", AuditSession::table_names().join("\n"));
+                true
+            }
+            Action::Describe(table) => {
+                run_one(session, &format!("DESCRIBE {table}"), format, None, false).await
+            }
+            Action::Help => {
+                eprintln!("{SHELL_HELP}");
+                true
+            }
+            Action::Quit(unfinished) => {
+                if let Some(q) = unfinished {
+                    eprintln!("not run (no `;` before \\q): {q}");
+                }
+                break;
+            }
+        };
+        failed += usize::from(!ok);
+    }
+    lines.close();
+    // Piped input is a script: its caller must learn that a query failed. At a terminal, the
+    // person saw each error as it came.
+    if failed > 0 && !interactive {
+        eprintln!(
+            "{failed} quer{} failed",
+            if failed == 1 { "y" } else { "ies" }
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -395,4 +511,50 @@ pub async fn export_parquet(data: &Path, out: &Path) -> Result<()> {
     }
     let _ = std::io::stderr().flush();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(lines: &[&str]) -> Vec<Action> {
+        let mut input = ShellInput::default();
+        let mut out: Vec<Action> = lines.iter().filter_map(|l| input.line(l)).collect();
+        out.extend(input.end());
+        out
+    }
+
+    #[test]
+    fn queries_end_at_a_semicolon_or_at_the_end_of_input() {
+        assert_eq!(
+            feed(&["SELECT 1", "  + 1 AS two;", "", "SELECT 3"]),
+            vec![
+                Action::Run("SELECT 1\n  + 1 AS two".into()),
+                Action::Run("SELECT 3".into())
+            ]
+        );
+        assert_eq!(feed(&["", "   "]), vec![]);
+    }
+
+    #[test]
+    fn backslash_commands_work_on_any_line() {
+        assert_eq!(
+            feed(&["SELECT 1", "\\d", "\\d  events ", "AS x;"]),
+            vec![
+                Action::Tables,
+                Action::Describe("events".into()),
+                Action::Run("SELECT 1\nAS x".into())
+            ]
+        );
+        assert_eq!(
+            feed(&["SELECT 1", "\\q", "SELECT 2;"]),
+            vec![
+                Action::Quit(Some("SELECT 1".into())),
+                Action::Run("SELECT 2".into())
+            ],
+            "the shell stops reading at Quit; the unfinished query goes with it"
+        );
+        assert_eq!(feed(&["\\q"]), vec![Action::Quit(None)]);
+        assert_eq!(feed(&["\\x"]), vec![Action::Help]);
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use docket_ledger::projection::{Until, rebuild_check, state_at};
 use docket_ledger::state::{Policy, VaultState};
@@ -37,7 +37,7 @@ pub enum Format {
 pub struct ViewArgs {
     #[command(flatten)]
     data: crate::DataArgs,
-    /// Show the state as it was after this seq, or at this time (RFC 3339, e.g. 2026-11-22T08:00:00.000000Z).
+    /// Show the state as it was after this seq, or at this time (RFC 3339 UTC, e.g. 2026-11-22T08:00:00Z).
     #[arg(long)]
     as_of: Option<String>,
     #[arg(long, value_enum, default_value = "table")]
@@ -55,175 +55,198 @@ pub struct FindingsArgs {
 pub fn run(cmd: StateCommand) -> Result<std::process::ExitCode> {
     let (args, kind) = match cmd {
         StateCommand::Rebuild { data } => return rebuild(&data),
-        StateCommand::Grants(a) => (a, "grants"),
-        StateCommand::Tokens(a) => (a, "tokens"),
-        StateCommand::Approvals(a) => (a, "approvals"),
-        StateCommand::Agents(a) => (a, "agents"),
+        StateCommand::Grants(a) => (a, View::Grants),
+        StateCommand::Tokens(a) => (a, View::Tokens),
+        StateCommand::Approvals(a) => (a, View::Approvals),
+        StateCommand::Agents(a) => (a, View::Agents),
     };
     let store = Store::open_reader(&crate::db_dir(&args.data.data))?;
     let until = match args.as_of.as_deref() {
         None => Until::End,
-        Some(text) => {
-            Until::parse(text).context("--as-of is neither a seq nor an RFC 3339 time")?
-        }
+        Some(text) => Until::parse(text)?,
     };
-    let (state, at) = state_at(&store, until)?;
-    let rows = rows(&state, kind, at);
-    print_rows(&rows, args.format);
+    let point = state_at(&store, until)?;
+    if let Some(note) = point.note() {
+        eprintln!("{note}");
+    }
+    print_rows(&rows(&point.state, kind, point.at), args.format);
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-fn rows(state: &VaultState, kind: &str, at: Timestamp) -> Vec<Value> {
-    let scopes =
-        |s: &std::collections::BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(" ");
-    let (order, mut rows): (&str, Vec<Value>) = match kind {
-        "grants" => ("created_seq", state
-            .grants
-            .values()
-            .map(|g| json!({"grant_id": g.grant_id, "user": g.user, "agent": g.agent, "audience": g.audience,
-                "scopes": scopes(&g.scopes), "expires_at": g.expires_at.to_string(), "calls": g.calls,
-                "max_calls": g.max_calls, "status": g.status(at), "created_seq": g.created_seq}))
-            .collect()),
-        "tokens" => ("issued_seq", state
-            .tokens
-            .values()
-            .map(|t| json!({"token_id": t.token_id, "token_hash": t.token_hash, "grant_id": t.grant_id, "agent": t.agent,
-                "audience": t.audience, "scopes": scopes(&t.scopes), "expires_at": t.expires_at.to_string(),
-                "status": t.status(at), "uses": t.uses, "issued_seq": t.issued_seq}))
-            .collect()),
-        "approvals" => ("requested_seq", state
-            .approvals
-            .values()
-            .map(|a| json!({"approval_id": a.approval_id, "grant_id": a.grant_id, "user": a.user, "agent": a.agent,
-                "scopes": scopes(&a.scopes), "risk": a.risk, "status": a.status(at), "decided_by": a.decided_by,
-                "method": a.method, "binding_message": a.binding_message, "requested_seq": a.requested_seq}))
-            .collect()),
-        _ => ("registered_seq", state
-            .agents
-            .values()
-            .map(|a| json!({"agent": a.agent, "user": a.user, "name": a.name, "registered_seq": a.registered_seq,
-                "suspended_seq": a.suspended_seq}))
-            .collect()),
-    };
-    // The state is held in hash maps: list in the order things happened.
-    rows.sort_by_key(|r| r[order].as_u64());
-    rows
+#[derive(Clone, Copy)]
+enum View {
+    Grants,
+    Tokens,
+    Approvals,
+    Agents,
 }
 
-/// Column order for tables, by each view's first column; JSON objects carry no order.
-const COLUMN_ORDER: &[&[&str]] = &[
-    &[
-        "grant_id",
-        "user",
-        "agent",
-        "audience",
-        "scopes",
-        "status",
-        "expires_at",
-        "calls",
-        "max_calls",
-        "created_seq",
-    ],
-    &[
-        "token_id",
-        "agent",
-        "audience",
-        "scopes",
-        "status",
-        "expires_at",
-        "uses",
-        "grant_id",
-        "issued_seq",
-        "token_hash",
-    ],
-    &[
-        "approval_id",
-        "user",
-        "agent",
-        "scopes",
-        "risk",
-        "status",
-        "decided_by",
-        "method",
-        "grant_id",
-        "binding_message",
-    ],
-    &[
-        "seq", "ts", "severity", "rule", "agent", "message", "evidence",
-    ],
-    &["agent", "user", "name", "registered_seq", "suspended_seq"],
-];
+/// One row: its columns in the order a table shows them. Each view names its columns here,
+/// so the table and the JSON carry the same fields and no view borrows another's layout.
+type Row = Vec<(&'static str, Value)>;
 
-/// Prints JSON objects as JSON lines or as an aligned table.
-pub fn print_rows(rows: &[Value], format: Format) {
-    match format {
-        Format::Json => {
-            let mut out = std::io::stdout().lock();
-            for r in rows {
-                // A closed pipe (`| head`) ends the listing quietly.
-                if writeln!(out, "{r}").is_err() {
-                    return;
-                }
-            }
-        }
-        Format::Table => {
-            let Some(first) = rows.first().and_then(Value::as_object) else {
-                println!("(none)");
-                return;
-            };
-            let cols: Vec<&str> = match COLUMN_ORDER.iter().find(|c| first.contains_key(c[0])) {
-                Some(order) => order
-                    .iter()
-                    .copied()
-                    .filter(|c| first.contains_key(*c))
-                    .collect(),
-                None => first.keys().map(String::as_str).collect(),
-            };
-            let cell = |v: &Value| match v {
-                Value::String(s) => s.clone(),
-                Value::Null => "-".into(),
-                other => other.to_string().trim_matches('"').to_string(),
-            };
-            let table: Vec<Vec<String>> = rows
-                .iter()
-                .map(|r| cols.iter().map(|c| cell(&r[*c])).collect())
-                .collect();
-            let widths: Vec<usize> = cols
-                .iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    table
-                        .iter()
-                        .map(|row| row[i].chars().count())
-                        .max()
-                        .unwrap_or(0)
-                        .max(c.len())
-                        .min(72)
+fn rows(state: &VaultState, view: View, at: Timestamp) -> Vec<Row> {
+    let scopes =
+        |s: &std::collections::BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(" ");
+    // The state is held in hash maps: list in the order things happened.
+    match view {
+        View::Grants => {
+            let mut v: Vec<_> = state.grants.values().collect();
+            v.sort_by_key(|g| g.created_seq);
+            v.iter()
+                .map(|g| {
+                    vec![
+                        ("grant_id", json!(g.grant_id)),
+                        ("user", json!(g.user)),
+                        ("agent", json!(g.agent)),
+                        ("audience", json!(g.audience)),
+                        ("scopes", json!(scopes(&g.scopes))),
+                        ("status", json!(g.status(at))),
+                        ("expires_at", json!(g.expires_at.to_string())),
+                        ("calls", json!(g.calls)),
+                        ("max_calls", json!(g.max_calls)),
+                        ("created_seq", json!(g.created_seq)),
+                    ]
                 })
-                .collect();
-            let line = |cells: Vec<String>| {
-                cells
-                    .iter()
-                    .zip(&widths)
-                    .map(|(c, w)| format!("{:<w$}", c.chars().take(*w).collect::<String>(), w = *w))
-                    .collect::<Vec<_>>()
-                    .join("  ")
+                .collect()
+        }
+        View::Tokens => {
+            let mut v: Vec<_> = state.tokens.values().collect();
+            v.sort_by_key(|t| t.issued_seq);
+            v.iter()
+                .map(|t| {
+                    vec![
+                        ("token_id", json!(t.token_id)),
+                        ("agent", json!(t.agent)),
+                        ("user", json!(t.user)),
+                        ("audience", json!(t.audience)),
+                        ("scopes", json!(scopes(&t.scopes))),
+                        ("status", json!(t.status(at))),
+                        ("expires_at", json!(t.expires_at.to_string())),
+                        ("uses", json!(t.uses)),
+                        ("grant_id", json!(t.grant_id)),
+                        ("issued_seq", json!(t.issued_seq)),
+                        ("token_hash", json!(t.token_hash)),
+                    ]
+                })
+                .collect()
+        }
+        View::Approvals => {
+            let mut v: Vec<_> = state.approvals.values().collect();
+            v.sort_by_key(|a| a.requested_seq);
+            v.iter()
+                .map(|a| {
+                    vec![
+                        ("approval_id", json!(a.approval_id)),
+                        ("user", json!(a.user)),
+                        ("agent", json!(a.agent)),
+                        ("scopes", json!(scopes(&a.scopes))),
+                        ("risk", json!(a.risk)),
+                        ("status", json!(a.status(at))),
+                        ("decided_by", json!(a.decided_by)),
+                        ("method", json!(a.method)),
+                        ("grant_id", json!(a.grant_id)),
+                        ("requested_seq", json!(a.requested_seq)),
+                        // Last: the one free-text column, shown whole.
+                        ("binding_message", json!(a.binding_message)),
+                    ]
+                })
+                .collect()
+        }
+        View::Agents => {
+            let mut v: Vec<_> = state.agents.values().collect();
+            v.sort_by_key(|a| a.registered_seq);
+            v.iter()
+                .map(|a| {
+                    vec![
+                        ("agent", json!(a.agent)),
+                        ("user", json!(a.user)),
+                        ("name", json!(a.name)),
+                        ("registered_seq", json!(a.registered_seq)),
+                        ("suspended_seq", json!(a.suspended_seq)),
+                    ]
+                })
+                .collect()
+        }
+    }
+}
+
+/// Widest a table cell is shown, except the last column's, which is printed whole.
+const CELL_WIDTH_MAX: usize = 72;
+
+/// A cell as text: lists (a finding's evidence) as comma-separated values, absent as `-`.
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// The rows as an aligned table: a header, then one line per row. Cells wider than
+/// [`CELL_WIDTH_MAX`] are cut with `…`, except in the last column, which is never cut.
+fn table(rows: &[Row]) -> Vec<String> {
+    let Some(first) = rows.first() else {
+        return vec!["(none)".into()];
+    };
+    let header: Vec<String> = first.iter().map(|(c, _)| c.to_string()).collect();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|(_, v)| cell(v)).collect())
+        .collect();
+    let last = header.len() - 1;
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            cells
+                .iter()
+                .chain(std::iter::once(&header))
+                .map(|row| row[i].chars().count())
+                .max()
+                .unwrap_or(0)
+                .min(CELL_WIDTH_MAX)
+        })
+        .collect();
+    let line = |row: &[String]| {
+        let mut out = String::new();
+        for (i, c) in row.iter().enumerate() {
+            if i == last {
+                out.push_str(c);
+                break;
+            }
+            let n = c.chars().count();
+            let shown: String = if n > widths[i] {
+                c.chars().take(widths[i] - 1).chain(['…']).collect()
+            } else {
+                c.clone()
             };
-            let mut out = std::io::stdout().lock();
-            if writeln!(
-                out,
-                "{}",
-                line(cols.iter().map(|c| c.to_string()).collect())
-            )
-            .is_err()
-            {
-                return;
-            }
-            for row in table {
-                if writeln!(out, "{}", line(row)).is_err() {
-                    return;
-                }
-            }
+            out.push_str(&format!("{shown:<w$}  ", w = widths[i]));
+        }
+        out
+    };
+    std::iter::once(&header)
+        .chain(&cells)
+        .map(|r| line(r))
+        .collect()
+}
+
+/// Prints rows as JSON lines or as an aligned table.
+fn print_rows(rows: &[Row], format: Format) {
+    let mut out = std::io::stdout().lock();
+    let lines: Vec<String> = match format {
+        Format::Json => rows
+            .iter()
+            .map(|r| {
+                Value::Object(r.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+                    .to_string()
+            })
+            .collect(),
+        Format::Table => table(rows),
+    };
+    for l in lines {
+        // A closed pipe (`| head`) ends the listing quietly.
+        if writeln!(out, "{l}").is_err() {
+            return;
         }
     }
 }
@@ -253,12 +276,53 @@ fn rebuild(data: &crate::DataArgs) -> Result<std::process::ExitCode> {
 
 pub fn findings(args: FindingsArgs) -> Result<std::process::ExitCode> {
     let store = Store::open_reader(&crate::db_dir(&args.data.data))?;
-    let rows: Vec<Value> = store
+    let rows: Vec<Row> = store
         .findings()?
         .into_iter()
-        .map(|f| json!({"seq": f.seq, "ts": f.ts.to_string(), "severity": f.severity, "rule": f.rule, "agent": f.agent,
-            "message": f.message, "evidence": f.evidence.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")}))
+        .map(|f| {
+            vec![
+                ("seq", json!(f.seq)),
+                ("ts", json!(f.ts.to_string())),
+                ("severity", json!(f.severity)),
+                ("rule", json!(f.rule)),
+                ("agent", json!(f.agent)),
+                // A list of seqs in JSON, as docs/QUERIES.md says; comma-separated in a table.
+                ("evidence", json!(f.evidence)),
+                // Last, so a table never cuts it.
+                ("message", json!(f.message)),
+            ]
+        })
         .collect();
     print_rows(&rows, args.format);
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_cuts_wide_cells_but_never_the_last_column() {
+        let long = "x".repeat(CELL_WIDTH_MAX + 30);
+        let rows: Vec<Row> = vec![
+            vec![
+                ("id", json!("a")),
+                ("wide", json!(long)),
+                ("msg", json!(long)),
+            ],
+            vec![
+                ("id", json!("bb")),
+                ("wide", json!(null)),
+                ("msg", json!([9, 11, 12])),
+            ],
+        ];
+        let t = table(&rows);
+        assert!(t[0].starts_with("id  wide"), "{}", t[0]);
+        assert!(t[1].ends_with(&long), "the last column is whole: {}", t[1]);
+        let cut: String = "x".repeat(CELL_WIDTH_MAX - 1) + "…";
+        assert!(t[1].contains(&format!("{cut}  ")), "{}", t[1]);
+        assert!(t[2].starts_with("bb  -"), "{}", t[2]);
+        assert!(t[2].ends_with("9,11,12"), "{}", t[2]);
+        assert_eq!(table(&[]), vec!["(none)".to_string()]);
+    }
 }

@@ -92,7 +92,7 @@ pub struct ApproveArgs {
     /// Deny instead of approving.
     #[arg(long)]
     deny: bool,
-    /// When you last authenticated strongly (passkey, MFA), RFC 3339; makes this a step-up approval.
+    /// When you last authenticated strongly (passkey, MFA), RFC 3339 UTC (e.g. 2026-12-01T06:25:15Z); makes this a step-up approval.
     #[arg(long)]
     step_up_at: Option<String>,
     /// Why you decided so; recorded with the decision.
@@ -243,7 +243,7 @@ pub async fn approve(a: ApproveArgs) -> Result<std::process::ExitCode> {
     let auth_time = a
         .step_up_at
         .as_deref()
-        .map(Timestamp::parse)
+        .map(Timestamp::parse_human)
         .transpose()
         .context("--step-up-at")?;
     let op = Op::Approve {

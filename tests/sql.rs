@@ -292,3 +292,390 @@ fn sql_answers_beside_a_running_serve_in_every_format() {
         "--no-seal wrote the columnar copy"
     );
 }
+
+/// A ledger of workload events (with misbehaviour) committed in process, no NATS needed:
+/// the data directory and every entry's event.
+fn small_ledger(dir: &Path, events: usize) -> (std::path::PathBuf, Vec<docket_schemas::Event>) {
+    use docket_ledger::admission::{BATCH_EVENTS_MAX, Incoming};
+    let data = dir.join("ledger");
+    let mut w = Workload::new(
+        1,
+        Timestamp::parse("2026-01-01T00:00:00.000000Z").unwrap(),
+        5,
+        12,
+    );
+    w.misbehaving_per_mille = 20;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let identity = docket_ledger::store::LedgerIdentity {
+        origin: "cli.test".into(),
+        admin_public_key: docket_schemas::encode_base64(w.roles.admin.verifying_key().as_bytes()),
+        ledger_public_key: docket_schemas::encode_base64(key.verifying_key().as_bytes()),
+    };
+    let store = docket_ledger::store::Store::open(&data.join("db"), &identity).unwrap();
+    let mut items = w.setup();
+    while items.len() < events {
+        items.push(w.next_envelope());
+    }
+    runtime().block_on(async {
+        let policy = docket_ledger::config::Config::default().checkpoint_policy();
+        let mut ledger = docket_ledger::ingest::Ledger::new(store, key, policy).unwrap();
+        for (i, chunk) in items.chunks(BATCH_EVENTS_MAX).enumerate() {
+            let batch = chunk
+                .iter()
+                .enumerate()
+                .map(|(j, p)| Incoming {
+                    subject: p.subject.clone(),
+                    payload: p.envelope.clone().into(),
+                    source_seq: (i * BATCH_EVENTS_MAX + j + 1) as u64,
+                })
+                .collect();
+            ledger.commit(batch).await.unwrap();
+        }
+    });
+    let events = items
+        .iter()
+        .map(|p| Envelope::decode(&p.envelope).unwrap().event().unwrap())
+        .collect();
+    (data, events)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `docket sql` as a shell reading `input` from a pipe.
+fn shell(data: &Path, home: &Path, input: &str) -> Output {
+    let mut child = Command::new(DOCKET)
+        .args(["sql", "--data"])
+        .arg(data)
+        .args(["--format", "csv"])
+        .env("DOCKET_SEGMENT_ENTRIES", SEGMENT)
+        .env("HOME", home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_new_users_first_hour_with_state_findings_times_csv_and_the_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, events) = small_ledger(dir.path(), 3_000);
+    let d = data.to_str().unwrap();
+    let head = events.len();
+    let store = docket_ledger::store::Store::open_reader(&data.join("db")).unwrap();
+    let state = store.load_state().unwrap();
+    let findings = store.findings().unwrap();
+    drop(store);
+
+    // Each state view shows its own id column first, and approvals their binding message, whole.
+    let o = docket(&["state", "tokens", "--data", d]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("token_id "), "{out}");
+    for t in state.tokens.keys() {
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("{t} "))),
+            "{t} in {out}"
+        );
+    }
+    let o = docket(&["state", "approvals", "--data", d]);
+    let out = stdout(&o);
+    let header = out.lines().next().unwrap();
+    assert!(header.starts_with("approval_id "), "{header}");
+    assert!(header.ends_with("binding_message"), "{header}");
+    assert!(!state.approvals.is_empty());
+    for a in state.approvals.values() {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&a.approval_id) && l.ends_with(&a.binding_message)),
+            "{} {:?} in {out}",
+            a.approval_id,
+            a.binding_message
+        );
+    }
+    let out = stdout(&docket(&["state", "grants", "--data", d]));
+    assert!(out.starts_with("grant_id "), "{out}");
+    let out = stdout(&docket(&["state", "agents", "--data", d]));
+    assert!(out.starts_with("agent "), "{out}");
+
+    // Findings: the message whole in a table (some are longer than a cell), evidence a list in JSON.
+    assert!(
+        findings.iter().any(|f| f.message.chars().count() > 72),
+        "the workload has long finding messages"
+    );
+    let out = stdout(&docket(&["findings", "--data", d]));
+    let lines: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(lines.len(), findings.len());
+    for (l, f) in lines.iter().zip(&findings) {
+        assert!(l.ends_with(&f.message), "{l:?} cuts {:?}", f.message);
+    }
+    let out = stdout(&docket(&["findings", "--data", d, "--format", "json"]));
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), findings.len());
+    for (r, f) in rows.iter().zip(&findings) {
+        assert_eq!(r["evidence"], serde_json::json!(f.evidence), "{r}");
+        assert!(!f.evidence.is_empty());
+    }
+
+    // Times as people write them: whole seconds, `Z` or `+00:00`, in state and in SQL.
+    let cut = Timestamp::parse("2026-01-01T00:00:01.000000Z").unwrap();
+    let first_after = events
+        .iter()
+        .position(|e| e.ts > cut)
+        .expect("the ledger runs past the cut");
+    let tokens_then = events[..first_after]
+        .iter()
+        .filter(|e| matches!(e.body, docket_schemas::EventBody::TokenIssued(_)))
+        .count();
+    assert!(tokens_then > 0 && tokens_then < state.tokens.len());
+    for at in [
+        "2026-01-01T00:00:01Z",
+        "2026-01-01T00:00:01+00:00",
+        "2026-01-01T00:00:01.000Z",
+    ] {
+        let o = docket(&[
+            "state", "tokens", "--data", d, "--as-of", at, "--format", "json",
+        ]);
+        assert!(o.status.success(), "{at}: {}", stderr(&o));
+        assert_eq!(stdout(&o).lines().count(), tokens_then, "{at}");
+        assert_eq!(stderr(&o), "", "{at}: no note before the head");
+        let o = sql(
+            &data,
+            &[
+                "--as-of",
+                at,
+                "--format",
+                "csv",
+                "SELECT count(*) AS n FROM tokens_state",
+            ],
+        );
+        assert!(o.status.success(), "{at}: {}", stderr(&o));
+        assert_eq!(stdout(&o), format!("n\n{tokens_then}\n"), "{at}");
+    }
+    // A spelling that is refused says what is accepted.
+    for bad in ["2026-01-01T00:00:01+01:00", "2026-01-01", "yesterday"] {
+        for o in [
+            docket(&["state", "tokens", "--data", d, "--as-of", bad]),
+            sql(&data, &["--as-of", bad, "SELECT 1"]),
+        ] {
+            assert!(!o.status.success(), "{bad} was accepted");
+            let e = stderr(&o);
+            assert!(
+                e.contains("neither a seq (digits) nor a time")
+                    && e.contains("e.g. 2026-12-01T06:25:15Z"),
+                "{bad}: {e}"
+            );
+        }
+    }
+    // Past the head: a seq is refused, a time is answered with a note naming the head.
+    let beyond = (head + 1).to_string();
+    for o in [
+        docket(&["state", "grants", "--data", d, "--as-of", &beyond]),
+        sql(
+            &data,
+            &["--as-of", &beyond, "SELECT count(*) FROM grants_state"],
+        ),
+    ] {
+        assert!(!o.status.success(), "{}", stdout(&o));
+        assert!(
+            stderr(&o).contains(&format!(
+                "--as-of {beyond} is beyond the head of the chain (seq {head})"
+            )),
+            "{}",
+            stderr(&o)
+        );
+    }
+    let o = docket(&["state", "grants", "--data", d, "--as-of", &head.to_string()]);
+    assert!(
+        o.status.success(),
+        "the head itself is a point: {}",
+        stderr(&o)
+    );
+    let later = "2027-01-01T00:00:00Z";
+    let note = format!("the state shown is as of the head, seq {head}");
+    let o = docket(&["state", "grants", "--data", d, "--as-of", later]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&note), "{}", stderr(&o));
+    let o = sql(
+        &data,
+        &["--as-of", later, "SELECT count(*) AS n FROM grants_state"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&note), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("| {} ", state.grants.len())),
+        "{}",
+        stdout(&o)
+    );
+    // --step-up-at reads the same spellings (refused ones before any connection is tried).
+    let key = dir.path().join("user.key");
+    assert!(
+        docket(&["keys", "new", "--out", key.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let approve = |at: &str| {
+        docket(&[
+            "approve",
+            "--nats",
+            "nats://127.0.0.1:1",
+            "--key",
+            key.to_str().unwrap(),
+            "--approval-id",
+            "appr-1",
+            "--step-up-at",
+            at,
+        ])
+    };
+    let o = approve("2026-12-01T06:25:15+02:00");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--step-up-at") && stderr(&o).contains("only UTC"),
+        "{}",
+        stderr(&o)
+    );
+    let o = approve("2026-12-01T06:25:15Z");
+    assert!(!o.status.success(), "nothing listens on port 1");
+    assert!(!stderr(&o).contains("--step-up-at"), "{}", stderr(&o));
+
+    // CSV renders list columns as JSON arrays.
+    let o = sql(
+        &data,
+        &[
+            "--format",
+            "csv",
+            "SELECT seq, scopes FROM grants ORDER BY seq LIMIT 3",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let grants: Vec<&docket_schemas::GrantCreated> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            docket_schemas::EventBody::GrantCreated(g) => Some(g),
+            _ => None,
+        })
+        .collect();
+    let mut reader = stdout(&o);
+    let header = reader.lines().next().unwrap().to_string();
+    assert_eq!(header, "seq,scopes");
+    reader = reader.split_off(header.len() + 1);
+    let cells: Vec<serde_json::Value> = reader
+        .lines()
+        .map(|l| {
+            // The JSON text is one quoted CSV field: `1,"[""a"",""b""]"`.
+            let (_, cell) = l.split_once(',').unwrap();
+            let unquoted = cell
+                .strip_prefix('"')
+                .and_then(|c| c.strip_suffix('"'))
+                .unwrap_or(cell)
+                .replace("\"\"", "\"");
+            serde_json::from_str(&unquoted).unwrap()
+        })
+        .collect();
+    let want: Vec<serde_json::Value> = grants
+        .iter()
+        .take(3)
+        .map(|g| serde_json::json!(g.scopes))
+        .collect();
+    assert_eq!(cells, want);
+    // Findings' evidence (a list of integers) and every events column, to a file.
+    let out = dir.path().join("all.csv");
+    let o = sql(
+        &data,
+        &[
+            "--format",
+            "csv",
+            "--out",
+            out.to_str().unwrap(),
+            "SELECT f.evidence, e.* FROM findings f JOIN events e ON e.seq = f.seq ORDER BY f.seq",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.lines().count(), findings.len() + 1);
+    for f in &findings {
+        let list = format!(
+            "[{}]",
+            f.evidence
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        // CSV quotes a field only when it holds its delimiter.
+        let list = if list.contains(',') {
+            format!("\"{list}\"")
+        } else {
+            list
+        };
+        let cell = format!("{list},{},", f.seq);
+        assert!(
+            text.lines().any(|l| l.starts_with(&cell)),
+            "{cell} in {text}"
+        );
+    }
+    // A query that fails part way leaves the file as it was, and nothing beside it.
+    std::fs::write(&out, "previous answer\n").unwrap();
+    let o = sql(
+        &data,
+        &[
+            "--format",
+            "csv",
+            "--out",
+            out.to_str().unwrap(),
+            // Division by zero at seq 700, when the rows before it may already be written.
+            "SELECT seq, 1 / (CAST(seq AS BIGINT) - 700) AS n FROM events",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "previous answer\n");
+    let beside: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("all.csv") && n != "all.csv")
+        .collect();
+    assert!(beside.is_empty(), "left behind: {beside:?}");
+
+    // The shell, piped: a last query without `;` runs at the end; a failure makes the exit status 1.
+    let o = shell(
+        &data,
+        dir.path(),
+        "SELECT 1 AS a;\nSELECT no_such_column FROM events;\nSELECT 2\n  AS b",
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "a\n1\nb\n2\n");
+    assert!(stderr(&o).contains("no_such_column"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("1 query failed"), "{}", stderr(&o));
+    let o = shell(&data, dir.path(), "SELECT 1 AS a;\n\\d\nSELECT 2 AS b;\n");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("a\n1\nevents\n"), "{}", stdout(&o));
+    // `\q` on a continuation line quits; the unfinished query is not run, and says so.
+    let o = shell(&data, dir.path(), "SELECT 3 AS c\n\\q\nSELECT 4 AS d;\n");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "");
+    assert!(
+        stderr(&o).contains("not run (no `;` before \\q): SELECT 3 AS c"),
+        "{}",
+        stderr(&o)
+    );
+    // `\d` inside a query lists the tables and the query goes on.
+    let o = shell(&data, dir.path(), "SELECT 5\n\\d\nAS e;\n");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).ends_with("checkpoints\ne\n5\n"),
+        "{}",
+        stdout(&o)
+    );
+}

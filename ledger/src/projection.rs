@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use docket_schemas::{Envelope, Timestamp};
+use docket_schemas::{Envelope, HumanTimeError, Timestamp};
 use serde::Serialize;
 
 use crate::admission::{ChainTip, Plan};
@@ -20,19 +20,70 @@ pub enum Until {
     Time(Timestamp),
 }
 
+/// Why a point in time cannot be shown.
+#[derive(Debug, thiserror::Error)]
+pub enum PointError {
+    #[error("--as-of {text:?} is neither a seq (digits) nor a time: {source}")]
+    Unreadable {
+        text: String,
+        source: HumanTimeError,
+    },
+    #[error(
+        "--as-of {seq} is beyond the head of the chain (seq {head}): give a seq from 0 to {head}, or no --as-of for now"
+    )]
+    PastHead { seq: u64, head: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 impl Until {
-    /// Parses `--as-of`: a seq (digits) or an RFC 3339 time.
-    pub fn parse(text: &str) -> Option<Until> {
-        match text.parse::<u64>() {
-            Ok(seq) => Some(Until::Seq(seq)),
-            Err(_) => Timestamp::parse(text).ok().map(Until::Time),
+    /// Parses `--as-of`: a seq (digits) or a time as people write it ([`Timestamp::parse_human`]).
+    pub fn parse(text: &str) -> Result<Until, PointError> {
+        match text.trim().parse::<u64>() {
+            Ok(seq) => Ok(Until::Seq(seq)),
+            Err(_) => Timestamp::parse_human(text)
+                .map(Until::Time)
+                .map_err(|source| PointError::Unreadable {
+                    text: text.into(),
+                    source,
+                }),
+        }
+    }
+
+    /// Refuses a seq beyond `head`: showing the head's state for it would answer another question.
+    pub fn within(self, head: u64) -> Result<Until, PointError> {
+        match self {
+            Until::Seq(seq) if seq > head => Err(PointError::PastHead { seq, head }),
+            other => Ok(other),
         }
     }
 }
 
-/// The state at `until` (the stored projection for `End`, a replay from genesis otherwise),
-/// and the time statuses are judged at: the given time, or the last applied entry's.
-pub fn state_at(store: &Store, until: Until) -> Result<(VaultState, Timestamp), StoreError> {
+/// The state at a point, and where the chain ended when it was read.
+pub struct PointState {
+    pub state: VaultState,
+    /// The time statuses are judged at: the time asked for, or the last applied entry's.
+    pub at: Timestamp,
+    /// A time was asked for at or after every entry's event time, so the state is the head's.
+    pub time_past_head: bool,
+}
+
+impl PointState {
+    /// What to tell a person when the time asked for lies past the last entry.
+    pub fn note(&self) -> Option<String> {
+        self.time_past_head.then(|| {
+            format!(
+                "note: no entry's time is after {}: the state shown is as of the head, seq {} (statuses judged at that time)",
+                self.at, self.state.seq
+            )
+        })
+    }
+}
+
+/// The state at `until` (the stored projection for `End`, a replay from genesis otherwise).
+/// A seq beyond the head is refused; a time past every entry is flagged ([`PointState::note`]).
+pub fn state_at(store: &Store, until: Until) -> Result<PointState, PointError> {
+    let until = until.within(store.head()?.0)?;
     let state = match until {
         Until::End => store.load_state()?,
         _ => {
@@ -41,11 +92,16 @@ pub fn state_at(store: &Store, until: Until) -> Result<(VaultState, Timestamp), 
             s
         }
     };
-    let at = match until {
-        Until::Time(t) => t,
-        _ => state.ts.unwrap_or(Timestamp::UNIX_EPOCH),
+    let (at, time_past_head) = match until {
+        // The replay stopped either at an entry later than `t` or because the chain ended there.
+        Until::Time(t) => (t, store.records(state.seq + 1)?.next().is_none()),
+        _ => (state.ts.unwrap_or(Timestamp::UNIX_EPOCH), false),
     };
-    Ok((state, at))
+    Ok(PointState {
+        state,
+        at,
+        time_past_head,
+    })
 }
 
 /// Replays entries `from..` into `state`, stopping as `until` says; returns the findings.

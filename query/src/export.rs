@@ -1,7 +1,5 @@
 //! `docket export --format parquet`: every table as one Parquet file, readable by DuckDB, pandas and Spark as is.
 
-use std::fs::File;
-use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use crate::render::{self, Format};
@@ -28,7 +26,6 @@ pub async fn export_parquet(
     let mut done = Vec::new();
     for table in AuditSession::table_names() {
         let path = out.join(format!("{table}.parquet"));
-        let tmp = out.join(format!(".{table}.parquet.tmp"));
         // Segments and tail are each declared sorted by seq, so this is a merge, not a sort.
         let order = match table {
             "events" | "api_calls" | "grants" | "approvals" | "tokens" | "revocations"
@@ -38,17 +35,12 @@ pub async fn export_parquet(
         let stream = session
             .stream(&format!("SELECT * FROM {table}{order}"))
             .await?;
-        let file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
         let rows = tokio::time::timeout(
             session.timeout(),
-            render::write(stream, Format::Parquet, BufWriter::new(file)),
+            render::write_file(stream, Format::Parquet, &path),
         )
         .await
         .map_err(|_| QueryError::Timeout(session.timeout()))??;
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
         done.push(Exported { table, path, rows });
     }
     Ok(done)

@@ -51,8 +51,8 @@ pub enum QueryError {
     Arrow(#[from] ArrowError),
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
-    #[error("--as-of {0:?} is neither a seq nor an RFC 3339 time")]
-    AsOf(String),
+    #[error(transparent)]
+    AsOf(#[from] docket_ledger::projection::PointError),
     #[error("a segment worker panicked")]
     WorkerPanicked,
 }

@@ -119,6 +119,8 @@ pub struct AuditSession {
     options: SessionOptions,
     loaded: BTreeSet<&'static str>,
     coverage: Coverage,
+    /// What a person should know about an answer (e.g. `--as-of` past the head), not yet taken.
+    notes: Vec<String>,
 }
 
 /// The schema a table is queried with: strings as views, as DataFusion reads Parquet.
@@ -151,6 +153,8 @@ impl AuditSession {
         }
         // The head first: segments a running `serve` seals after this snapshot are left to the tail.
         let (head, _) = store.head()?;
+        // A seq past the head is refused now, not when a state table is first named.
+        options.as_of.until().within(head)?;
         let segments = segment::usable(&segment::list(&dir)?, head);
         if let Some(p) = segment::check_stamps(&store, &segments).into_iter().next() {
             return Err(QueryError::SegmentMismatch {
@@ -210,6 +214,7 @@ impl AuditSession {
             store,
             options,
             loaded: BTreeSet::new(),
+            notes: Vec::new(),
             coverage: Coverage {
                 segments: segments.len(),
                 sealed_through,
@@ -222,6 +227,11 @@ impl AuditSession {
 
     pub fn coverage(&self) -> &Coverage {
         &self.coverage
+    }
+
+    /// Notes about the answers given since the last call, for a person (standard error).
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
     }
 
     pub fn context(&self) -> &SessionContext {
@@ -288,8 +298,9 @@ impl AuditSession {
             .iter()
             .any(|t| t.ends_with("_state") || *t == "agents")
         {
-            let (state, at) = tables::state_at(&self.store, self.options.as_of)?;
-            built.extend(tables::state_tables(&state, at)?);
+            let point = tables::state_at(&self.store, self.options.as_of)?;
+            self.notes.extend(point.note());
+            built.extend(tables::state_tables(&point.state, point.at)?);
         }
         for t in &wanted {
             match *t {

@@ -10,7 +10,7 @@ use std::sync::{Arc, LazyLock};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::json::ReaderBuilder;
-use docket_ledger::projection::{self, Until};
+use docket_ledger::projection::{self, PointState, Until};
 use docket_ledger::state::VaultState;
 use docket_ledger::store::Store;
 use docket_schemas::Timestamp;
@@ -38,16 +38,16 @@ pub enum AsOf {
 }
 
 impl AsOf {
-    /// Parses a seq (digits) or an RFC 3339 time.
+    /// Parses a seq (digits) or a time as people write it (see [`Until::parse`]).
     pub fn parse(text: &str) -> Result<AsOf, QueryError> {
-        match Until::parse(text) {
-            Some(Until::Seq(seq)) => Ok(AsOf::Seq(seq)),
-            Some(Until::Time(t)) => Ok(AsOf::Time(t)),
-            _ => Err(QueryError::AsOf(text.into())),
+        match Until::parse(text)? {
+            Until::Seq(seq) => Ok(AsOf::Seq(seq)),
+            Until::Time(t) => Ok(AsOf::Time(t)),
+            Until::End => Ok(AsOf::Now),
         }
     }
 
-    fn until(self) -> Until {
+    pub fn until(self) -> Until {
         match self {
             AsOf::Now => Until::End,
             AsOf::Seq(seq) => Until::Seq(seq),
@@ -201,7 +201,7 @@ fn list(s: &BTreeSet<String>) -> Vec<&str> {
 }
 
 /// The vault state now (the stored projection) or replayed up to a point, and the time statuses are judged at.
-pub fn state_at(store: &Store, as_of: AsOf) -> Result<(VaultState, Timestamp), QueryError> {
+pub fn state_at(store: &Store, as_of: AsOf) -> Result<PointState, QueryError> {
     Ok(projection::state_at(store, as_of.until())?)
 }
 

@@ -12,7 +12,7 @@ use docket_ledger::admission::{BATCH_EVENTS_MAX, Incoming};
 use docket_ledger::config::Config;
 use docket_ledger::ingest::Ledger;
 use docket_ledger::store::{LedgerIdentity, Store, decode_record};
-use docket_ledger::workload::{Roles, Workload};
+use docket_ledger::workload::{Expect, Published, Roles, Workload};
 use docket_query::segment::{self, columnar_dir};
 use docket_query::tables::AsOf;
 use docket_query::{AuditSession, QueryError, SessionOptions};
@@ -31,6 +31,133 @@ struct Fixture {
 
 /// A ledger of `events` workload events (with misbehaviour) committed through the real path.
 async fn ledger(events: usize) -> Fixture {
+    ledger_with(events, |_, _| Vec::new()).await
+}
+
+/// The tokens [`ended_other_ways`] ends without revoking them.
+struct Endings {
+    /// Its grant is revoked, then it is used.
+    grant_revoked: String,
+    /// Its agent is suspended, then it is used.
+    agent_suspended: String,
+}
+
+/// Events after the workload's: a live token used after its grant's revocation, and another
+/// used after its agent's suspension. Neither token is revoked itself, so only a query that
+/// follows grants and agents finds these calls.
+fn ended_other_ways(
+    w: &Workload,
+    so_far: &[Published],
+    endings: &mut Option<Endings>,
+) -> Vec<Published> {
+    let events: Vec<Event> = so_far
+        .iter()
+        .filter_map(|p| Envelope::decode(&p.envelope).ok()?.event().ok())
+        .collect();
+    let (mut revoked, mut grants_revoked, mut suspended) =
+        (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    for e in &events {
+        match &e.body {
+            EventBody::TokenRevoked(t) => {
+                revoked.insert(t.token_id.clone());
+            }
+            EventBody::GrantRevoked(g) => {
+                grants_revoked.insert(g.grant_id.clone());
+            }
+            EventBody::AgentSuspended(a) => {
+                suspended.insert(a.agent.clone());
+            }
+            _ => {}
+        }
+    }
+    let live: Vec<&docket_schemas::TokenIssued> = events
+        .iter()
+        .rev()
+        .filter_map(|e| match &e.body {
+            EventBody::TokenIssued(t)
+                if !revoked.contains(&t.token_id)
+                    && !grants_revoked.contains(&t.grant_id)
+                    && !suspended.contains(&t.agent) =>
+            {
+                Some(t)
+            }
+            _ => None,
+        })
+        .collect();
+    let first = live.first().copied().expect("a live token");
+    let second = live
+        .iter()
+        .copied()
+        .find(|t| t.agent != first.agent && t.grant_id != first.grant_id)
+        .expect("a live token of another agent and grant");
+    let mut ts = events.iter().map(|e| e.ts).max().expect("events");
+    let mut serial = 0u8;
+    let mut sign = |body: EventBody, key: &ed25519_dalek::SigningKey| {
+        ts = ts.plus_seconds(1);
+        serial += 1;
+        let mut id = [0xee; 16];
+        id[6] = 0x70;
+        id[8] = 0x80;
+        id[15] = serial;
+        let event = Event {
+            v: docket_schemas::SCHEMA_VERSION,
+            id: docket_schemas::EventId(id),
+            ts,
+            body,
+        };
+        Published {
+            subject: format!("docket.events.{}", event.kind()),
+            envelope: docket_schemas::seal_event(&event, key),
+            id: Some(event.id),
+            expect: Expect::Append,
+        }
+    };
+    let call = |t: &docket_schemas::TokenIssued| {
+        EventBody::ApiCalled(docket_schemas::ApiCalled {
+            token_id: t.token_id.clone(),
+            token_hash: Some(t.token_hash.clone()),
+            agent: t.agent.clone(),
+            audience: t.audience.clone(),
+            method: "GET".into(),
+            operation: "/late".into(),
+            scope: t.scopes.first().cloned(),
+            status: 200,
+            source: "10.9.9.9".into(),
+        })
+    };
+    let (vault, gateway) = (w.roles.vault.clone(), w.roles.gateway.clone());
+    *endings = Some(Endings {
+        grant_revoked: first.token_id.clone(),
+        agent_suspended: second.token_id.clone(),
+    });
+    vec![
+        sign(call(first), &gateway),
+        sign(
+            EventBody::GrantRevoked(docket_schemas::GrantRevoked {
+                grant_id: first.grant_id.clone(),
+                by: "user-0".into(),
+                reason: "test: the grant ends".into(),
+            }),
+            &vault,
+        ),
+        sign(call(first), &gateway),
+        sign(
+            EventBody::AgentSuspended(docket_schemas::AgentSuspended {
+                agent: second.agent.clone(),
+                by: "security".into(),
+                reason: "test: the agent is suspended".into(),
+            }),
+            &vault,
+        ),
+        sign(call(second), &gateway),
+    ]
+}
+
+/// As [`ledger`], with the events `more` makes from the workload's appended after them.
+async fn ledger_with(
+    events: usize,
+    more: impl FnOnce(&Workload, &[Published]) -> Vec<Published>,
+) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("ledger");
     let roles = Roles::from_seed(1);
@@ -49,6 +176,8 @@ async fn ledger(events: usize) -> Fixture {
     while all.len() < events {
         all.push(w.next_envelope());
     }
+    let extra = more(&w, &all);
+    all.extend(extra);
     for (i, chunk) in all.chunks(BATCH_EVENTS_MAX).enumerate() {
         let items = chunk
             .iter()
@@ -63,7 +192,7 @@ async fn ledger(events: usize) -> Fixture {
     }
     drop(ledger);
     let log = read_log(&data);
-    assert_eq!(log.len(), events, "every workload event was chained");
+    assert_eq!(log.len(), all.len(), "every event was chained");
     Fixture {
         _dir: dir,
         data,
@@ -225,10 +354,12 @@ fn expected(
             )
         }
         "token_blast_radius" => {
-            let hash = issued
+            let issue = issued
                 .iter()
                 .find(|(_, t)| t.token_id == token)
-                .map(|(_, t)| t.token_hash.clone());
+                .map(|(_, t)| *t)
+                .expect("the documented token was issued");
+            let hash = Some(issue.token_hash.clone());
             let rows = log
                 .iter()
                 .filter(|(_, e)| match &e.body {
@@ -239,6 +370,9 @@ fn expected(
                     EventBody::ApiCalled(c) => {
                         c.token_id == token || c.token_hash.is_some() && c.token_hash == hash
                     }
+                    // What ended it without naming it: its grant's revocation, its agent's suspension.
+                    EventBody::GrantRevoked(g) => g.grant_id == issue.grant_id,
+                    EventBody::AgentSuspended(a) => a.agent == issue.agent,
                     _ => false,
                 })
                 .map(|(seq, e)| vec![s(seq), s(e.kind())])
@@ -246,22 +380,39 @@ fn expected(
             (vec!["seq", "kind"], rows)
         }
         "calls_after_revocation" => {
-            let revoked: Vec<(u64, &str)> = log
-                .iter()
-                .filter_map(|(seq, e)| match &e.body {
-                    EventBody::TokenRevoked(t) => Some((*seq, t.token_id.as_str())),
-                    _ => None,
-                })
-                .collect();
-            let mut rows = Vec::new();
-            for (seq, c) in &calls {
-                for (rseq, t) in &revoked {
-                    if *t == c.token_id && seq > rseq {
-                        rows.push(vec![s(seq), s(&c.token_id), s(rseq)]);
-                    }
+            // Every entry that ends a token: its own revocation, its grant's, its agent's suspension.
+            let mut ends: BTreeMap<&str, Vec<(u64, String)>> = BTreeMap::new();
+            for (seq, e) in log {
+                let ended: Vec<&str> = match &e.body {
+                    EventBody::TokenRevoked(t) => vec![t.token_id.as_str()],
+                    EventBody::GrantRevoked(g) => issued
+                        .iter()
+                        .filter(|(_, t)| t.grant_id == g.grant_id)
+                        .map(|(_, t)| t.token_id.as_str())
+                        .collect(),
+                    EventBody::AgentSuspended(a) => issued
+                        .iter()
+                        .filter(|(_, t)| t.agent == a.agent)
+                        .map(|(_, t)| t.token_id.as_str())
+                        .collect(),
+                    _ => continue,
+                };
+                for token in ended {
+                    ends.entry(token).or_default().push((*seq, s(e.kind())));
                 }
             }
-            (vec!["seq", "token_id", "revoked_at_seq"], rows)
+            let rows = calls
+                .iter()
+                .filter_map(|(seq, c)| {
+                    let first = ends
+                        .get(c.token_id.as_str())?
+                        .iter()
+                        .filter(|(end, _)| end < seq)
+                        .min()?;
+                    Some(vec![s(seq), s(&c.token_id), s(first.0), first.1.clone()])
+                })
+                .collect();
+            (vec!["seq", "token_id", "ended_at_seq", "ended_by"], rows)
         }
         "grants_never_used" => {
             let called: BTreeSet<&str> = calls.iter().map(|(_, c)| c.token_id.as_str()).collect();
@@ -383,7 +534,12 @@ fn documented_token(sql: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn documented_examples_match_answers_computed_from_the_log() {
-    let f = ledger(20_500).await;
+    let mut endings = None;
+    let f = ledger_with(20_500, |w, so_far| {
+        ended_other_ways(w, so_far, &mut endings)
+    })
+    .await;
+    let endings = endings.expect("the fixture ended two tokens");
     let mut session = AuditSession::open(&f.data, options()).await.expect("open");
     assert!(
         session.coverage().segments >= 19,
@@ -402,8 +558,25 @@ async fn documented_examples_match_answers_computed_from_the_log() {
             .query(sql)
             .await
             .unwrap_or_else(|e| panic!("example {name} failed: {e}"));
+        if name == "token_blast_radius" {
+            assert_eq!(
+                token, endings.grant_revoked,
+                "the documented token is the one whose grant the fixture revoked"
+            );
+        }
         let (columns, want) = expected(name, &f.log, &token);
         let got = table(&batches, &columns);
+        if name == "calls_after_revocation" {
+            // The calls a query joining only token revocations misses are there, each once.
+            for (tok, by) in [
+                (&endings.grant_revoked, "grant.revoked"),
+                (&endings.agent_suspended, "agent.suspended"),
+            ] {
+                let late: Vec<_> = got.iter().filter(|r| &r[1] == tok).collect();
+                assert_eq!(late.len(), 1, "{tok}: {late:?}");
+                assert_eq!(late[0][3], by, "{tok}: {late:?}");
+            }
+        }
         assert!(
             !want.is_empty(),
             "example {name} has an answer on the test ledger"

@@ -18,4 +18,4 @@ pub use event::*;
 pub use keys::{
     KeyError, check_producer_key, decode_base64, decode_public_key, encode_base64, key_id,
 };
-pub use time::{Timestamp, TimestampError};
+pub use time::{HUMAN_TIME_FORMS, HumanTimeError, Timestamp, TimestampError};

@@ -1,7 +1,10 @@
-//! Strict RFC 3339 UTC timestamps with exactly six fractional digits.
+//! Strict RFC 3339 UTC timestamps with exactly six fractional digits, and a lenient reader for people.
 //!
-//! One spelling per instant (`2026-11-22T08:31:41.123456Z`), so a timestamp's
-//! bytes never vary between producers and comparisons need no parsing of zones.
+//! One spelling per instant on the wire (`2026-11-22T08:31:41.123456Z`), so a
+//! timestamp's bytes never vary between producers and comparisons need no
+//! parsing of zones. People type times on the command line in other RFC 3339
+//! spellings (`2026-11-22T08:31:41Z`, `...41.5+00:00`): [`Timestamp::parse_human`]
+//! reads those and never enters the wire format.
 
 use std::fmt;
 use std::str::FromStr;
@@ -22,6 +25,23 @@ pub struct TimestampError {
     text: String,
     why: &'static str,
 }
+
+/// What [`Timestamp::parse_human`] accepts, for its error messages and the docs.
+pub const HUMAN_TIME_FORMS: &str = "an RFC 3339 time in UTC: YYYY-MM-DDTHH:MM:SS, optionally a fraction \
+     of up to 6 digits (more only when the extra digits are 0), then Z or +00:00; \
+     e.g. 2026-12-01T06:25:15Z or 2026-12-01T06:25:15.25+00:00";
+
+/// Why a time typed by a person was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not a time Docket reads ({why}); give {HUMAN_TIME_FORMS}")]
+pub struct HumanTimeError {
+    text: String,
+    why: &'static str,
+}
+
+/// Fractional digits a person's time may carry: nanoseconds, what most tools print.
+/// Digits past the sixth must be 0, since timestamps hold microseconds and are never rounded.
+const HUMAN_FRACTION_DIGITS_MAX: usize = 9;
 
 const SPELLING_LEN: usize = 27;
 /// 9999-12-31T23:59:59.999999Z
@@ -93,6 +113,66 @@ impl Timestamp {
         let days = days_from_civil(year, month, day);
         let secs = days * 86_400 + hour * 3_600 + minute * 60 + second;
         Ok(Timestamp(secs * 1_000_000 + micro))
+    }
+
+    /// Reads a time as a person writes it (command-line flags; never events): RFC 3339 in UTC,
+    /// whole seconds or a fraction of up to [`HUMAN_FRACTION_DIGITS_MAX`] digits, `Z` or `+00:00`.
+    ///
+    /// The instant is exact or refused: a fraction finer than a microsecond is an error, not rounded.
+    pub fn parse_human(text: &str) -> Result<Timestamp, HumanTimeError> {
+        let err = |why| HumanTimeError {
+            text: text.chars().take(40).collect(),
+            why,
+        };
+        let t = text.trim();
+        // RFC 3339 § 5.6 allows lower-case `t` and `z`, and a space for `T` (its note on readability).
+        let (body, zone_ok) = if let Some(b) = t.strip_suffix(['Z', 'z']) {
+            (b, true)
+        } else if let Some(b) = t
+            .strip_suffix("+00:00")
+            .or_else(|| t.strip_suffix("-00:00"))
+        {
+            (b, true)
+        } else {
+            (t, false)
+        };
+        if !zone_ok {
+            let offset = t.len() >= 6
+                && t.is_char_boundary(t.len() - 6)
+                && matches!(t.as_bytes()[t.len() - 6], b'+' | b'-')
+                && t.as_bytes()[t.len() - 3] == b':';
+            return Err(err(if offset {
+                "only UTC is read: the offset must be +00:00"
+            } else {
+                "no time zone: end it with Z or +00:00"
+            }));
+        }
+        let (whole, fraction) = match body.split_once('.') {
+            Some((w, f)) => (w, Some(f)),
+            None => (body, None),
+        };
+        let wb = whole.as_bytes();
+        if wb.len() != 19 || !matches!(wb[10], b'T' | b't' | b' ') {
+            return Err(err("the date and time must be YYYY-MM-DDTHH:MM:SS"));
+        }
+        let micros = match fraction {
+            None => "000000".to_string(),
+            Some(f) if f.is_empty() || f.len() > HUMAN_FRACTION_DIGITS_MAX => {
+                return Err(err("the fraction after `.` must have 1 to 9 digits"));
+            }
+            Some(f) if !f.bytes().all(|c| c.is_ascii_digit()) => {
+                return Err(err("the fraction after `.` must be digits"));
+            }
+            Some(f) if f.len() > 6 && f[6..].bytes().any(|c| c != b'0') => {
+                return Err(err(
+                    "finer than a microsecond, which timestamps cannot hold",
+                ));
+            }
+            Some(f) => format!("{:0<6}", &f[..f.len().min(6)]),
+        };
+        // The canonical spelling, so dates and times are checked by the one strict parser.
+        let canonical = format!("{}T{}.{micros}Z", &whole[..10], &whole[11..]);
+        Timestamp::parse(&canonical).map_err(|e| err(e.why))
     }
 }
 
@@ -226,7 +306,70 @@ mod tests {
         }
     }
 
+    #[test]
+    fn people_may_write_times_in_any_rfc3339_utc_spelling() {
+        let t = Timestamp::parse("2026-12-01T06:25:15.000000Z").unwrap();
+        for good in [
+            "2026-12-01T06:25:15Z",
+            "2026-12-01T06:25:15+00:00",
+            "2026-12-01T06:25:15-00:00",
+            "2026-12-01t06:25:15z",
+            "2026-12-01 06:25:15Z",
+            "2026-12-01T06:25:15.0Z",
+            "2026-12-01T06:25:15.000000000+00:00",
+            " 2026-12-01T06:25:15Z\n",
+        ] {
+            assert_eq!(Timestamp::parse_human(good), Ok(t), "{good}");
+        }
+        let half = Timestamp::parse("2026-12-01T06:25:15.500000Z").unwrap();
+        assert_eq!(Timestamp::parse_human("2026-12-01T06:25:15.5Z"), Ok(half));
+        assert_eq!(
+            Timestamp::parse_human("2026-12-01T06:25:15.123456000Z")
+                .unwrap()
+                .as_micros()
+                % 1_000_000,
+            123_456
+        );
+        assert_eq!(
+            Timestamp::parse_human("2026-12-01T06:25:15.123456Z").ok(),
+            Timestamp::parse("2026-12-01T06:25:15.123456Z").ok()
+        );
+    }
+
+    #[test]
+    fn a_refused_human_time_says_why_and_what_is_accepted() {
+        for (bad, why) in [
+            ("2026-12-01T06:25:15.1234567Z", "finer than a microsecond"),
+            ("2026-12-01T06:25:15.1234560001Z", "1 to 9 digits"),
+            ("2026-12-01T06:25:15.Z", "1 to 9 digits"),
+            ("2026-12-01T06:25:15", "no time zone"),
+            ("2026-12-01T06:25:15+01:00", "only UTC"),
+            ("2026-12-01", "no time zone"),
+            ("2026-12-01Z", "YYYY-MM-DDTHH:MM:SS"),
+            ("2026-12-01T6:25:15Z", "YYYY-MM-DDTHH:MM:SS"),
+            ("2026-02-30T06:25:15Z", "no such date"),
+            ("2026-12-01T24:00:00Z", "no such time of day"),
+            ("2026-12-01T06:25:1xZ", "non-digit"),
+            ("yesterday", "no time zone"),
+            ("ééééééé", "no time zone"),
+        ] {
+            let e = Timestamp::parse_human(bad).expect_err(bad).to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(e.contains(HUMAN_TIME_FORMS), "{bad}: {e}");
+        }
+        // The wire stays strict: what people may type, events may not carry.
+        assert!(Timestamp::parse("2026-12-01T06:25:15Z").is_err());
+    }
+
     proptest! {
+        #[test]
+        fn human_reading_agrees_with_the_wire_spelling(micros in 0..=MAX_MICROS) {
+            let t = Timestamp::from_micros(micros).unwrap();
+            prop_assert_eq!(Timestamp::parse_human(&t.to_string()).unwrap(), t);
+            let plus = t.to_string().replace('Z', "+00:00");
+            prop_assert_eq!(Timestamp::parse_human(&plus).unwrap(), t);
+        }
+
         #[test]
         fn round_trips(micros in 0..=MAX_MICROS) {
             let t = Timestamp::from_micros(micros).unwrap();
