@@ -153,6 +153,8 @@ pub struct Workload {
     pending: std::collections::VecDeque<Approval>,
     approved: std::collections::VecDeque<Approval>,
     suspended: std::collections::BTreeSet<usize>,
+    /// Users whose step-up key the admin has registered.
+    step_up_registered: std::collections::BTreeSet<usize>,
     revoked_token: Option<(String, usize)>,
     serial: u64,
     /// Forged or malformed envelopes per thousand (quarantined by the ledger).
@@ -178,6 +180,11 @@ pub fn agent_key(a: usize) -> SigningKey {
     SigningKey::from_bytes(blake3::hash(agent_name(a).as_bytes()).as_bytes())
 }
 
+/// The step-up key of the workload's user number `u` (derived from its name, like agents' keys).
+pub fn step_up_key(u: usize) -> SigningKey {
+    SigningKey::from_bytes(blake3::hash(format!("stepup:{}", user_name(u)).as_bytes()).as_bytes())
+}
+
 fn agent_name(a: usize) -> String {
     format!("agent-{a}")
 }
@@ -199,6 +206,7 @@ impl Workload {
             pending: Default::default(),
             approved: Default::default(),
             suspended: Default::default(),
+            step_up_registered: Default::default(),
             revoked_token: None,
             serial: 0,
             forged_per_mille: 0,
@@ -495,8 +503,25 @@ impl Workload {
         let Some(a) = self.pending.pop_front() else {
             return self.api_call();
         };
+        let user = a.grant.user;
+        if self.step_up_registered.insert(user) {
+            // Before a user's first decision, the admin registers their step-up key (which
+            // may emit nothing); the decision comes next.
+            self.pending.push_front(a);
+            let pk = step_up_key(user).verifying_key();
+            let e = self.event(EventBody::KeyRegistered(KeyRegistered {
+                key_id: key_id(pk.as_bytes()),
+                public_key: encode_base64(pk.as_bytes()),
+                name: format!("stepup:{}", user_name(user)),
+                kinds: vec![],
+            }));
+            return self.sealed(&e, &self.roles.admin, Expect::Append);
+        }
         let approve = self.rng.chance(850);
         let step_up = a.risk == Risk::Critical || self.rng.chance(200);
+        let auth_time = step_up.then(|| {
+            Timestamp::from_micros(self.now_us - 30_000_000).unwrap_or(Timestamp::UNIX_EPOCH)
+        });
         let body = EventBody::ApprovalDecided(ApprovalDecided {
             approval_id: a.id.clone(),
             user: user_name(a.grant.user),
@@ -510,10 +535,19 @@ impl Workload {
             } else {
                 ApprovalMethod::Push
             },
-            auth_time: step_up.then(|| {
-                Timestamp::from_micros(self.now_us - 30_000_000).unwrap_or(Timestamp::UNIX_EPOCH)
-            }),
+            auth_time,
             reason: None,
+            step_up: auth_time.map(|auth_time| {
+                StepUpAssertion::seal(
+                    &StepUpClaim {
+                        v: 1,
+                        user: user_name(user),
+                        approval_id: a.id.clone(),
+                        auth_time,
+                    },
+                    &step_up_key(user),
+                )
+            }),
         });
         if approve {
             self.approved.push_back(a);
