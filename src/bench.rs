@@ -108,7 +108,10 @@ fn signature_rates(sample: &[Published]) -> (f64, f64) {
     let oks = verify_all(pairs.iter().map(|(e, s)| (e, s.as_slice())));
     let batch = pairs.len() as f64 / t.elapsed().as_secs_f64();
     assert_eq!(ok, n_single, "benchmark sample must verify");
-    assert!(oks.iter().all(|o| *o == Some(0)), "benchmark sample must verify");
+    assert!(
+        oks.iter().all(|o| *o == Some(0)),
+        "benchmark sample must verify"
+    );
     (single, batch)
 }
 

@@ -161,7 +161,13 @@ fn envelopes_from_securesystemslib_are_admitted_and_verify() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/verify_export.py");
-    let run = |file: &Path| Command::new("python3").arg(&script).arg(file).output().unwrap();
+    let run = |file: &Path| {
+        Command::new("python3")
+            .arg(&script)
+            .arg(file)
+            .output()
+            .unwrap()
+    };
     let ok = run(&export);
     assert!(
         ok.status.success(),

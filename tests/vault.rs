@@ -506,11 +506,17 @@ fn vault_flows_end_to_end() {
     let claimed = approve(&w, &w.alice, &id, Decision::Approved, Some(10));
     assert_refused(&claimed, "only the caller's claim");
     let push = approve(&w, &w.alice, &id, Decision::Approved, None);
-    assert_refused(&push, "needs a step-up assertion signed by alice's step-up key");
+    assert_refused(
+        &push,
+        "needs a step-up assertion signed by alice's step-up key",
+    );
     let by_users_key = approve_proven(&w, &id, assertion(&w.alice, &id, 10));
     assert_refused(&by_users_key, "not signed by alice's step-up key");
     let for_another = approve_proven(&w, &id, assertion(&w.alice_step_up, "appr-other", 10));
-    assert_refused(&for_another, "is for alice's approval appr-other, not alice's approval");
+    assert_refused(
+        &for_another,
+        "is for alice's approval appr-other, not alice's approval",
+    );
     let stale = approve_proven(&w, &id, assertion(&w.alice_step_up, &id, 3_600));
     assert_refused(&stale, "is not within the 300 s before the decision");
     let proven = approve_proven(&w, &id, assertion(&w.alice_step_up, &id, 10));
@@ -777,14 +783,74 @@ fn introspection_by_a_key_that_may_not_is_refused_and_recorded() {
         assert!(r["receipt"]["seq"].as_u64().is_some(), "recorded: {r}");
     }
     // A registered key that is no requester's is told so, by name.
-    let r = w.ask(&w.vault, Op::Introspect { token: secret.clone() });
-    assert_refused(&r, "(the caller's) is registered as \"vault\", which may not make vault requests");
+    let r = w.ask(
+        &w.vault,
+        Op::Introspect {
+            token: secret.clone(),
+        },
+    );
+    assert_refused(
+        &r,
+        "(the caller's) is registered as \"vault\", which may not make vault requests",
+    );
     let refusals: Vec<Value> = stdout(&docket(&["log", "--data", w.serve.data.to_str().unwrap()]))
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v.to_string().contains("request.refused") && v.to_string().contains("\"op\":\"introspect\""))
+        .filter(|v| {
+            v.to_string().contains("request.refused")
+                && v.to_string().contains("\"op\":\"introspect\"")
+        })
         .collect();
     assert_eq!(refusals.len(), 3, "{refusals:?}");
     // The gateway still gets its answer.
     assert_eq!(introspect(&w, &secret)["active"], true);
+}
+
+#[test]
+fn docket_approve_signs_a_step_up_with_the_step_up_key() {
+    let w = World::new();
+    grant(&w, "a1");
+    let dir = tempfile::tempdir().unwrap();
+    let (alice_file, step_up_file) = (dir.path().join("alice.key"), dir.path().join("stepup.key"));
+    docket_ledger::keyfile::write(&alice_file, &w.alice).unwrap();
+    docket_ledger::keyfile::write(&step_up_file, &w.alice_step_up).unwrap();
+    let nats = w._nats.url();
+    let approve_cli = |id: &str, extra: &[&str]| {
+        let base = [
+            "approve",
+            "--nats",
+            &nats,
+            "--key",
+            alice_file.to_str().unwrap(),
+            "--approval-id",
+            id,
+        ];
+        docket(&[&base[..], extra].concat())
+    };
+    let p = token(&w, &w.a1, "a1", "repo:delete", None);
+    let id = p["approval_id"].as_str().unwrap().to_string();
+    // The user's key alone, even with a claimed time, cannot approve a critical action.
+    let o = approve_cli(&id, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("needs a step-up assertion"),
+        "{}",
+        stdout(&o)
+    );
+    let o = approve_cli(&id, &["--step-up-at", "2026-01-01T00:00:00.000000Z"]);
+    assert_eq!(o.status.code(), Some(2), "--step-up-at needs --step-up-key");
+    // With the step-up key, the assertion is signed for this approval, now.
+    let o = approve_cli(
+        &id,
+        &[
+            "--user",
+            "alice",
+            "--step-up-key",
+            step_up_file.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(stdout(&o).contains("\"approved\""), "{}", stdout(&o));
+    let t = token(&w, &w.a1, "a1", "repo:delete", Some(&id));
+    assert_eq!(t["status"], "issued", "{t}");
 }

@@ -234,7 +234,15 @@ pub fn admit<E>(
         }
         tip.registry = next;
         plan.registry_changed = true;
-        append(tip, &batch[i], d, signer, received_us, &mut known, &mut plan);
+        append(
+            tip,
+            &batch[i],
+            d,
+            signer,
+            received_us,
+            &mut known,
+            &mut plan,
+        );
     }
     settle(
         tip,

@@ -320,10 +320,9 @@ impl Ledger {
                     Some(q) if q.code == "unknown_key" => format!(
                         "key {vault_key_id} (the vault's) is not registered: the admin must register it for the vault's kinds"
                     ),
-                    Some(q) => format!(
-                        "{} (signed with key {vault_key_id}, the vault's)",
-                        q.reason
-                    ),
+                    Some(q) => {
+                        format!("{} (signed with key {vault_key_id}, the vault's)", q.reason)
+                    }
                     None => "not appended".into(),
                 };
                 reply = json!({"ok": false, "error": format!("the ledger did not record this decision: {why}; nothing was issued")});

@@ -364,8 +364,11 @@ mod tests {
         let mut reg = Registry::new(&admin.verifying_key());
         reg.apply(1, &registered(&gw, &[Kind::ApiCalled])).unwrap();
         for (i, k) in alice.iter().enumerate() {
-            reg.apply(2 + i as u64, &named(k, "user:alice", &[Kind::ApprovalDecided]))
-                .unwrap();
+            reg.apply(
+                2 + i as u64,
+                &named(k, "user:alice", &[Kind::ApprovalDecided]),
+            )
+            .unwrap();
         }
         let call = EventBody::ApiCalled(docket_schemas::ApiCalled {
             token_id: "t".into(),

@@ -111,9 +111,7 @@ pub enum StepUpRefusal {
         tried: String,
         hint: String,
     },
-    #[error(
-        "step-up at {auth_time} is not within the {max_age_s} s before the decision at {at}"
-    )]
+    #[error("step-up at {auth_time} is not within the {max_age_s} s before the decision at {at}")]
     Stale {
         auth_time: Timestamp,
         at: Timestamp,

@@ -583,7 +583,8 @@ pub fn decide(
                 step_up: step_up.clone(),
             };
             // The same judgement the state fold makes on every `approval.decided`.
-            if let Err(why) = crate::step_up::judge(&decided, a, fresh.now, &state.step_up_keys, rules)
+            if let Err(why) =
+                crate::step_up::judge(&decided, a, fresh.now, &state.step_up_keys, rules)
             {
                 return refused(
                     req,

@@ -347,10 +347,7 @@ fn settle(pending: &mut Vec<Pending>, found: &mut Findings) {
         if ok.is_none() {
             found.add(
                 Some(p.seq),
-                format!(
-                    "signature does not verify against {}",
-                    describe(&p.signers)
-                ),
+                format!("signature does not verify against {}", describe(&p.signers)),
             );
         }
     }
