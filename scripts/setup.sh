@@ -59,6 +59,10 @@ fi
 
 # The independent export verifier (tools/verify_export.py) needs these.
 python3 -c 'import blake3, cryptography' 2>/dev/null || pip_install blake3 cryptography
+# tests/dsse.rs publishes like an outside producer: securesystemslib's DSSE signs (its
+# CryptoSigner needs the `crypto` extra), nats-py publishes to JetStream (`nats.js`).
+python3 -c 'import securesystemslib.dsse, cryptography; from securesystemslib.signer import CryptoSigner; import nats.js' 2>/dev/null \
+  || pip_install 'securesystemslib[crypto]' nats-py
 # DuckDB reads the Parquet export in the tests and is the benchmark's yardstick.
 python3 -c 'import duckdb, pytz' 2>/dev/null || pip_install duckdb pytz
 

@@ -104,8 +104,8 @@ enum KeysCommand {
         /// Who holds the key: a service name, or `user:<name>` for a user's own key.
         #[arg(long)]
         name: String,
-        /// An event kind the key may emit (repeat), e.g. api.called.
-        #[arg(long = "kind", required = true)]
+        /// An event kind the key may emit (repeat), e.g. api.called; none for a step-up key.
+        #[arg(long = "kind")]
         kinds: Vec<String>,
     },
     /// Print the unsigned `agent.registered` event for an agent's key; pipe it to

@@ -8,7 +8,9 @@ use clap::Args;
 use docket_ledger::ingest::now_us;
 use docket_ledger::keyfile;
 use docket_ledger::vault::{Op, Request, seal_request};
-use docket_schemas::{ApprovalMethod, ApprovalRule, Decision, EventId, Risk, Timestamp};
+use docket_schemas::{
+    ApprovalMethod, ApprovalRule, Decision, EventId, Risk, StepUpAssertion, StepUpClaim, Timestamp,
+};
 use serde_json::Value;
 
 #[derive(Args)]
@@ -92,8 +94,16 @@ pub struct ApproveArgs {
     /// Deny instead of approving.
     #[arg(long)]
     deny: bool,
-    /// When you last authenticated strongly (passkey, MFA), RFC 3339 UTC (e.g. 2026-12-01T06:25:15Z); makes this a step-up approval.
+    /// Your step-up key file (the admin registered it as "stepup:<user>"): signs an
+    /// assertion that you authenticated strongly for this approval, which critical
+    /// approvals need. Your own key alone cannot prove a step-up.
+    #[arg(long, requires = "user")]
+    step_up_key: Option<PathBuf>,
+    /// Whose approval this is (the step-up assertion names the user).
     #[arg(long)]
+    user: Option<String>,
+    /// When you authenticated strongly (passkey, MFA), RFC 3339 UTC (e.g. 2026-12-01T06:25:15Z); default now. Needs --step-up-key.
+    #[arg(long, requires = "step_up_key")]
     step_up_at: Option<String>,
     /// Why you decided so; recorded with the decision.
     #[arg(long)]
@@ -240,12 +250,27 @@ pub async fn token(a: TokenArgs) -> Result<std::process::ExitCode> {
 }
 
 pub async fn approve(a: ApproveArgs) -> Result<std::process::ExitCode> {
-    let auth_time = a
-        .step_up_at
-        .as_deref()
-        .map(Timestamp::parse_human)
-        .transpose()
-        .context("--step-up-at")?;
+    let step_up = match (&a.step_up_key, &a.user) {
+        (Some(path), Some(user)) => {
+            let key = keyfile::read(path).context("--step-up-key")?;
+            let auth_time = match a.step_up_at.as_deref() {
+                Some(t) => Timestamp::parse_human(t).context("--step-up-at")?,
+                None => now(),
+            };
+            let claim = StepUpClaim {
+                v: 1,
+                user: user.clone(),
+                approval_id: a.approval_id.clone(),
+                auth_time,
+            };
+            Some(StepUpAssertion::seal(&claim, &key))
+        }
+        _ => None,
+    };
+    let auth_time = step_up
+        .as_ref()
+        .and_then(|s| s.decode().ok())
+        .map(|d| d.claim.auth_time);
     let op = Op::Approve {
         approval_id: a.approval_id,
         decision: if a.deny {
@@ -260,6 +285,7 @@ pub async fn approve(a: ApproveArgs) -> Result<std::process::ExitCode> {
         },
         auth_time,
         reason: a.reason,
+        step_up,
     };
     finish(&a.client, &call(&a.client, op).await?)
 }

@@ -158,6 +158,7 @@ pub async fn play(tx: &VaultLine, w: &Workload, user: &SigningKey) -> Result<()>
             method: ApprovalMethod::Push,
             auth_time: None,
             reason: None,
+            step_up: None,
         },
     )
     .await?;

@@ -19,6 +19,8 @@ struct World {
     vault: SigningKey,
     gateway: SigningKey,
     alice: SigningKey,
+    /// Alice's step-up key, registered by the admin as "stepup:alice".
+    alice_step_up: SigningKey,
     bob: SigningKey,
     a1: SigningKey,
     a2: SigningKey,
@@ -86,6 +88,7 @@ impl World {
             vault,
             gateway,
             alice,
+            alice_step_up: key(7),
             bob,
             a1,
             a2,
@@ -131,6 +134,7 @@ impl World {
                 &reg(&w.bob, "user:bob", vec![Kind::ApprovalDecided]),
                 &roles.admin,
             ),
+            seal_event(&reg(&w.alice_step_up, "stepup:alice", vec![]), &roles.admin),
         ];
         for (name, k) in [("a1", &w.a1), ("a2", &w.a2)] {
             let e = event(EventBody::AgentRegistered(AgentRegistered {
@@ -293,8 +297,46 @@ fn approve(w: &World, k: &SigningKey, id: &str, decision: Decision, step_up: Opt
             },
             auth_time: step_up.map(|age| now().plus_seconds(-age)),
             reason: None,
+            step_up: None,
         },
     )
+}
+
+/// A step-up assertion for approval `id`, signed by `k`, about a strong authentication `age_s` ago.
+fn assertion(k: &SigningKey, id: &str, age_s: i64) -> StepUpAssertion {
+    StepUpAssertion::seal(
+        &StepUpClaim {
+            v: 1,
+            user: "alice".into(),
+            approval_id: id.into(),
+            auth_time: now().plus_seconds(-age_s),
+        },
+        k,
+    )
+}
+
+/// Alice approves with a step-up assertion (its auth time is the decision's).
+fn approve_proven(w: &World, id: &str, step_up: StepUpAssertion) -> Value {
+    w.ask(
+        &w.alice,
+        Op::Approve {
+            approval_id: id.into(),
+            decision: Decision::Approved,
+            method: ApprovalMethod::StepUp,
+            auth_time: None,
+            reason: None,
+            step_up: Some(step_up),
+        },
+    )
+}
+
+#[track_caller]
+fn assert_refused(r: &Value, why: &str) {
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        r["error"].as_str().unwrap_or_default().contains(why),
+        "expected {why:?}: {r}"
+    );
 }
 
 #[test]
@@ -386,6 +428,7 @@ fn vault_flows_end_to_end() {
         method: ApprovalMethod::Push,
         auth_time: None,
         reason: None,
+        step_up: None,
     }));
     let n = head(&w.serve.data).unwrap().0;
     w.publish_raw(vec![seal_event(&forged, &w.bob)]);
@@ -456,24 +499,35 @@ fn vault_flows_end_to_end() {
             .contains("expired")
     );
 
-    // critical: a step-up too old is refused, a fresh one works
+    // critical: the user's key alone cannot prove a step-up, only the step-up key's
+    // assertion for this approval, fresh, can
     let p = token(&w, &w.a1, "a1", "repo:delete", None);
     let id = p["approval_id"].as_str().unwrap().to_string();
-    let stale = approve(&w, &w.alice, &id, Decision::Approved, Some(3_600));
-    assert!(
-        stale["error"].as_str().unwrap().contains("step-up"),
-        "{stale}"
+    let claimed = approve(&w, &w.alice, &id, Decision::Approved, Some(10));
+    assert_refused(&claimed, "only the caller's claim");
+    let push = approve(&w, &w.alice, &id, Decision::Approved, None);
+    assert_refused(
+        &push,
+        "needs a step-up assertion signed by alice's step-up key",
     );
-    assert!(
-        approve(&w, &w.alice, &id, Decision::Approved, None)["error"]
-            .as_str()
-            .unwrap()
-            .contains("step-up")
+    let by_users_key = approve_proven(&w, &id, assertion(&w.alice, &id, 10));
+    assert_refused(&by_users_key, "not signed by alice's step-up key");
+    let for_another = approve_proven(&w, &id, assertion(&w.alice_step_up, "appr-other", 10));
+    assert_refused(
+        &for_another,
+        "is for alice's approval appr-other, not alice's approval",
     );
-    assert_eq!(
-        approve(&w, &w.alice, &id, Decision::Approved, Some(10))["status"],
-        "approved"
-    );
+    let stale = approve_proven(&w, &id, assertion(&w.alice_step_up, &id, 3_600));
+    assert_refused(&stale, "is not within the 300 s before the decision");
+    let proven = approve_proven(&w, &id, assertion(&w.alice_step_up, &id, 10));
+    assert_eq!(proven["status"], "approved", "{proven}");
+    let decided = stdout(&docket(&["log", "--data", w.serve.data.to_str().unwrap()]))
+        .lines()
+        .filter(|l| l.contains("\"approval.decided\"") && l.contains(&id))
+        .map(String::from)
+        .collect::<Vec<_>>();
+    assert_eq!(decided.len(), 1, "only the proven decision is recorded");
+    assert!(decided[0].contains("\"step_up\""), "{}", decided[0]);
     let t3 = token(&w, &w.a1, "a1", "repo:delete", Some(&id));
     assert_eq!(t3["status"], "issued", "{t3}");
     secrets.push(t3["token"].as_str().unwrap().to_string());
@@ -534,13 +588,7 @@ fn vault_flows_end_to_end() {
         "{spoof}"
     );
     let stranger = token(&w, &key(9), "a1", "repo:read", None);
-    assert!(
-        stranger["error"]
-            .as_str()
-            .unwrap()
-            .contains("belongs to no registered"),
-        "{stranger}"
-    );
+    assert_refused(&stranger, "(the caller's) is not registered");
     let req = Request {
         v: 1,
         id: EventId(*uuid::Uuid::now_v7().as_bytes()),
@@ -648,12 +696,161 @@ fn no_token_when_the_ledger_cannot_record_the_decision() {
         },
     );
     assert_eq!(r["ok"], false, "{r}");
-    assert!(
-        r["error"].as_str().unwrap().contains("did not record"),
-        "{r}"
+    assert_refused(&r, "did not record");
+    assert_refused(
+        &r,
+        &format!(
+            "key {} (the vault's) is not registered",
+            key_id(w.vault.verifying_key().as_bytes())
+        ),
     );
     assert!(
         r.get("grant_id").is_none() && r.get("receipt").is_none(),
         "{r}"
     );
+}
+
+#[test]
+fn step_ups_published_from_elsewhere_are_judged_by_the_fold() {
+    let w = World::new();
+    grant(&w, "a1");
+    // Alice's own key publishes her decision on a critical approval, claiming a step-up
+    // time: the chain records what she said, the fold flags it, the vault issues nothing.
+    let publish = |id: &str, step_up: Option<StepUpAssertion>| {
+        let auth_time = step_up
+            .as_ref()
+            .map(|s| s.decode().unwrap().claim.auth_time)
+            .unwrap_or_else(|| now().plus_seconds(-10));
+        let e = event(EventBody::ApprovalDecided(ApprovalDecided {
+            approval_id: id.into(),
+            user: "alice".into(),
+            decision: Decision::Approved,
+            method: ApprovalMethod::StepUp,
+            auth_time: Some(auth_time),
+            reason: None,
+            step_up,
+        }));
+        let n = head(&w.serve.data).unwrap().0;
+        w.publish_raw(vec![seal_event(&e, &w.alice)]);
+        w.wait_entries(n + 1);
+    };
+    let pending = |scope: &str| {
+        let p = token(&w, &w.a1, "a1", scope, None);
+        assert_eq!(p["status"], "pending", "{p}");
+        p["approval_id"].as_str().unwrap().to_string()
+    };
+    let id = pending("repo:delete");
+    publish(&id, None);
+    assert_eq!(w.findings(), vec!["approval.step_up_unproven"]);
+    assert_refused(
+        &token(&w, &w.a1, "a1", "repo:delete", Some(&id)),
+        "required authentication",
+    );
+    // Signed by her own key instead of her step-up key: flagged too.
+    let id = pending("repo:delete");
+    publish(&id, Some(assertion(&w.alice, &id, 10)));
+    assert_eq!(
+        w.findings(),
+        vec!["approval.step_up_unproven", "approval.step_up_unproven"]
+    );
+    // With her step-up key's assertion: no finding, and the token is issued.
+    let id = pending("repo:delete");
+    publish(&id, Some(assertion(&w.alice_step_up, &id, 10)));
+    assert_eq!(w.findings().len(), 2, "{:?}", w.findings());
+    let t = token(&w, &w.a1, "a1", "repo:delete", Some(&id));
+    assert_eq!(t["status"], "issued", "{t}");
+    let o = docket(&["state", "rebuild", "--data", w.serve.data.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert_eq!(verify(&w.serve.data).0, 0);
+}
+
+#[test]
+fn introspection_by_a_key_that_may_not_is_refused_and_recorded() {
+    let w = World::new();
+    grant(&w, "a1");
+    let t = token(&w, &w.a1, "a1", "repo:read", None);
+    let secret = t["token"].as_str().unwrap().to_string();
+    // An agent and a user may not introspect: a refusal with a reason, not "inactive".
+    for (k, who) in [(&w.a1, "a1"), (&w.alice, "alice")] {
+        let r = w.ask(
+            k,
+            Op::Introspect {
+                token: secret.clone(),
+            },
+        );
+        assert_refused(&r, &format!("{who} may not do this: introspect tokens"));
+        assert!(r.get("active").is_none(), "{r}");
+        assert!(r["receipt"]["seq"].as_u64().is_some(), "recorded: {r}");
+    }
+    // A registered key that is no requester's is told so, by name.
+    let r = w.ask(
+        &w.vault,
+        Op::Introspect {
+            token: secret.clone(),
+        },
+    );
+    assert_refused(
+        &r,
+        "(the caller's) is registered as \"vault\", which may not make vault requests",
+    );
+    let refusals: Vec<Value> = stdout(&docket(&["log", "--data", w.serve.data.to_str().unwrap()]))
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| {
+            v.to_string().contains("request.refused")
+                && v.to_string().contains("\"op\":\"introspect\"")
+        })
+        .collect();
+    assert_eq!(refusals.len(), 3, "{refusals:?}");
+    // The gateway still gets its answer.
+    assert_eq!(introspect(&w, &secret)["active"], true);
+}
+
+#[test]
+fn docket_approve_signs_a_step_up_with_the_step_up_key() {
+    let w = World::new();
+    grant(&w, "a1");
+    let dir = tempfile::tempdir().unwrap();
+    let (alice_file, step_up_file) = (dir.path().join("alice.key"), dir.path().join("stepup.key"));
+    docket_ledger::keyfile::write(&alice_file, &w.alice).unwrap();
+    docket_ledger::keyfile::write(&step_up_file, &w.alice_step_up).unwrap();
+    let nats = w._nats.url();
+    let approve_cli = |id: &str, extra: &[&str]| {
+        let base = [
+            "approve",
+            "--nats",
+            &nats,
+            "--key",
+            alice_file.to_str().unwrap(),
+            "--approval-id",
+            id,
+        ];
+        docket(&[&base[..], extra].concat())
+    };
+    let p = token(&w, &w.a1, "a1", "repo:delete", None);
+    let id = p["approval_id"].as_str().unwrap().to_string();
+    // The user's key alone, even with a claimed time, cannot approve a critical action.
+    let o = approve_cli(&id, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("needs a step-up assertion"),
+        "{}",
+        stdout(&o)
+    );
+    let o = approve_cli(&id, &["--step-up-at", "2026-01-01T00:00:00.000000Z"]);
+    assert_eq!(o.status.code(), Some(2), "--step-up-at needs --step-up-key");
+    // With the step-up key, the assertion is signed for this approval, now.
+    let o = approve_cli(
+        &id,
+        &[
+            "--user",
+            "alice",
+            "--step-up-key",
+            step_up_file.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(stdout(&o).contains("\"approved\""), "{}", stdout(&o));
+    let t = token(&w, &w.a1, "a1", "repo:delete", Some(&id));
+    assert_eq!(t["status"], "issued", "{t}");
 }

@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 PAYLOAD_TYPE = b"application/vnd.docket.event+json"
 ADMIN_KINDS = {"key.registered", "key.revoked"}
+# Keys one envelope's signature is checked against at most (FORMAT.md section 3).
+SIGNATURE_CHECKS_PER_ENVELOPE_MAX = 2
 
 
 def b64(text):
@@ -32,6 +34,63 @@ def pae(body):
 
 def key_id(pk):
     return hashlib.sha256(pk).hexdigest()
+
+
+def securesystemslib_key_id(pk):
+    """The keyid securesystemslib gives an ed25519 key by default (FORMAT.md section 3)."""
+    canonical = '{"keytype":"ed25519","keyval":{"public":"%s"},"scheme":"ed25519"}' % pk.hex()
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Registry:
+    """The producer keys, replayed from the chain, and the keyid resolution of FORMAT.md section 3."""
+
+    def __init__(self, admin):
+        self.admin = admin
+        self.admin_id = key_id(admin)
+        self.keys = {}  # key id -> {"pk", "name", "kinds", "seq", "revoked"}
+        self.aliases = {securesystemslib_key_id(admin): self.admin_id}
+
+    def apply(self, seq, event):
+        if event["kind"] == "key.registered":
+            pk = b64(event["public_key"])
+            self.keys[event["key_id"]] = {"pk": pk, "name": event["name"],
+                                          "kinds": set(event["kinds"]), "seq": seq, "revoked": False}
+            self.aliases[securesystemslib_key_id(pk)] = event["key_id"]
+        elif event["kind"] == "key.revoked" and event["key_id"] in self.keys:
+            self.keys[event["key_id"]]["revoked"] = True
+
+    def signers(self, hint, event):
+        """(public keys to try in order, what they are), or a string saying why none may sign."""
+        kind = event["kind"]
+        named = hint if hint == self.admin_id or hint in self.keys else self.aliases.get(hint)
+        if named == self.admin_id:
+            if kind not in ADMIN_KINDS:
+                return "the admin may not emit %s" % kind
+            return [self.admin], "the admin key"
+        if named is not None:
+            k = self.keys[named]
+            if kind in ADMIN_KINDS:
+                return "only the admin may emit %s" % kind
+            if k["revoked"]:
+                return "key %s was revoked" % named[:12]
+            if kind not in k["kinds"] or k["name"].startswith("stepup:"):
+                return "key %s (%s) may not emit %s" % (named[:12], k["name"], kind)
+            if (kind == "approval.decided" and k["name"].startswith("user:")
+                    and event["user"] != k["name"][len("user:"):]):
+                return "key %s (%s) may not speak for %s" % (named[:12], k["name"], event["user"])
+            return [k["pk"]], "key %s" % named[:12]
+        if kind != "approval.decided":
+            return "keyid %s names no registered key" % hint[:12]
+        name = "user:" + event["user"]
+        authors = sorted(
+            ((kid, k) for kid, k in self.keys.items()
+             if k["name"] == name and not k["revoked"] and kind in k["kinds"]),
+            key=lambda item: (-item[1]["seq"], item[0]))
+        if not authors:
+            return "keyid %s names no registered key, and there is no key of %s" % (hint[:12], name)
+        tried = authors[:SIGNATURE_CHECKS_PER_ENVELOPE_MAX]
+        return [k["pk"] for _, k in tried], "the keys of %s (%d tried)" % (name, len(tried))
 
 
 def verify_sig(pk, msg, sig):
@@ -76,7 +135,7 @@ def main(argv):
     assert header["type"] == "ledger" and header["format"] == 1, "not a docket export"
     admin = b64(pins.get("--admin-key", header["admin_public_key"]))
     ledger_key = b64(pins.get("--ledger-key", header["ledger_public_key"]))
-    registry = {}  # key_id -> (public key, set of kinds, revoked)
+    registry = Registry(admin)
     seen_ids = set()
     hashes = {}
     prev = bytes(32)
@@ -105,22 +164,15 @@ def main(argv):
         if event["id"] in seen_ids:
             bad("duplicate event id")
         seen_ids.add(event["id"])
-        if kind in ADMIN_KINDS:
-            pk = admin if sig["keyid"] == key_id(admin) else None
-        else:
-            k = registry.get(sig["keyid"])
-            pk = k[0] if k and not k[2] and kind in k[1] else None
-        if pk is None:
-            bad("signer %s may not emit %s here" % (sig["keyid"][:12], kind))
+        found = registry.signers(sig["keyid"], event)
+        if isinstance(found, str):
+            bad("not authorized here: " + found)
             continue
-        if not verify_sig(pk, pae(payload), b64(sig["sig"])):
-            bad("bad signature")
+        keys, tried = found
+        if not any(verify_sig(pk, pae(payload), b64(sig["sig"])) for pk in keys):
+            bad("bad signature: not made by " + tried)
             continue
-        if kind == "key.registered":
-            registry[event["key_id"]] = (b64(event["public_key"]), set(event["kinds"]), False)
-        elif kind == "key.revoked" and event["key_id"] in registry:
-            pk_, kinds, _ = registry[event["key_id"]]
-            registry[event["key_id"]] = (pk_, kinds, True)
+        registry.apply(seq, event)
     last = expected - 1
     for rec in lines:
         if rec["type"] == "checkpoint":
@@ -134,6 +186,8 @@ def main(argv):
     if problems:
         problems.sort()
         print("NOT INTACT: first bad seq %d: %s" % problems[0])
+        for seq, what in problems[1:]:
+            print("  also seq %d: %s" % (seq, what))
         return 1
     print("intact: %d entries, head %s" % (last, prev.hex()))
     return 0

@@ -9,12 +9,11 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 use docket_schemas::{Envelope, EnvelopeError, Event, EventError, EventId, Kind};
-use ed25519_dalek::VerifyingKey;
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::chain::{Entry, SUBJECT_BYTES_MAX, entry_hash};
-use crate::registry::{AuthError, Registry, RegistryError};
+use crate::registry::{AuthError, Registry, RegistryError, Signer};
 
 /// Envelopes taken into one batch at most (one WriteBatch, one fsync, one ack).
 pub const BATCH_EVENTS_MAX: usize = 4096;
@@ -42,7 +41,7 @@ pub enum Rejection {
     Event(#[from] EventError),
     #[error("{0}")]
     Auth(#[from] AuthError),
-    #[error("signature does not verify against key {0}")]
+    #[error("signature does not verify against {0}")]
     BadSignature(String),
     #[error("admin event refused: {0}")]
     Registry(#[from] RegistryError),
@@ -85,6 +84,7 @@ pub struct NewEntry {
     pub envelope: Bytes,
     pub event_id: EventId,
     pub kind: Kind,
+    /// The Docket key id of the key whose signature verified (the envelope's `keyid` is a hint).
     pub key_id: String,
     /// The decoded event, for the state fold.
     pub event: Event,
@@ -172,7 +172,7 @@ pub fn admit<E>(
         .map(|i| i.source_seq)
         .filter(|s| s & LOCAL_SEQ_BIT == 0)
         .fold(tip.source_seq, u64::max);
-    let mut pending: Vec<(usize, VerifyingKey)> = Vec::new();
+    let mut pending: Vec<(usize, Vec<Signer>)> = Vec::new();
     let reject = |plan: &mut Plan, i: usize, why: Rejection| {
         plan.quarantined.push(Quarantined {
             source_seq: batch[i].source_seq,
@@ -193,18 +193,15 @@ pub fn admit<E>(
             }
         };
         let kind = d.event.kind();
-        let key = match tip
-            .registry
-            .authorize_event(&d.envelope.key_id, &d.event.body)
-        {
-            Ok(k) => k,
+        let signers = match tip.registry.signers(&d.envelope.key_id, &d.event.body) {
+            Ok(s) => s,
             Err(why) => {
                 reject(&mut plan, i, why.into());
                 continue;
             }
         };
         if !matches!(kind, Kind::KeyRegistered | Kind::KeyRevoked) {
-            pending.push((i, key));
+            pending.push((i, signers));
             continue;
         }
         // An admin event changes who may sign what next: settle everything before it first.
@@ -218,14 +215,14 @@ pub fn admit<E>(
             &mut plan,
             &reject,
         );
-        if !d.envelope.verify(&key) {
-            reject(
-                &mut plan,
-                i,
-                Rejection::BadSignature(d.envelope.key_id.clone()),
-            );
+        let Some(signer) = verify_all(std::iter::once((&d.envelope, signers.as_slice())))
+            .pop()
+            .flatten()
+            .map(|at| signers[at].key_id.clone())
+        else {
+            reject(&mut plan, i, Rejection::BadSignature(describe(&signers)));
             continue;
-        }
+        };
         if known.contains(&d.event.id) {
             plan.duplicates += 1;
             continue;
@@ -237,7 +234,15 @@ pub fn admit<E>(
         }
         tip.registry = next;
         plan.registry_changed = true;
-        append(tip, &batch[i], d, received_us, &mut known, &mut plan);
+        append(
+            tip,
+            &batch[i],
+            d,
+            signer,
+            received_us,
+            &mut known,
+            &mut plan,
+        );
     }
     settle(
         tip,
@@ -266,25 +271,29 @@ fn settle(
     tip: &mut ChainTip,
     batch: &[Incoming],
     decoded: &[Result<Decoded, Rejection>],
-    pending: &mut Vec<(usize, VerifyingKey)>,
+    pending: &mut Vec<(usize, Vec<Signer>)>,
     known: &mut HashSet<EventId>,
     received_us: i64,
     plan: &mut Plan,
     reject: &impl Fn(&mut Plan, usize, Rejection),
 ) {
-    let valid = verify_all(
-        pending
-            .iter()
-            .filter_map(|(i, k)| decoded[*i].as_ref().ok().map(|d| (&d.envelope, k))),
-    );
-    for ((i, _), ok) in pending.drain(..).zip(valid) {
+    // Only decoded envelopes are ever pending, so the two lists stay aligned.
+    pending.retain(|(i, _)| decoded[*i].is_ok());
+    let valid = verify_all(pending.iter().filter_map(|(i, s)| {
+        decoded[*i]
+            .as_ref()
+            .ok()
+            .map(|d| (&d.envelope, s.as_slice()))
+    }));
+    for ((i, signers), ok) in pending.drain(..).zip(valid) {
         let Ok(d) = &decoded[i] else { continue };
-        if !ok {
-            reject(plan, i, Rejection::BadSignature(d.envelope.key_id.clone()));
-        } else if known.contains(&d.event.id) {
-            plan.duplicates += 1;
-        } else {
-            append(tip, &batch[i], d, received_us, known, plan);
+        match ok {
+            None => reject(plan, i, Rejection::BadSignature(describe(&signers))),
+            Some(_) if known.contains(&d.event.id) => plan.duplicates += 1,
+            Some(at) => {
+                let signer = signers[at].key_id.clone();
+                append(tip, &batch[i], d, signer, received_us, known, plan);
+            }
         }
     }
 }
@@ -293,6 +302,7 @@ fn append(
     tip: &mut ChainTip,
     incoming: &Incoming,
     d: &Decoded,
+    signer: String,
     received_us: i64,
     known: &mut HashSet<EventId>,
     plan: &mut Plan,
@@ -314,7 +324,7 @@ fn append(
         envelope: incoming.payload.clone(),
         event_id: d.event.id,
         kind: d.event.kind(),
-        key_id: d.envelope.key_id.clone(),
+        key_id: signer,
         event: d.event.clone(),
     });
     known.insert(d.event.id);
@@ -322,11 +332,65 @@ fn append(
     tip.head = hash;
 }
 
-/// Verifies signatures in parallel, in batches where that pays, with strict semantics:
-/// keys were checked for weakness at registration and each `R` when decoded, and any
-/// batch that fails is re-verified one signature at a time to find the culprits.
-pub fn verify_all<'a>(items: impl Iterator<Item = (&'a Envelope, &'a VerifyingKey)>) -> Vec<bool> {
-    let items: Vec<(&Envelope, &VerifyingKey)> = items.collect();
+/// The keys a signature was checked against, for a refusal's reason.
+pub fn describe(signers: &[Signer]) -> String {
+    match signers {
+        [one] => format!("key {}", one.key_id),
+        many => format!(
+            "any of the {} keys tried ({})",
+            many.len(),
+            many.iter()
+                .map(|s| s.key_id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Which candidate key made each envelope's signature (its index), or `None`: the one
+/// check that admission and `verify` share.
+///
+/// Signatures are verified in parallel, in batches where that pays, against each
+/// envelope's first candidate, with strict semantics: keys were checked for weakness at
+/// registration and each `R` when decoded, and any batch that fails is re-verified one
+/// signature at a time to find the culprits. An envelope that fails against its first
+/// candidate is tried against the others, one at a time; there are at most
+/// `SIGNATURE_CHECKS_PER_ENVELOPE_MAX` (the registry never resolves more).
+pub fn verify_all<'a>(
+    items: impl Iterator<Item = (&'a Envelope, &'a [Signer])>,
+) -> Vec<Option<usize>> {
+    let items: Vec<(&Envelope, &[Signer])> = items.collect();
+    let first: Vec<(&Envelope, &ed25519_dalek::VerifyingKey)> = items
+        .iter()
+        .filter_map(|(e, s)| s.first().map(|s| (*e, &s.key)))
+        .collect();
+    let mut first_ok = verify_first(&first).into_iter();
+    let first_ok: Vec<Option<bool>> = items
+        .iter()
+        .map(|(_, s)| (!s.is_empty()).then(|| first_ok.next().unwrap_or(false)))
+        .collect();
+    items
+        .par_iter()
+        .zip(first_ok.par_iter())
+        .map(|((e, signers), first)| match first {
+            None => None,
+            Some(true) => Some(0),
+            Some(false) => {
+                let message = e.signed_bytes();
+                signers
+                    .iter()
+                    .take(docket_schemas::limits::SIGNATURE_CHECKS_PER_ENVELOPE_MAX)
+                    .enumerate()
+                    .skip(1)
+                    .find(|(_, s)| s.key.verify_strict(&message, &e.signature).is_ok())
+                    .map(|(at, _)| at)
+            }
+        })
+        .collect()
+}
+
+/// Verifies each envelope against one key, in parallel and in batches.
+fn verify_first(items: &[(&Envelope, &ed25519_dalek::VerifyingKey)]) -> Vec<bool> {
     // Spread even small batches over every core; cap chunks where batching stops paying.
     let chunk = items
         .len()
@@ -338,11 +402,11 @@ pub fn verify_all<'a>(items: impl Iterator<Item = (&'a Envelope, &'a VerifyingKe
         .collect()
 }
 
-fn verify_chunk(chunk: &[(&Envelope, &VerifyingKey)]) -> Vec<bool> {
+fn verify_chunk(chunk: &[(&Envelope, &ed25519_dalek::VerifyingKey)]) -> Vec<bool> {
     let messages: Vec<Vec<u8>> = chunk.iter().map(|(e, _)| e.signed_bytes()).collect();
     let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
     let sigs: Vec<_> = chunk.iter().map(|(e, _)| e.signature).collect();
-    let keys: Vec<VerifyingKey> = chunk.iter().map(|(_, k)| **k).collect();
+    let keys: Vec<ed25519_dalek::VerifyingKey> = chunk.iter().map(|(_, k)| **k).collect();
     if chunk.len() > 1 && ed25519_dalek::verify_batch(&refs, &sigs, &keys).is_ok() {
         return vec![true; chunk.len()];
     }

@@ -175,6 +175,11 @@ impl Ledger {
         let mut answers: Vec<Answer> = Vec::new();
         let mut items = Vec::new();
         let mut local_seqs = std::collections::HashMap::new();
+        let vault_key_id = self
+            .vault
+            .as_ref()
+            .map(|d| docket_schemas::key_id(d.key.verifying_key().as_bytes()))
+            .unwrap_or_default();
         {
             let Some(desk) = self.vault.as_mut() else {
                 return Ok(());
@@ -311,13 +316,21 @@ impl Ledger {
                 .collect::<Option<Vec<_>>>()
                 .unwrap_or_default();
             if receipts.len() != ids.len() {
-                let why = plan
+                let refusal = plan
                     .quarantined
                     .iter()
-                    .find(|q| q.source_seq == local_seqs.get(&ids[0]).copied().unwrap_or(0))
-                    .map(|q| q.reason.clone())
-                    .unwrap_or_else(|| "not appended".into());
-                reply = json!({"ok": false, "error": format!("the ledger did not record this decision ({why}); nothing was issued")});
+                    .find(|q| q.source_seq == local_seqs.get(&ids[0]).copied().unwrap_or(0));
+                // The vault signed this event, so any key the refusal names is the vault's own.
+                let why = match refusal {
+                    Some(q) if q.code == "unknown_key" => format!(
+                        "key {vault_key_id} (the vault's) is not registered: the admin must register it for the vault's kinds"
+                    ),
+                    Some(q) => {
+                        format!("{} (signed with key {vault_key_id}, the vault's)", q.reason)
+                    }
+                    None => "not appended".into(),
+                };
+                reply = json!({"ok": false, "error": format!("the ledger did not record this decision: {why}; nothing was issued")});
             } else if !receipts.is_empty() {
                 reply["receipt"] = receipts.last().cloned().unwrap_or_default();
                 if let Some((subject, payload)) = notify {

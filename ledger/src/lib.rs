@@ -15,6 +15,7 @@ pub mod projection;
 pub mod publisher;
 pub mod registry;
 pub mod state;
+pub mod step_up;
 pub mod store;
 pub mod transport;
 pub mod vault;

@@ -166,6 +166,7 @@ fn changed_objects(a: &VaultState, b: &VaultState) -> BTreeSet<ObjectKey> {
     diff!(grants, Grant);
     diff!(approvals, Approval);
     diff!(tokens, Token);
+    diff!(step_up_keys, StepUpKey);
     out
 }
 
@@ -219,6 +220,7 @@ pub fn rebuild_check(store: &Store, rules: &Policy) -> Result<RebuildReport, Sto
     diff!(grants, "grant ");
     diff!(approvals, "approval ");
     diff!(tokens, "token ");
+    diff!(step_up_keys, "step-up key ");
     differing.truncate(20);
     Ok(RebuildReport {
         entries: replayed.seq,

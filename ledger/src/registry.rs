@@ -5,12 +5,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use docket_schemas::{EventBody, Kind, check_producer_key, decode_public_key, key_id};
+use docket_schemas::limits::SIGNATURE_CHECKS_PER_ENVELOPE_MAX;
+use docket_schemas::{
+    EventBody, Kind, check_producer_key, decode_public_key, key_id, securesystemslib_key_id,
+};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
 /// Producer-key name prefix that marks a user's own key.
 pub const USER_KEY_PREFIX: &str = "user:";
+/// Producer-key name prefix that marks a user's step-up key: it signs step-up assertions
+/// for that user and may emit no event.
+pub const STEP_UP_KEY_PREFIX: &str = "stepup:";
 
 /// Producer keys the registry holds at most; a registration past this is refused.
 pub const PRODUCER_KEYS_MAX: usize = 4096;
@@ -36,12 +42,26 @@ pub struct Registry {
     pub keys: BTreeMap<String, ProducerKey>,
     #[serde(skip)]
     verifying: BTreeMap<String, VerifyingKey>,
+    /// Other key ids standard DSSE libraries give the same keys (securesystemslib's
+    /// default keyid), to the Docket key id; the admin's included. Derived, not stored.
+    #[serde(skip)]
+    aliases: BTreeMap<String, String>,
+}
+
+/// A key an envelope's signature is checked against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signer {
+    /// The Docket key id (section 3 of docs/FORMAT.md), whatever the envelope's `keyid` said.
+    pub key_id: String,
+    pub key: VerifyingKey,
 }
 
 /// Why a signer may not emit an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("key {0} is not registered")]
+    #[error(
+        "key {0} is not registered (it is no registered key's Docket or securesystemslib key id, and the event names no author whose keys could be tried)"
+    )]
     UnknownKey(String),
     #[error("key {key_id} was revoked at seq {seq}")]
     RevokedKey { key_id: String, seq: u64 },
@@ -78,23 +98,99 @@ pub enum RegistryError {
 
 impl Registry {
     pub fn new(admin: &VerifyingKey) -> Registry {
+        let admin_key_id = key_id(admin.as_bytes());
         Registry {
-            admin_key_id: key_id(admin.as_bytes()),
+            aliases: BTreeMap::from([(
+                securesystemslib_key_id(admin.as_bytes()),
+                admin_key_id.clone(),
+            )]),
+            admin_key_id,
             admin_public_key: docket_schemas::encode_base64(admin.as_bytes()),
             keys: BTreeMap::new(),
             verifying: BTreeMap::new(),
         }
     }
 
-    /// Rebuilds the verifying keys after deserialising a stored registry.
+    /// Rebuilds the verifying keys and aliases after deserialising a stored registry.
     pub fn restore(mut self) -> Result<Registry, RegistryError> {
         self.verifying.clear();
-        for k in self.keys.values().filter(|k| k.revoked_seq.is_none()) {
+        self.aliases.clear();
+        let admin = decode_public_key(&self.admin_public_key)?;
+        self.aliases
+            .insert(securesystemslib_key_id(&admin), self.admin_key_id.clone());
+        for k in self.keys.values() {
             let bytes = decode_public_key(&k.public_key)?;
-            self.verifying
-                .insert(k.key_id.clone(), check_producer_key(&bytes)?);
+            self.aliases
+                .insert(securesystemslib_key_id(&bytes), k.key_id.clone());
+            if k.revoked_seq.is_none() {
+                self.verifying
+                    .insert(k.key_id.clone(), check_producer_key(&bytes)?);
+            }
         }
         Ok(self)
+    }
+
+    /// The Docket key id of the registered key (revoked or not, the admin's included)
+    /// that a DSSE `keyid` names, by its Docket key id or its securesystemslib key id.
+    pub fn named_key(&self, hint: &str) -> Option<&str> {
+        if hint == self.admin_key_id {
+            return Some(&self.admin_key_id);
+        }
+        if let Some((id, _)) = self.keys.get_key_value(hint) {
+            return Some(id);
+        }
+        self.aliases.get(hint).map(String::as_str)
+    }
+
+    /// The keys an event's signature is checked against, in order: the one rule that
+    /// admission and `verify` share (docs/FORMAT.md, section 3).
+    ///
+    /// DSSE's `keyid` is an unauthenticated hint. When it names a registered key (by
+    /// Docket key id or alias), that key alone is tried, and must be allowed to emit the
+    /// event. Otherwise the event's author, when the event names one, is tried: for
+    /// `approval.decided`, the active keys named `user:<user>` allowed to emit it, newest
+    /// registration first, at most [`SIGNATURE_CHECKS_PER_ENVELOPE_MAX`].
+    pub fn signers(&self, hint: &str, body: &EventBody) -> Result<Vec<Signer>, AuthError> {
+        if let Some(id) = self.named_key(hint) {
+            let key = self.authorize_event(id, body)?;
+            return Ok(vec![Signer {
+                key_id: id.to_string(),
+                key,
+            }]);
+        }
+        let EventBody::ApprovalDecided(e) = body else {
+            return Err(AuthError::UnknownKey(hint.into()));
+        };
+        let name = format!("{USER_KEY_PREFIX}{}", e.user);
+        let mut authors: Vec<&ProducerKey> = self
+            .keys
+            .values()
+            .filter(|k| {
+                k.name == name
+                    && k.revoked_seq.is_none()
+                    && k.kinds.contains(&Kind::ApprovalDecided)
+            })
+            .collect();
+        // Newest first, then by key id: a fixed order whatever the map's.
+        authors.sort_by(|a, b| {
+            b.registered_seq
+                .cmp(&a.registered_seq)
+                .then_with(|| a.key_id.cmp(&b.key_id))
+        });
+        let signers: Vec<Signer> = authors
+            .into_iter()
+            .filter_map(|k| {
+                Some(Signer {
+                    key_id: k.key_id.clone(),
+                    key: *self.verifying.get(&k.key_id)?,
+                })
+            })
+            .take(SIGNATURE_CHECKS_PER_ENVELOPE_MAX)
+            .collect();
+        if signers.is_empty() {
+            return Err(AuthError::UnknownKey(hint.into()));
+        }
+        Ok(signers)
     }
 
     pub fn admin_key(&self) -> Option<VerifyingKey> {
@@ -158,7 +254,7 @@ impl Registry {
                 seq,
             });
         }
-        if !key.kinds.contains(&kind) {
+        if !key.kinds.contains(&kind) || key.name.starts_with(STEP_UP_KEY_PREFIX) {
             return Err(AuthError::Unauthorized {
                 key_id: signer.into(),
                 name: key.name.clone(),
@@ -206,6 +302,8 @@ impl Registry {
                     },
                 );
                 self.verifying.insert(e.key_id.clone(), vk);
+                self.aliases
+                    .insert(securesystemslib_key_id(&bytes), e.key_id.clone());
                 Ok(())
             }
             EventBody::KeyRevoked(e) => match self.keys.get_mut(&e.key_id) {
@@ -236,6 +334,103 @@ mod tests {
             name: "gateway".into(),
             kinds: kinds.to_vec(),
         })
+    }
+
+    fn named(key: &SigningKey, name: &str, kinds: &[Kind]) -> EventBody {
+        let EventBody::KeyRegistered(mut e) = registered(key, kinds) else {
+            unreachable!()
+        };
+        e.name = name.into();
+        EventBody::KeyRegistered(e)
+    }
+
+    fn decided(user: &str) -> EventBody {
+        EventBody::ApprovalDecided(docket_schemas::ApprovalDecided {
+            approval_id: "p1".into(),
+            user: user.into(),
+            decision: docket_schemas::Decision::Approved,
+            method: docket_schemas::ApprovalMethod::Push,
+            auth_time: None,
+            reason: None,
+            step_up: None,
+        })
+    }
+
+    #[test]
+    fn keyids_resolve_by_docket_id_alias_or_the_events_author_within_the_limit() {
+        let admin = SigningKey::from_bytes(&[1; 32]);
+        let gw = SigningKey::from_bytes(&[2; 32]);
+        let alice = [3u8, 4, 5].map(|n| SigningKey::from_bytes(&[n; 32]));
+        let mut reg = Registry::new(&admin.verifying_key());
+        reg.apply(1, &registered(&gw, &[Kind::ApiCalled])).unwrap();
+        for (i, k) in alice.iter().enumerate() {
+            reg.apply(
+                2 + i as u64,
+                &named(k, "user:alice", &[Kind::ApprovalDecided]),
+            )
+            .unwrap();
+        }
+        let call = EventBody::ApiCalled(docket_schemas::ApiCalled {
+            token_id: "t".into(),
+            token_hash: None,
+            agent: "a".into(),
+            audience: "x".into(),
+            method: "GET".into(),
+            operation: "/".into(),
+            scope: None,
+            status: 200,
+            source: "s".into(),
+        });
+        let gw_pk = gw.verifying_key();
+        let gw_id = key_id(gw_pk.as_bytes());
+        // The Docket key id and securesystemslib's key id name the same key, and only it.
+        for hint in [gw_id.clone(), securesystemslib_key_id(gw_pk.as_bytes())] {
+            let s = reg.signers(&hint, &call).unwrap();
+            assert_eq!(s.len(), 1);
+            assert_eq!(s[0].key_id, gw_id);
+        }
+        let admin_alias = securesystemslib_key_id(admin.verifying_key().as_bytes());
+        assert_eq!(
+            reg.named_key(&admin_alias),
+            Some(key_id(admin.verifying_key().as_bytes()).as_str())
+        );
+        // An unknown hint on an event that names no author: unknown, no key tried.
+        assert_eq!(
+            reg.signers("nobody", &call),
+            Err(AuthError::UnknownKey("nobody".into()))
+        );
+        // An unknown hint on alice's decision: her newest keys, at most the limit.
+        let s = reg.signers("nobody", &decided("alice")).unwrap();
+        assert_eq!(s.len(), SIGNATURE_CHECKS_PER_ENVELOPE_MAX);
+        assert_eq!(s[0].key_id, key_id(alice[2].verifying_key().as_bytes()));
+        assert_eq!(s[1].key_id, key_id(alice[1].verifying_key().as_bytes()));
+        assert!(reg.signers("nobody", &decided("bob")).is_err());
+        // A hint that names alice's key cannot speak for bob.
+        let a0 = key_id(alice[0].verifying_key().as_bytes());
+        assert!(matches!(
+            reg.signers(&a0, &decided("bob")),
+            Err(AuthError::NotTheUser { .. })
+        ));
+        // Aliases survive a store round trip.
+        let restored = serde_json::from_str::<Registry>(&serde_json::to_string(&reg).unwrap())
+            .unwrap()
+            .restore()
+            .unwrap();
+        assert_eq!(restored, reg);
+    }
+
+    #[test]
+    fn step_up_keys_emit_nothing() {
+        let admin = SigningKey::from_bytes(&[1; 32]);
+        let k = SigningKey::from_bytes(&[6; 32]);
+        let mut reg = Registry::new(&admin.verifying_key());
+        reg.apply(1, &named(&k, "stepup:alice", &[Kind::ApprovalDecided]))
+            .unwrap();
+        let id = key_id(k.verifying_key().as_bytes());
+        assert!(matches!(
+            reg.signers(&id, &decided("alice")),
+            Err(AuthError::Unauthorized { .. })
+        ));
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use docket_schemas::*;
 use serde::{Deserialize, Serialize};
 
+use crate::step_up::{StepUpKeyState, StepUpKeys, StepUpRefusal, follow_key_event, judge};
+
 /// Findings kept per entry at most (an entry can break several rules).
 pub const FINDINGS_PER_ENTRY_MAX: usize = 8;
 
@@ -86,6 +88,7 @@ rules! {
     TokenTtlOverGrant = "token.ttl_over_grant", Medium;
     ApprovalWrongDecider = "approval.wrong_decider", Critical;
     ApprovalStaleStepUp = "approval.stale_step_up", High;
+    ApprovalStepUpUnproven = "approval.step_up_unproven", Critical;
     ApprovalUnknownRequest = "approval.unknown_request", Medium;
     ApprovalRedecided = "approval.redecided", High;
     IdReused = "object.id_reused", High;
@@ -156,6 +159,9 @@ pub struct ApprovalState {
     pub auth_time: Option<Timestamp>,
     pub decided_at: Option<Timestamp>,
     pub decided_seq: Option<u64>,
+    /// The step-up key whose assertion proved this decision's step-up (crate::step_up::judge).
+    #[serde(default)]
+    pub step_up_key: Option<String>,
     pub last_seq: u64,
 }
 
@@ -218,6 +224,7 @@ pub enum ObjectKey {
     Grant(String),
     Approval(String),
     Token(String),
+    StepUpKey(String),
 }
 
 impl ObjectKey {
@@ -228,6 +235,7 @@ impl ObjectKey {
             ObjectKey::Grant(id) => ("g/", id),
             ObjectKey::Approval(id) => ("p/", id),
             ObjectKey::Token(id) => ("t/", id),
+            ObjectKey::StepUpKey(id) => ("k/", id),
         };
         [p.as_bytes(), id.as_bytes()].concat()
     }
@@ -242,6 +250,9 @@ pub struct VaultState {
     pub grants: HashMap<String, GrantState>,
     pub approvals: HashMap<String, ApprovalState>,
     pub tokens: HashMap<String, TokenState>,
+    /// Users' step-up keys, as the admin's key events registered them.
+    #[serde(default)]
+    pub step_up_keys: StepUpKeys,
     /// Seq of the last entry applied.
     pub seq: u64,
     /// `ts` of the last entry applied: the state's notion of "now".
@@ -465,6 +476,7 @@ impl VaultState {
                         auth_time: None,
                         decided_at: None,
                         decided_seq: None,
+                        step_up_key: None,
                         last_seq: seq,
                     },
                 );
@@ -476,9 +488,12 @@ impl VaultState {
                 self.revoke_tokens(BTreeSet::from([e.token_id.clone()]), seq, &mut cx);
             }
             EventBody::ApiCalled(e) => self.call(e, &mut cx),
-            EventBody::KeyRegistered(_)
-            | EventBody::KeyRevoked(_)
-            | EventBody::RequestRefused(_) => {}
+            EventBody::KeyRegistered(_) | EventBody::KeyRevoked(_) => {
+                if let Some(id) = follow_key_event(&mut self.step_up_keys, seq, &event.body) {
+                    cx.touch(|| ObjectKey::StepUpKey(id));
+                }
+            }
+            EventBody::RequestRefused(_) => {}
         }
         cx.findings.truncate(FINDINGS_PER_ENTRY_MAX);
         let mut touched = cx.touched.unwrap_or_default();
@@ -523,29 +538,28 @@ impl VaultState {
                 Some(a.agent.clone()),
             );
         }
-        if e.decision == Decision::Approved && a.risk == Risk::Critical {
-            let fresh = match (e.method, e.auth_time) {
-                (ApprovalMethod::StepUp, Some(t)) => {
-                    crate::vault::step_up_is_fresh(t, cx.ts, policy)
-                }
-                _ => false,
-            };
-            if !fresh {
+        // The same judgement the vault makes before it records a decision.
+        let step_up = match judge(e, a, cx.ts, &self.step_up_keys, policy) {
+            Ok(key) => key,
+            Err(why) => {
+                let rule = match why {
+                    StepUpRefusal::Stale { .. } => Rule::ApprovalStaleStepUp,
+                    _ => Rule::ApprovalStepUpUnproven,
+                };
                 cx.find(
-                    Rule::ApprovalStaleStepUp,
-                    format!(
-                        "critical approval {} was approved without a step-up in the last {} s",
-                        a.approval_id, policy.step_up_max_age_s
-                    ),
+                    rule,
+                    format!("approval {} by {}: {why}", a.approval_id, e.user),
                     evidence,
                     Some(a.agent.clone()),
                 );
+                None
             }
-        }
+        };
         a.decision = Some(e.decision);
         a.decided_by = Some(e.user.clone());
         a.method = Some(e.method);
         a.auth_time = e.auth_time;
+        a.step_up_key = step_up;
         a.decided_at = Some(cx.ts);
         a.decided_seq = Some(cx.seq);
         a.last_seq = cx.seq;
@@ -759,6 +773,7 @@ impl VaultState {
             grants: BTreeMap<&'a String, &'a GrantState>,
             approvals: BTreeMap<&'a String, &'a ApprovalState>,
             tokens: BTreeMap<&'a String, &'a TokenState>,
+            step_up_keys: BTreeMap<&'a String, &'a StepUpKeyState>,
             seq: u64,
             ts: Option<Timestamp>,
         }
@@ -767,6 +782,7 @@ impl VaultState {
             grants: self.grants.iter().collect(),
             approvals: self.approvals.iter().collect(),
             tokens: self.tokens.iter().collect(),
+            step_up_keys: self.step_up_keys.iter().collect(),
             seq: self.seq,
             ts: self.ts,
         };
@@ -783,6 +799,7 @@ impl VaultState {
             ObjectKey::Grant(id) => self.grants.get(id).map(serde_json::to_vec),
             ObjectKey::Approval(id) => self.approvals.get(id).map(serde_json::to_vec),
             ObjectKey::Token(id) => self.tokens.get(id).map(serde_json::to_vec),
+            ObjectKey::StepUpKey(id) => self.step_up_keys.get(id).map(serde_json::to_vec),
         };
         v.and_then(Result::ok)
     }
@@ -865,6 +882,13 @@ mod tests {
                 vec![("repo:write", Risk::High), ("repo:delete", Risk::Critical)],
             ));
             log.add(token("t1", "g1", "a1", vec!["repo:read"], 300, None));
+            let pk = step_up_key().verifying_key();
+            log.add(EventBody::KeyRegistered(KeyRegistered {
+                key_id: key_id(pk.as_bytes()),
+                public_key: encode_base64(pk.as_bytes()),
+                name: "stepup:alice".into(),
+                kinds: vec![],
+            }));
             log
         }
         fn add(&mut self, body: EventBody) -> Vec<Finding> {
@@ -957,6 +981,12 @@ mod tests {
         })
     }
 
+    /// Alice's step-up key, registered by `Log::new`.
+    fn step_up_key() -> ed25519_dalek::SigningKey {
+        ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+    }
+
+    /// A decision; a step-up one carries an assertion from alice's step-up key.
     fn decided(
         id: &str,
         user: &str,
@@ -964,14 +994,36 @@ mod tests {
         auth_age_s: Option<i64>,
         log: &Log,
     ) -> EventBody {
+        let auth_time = auth_age_s.map(|a| log.ts.plus_seconds(1 - a));
         EventBody::ApprovalDecided(ApprovalDecided {
             approval_id: id.into(),
             user: user.into(),
             decision: Decision::Approved,
             method,
-            auth_time: auth_age_s.map(|a| log.ts.plus_seconds(1 - a)),
+            auth_time,
             reason: None,
+            step_up: auth_time
+                .filter(|_| method == ApprovalMethod::StepUp)
+                .map(|auth_time| {
+                    StepUpAssertion::seal(
+                        &StepUpClaim {
+                            v: 1,
+                            user: "alice".into(),
+                            approval_id: id.into(),
+                            auth_time,
+                        },
+                        &step_up_key(),
+                    )
+                }),
         })
+    }
+
+    /// The same decision with its assertion replaced.
+    fn with_step_up(mut d: EventBody, step_up: Option<StepUpAssertion>) -> EventBody {
+        if let EventBody::ApprovalDecided(e) = &mut d {
+            e.step_up = step_up;
+        }
+        d
     }
 
     #[test]
@@ -994,6 +1046,10 @@ mod tests {
         );
         let d = decided("p2", "alice", ApprovalMethod::StepUp, Some(60), &log);
         assert!(log.add(d).is_empty());
+        assert_eq!(
+            log.state.approvals["p2"].step_up_key,
+            Some(key_id(step_up_key().verifying_key().as_bytes()))
+        );
         assert!(
             log.add(token(
                 "t3",
@@ -1124,6 +1180,50 @@ mod tests {
                     l.add(requested("p1", "repo:delete", Risk::Critical));
                     let d = decided("p1", "alice", ApprovalMethod::StepUp, Some(3_600), l);
                     l.add(d)
+                }),
+            ),
+            (
+                ApprovalStepUpUnproven,
+                Box::new(|l| {
+                    l.add(requested("p1", "repo:delete", Risk::Critical));
+                    l.add(requested("p2", "repo:delete", Risk::Critical));
+                    let unproven = |l: &mut Log, d: EventBody| {
+                        let f = l.add(d);
+                        assert_eq!(Log::rules(&f), vec![ApprovalStepUpUnproven], "{f:?}");
+                        assert_eq!(l.state.approvals["p1"].step_up_key, None);
+                        // Judged once: the first decision stands, so undo it for the next try.
+                        l.state.approvals.get_mut("p1").unwrap().decided_seq = None;
+                        l.findings.clear();
+                    };
+                    // A claimed step-up time, signed only by the user's own key.
+                    let claimed = decided("p1", "alice", ApprovalMethod::StepUp, Some(10), l);
+                    unproven(l, with_step_up(claimed, None));
+                    // No step-up at all on a critical approval.
+                    let push = decided("p1", "alice", ApprovalMethod::Push, None, l);
+                    unproven(l, push);
+                    // An assertion from alice's step-up key, but for another approval.
+                    let other = decided("p2", "alice", ApprovalMethod::StepUp, Some(10), l);
+                    let EventBody::ApprovalDecided(other) = other else {
+                        unreachable!()
+                    };
+                    let mut d = decided("p1", "alice", ApprovalMethod::StepUp, Some(10), l);
+                    if let EventBody::ApprovalDecided(e) = &mut d {
+                        e.auth_time = other.auth_time;
+                        e.step_up = other.step_up;
+                    }
+                    unproven(l, d);
+                    // An assertion signed by another key.
+                    let forged = StepUpAssertion::seal(
+                        &StepUpClaim {
+                            v: 1,
+                            user: "alice".into(),
+                            approval_id: "p1".into(),
+                            auth_time: l.ts.plus_seconds(-9),
+                        },
+                        &ed25519_dalek::SigningKey::from_bytes(&[8; 32]),
+                    );
+                    let d = decided("p1", "alice", ApprovalMethod::StepUp, Some(10), l);
+                    l.add(with_step_up(d, Some(forged)))
                 }),
             ),
             (

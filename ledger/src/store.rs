@@ -467,6 +467,11 @@ impl Store {
                         .tokens
                         .insert(id, serde_json::from_slice(&v).map_err(|_| bad())?),
                 ),
+                Some(b"k/") => drop(
+                    state
+                        .step_up_keys
+                        .insert(id, serde_json::from_slice(&v).map_err(|_| bad())?),
+                ),
                 _ => return Err(bad()),
             }
         }

@@ -75,6 +75,10 @@ pub enum Op {
         auth_time: Option<Timestamp>,
         #[serde(default)]
         reason: Option<String>,
+        /// The evidence of a step-up: a claim signed by the user's step-up key
+        /// (`stepup:<user>`). Needed for `method: step_up`, and so for critical approvals.
+        #[serde(default)]
+        step_up: Option<StepUpAssertion>,
     },
     /// A gateway asks whether a presented token is active (RFC 7662).
     Introspect { token: String },
@@ -119,6 +123,16 @@ impl Requester {
             Requester::User(u) | Requester::Agent(u) | Requester::Gateway(u) => u.clone(),
         }
     }
+
+    /// Whose key this is, for messages that name a key id.
+    pub fn owner(&self) -> String {
+        match self {
+            Requester::Admin => "the admin's".into(),
+            Requester::User(u) => format!("user {u}'s"),
+            Requester::Agent(a) => format!("agent {a}'s"),
+            Requester::Gateway(g) => format!("gateway {g}'s"),
+        }
+    }
 }
 
 /// Why a request is refused.
@@ -126,10 +140,26 @@ impl Requester {
 pub enum Refusal {
     #[error("malformed request: {0}")]
     Malformed(String),
-    #[error("signature does not verify for key {0}")]
-    BadSignature(String),
-    #[error("key {0} belongs to no registered agent, user, gateway or the admin")]
+    #[error("signature does not verify for key {0} (the caller's, {1} key)")]
+    BadSignature(String, String),
+    #[error(
+        "key {0} (the caller's) is not registered: it is no agent's, no user's (a key named user:<name>), no gateway's and not the admin's"
+    )]
     UnknownSigner(String),
+    #[error(
+        "key {key_id} (the caller's) is registered as {name:?}, which may not make vault requests: only users' keys (user:<name>), gateways' keys (allowed api.called), agents' keys and the admin's may"
+    )]
+    NotARequester { key_id: String, name: String },
+    #[error("key {key_id} (the caller's, {name:?}) was revoked at seq {seq}")]
+    RevokedSigner {
+        key_id: String,
+        name: String,
+        seq: u64,
+    },
+    #[error(
+        "key {key_id} (the caller's) is registered for more than one agent ({agents}); none of them may use it"
+    )]
+    SharedAgentKey { key_id: String, agents: String },
     #[error("request id {0} was already used (replay)")]
     Replayed(String),
     #[error("request time {0} is outside the {REQUEST_SKEW_MAX_S}-second window")]
@@ -200,12 +230,9 @@ fn authenticate_inner(
             Refusal::Malformed("unsupported version".into()),
         ));
     }
-    let Some((requester, key)) = signer(&key_id, registry, state) else {
-        return Err((
-            Some(request),
-            key_id.clone(),
-            Refusal::UnknownSigner(key_id),
-        ));
+    let (requester, key) = match signer(&key_id, registry, state) {
+        Ok(s) => s,
+        Err(why) => return Err((Some(request), key_id, why)),
     };
     let sig = decode_base64(&wire.signatures[0].sig)
         .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok());
@@ -220,7 +247,12 @@ fn authenticate_inner(
         .verify_strict(&pae(REQUEST_PAYLOAD_TYPE, &payload), &sig)
         .is_err()
     {
-        return Err((Some(request), key_id.clone(), Refusal::BadSignature(key_id)));
+        let owner = requester.owner();
+        return Err((
+            Some(request),
+            key_id.clone(),
+            Refusal::BadSignature(key_id, owner),
+        ));
     }
     Ok(Authenticated {
         request,
@@ -229,36 +261,72 @@ fn authenticate_inner(
     })
 }
 
+/// Who holds the key a request's `keyid` names, and the key; or why nobody may use it.
 fn signer(
-    key_id: &str,
+    hint: &str,
     registry: &Registry,
     state: &VaultState,
-) -> Option<(Requester, VerifyingKey)> {
-    if key_id == registry.admin_key_id {
-        return Some((Requester::Admin, registry.admin_key()?));
-    }
-    if let Some((k, vk)) = registry.active_key(key_id) {
-        if let Some(user) = k.name.strip_prefix(USER_KEY_PREFIX) {
-            return Some((Requester::User(user.to_string()), vk));
+) -> Result<(Requester, VerifyingKey), Refusal> {
+    // The same keyid resolution as events: a Docket key id or a securesystemslib key id.
+    if let Some(key_id) = registry.named_key(hint) {
+        if key_id == registry.admin_key_id {
+            let admin = registry
+                .admin_key()
+                .ok_or_else(|| Refusal::UnknownSigner(hint.into()))?;
+            return Ok((Requester::Admin, admin));
         }
-        if k.kinds.contains(&Kind::ApiCalled) {
-            return Some((Requester::Gateway(k.name.clone()), vk));
+        if let Some(k) = registry.keys.get(key_id)
+            && let Some(seq) = k.revoked_seq
+        {
+            return Err(Refusal::RevokedSigner {
+                key_id: key_id.into(),
+                name: k.name.clone(),
+                seq,
+            });
         }
-        return None;
+        if let Some((k, vk)) = registry.active_key(key_id) {
+            if let Some(user) = k.name.strip_prefix(USER_KEY_PREFIX) {
+                return Ok((Requester::User(user.to_string()), vk));
+            }
+            if k.kinds.contains(&Kind::ApiCalled)
+                && !k.name.starts_with(crate::registry::STEP_UP_KEY_PREFIX)
+            {
+                return Ok((Requester::Gateway(k.name.clone()), vk));
+            }
+            return Err(Refusal::NotARequester {
+                key_id: key_id.into(),
+                name: k.name.clone(),
+            });
+        }
     }
     // Exactly one agent may hold a key: if two registrations claim it, neither speaks with it.
-    let mut holders = state.agents.values().filter(|a| {
-        decode_public_key(&a.public_key).is_ok_and(|pk| docket_schemas::key_id(&pk) == key_id)
-    });
-    let agent = holders.next()?;
-    if holders.next().is_some() {
-        return None;
+    let mut holders: Vec<&crate::state::AgentState> = state
+        .agents
+        .values()
+        .filter(|a| {
+            // By Docket key id only: this scan runs for every agent request.
+            decode_public_key(&a.public_key).is_ok_and(|pk| docket_schemas::key_id(&pk) == hint)
+        })
+        .collect();
+    holders.sort_by(|a, b| a.agent.cmp(&b.agent));
+    match holders.as_slice() {
+        [] => Err(Refusal::UnknownSigner(hint.into())),
+        [agent] => {
+            let key = decode_public_key(&agent.public_key)
+                .ok()
+                .and_then(|pk| check_producer_key(&pk).ok())
+                .ok_or_else(|| Refusal::UnknownSigner(hint.into()))?;
+            Ok((Requester::Agent(agent.agent.clone()), key))
+        }
+        many => Err(Refusal::SharedAgentKey {
+            key_id: hint.into(),
+            agents: many
+                .iter()
+                .map(|a| a.agent.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
     }
-    let pk = decode_public_key(&agent.public_key).ok()?;
-    Some((
-        Requester::Agent(agent.agent.clone()),
-        check_producer_key(&pk).ok()?,
-    ))
 }
 
 /// What the vault answers, and the events that must be durable before it does.
@@ -330,19 +398,13 @@ fn clean(text: &str, max: usize) -> String {
     out
 }
 
-/// A step-up counts if it happened at most `step_up_max_age_s` before `at` and not after it.
-pub fn step_up_is_fresh(auth_time: Timestamp, at: Timestamp, rules: &Policy) -> bool {
-    let age_us = at.as_micros() - auth_time.as_micros();
-    (0..=rules.step_up_max_age_s * 1_000_000).contains(&age_us)
-}
-
 /// An approval the log records as approved is usable only if it was decided by the
-/// grant's user, before it expired, and (when critical) with a fresh step-up.
-fn approval_is_sound(a: &crate::state::ApprovalState, rules: &Policy) -> bool {
+/// grant's user, before it expired, and (when critical) with a step-up the state fold
+/// found proven by the user's step-up key, fresh at the decision (`step_up::judge`).
+fn approval_is_sound(a: &crate::state::ApprovalState) -> bool {
     let decided_in_time = a.decided_at.is_some_and(|t| t <= a.expires_at);
     let by_user = a.decided_by.as_deref() == Some(a.user.as_str());
-    let authenticated = a.risk != Risk::Critical
-        || matches!((a.method, a.auth_time, a.decided_at), (Some(ApprovalMethod::StepUp), Some(t), Some(at)) if step_up_is_fresh(t, at, rules));
+    let authenticated = a.risk != Risk::Critical || a.step_up_key.is_some();
     decided_in_time && by_user && authenticated
 }
 
@@ -360,7 +422,7 @@ pub fn decide(
         return refused(req, &who, &Refusal::Stale(req.ts), None, vec![]);
     }
     match &req.op {
-        Op::Introspect { token } => introspect(state, &auth.requester, token, fresh),
+        Op::Introspect { token } => introspect(state, req, &auth.requester, token, fresh),
         Op::Grant {
             user,
             agent,
@@ -464,6 +526,7 @@ pub fn decide(
             method,
             auth_time,
             reason,
+            step_up,
         } => {
             let Some(a) = state.approvals.get(approval_id) else {
                 return refused(
@@ -504,35 +567,36 @@ pub fn decide(
                     );
                 }
             }
-            if *decision == Decision::Approved && a.risk == Risk::Critical {
-                let fresh_enough = matches!((method, auth_time), (ApprovalMethod::StepUp, Some(t))
-                    if step_up_is_fresh(*t, fresh.now, rules));
-                if !fresh_enough {
-                    return refused(
-                        req,
-                        &who,
-                        &Refusal::BadApproval(
-                            approval_id.clone(),
-                            format!(
-                                "a critical action needs a step-up authentication in the last {} s",
-                                rules.step_up_max_age_s
-                            ),
-                        ),
-                        Some(a.audience.clone()),
-                        a.scopes.iter().cloned().collect(),
-                    );
-                }
+            let decided = ApprovalDecided {
+                approval_id: approval_id.clone(),
+                user: a.user.clone(),
+                decision: *decision,
+                method: *method,
+                // The assertion's time, when only it gives one; a different stated time is refused below.
+                auth_time: auth_time.or_else(|| {
+                    step_up
+                        .as_ref()
+                        .and_then(|s| s.decode().ok())
+                        .map(|d| d.claim.auth_time)
+                }),
+                reason: reason.clone(),
+                step_up: step_up.clone(),
+            };
+            // The same judgement the state fold makes on every `approval.decided`.
+            if let Err(why) =
+                crate::step_up::judge(&decided, a, fresh.now, &state.step_up_keys, rules)
+            {
+                return refused(
+                    req,
+                    &who,
+                    &Refusal::BadApproval(approval_id.clone(), why.to_string()),
+                    Some(a.audience.clone()),
+                    a.scopes.iter().cloned().collect(),
+                );
             }
             Outcome {
                 reply: json!({"ok": true, "status": match decision { Decision::Approved => "approved", Decision::Denied => "denied" }, "approval_id": approval_id}),
-                events: vec![EventBody::ApprovalDecided(ApprovalDecided {
-                    approval_id: approval_id.clone(),
-                    user: a.user.clone(),
-                    decision: *decision,
-                    method: *method,
-                    auth_time: *auth_time,
-                    reason: reason.clone(),
-                })],
+                events: vec![EventBody::ApprovalDecided(decided)],
                 notify: None,
             }
         }
@@ -553,6 +617,7 @@ pub fn decide(
 
 fn introspect(
     state: &VaultState,
+    req: &Request,
     requester: &Requester,
     token: &str,
     fresh: &Fresh<'_>,
@@ -563,7 +628,18 @@ fn introspect(
         notify: None,
     };
     if !matches!(requester, Requester::Gateway(_) | Requester::Admin) {
-        return inactive;
+        // Not `{"active": false}`: the caller would take a refusal for an answer about the token.
+        let who = requester.name();
+        return refused(
+            req,
+            &who,
+            &Refusal::Forbidden(
+                who.clone(),
+                "introspect tokens: only a gateway (a key the admin allowed api.called) or the admin may".into(),
+            ),
+            None,
+            vec![],
+        );
     }
     let Some(t) = state.token_by_hash(&token_hash(fresh.hash_key, token)) else {
         return inactive;
@@ -708,7 +784,7 @@ fn token(
                 match a.status(fresh.now) {
                     // Approved is what the log says; the vault also checks it was a valid approval:
                     // by the grant's user, before expiry, with a fresh step-up when critical.
-                    ApprovalStatus::Approved if approval_is_sound(a, rules) => {
+                    ApprovalStatus::Approved if approval_is_sound(a) => {
                         approval_used = Some(a.approval_id.clone())
                     }
                     ApprovalStatus::Approved => {

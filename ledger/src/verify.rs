@@ -12,9 +12,9 @@ use ed25519_dalek::VerifyingKey;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::admission::verify_all;
+use crate::admission::{describe, verify_all};
 use crate::chain::{Entry, GENESIS_PREV, hex};
-use crate::registry::Registry;
+use crate::registry::{Registry, Signer};
 use crate::store::{Store, StoreError};
 
 /// Problems reported at most; verification goes on counting past it.
@@ -75,7 +75,7 @@ impl Findings {
 struct Pending {
     seq: u64,
     envelope: Envelope,
-    key: VerifyingKey,
+    signers: Vec<Signer>,
 }
 
 /// One entry decoded off the critical path.
@@ -306,18 +306,23 @@ fn check_event(
             format!("event id {} appears twice in the chain", event.id),
         );
     }
-    let key = match registry.authorize_event(&envelope.key_id, &event.body) {
-        Ok(k) => k,
+    // The same resolution of the envelope's keyid hint, and the same check, as admission.
+    let signers = match registry.signers(&envelope.key_id, &event.body) {
+        Ok(s) => s,
         Err(e) => return found.add(Some(seq), format!("not authorized at this seq: {e}")),
     };
     if matches!(event.kind(), Kind::KeyRegistered | Kind::KeyRevoked) {
         settle(pending, found);
-        if !envelope.verify(&key) {
+        if verify_all(std::iter::once((&envelope, signers.as_slice())))
+            .pop()
+            .flatten()
+            .is_none()
+        {
             return found.add(
                 Some(seq),
                 format!(
-                    "signature does not verify against admin key {}",
-                    envelope.key_id
+                    "signature does not verify against the admin's {}",
+                    describe(&signers)
                 ),
             );
         }
@@ -329,19 +334,20 @@ fn check_event(
         }
         return;
     }
-    pending.push(Pending { seq, envelope, key });
+    pending.push(Pending {
+        seq,
+        envelope,
+        signers,
+    });
 }
 
 fn settle(pending: &mut Vec<Pending>, found: &mut Findings) {
-    let ok = verify_all(pending.iter().map(|p| (&p.envelope, &p.key)));
+    let ok = verify_all(pending.iter().map(|p| (&p.envelope, p.signers.as_slice())));
     for (p, ok) in pending.drain(..).zip(ok) {
-        if !ok {
+        if ok.is_none() {
             found.add(
                 Some(p.seq),
-                format!(
-                    "signature does not verify against key {}",
-                    p.envelope.key_id
-                ),
+                format!("signature does not verify against {}", describe(&p.signers)),
             );
         }
     }

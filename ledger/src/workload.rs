@@ -178,6 +178,11 @@ pub fn agent_key(a: usize) -> SigningKey {
     SigningKey::from_bytes(blake3::hash(agent_name(a).as_bytes()).as_bytes())
 }
 
+/// The step-up key of the workload's user number `u` (derived from its name, like agents' keys).
+pub fn step_up_key(u: usize) -> SigningKey {
+    SigningKey::from_bytes(blake3::hash(format!("stepup:{}", user_name(u)).as_bytes()).as_bytes())
+}
+
 fn agent_name(a: usize) -> String {
     format!("agent-{a}")
 }
@@ -290,6 +295,9 @@ impl Workload {
             }));
             out.push(self.sealed(&e, &self.roles.admin, Expect::Append));
         }
+        for user in 0..self.users {
+            out.push(self.step_up_registration(user));
+        }
         for a in 0..self.agents {
             let agent_key = agent_key(a);
             out.push(self.by_vault(EventBody::AgentRegistered(AgentRegistered {
@@ -300,6 +308,35 @@ impl Workload {
             })));
         }
         out
+    }
+
+    /// The admin registers a user's step-up key (which may emit nothing). Built without the
+    /// story's generator or serial, so the story (which documented examples are checked
+    /// against) is the same as before step-up keys existed.
+    fn step_up_registration(&mut self, user: usize) -> Published {
+        let pk = step_up_key(user).verifying_key();
+        self.now_us += 1;
+        let mut b = [0u8; 16];
+        // A peek at the generator (a copy advances, not it) tells workloads of other seeds apart.
+        let salt = self.rng.clone().next_u64();
+        b.copy_from_slice(
+            &blake3::hash(format!("stepup:{user}:{salt}").as_bytes()).as_bytes()[..16],
+        );
+        b[..6].copy_from_slice(&((self.now_us / 1000) as u64).to_be_bytes()[2..]);
+        b[6] = 0x70 | (b[6] & 0x0f);
+        b[8] = 0x80 | (b[8] & 0x3f);
+        let e = Event {
+            v: SCHEMA_VERSION,
+            id: EventId(b),
+            ts: self.now(),
+            body: EventBody::KeyRegistered(KeyRegistered {
+                key_id: key_id(pk.as_bytes()),
+                public_key: encode_base64(pk.as_bytes()),
+                name: format!("stepup:{}", user_name(user)),
+                kinds: vec![],
+            }),
+        };
+        self.sealed(&e, &self.roles.admin, Expect::Append)
     }
 
     /// The next envelope of the story.
@@ -495,8 +532,12 @@ impl Workload {
         let Some(a) = self.pending.pop_front() else {
             return self.api_call();
         };
+        let user = a.grant.user;
         let approve = self.rng.chance(850);
         let step_up = a.risk == Risk::Critical || self.rng.chance(200);
+        let auth_time = step_up.then(|| {
+            Timestamp::from_micros(self.now_us - 30_000_000).unwrap_or(Timestamp::UNIX_EPOCH)
+        });
         let body = EventBody::ApprovalDecided(ApprovalDecided {
             approval_id: a.id.clone(),
             user: user_name(a.grant.user),
@@ -510,10 +551,19 @@ impl Workload {
             } else {
                 ApprovalMethod::Push
             },
-            auth_time: step_up.then(|| {
-                Timestamp::from_micros(self.now_us - 30_000_000).unwrap_or(Timestamp::UNIX_EPOCH)
-            }),
+            auth_time,
             reason: None,
+            step_up: auth_time.map(|auth_time| {
+                StepUpAssertion::seal(
+                    &StepUpClaim {
+                        v: 1,
+                        user: user_name(user),
+                        approval_id: a.id.clone(),
+                        auth_time,
+                    },
+                    &step_up_key(user),
+                )
+            }),
         });
         if approve {
             self.approved.push_back(a);

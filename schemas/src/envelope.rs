@@ -34,7 +34,9 @@ pub fn pae(payload_type: &str, body: &[u8]) -> Vec<u8> {
 /// One signature of an envelope, as on the wire.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EnvelopeSignature {
-    /// Hint naming the signing key: lowercase hex SHA-256 of its public key.
+    /// Hint naming the signing key (DSSE: unauthenticated): Docket's key id (lowercase hex
+    /// SHA-256 of the public key), securesystemslib's, or, for a user's own decision, any
+    /// (docs/FORMAT.md, section 3).
     pub keyid: String,
     /// base64 of the 64-byte ed25519 signature over PAE(payloadType, payload).
     pub sig: String,

@@ -294,6 +294,11 @@ pub struct ApprovalDecided {
     pub auth_time: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The evidence of a step-up: a claim (user, approval, `auth_time`) signed by the
+    /// user's step-up key, which the admin registered as `stepup:<user>`. Required for
+    /// `step_up`; without it a step-up is only the caller's word.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_up: Option<crate::step_up::StepUpAssertion>,
 }
 
 /// `token.issued`: a short-lived, scoped token exists. Only its hash is recorded, never the token.
@@ -534,12 +539,7 @@ impl Event {
                     });
                 }
                 text("name", &e.name, TEXT_BYTES_MAX)?;
-                if e.kinds.is_empty() {
-                    return Err(EventError::Invalid {
-                        field: "kinds",
-                        why: "empty".into(),
-                    });
-                }
+                // An empty list is a key that may emit nothing: a step-up key signs only step-up assertions.
                 count("kinds", e.kinds.len(), KINDS_PER_KEY_MAX)?;
             }
             B::KeyRevoked(e) => {
@@ -583,6 +583,20 @@ impl Event {
                         field: "auth_time",
                         why: "required when method is step_up".into(),
                     });
+                }
+                if let Some(a) = &e.step_up {
+                    if e.method != ApprovalMethod::StepUp {
+                        return Err(EventError::Invalid {
+                            field: "step_up",
+                            why: "only with method step_up".into(),
+                        });
+                    }
+                    // Form and limits here; who signed it and whether it fits is the ledger's
+                    // judgement (it needs the registry), made by the vault and the state fold.
+                    a.decode().map_err(|why| EventError::Invalid {
+                        field: "step_up",
+                        why: why.to_string(),
+                    })?;
                 }
                 if let Some(r) = &e.reason {
                     text("reason", r, TEXT_BYTES_MAX)?;

@@ -24,6 +24,19 @@ pub fn key_id(public_key: &[u8; 32]) -> String {
     hex(&Sha256::digest(public_key))
 }
 
+/// The key id securesystemslib (and so python-tuf, in-toto) gives an ed25519 key by
+/// default: lowercase hex SHA-256 of the canonical JSON of its key dict,
+/// `{"keytype":"ed25519","keyval":{"public":"<hex of the key>"},"scheme":"ed25519"}`.
+/// DSSE envelopes signed with that library carry it as their `keyid`, so the registry
+/// knows every key by this alias too (docs/FORMAT.md, section 3).
+pub fn securesystemslib_key_id(public_key: &[u8; 32]) -> String {
+    let canonical = format!(
+        r#"{{"keytype":"ed25519","keyval":{{"public":"{}"}},"scheme":"ed25519"}}"#,
+        hex(public_key)
+    );
+    hex(&Sha256::digest(canonical.as_bytes()))
+}
+
 pub(crate) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
@@ -78,6 +91,34 @@ mod tests {
         assert_eq!(
             key_id(&[0; 32]),
             "66687aadf862bd776c8fc18b8e9f8e20089714856ee233b3902a591d0d5f2925"
+        );
+    }
+
+    #[test]
+    fn securesystemslib_key_id_matches_the_library() {
+        // securesystemslib 1.6: CryptoSigner over the ed25519 key with public bytes
+        // ed6f62e6...29ed has keyid 2d8db254...97f2 (compute_default_keyid).
+        let pk: [u8; 32] = (0..32)
+            .map(|i| {
+                u8::from_str_radix(
+                    &"ed6f62e68614e62288519c64cdb1cb1b2b6c8f12ba5ba4e83b2acf2b57aa29ed"
+                        [2 * i..2 * i + 2],
+                    16,
+                )
+                .unwrap()
+            })
+            .collect::<Vec<u8>>()
+            .try_into()
+            .unwrap();
+        assert_eq!(
+            securesystemslib_key_id(&pk),
+            "2d8db25409bf9765607ff31beebe79aff06dca40474c4d052299990e94e697f2"
+        );
+        assert_ne!(securesystemslib_key_id(&pk), key_id(&pk));
+        // The known-answer vector of docs/FORMAT.md.
+        assert_eq!(
+            securesystemslib_key_id(&[0; 32]),
+            "7f7373360bc914a5d4a7bd87711615178beb6cf52494fcc49082ec65ba62908c"
         );
     }
 

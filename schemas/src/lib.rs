@@ -10,6 +10,7 @@ pub mod fate;
 pub mod json_schema;
 pub mod keys;
 pub mod limits;
+pub mod step_up;
 pub mod time;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
@@ -17,5 +18,7 @@ pub use envelope::{Envelope, EnvelopeError, EnvelopeWire, PAYLOAD_TYPE, pae, sea
 pub use event::*;
 pub use keys::{
     KeyError, check_producer_key, decode_base64, decode_public_key, encode_base64, key_id,
+    securesystemslib_key_id,
 };
+pub use step_up::{STEP_UP_PAYLOAD_TYPE, StepUpAssertion, StepUpClaim, StepUpError};
 pub use time::{HUMAN_TIME_FORMS, HumanTimeError, Timestamp, TimestampError};

@@ -9,6 +9,13 @@ pub const ENVELOPE_BYTES_MAX: usize = 64 * 1024;
 pub const PAYLOAD_BYTES_MAX: usize = 48 * 1024;
 /// Signatures per envelope: exactly one producer signs each event.
 pub const SIGNATURES_PER_ENVELOPE_MAX: usize = 1;
+/// Keys one envelope's signature is checked against, at most. DSSE's `keyid` is an
+/// unauthenticated hint: when it names no registered key (a DSSE library wrote its own
+/// kind of key id), the keys the event names as its author are tried, newest first, up
+/// to this many, so a forged envelope costs a bounded number of signature checks.
+pub const SIGNATURE_CHECKS_PER_ENVELOPE_MAX: usize = 2;
+/// Largest step-up assertion payload (the signed claim JSON), in bytes.
+pub const STEP_UP_PAYLOAD_BYTES_MAX: usize = 1024;
 /// Length of a DSSE `keyid`, in bytes.
 pub const KEY_ID_BYTES_MAX: usize = 128;
 /// Length of an identifier field (user, agent, audience, grant id, ...), in bytes.
@@ -31,4 +38,6 @@ pub const APPROVAL_RULES_PER_GRANT_MAX: usize = 64;
 pub const METHOD_BYTES_MAX: usize = 16;
 
 const _: () = assert!(PAYLOAD_BYTES_MAX < ENVELOPE_BYTES_MAX);
+const _: () = assert!(SIGNATURE_CHECKS_PER_ENVELOPE_MAX >= 1);
+const _: () = assert!(STEP_UP_PAYLOAD_BYTES_MAX < PAYLOAD_BYTES_MAX);
 const _: () = assert!(SCOPES_PER_EVENT_MAX * SCOPE_BYTES_MAX < PAYLOAD_BYTES_MAX);
