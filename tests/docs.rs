@@ -155,8 +155,7 @@ fn readme_and_queries_run_as_written() {
     let (ok, output) = run(&script(&blocks), dir.path());
     let last_block = output
         .lines()
-        .filter(|l| l.starts_with("### "))
-        .next_back()
+        .rfind(|l| l.starts_with("### "))
         .unwrap_or("(before the first block)");
     assert!(
         ok,
