@@ -535,6 +535,10 @@ fn a_new_users_first_hour_with_state_findings_times_csv_and_the_shell() {
             key.to_str().unwrap(),
             "--approval-id",
             "appr-1",
+            "--user",
+            "alice",
+            "--step-up-key",
+            key.to_str().unwrap(),
             "--step-up-at",
             at,
         ])
