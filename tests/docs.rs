@@ -195,3 +195,25 @@ fn quick_start_is_skipped_and_marked() {
     assert!(skipped[0].text.contains("./scripts/demo.sh"));
     assert!(skipped[0].text.contains("./scripts/test.sh"));
 }
+
+#[test]
+fn the_independent_verifier_explains_itself() {
+    let o = Command::new("python3")
+        .arg(repo().join("tools/verify_export.py"))
+        .arg("--help")
+        .output()
+        .expect("run python3");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        help.contains("--admin-key") && help.contains("docket export"),
+        "{help}"
+    );
+    let missing = Command::new("python3")
+        .arg(repo().join("tools/verify_export.py"))
+        .arg("/nonexistent/export.jsonl")
+        .output()
+        .expect("run python3");
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read"));
+}

@@ -126,11 +126,33 @@ def verify_note(note, name, pk):
     return None
 
 
+def parse_args(argv):
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="verify_export.py",
+        description="Verify a `docket export` file independently (written from docs/FORMAT.md alone). "
+        "Exit 0 and 'intact ...' when it verifies; exit 1 naming every problem otherwise.",
+    )
+    parser.add_argument("export", help="the JSON-lines file `docket export --out FILE` wrote")
+    parser.add_argument("--admin-key", help="trust this admin public key (base64) instead of the export's")
+    parser.add_argument("--ledger-key", help="trust this checkpoint key (base64) instead of the export's")
+    return parser.parse_args(argv[1:])
+
+
 def main(argv):
-    path = argv[1]
-    pins = dict(zip(argv[2::2], argv[3::2]))
+    args = parse_args(argv)
+    path = args.export
+    pins = {k: v for k, v in (("--admin-key", args.admin_key), ("--ledger-key", args.ledger_key)) if v}
     problems = []
-    lines = [json.loads(l) for l in open(path, encoding="utf-8") if l.strip()]
+    try:
+        lines = [json.loads(l) for l in open(path, encoding="utf-8") if l.strip()]
+    except (OSError, ValueError) as e:
+        print(f"error: cannot read {path}: {e}", file=sys.stderr)
+        return 2
+    if not lines:
+        print(f"error: {path} is empty, not a docket export", file=sys.stderr)
+        return 2
     header = lines[0]
     assert header["type"] == "ledger" and header["format"] == 1, "not a docket export"
     admin = b64(pins.get("--admin-key", header["admin_public_key"]))
