@@ -378,20 +378,16 @@ fn keys(cmd: KeysCommand) -> Result<()> {
 
 /// An event kind by its wire name, or an error listing the kinds there are.
 fn parse_kind(text: &str) -> Result<docket_schemas::Kind> {
-    docket_schemas::Kind::ALL
-        .iter()
-        .copied()
-        .find(|k| k.as_str() == text)
-        .with_context(|| {
-            let all: Vec<&str> = docket_schemas::Kind::ALL
-                .iter()
-                .map(|k| k.as_str())
-                .collect();
-            format!(
-                "unknown event kind {text:?}; the kinds are {}",
-                all.join(", ")
-            )
-        })
+    docket_schemas::Kind::parse(text).with_context(|| {
+        let all: Vec<&str> = docket_schemas::Kind::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect();
+        format!(
+            "unknown event kind {text:?}; the kinds are {}",
+            all.join(", ")
+        )
+    })
 }
 
 /// Where RocksDB lives inside a data directory.
@@ -463,7 +459,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         filter: config.subject_filter.clone(),
         deliver_new: false,
     };
-    let mut source = connect_patiently(&settings).await?;
+    let client =
+        docket_ledger::transport::connect_within(&args.nats, SERVE_CONNECT_PATIENCE).await?;
+    let mut source = NatsSource::on(client, &settings).await?;
     let mut ledger = open_ledger(data, &config, &admin)?;
     let floor = source.ack_floor().await?;
     let applied = ledger.store().last_source_seq()?;
@@ -519,46 +517,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
 /// may not listen yet); past it, `serve` fails and says what to check.
 const SERVE_CONNECT_PATIENCE: Duration = Duration::from_secs(10);
 
-/// Connects the ledger's source, retrying an unreachable server for a bounded time, out loud.
-async fn connect_patiently(settings: &NatsSettings) -> Result<NatsSource> {
-    let deadline = tokio::time::Instant::now() + SERVE_CONNECT_PATIENCE;
-    let mut warned = false;
-    loop {
-        match NatsSource::connect(settings).await {
-            Ok(source) => return Ok(source),
-            Err(e @ docket_ledger::transport::TransportError::Connect { .. })
-                if tokio::time::Instant::now() < deadline =>
-            {
-                if !warned {
-                    tracing::warn!(
-                        "{e}; retrying for up to {} s",
-                        SERVE_CONNECT_PATIENCE.as_secs()
-                    );
-                    warned = true;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Connects to NATS, retrying an unreachable server until `patience` has passed.
-async fn connect_within(url: &str, patience: Duration) -> Result<async_nats::Client> {
-    let deadline = tokio::time::Instant::now() + patience;
-    loop {
-        match docket_ledger::transport::connect(url).await {
-            Ok(client) => return Ok(client),
-            Err(docket_ledger::transport::TransportError::Connect { .. })
-                if tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -597,21 +555,18 @@ async fn publish(args: PublishArgs) -> Result<()> {
     // With --wait the caller has said how long it will wait: a server still starting within
     // that time is no failure. Without it, a wrong URL fails at once.
     let patience = Duration::from_secs(args.wait.unwrap_or(0));
-    let client = connect_within(&args.nats, patience).await?;
+    let client = docket_ledger::transport::connect_within(&args.nats, patience).await?;
     let js = async_nats::jetstream::new(client.clone());
     docket_ledger::transport::ensure_stream(&js).await?;
     let mut publisher = Publisher::new(Sink::Nats(js));
     let mut invalid = 0u64;
     let mut sent: Vec<Sent> = Vec::new();
-    let acks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let acks_in = std::sync::Arc::clone(&acks);
-    let mut report = move |index: u64, r: Result<docket_ledger::publisher::Acked, String>| {
+    let mut acks = Vec::new();
+    let mut report = |index: u64, r: Result<docket_ledger::publisher::Acked, String>| {
         if let Err(e) = &r {
             eprintln!("publish failed: {e}");
         }
-        if let Ok(mut a) = acks_in.lock() {
-            a.push((index, r));
-        }
+        acks.push((index, r));
     };
     for (n, line) in reader.lines().enumerate() {
         let line = line.context("reading input")?;
@@ -644,11 +599,7 @@ async fn publish(args: PublishArgs) -> Result<()> {
         }
     }
     publisher.flush(&mut report).await;
-    for (index, r) in acks
-        .lock()
-        .map_err(|_| anyhow::anyhow!("ack list poisoned"))?
-        .drain(..)
-    {
+    for (index, r) in acks {
         if let Some(s) = sent.get_mut(index as usize) {
             s.ack = Some(r);
         }

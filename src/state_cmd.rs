@@ -81,6 +81,13 @@ enum View {
     Agents,
 }
 
+/// Values in the order they happened, by the seq `seq` reads: the state is held in hash maps.
+fn in_order<'a, T: 'a>(values: impl Iterator<Item = &'a T>, seq: impl Fn(&T) -> u64) -> Vec<&'a T> {
+    let mut v: Vec<&T> = values.collect();
+    v.sort_by_key(|t| seq(t));
+    v
+}
+
 /// One row: its columns in the order a table shows them. Each view names its columns here,
 /// so the table and the JSON carry the same fields and no view borrows another's layout.
 type Row = Vec<(&'static str, Value)>;
@@ -88,53 +95,45 @@ type Row = Vec<(&'static str, Value)>;
 fn rows(state: &VaultState, view: View, at: Timestamp) -> Vec<Row> {
     let scopes =
         |s: &std::collections::BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(" ");
-    // The state is held in hash maps: list in the order things happened.
     match view {
-        View::Grants => {
-            let mut v: Vec<_> = state.grants.values().collect();
-            v.sort_by_key(|g| g.created_seq);
-            v.iter()
-                .map(|g| {
-                    vec![
-                        ("grant_id", json!(g.grant_id)),
-                        ("user", json!(g.user)),
-                        ("agent", json!(g.agent)),
-                        ("audience", json!(g.audience)),
-                        ("scopes", json!(scopes(&g.scopes))),
-                        ("status", json!(g.status(at))),
-                        ("expires_at", json!(g.expires_at.to_string())),
-                        ("calls", json!(g.calls)),
-                        ("max_calls", json!(g.max_calls)),
-                        ("created_seq", json!(g.created_seq)),
-                    ]
-                })
-                .collect()
-        }
-        View::Tokens => {
-            let mut v: Vec<_> = state.tokens.values().collect();
-            v.sort_by_key(|t| t.issued_seq);
-            v.iter()
-                .map(|t| {
-                    vec![
-                        ("token_id", json!(t.token_id)),
-                        ("agent", json!(t.agent)),
-                        ("user", json!(t.user)),
-                        ("audience", json!(t.audience)),
-                        ("scopes", json!(scopes(&t.scopes))),
-                        ("status", json!(t.status(at))),
-                        ("expires_at", json!(t.expires_at.to_string())),
-                        ("uses", json!(t.uses)),
-                        ("grant_id", json!(t.grant_id)),
-                        ("issued_seq", json!(t.issued_seq)),
-                        ("token_hash", json!(t.token_hash)),
-                    ]
-                })
-                .collect()
-        }
+        View::Grants => in_order(state.grants.values(), |g| g.created_seq)
+            .iter()
+            .map(|g| {
+                vec![
+                    ("grant_id", json!(g.grant_id)),
+                    ("user", json!(g.user)),
+                    ("agent", json!(g.agent)),
+                    ("audience", json!(g.audience)),
+                    ("scopes", json!(scopes(&g.scopes))),
+                    ("status", json!(g.status(at))),
+                    ("expires_at", json!(g.expires_at.to_string())),
+                    ("calls", json!(g.calls)),
+                    ("max_calls", json!(g.max_calls)),
+                    ("created_seq", json!(g.created_seq)),
+                ]
+            })
+            .collect(),
+        View::Tokens => in_order(state.tokens.values(), |t| t.issued_seq)
+            .iter()
+            .map(|t| {
+                vec![
+                    ("token_id", json!(t.token_id)),
+                    ("agent", json!(t.agent)),
+                    ("user", json!(t.user)),
+                    ("audience", json!(t.audience)),
+                    ("scopes", json!(scopes(&t.scopes))),
+                    ("status", json!(t.status(at))),
+                    ("expires_at", json!(t.expires_at.to_string())),
+                    ("uses", json!(t.uses)),
+                    ("grant_id", json!(t.grant_id)),
+                    ("issued_seq", json!(t.issued_seq)),
+                    ("token_hash", json!(t.token_hash)),
+                ]
+            })
+            .collect(),
         View::Approvals => {
-            let mut v: Vec<_> = state.approvals.values().collect();
-            v.sort_by_key(|a| a.requested_seq);
-            v.iter()
+            in_order(state.approvals.values(), |a| a.requested_seq)
+                .iter()
                 .map(|a| {
                     vec![
                         ("approval_id", json!(a.approval_id)),
@@ -153,21 +152,18 @@ fn rows(state: &VaultState, view: View, at: Timestamp) -> Vec<Row> {
                 })
                 .collect()
         }
-        View::Agents => {
-            let mut v: Vec<_> = state.agents.values().collect();
-            v.sort_by_key(|a| a.registered_seq);
-            v.iter()
-                .map(|a| {
-                    vec![
-                        ("agent", json!(a.agent)),
-                        ("user", json!(a.user)),
-                        ("name", json!(a.name)),
-                        ("registered_seq", json!(a.registered_seq)),
-                        ("suspended_seq", json!(a.suspended_seq)),
-                    ]
-                })
-                .collect()
-        }
+        View::Agents => in_order(state.agents.values(), |a| a.registered_seq)
+            .iter()
+            .map(|a| {
+                vec![
+                    ("agent", json!(a.agent)),
+                    ("user", json!(a.user)),
+                    ("name", json!(a.name)),
+                    ("registered_seq", json!(a.registered_seq)),
+                    ("suspended_seq", json!(a.suspended_seq)),
+                ]
+            })
+            .collect(),
     }
 }
 

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,21 +17,7 @@ fn key_line(out: &str, name: &str) -> String {
 }
 
 fn publish(url: &str, key: &std::path::Path, lines: &str) -> std::process::Output {
-    let mut child = Command::new(DOCKET)
-        .args(["publish", "--nats", url, "--key"])
-        .arg(key)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(lines.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    publish_args(url, key, &[], lines)
 }
 
 #[test]
@@ -235,22 +220,13 @@ fn publish_args(
     extra: &[&str],
     lines: &str,
 ) -> std::process::Output {
-    let mut child = Command::new(DOCKET)
-        .args(["publish", "--nats", url, "--key"])
-        .arg(key)
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(lines.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    run_with_input(
+        Command::new(DOCKET)
+            .args(["publish", "--nats", url, "--key"])
+            .arg(key)
+            .args(extra),
+        lines.as_bytes(),
+    )
 }
 
 fn stderr(o: &std::process::Output) -> String {

@@ -4,9 +4,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -190,24 +189,11 @@ fn sql_answers_beside_a_running_serve_in_every_format() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--out"));
 
     // The shell: multi-line input, a refusal that does not end the session, \d, \q.
-    let mut child = Command::new(DOCKET)
-        .args(["sql", "--data"])
-        .arg(&data)
-        .args(["--format", "csv"])
-        .env("DOCKET_SEGMENT_ENTRIES", SEGMENT)
-        .env("HOME", dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"SELECT count(*) AS total\nFROM events\n;\nDELETE FROM events;\n\\d\nSELECT 41 + 1 AS answer;\n\\q\n")
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = shell(
+        &data,
+        dir.path(),
+        "SELECT count(*) AS total\nFROM events\n;\nDELETE FROM events;\n\\d\nSELECT 41 + 1 AS answer;\n\\q\n",
+    );
     let out = stdout(&o);
     assert!(out.contains(&format!("total\n{n}\n")), "{out}");
     assert!(out.contains("answer\n42\n"), "{out}");
@@ -345,24 +331,15 @@ fn stderr(o: &Output) -> String {
 
 /// `docket sql` as a shell reading `input` from a pipe.
 fn shell(data: &Path, home: &Path, input: &str) -> Output {
-    let mut child = Command::new(DOCKET)
-        .args(["sql", "--data"])
-        .arg(data)
-        .args(["--format", "csv"])
-        .env("DOCKET_SEGMENT_ENTRIES", SEGMENT)
-        .env("HOME", home)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    run_with_input(
+        Command::new(DOCKET)
+            .args(["sql", "--data"])
+            .arg(data)
+            .args(["--format", "csv"])
+            .env("DOCKET_SEGMENT_ENTRIES", SEGMENT)
+            .env("HOME", home),
+        input.as_bytes(),
+    )
 }
 
 #[test]

@@ -96,6 +96,18 @@ pub enum RegistryError {
     Full,
 }
 
+/// The keys a signature is tried against when its keyid names none: newest registration
+/// first, then by key id (a fixed order whatever the map's), at most
+/// [`SIGNATURE_CHECKS_PER_ENVELOPE_MAX`]. Envelopes and step-up assertions both use it.
+pub fn newest_first<T>(mut keys: Vec<&T>, order: impl Fn(&T) -> (u64, &String)) -> Vec<&T> {
+    keys.sort_by(|a, b| {
+        let ((seq_a, id_a), (seq_b, id_b)) = (order(a), order(b));
+        seq_b.cmp(&seq_a).then_with(|| id_a.cmp(id_b))
+    });
+    keys.truncate(SIGNATURE_CHECKS_PER_ENVELOPE_MAX);
+    keys
+}
+
 impl Registry {
     pub fn new(admin: &VerifyingKey) -> Registry {
         let admin_key_id = key_id(admin.as_bytes());
@@ -171,13 +183,8 @@ impl Registry {
                     && k.kinds.contains(&Kind::ApprovalDecided)
             })
             .collect();
-        // Newest first, then by key id: a fixed order whatever the map's.
-        authors.sort_by(|a, b| {
-            b.registered_seq
-                .cmp(&a.registered_seq)
-                .then_with(|| a.key_id.cmp(&b.key_id))
-        });
-        let signers: Vec<Signer> = authors
+        authors.retain(|k| self.verifying.contains_key(&k.key_id));
+        let signers: Vec<Signer> = newest_first(authors, |k| (k.registered_seq, &k.key_id))
             .into_iter()
             .filter_map(|k| {
                 Some(Signer {
@@ -185,7 +192,6 @@ impl Registry {
                     key: *self.verifying.get(&k.key_id)?,
                 })
             })
-            .take(SIGNATURE_CHECKS_PER_ENVELOPE_MAX)
             .collect();
         if signers.is_empty() {
             return Err(AuthError::UnknownKey(hint.into()));

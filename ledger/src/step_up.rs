@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 
-use docket_schemas::limits::SIGNATURE_CHECKS_PER_ENVELOPE_MAX;
 use docket_schemas::*;
 use serde::{Deserialize, Serialize};
 
@@ -210,7 +209,7 @@ pub fn judge(
 /// envelope's keyid is resolved: the one its keyid names (Docket key id or
 /// securesystemslib key id), else the newest, at most `SIGNATURE_CHECKS_PER_ENVELOPE_MAX`.
 fn candidates<'a>(keys: &'a StepUpKeys, user: &str, hint: &str) -> Vec<&'a StepUpKeyState> {
-    let mut mine: Vec<&StepUpKeyState> = keys
+    let mine: Vec<&StepUpKeyState> = keys
         .values()
         .filter(|k| k.user == user && k.ended_seq.is_none())
         .collect();
@@ -221,11 +220,5 @@ fn candidates<'a>(keys: &'a StepUpKeys, user: &str, hint: &str) -> Vec<&'a StepU
     if let Some(k) = named {
         return vec![k];
     }
-    mine.sort_by(|a, b| {
-        b.registered_seq
-            .cmp(&a.registered_seq)
-            .then_with(|| a.key_id.cmp(&b.key_id))
-    });
-    mine.truncate(SIGNATURE_CHECKS_PER_ENVELOPE_MAX);
-    mine
+    crate::registry::newest_first(mine, |k| (k.registered_seq, &k.key_id))
 }

@@ -135,7 +135,14 @@ impl NatsSource {
     pub async fn connect(settings: &NatsSettings) -> Result<NatsSource, TransportError> {
         // No retry on the first connect: a wrong URL should fail now, loudly, not hang at INFO.
         // Once connected, the client reconnects by itself when the server restarts.
-        let client = connect(&settings.url).await?;
+        NatsSource::on(connect(&settings.url).await?, settings).await
+    }
+
+    /// Ensures the stream and the durable consumer exist on an open connection.
+    pub async fn on(
+        client: async_nats::Client,
+        settings: &NatsSettings,
+    ) -> Result<NatsSource, TransportError> {
         let js = jetstream::new(client.clone());
         let stream = ensure_stream(&js).await?;
         let consumer = stream
@@ -258,6 +265,32 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, TransportError> {
             why: root_cause(&e),
         })
 }
+
+/// Connects to NATS, retrying an unreachable server until `patience` has passed; says so
+/// once, out loud, so a wait is never silent (a server started a moment earlier may not
+/// listen yet). Any other failure, or the last unreachable one, is returned.
+pub async fn connect_within(
+    url: &str,
+    patience: Duration,
+) -> Result<async_nats::Client, TransportError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut warned = false;
+    loop {
+        match connect(url).await {
+            Err(e @ TransportError::Connect { .. }) if tokio::time::Instant::now() < deadline => {
+                if !warned {
+                    tracing::warn!("{e}; retrying for up to {} s", patience.as_secs());
+                    warned = true;
+                }
+                tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// The pause between attempts to reach a NATS server that is not listening yet.
+const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(250);
 
 /// The innermost cause of an error: NATS errors wrap an I/O error and repeat its text.
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
