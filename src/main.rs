@@ -226,6 +226,8 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
+        // Colour codes are for a person at a terminal, not for a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -268,7 +270,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
     match cli.command {
         Command::Keys(cmd) => keys(cmd).map(|_| ok),
         Command::Serve(args) => serve(args).await.map(|_| ok),
-        Command::Publish(args) => publish(args).await.map(|_| ok),
+        Command::Publish(args) => publish(args).await,
         Command::Verify(args) => verify_cmd(args),
         Command::Log(args) => {
             let store = Store::open_reader(&db_dir(&args.data.data))?;
@@ -543,7 +545,7 @@ struct Sent {
     ack: Option<Result<docket_ledger::publisher::Acked, String>>,
 }
 
-async fn publish(args: PublishArgs) -> Result<()> {
+async fn publish(args: PublishArgs) -> Result<std::process::ExitCode> {
     let key = keyfile::read(&args.key)?;
     let reader: Box<dyn BufRead> = if args.input == "-" {
         Box::new(std::io::BufReader::new(std::io::stdin()))
@@ -619,7 +621,7 @@ async fn publish(args: PublishArgs) -> Result<()> {
         if not_published > 0 {
             bail!("{not_published} events were not published");
         }
-        return Ok(());
+        return Ok(std::process::ExitCode::SUCCESS);
     }
     let wait = Duration::from_secs(args.wait.unwrap_or(0));
     let fates = wait_for_fates(&client, &sent, wait).await?;
@@ -637,6 +639,19 @@ async fn publish(args: PublishArgs) -> Result<()> {
             Some(Fate::Appended { seq, hash }) => {
                 appended += 1;
                 format!("appended at seq {seq} (entry hash {hash})")
+            }
+            // JetStream dropped this message for a stored one with its id (`Nats-Msg-Id`);
+            // the verdict shown is that other message's, so say whose it is.
+            Some(Fate::Quarantined { code, reason }) if dup => {
+                quarantined += 1;
+                let seq = match &s.ack {
+                    Some(Ok(a)) => a.stream_seq,
+                    _ => 0,
+                };
+                format!(
+                    "NOT STORED: JetStream took it for a duplicate of stream seq {seq}, a message with the \
+                     same id that the ledger quarantined ({code}: {reason}); publish it with a new id"
+                )
             }
             Some(Fate::Quarantined { code, reason }) => {
                 quarantined += 1;
@@ -658,14 +673,16 @@ async fn publish(args: PublishArgs) -> Result<()> {
          failed {}, invalid {invalid}",
         st.failed
     );
+    // A verdict, like `verify`'s "not intact": exit 1, as documented; 2 stays for errors.
     if not_published + quarantined + pending > 0 {
-        bail!(
-            "{} of {} events did not reach the chain",
+        eprintln!(
+            "error: {} of {} events did not reach the chain",
             not_published + quarantined + pending,
             sent.len() as u64 + invalid
         );
+        return Ok(std::process::ExitCode::from(1));
     }
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// Asks the ledger what became of each acknowledged event until none is pending or `wait` ends.

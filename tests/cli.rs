@@ -285,7 +285,7 @@ fn publish_wait_reports_appended_duplicate_and_quarantined() {
         "without --wait only JetStream's ack counts"
     );
     let o = publish_args(&nats.url(), &gw_key, &["--wait", "30"], suspend);
-    assert_eq!(o.status.code(), Some(2), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
     assert!(
         stdout(&o).contains("QUARANTINED unauthorized"),
         "{}",

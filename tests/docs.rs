@@ -84,9 +84,11 @@ fn run(script_text: &str, dir: &Path) -> (bool, String) {
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    std::fs::write(dir.join("walkthrough.sh"), script_text).unwrap();
-    // The README runs `python3 tools/verify_export.py` from a clone; give the walkthrough one.
+    // The README walks in a directory inside the clone and runs `../tools/verify_export.py`.
     std::os::unix::fs::symlink(repo().join("tools"), dir.join("tools")).unwrap();
+    let dir = &dir.join("walk");
+    std::fs::create_dir(dir).unwrap();
+    std::fs::write(dir.join("walkthrough.sh"), script_text).unwrap();
     let log = dir.join("walkthrough.log");
     let out = std::fs::File::create(&log).unwrap();
     let mut cmd = Command::new("bash");
