@@ -8,14 +8,14 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use docket_ledger::admission::verify_all;
 use docket_ledger::config::Config;
-use docket_ledger::ingest::now_us;
-use docket_ledger::nats_server::NatsServer;
+use docket_ledger::clock::now_us;
+use docket_testkit::nats_server::NatsServer;
 use docket_ledger::publisher::{Publisher, Sink};
 use docket_ledger::store::Store;
 use docket_ledger::transport::{Bus, NatsSettings, NatsSource, Source};
 use docket_ledger::verify;
-use docket_ledger::workload::{Published, Workload};
-use docket_schemas::{Envelope, Timestamp, encode_base64};
+use docket_testkit::workload::{Published, Workload};
+use docket_schemas::{Envelope, encode_base64};
 use futures::StreamExt;
 
 /// `(from_seq, to_seq, committed_us)` of each `docket.appended` notice seen.
@@ -77,7 +77,7 @@ fn signature_rates(sample: &[Published]) -> (f64, f64) {
         .iter()
         .filter_map(|p| Envelope::decode(&p.envelope).ok())
         .collect();
-    let roles = docket_ledger::workload::Roles::from_seed(1);
+    let roles = docket_testkit::workload::Roles::from_seed(1);
     let keys = [
         roles.vault.verifying_key(),
         roles.gateway.verifying_key(),
@@ -116,12 +116,11 @@ fn signature_rates(sample: &[Published]) -> (f64, f64) {
     (single, batch)
 }
 
-fn workload(n: usize, seed: u64) -> Vec<Published> {
-    let start = Timestamp::from_micros(now_us()).unwrap_or(Timestamp::UNIX_EPOCH);
-    let mut w = Workload::new(seed, start, 50, 200);
+fn workload(n: usize, seed: u64) -> Result<Vec<Published>> {
+    let mut w = Workload::new(seed, docket_ledger::clock::now()?, 50, 200);
     let mut out = w.setup();
     out.extend((0..n).map(|_| w.next_envelope()));
-    out
+    Ok(out)
 }
 
 /// Workload envelopes as the ledger receives them, numbered on from `*seq` as a stream would.
@@ -167,8 +166,8 @@ async fn ingest(args: IngestArgs) -> Result<()> {
             .unwrap_or(1)
     );
     let t = Instant::now();
-    let throughput_set = workload(args.events, 1);
-    let roles = docket_ledger::workload::Roles::from_seed(1);
+    let throughput_set = workload(args.events, 1)?;
+    let roles = docket_testkit::workload::Roles::from_seed(1);
     println!(
         "generated and signed {} events in {:.1}s",
         throughput_set.len(),
@@ -230,17 +229,10 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     let commits_w = Arc::clone(&commits);
     let watcher = tokio::spawn(async move {
         while let Some(m) = appended_sub.next().await {
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.payload) {
-                let (a, b, t) = (
-                    v["from_seq"].as_u64(),
-                    v["to_seq"].as_u64(),
-                    v["committed_us"].as_i64(),
-                );
-                if let (Some(a), Some(b), Some(t)) = (a, b, t)
-                    && let Ok(mut c) = commits_w.lock()
-                {
-                    c.push((a, b, t));
-                }
+            if let Ok(v) = serde_json::from_slice::<docket_schemas::notice::Appended>(&m.payload)
+                && let Ok(mut c) = commits_w.lock()
+            {
+                c.push((v.from_seq, v.to_seq, v.committed_us));
             }
         }
     });
@@ -252,9 +244,9 @@ async fn ingest(args: IngestArgs) -> Result<()> {
 
     // Throughput: publish as fast as JetStream acks.
     let total = throughput_set.len() as u64;
-    let t0 = now_us();
+    let t0 = now_us()?;
     for p in throughput_set {
-        sent_us.push(now_us());
+        sent_us.push(now_us()?);
         publisher
             .send(p.subject, p.envelope, p.id, &mut |_, r| {
                 fails += u64::from(r.is_err())
@@ -264,7 +256,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     publisher
         .flush(&mut |_, r| fails += u64::from(r.is_err()))
         .await;
-    let publish_done = now_us();
+    let publish_done = now_us()?;
     let done_at = wait_for_seq(&commits, total).await?;
     let ingest_rate = total as f64 / ((done_at - t0) as f64 / 1e6);
     println!(
@@ -286,11 +278,11 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     let rate = (ingest_rate / 2.0).max(1_000.0);
     let mut w = Workload::new(
         2,
-        Timestamp::from_micros(now_us()).unwrap_or(Timestamp::UNIX_EPOCH),
+        docket_ledger::clock::now()?,
         50,
         200,
     );
-    w.roles = docket_ledger::workload::Roles::from_seed(1);
+    w.roles = docket_testkit::workload::Roles::from_seed(1);
     let _ = w.setup(); // same keys, already registered; the agents list is what we need
     let paced: Vec<Published> = (0..args.latency_events)
         .map(|_| w.next_envelope())
@@ -304,7 +296,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         {
             tokio::time::sleep(wait).await;
         }
-        sent_us.push(now_us());
+        sent_us.push(now_us()?);
         publisher
             .send(p.subject, p.envelope, p.id, &mut |_, r| {
                 fails += u64::from(r.is_err())
@@ -388,7 +380,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
 fn admit_only(args: AdmitArgs) -> Result<()> {
     use docket_ledger::admission::{BATCH_EVENTS_MAX, ChainTip, Incoming, admit};
     use docket_ledger::registry::Registry;
-    let items: Vec<Incoming> = incoming(workload(args.events, 1), &mut 0);
+    let items: Vec<Incoming> = incoming(workload(args.events, 1)?, &mut 0);
     let t = Instant::now();
     let envs: Vec<Envelope> = items
         .iter()
@@ -404,19 +396,19 @@ fn admit_only(args: AdmitArgs) -> Result<()> {
     println!(
         "one core, per event: envelope decode {env_us:.2} us, event decode+validate {event_us:.2} us, PAE {pae_us:.2} us ({events} events, {pae} bytes)"
     );
-    let admin = docket_ledger::workload::Roles::from_seed(1)
+    let admin = docket_testkit::workload::Roles::from_seed(1)
         .admin
         .verifying_key();
     let fresh = || ChainTip {
         seq: 0,
         head: [0; 32],
-        registry: Registry::new(&admin),
+        registry: Registry::new(&admin, &ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key()),
         source_seq: 0,
     };
     let mut tip = fresh();
     let t = Instant::now();
     for batch in items.chunks(BATCH_EVENTS_MAX) {
-        let plan = admit(&mut tip, batch, now_us(), |ids| {
+        let plan = admit(&mut tip, batch, now_us()?, |ids| {
             Ok::<_, ()>(vec![false; ids.len()])
         });
         assert!(plan.is_ok_and(|p| p.quarantined.is_empty()));
@@ -432,7 +424,7 @@ fn admit_only(args: AdmitArgs) -> Result<()> {
     let mut tip = fresh();
     let t = Instant::now();
     for batch in items.chunks(BATCH_EVENTS_MAX) {
-        let plan = admit(&mut tip, batch, now_us(), |ids| store.contains_ids(ids))?;
+        let plan = admit(&mut tip, batch, now_us()?, |ids| store.contains_ids(ids))?;
         store.commit(&plan, &tip, None)?;
     }
     let rate = items.len() as f64 / t.elapsed().as_secs_f64();
@@ -492,12 +484,12 @@ pub struct VaultArgs {
 }
 
 pub async fn vault(args: VaultArgs) -> Result<()> {
-    use docket_ledger::state::{Policy, VaultState};
-    use docket_ledger::vault::{Op, Request, seal_request};
+    use docket_ledger::state::VaultState;
+    use docket_schemas::vault::{Op, Reply, Request, seal_request};
     println!("docket bench vault: {} entries", args.entries);
     let temp = tempfile::tempdir()?;
     let data = temp.path().join("ledger");
-    let roles = docket_ledger::workload::Roles::from_seed(1);
+    let roles = docket_testkit::workload::Roles::from_seed(1);
     let admin = encode_base64(roles.admin.verifying_key().as_bytes());
     let config = Config {
         checkpoint_every_entries: 1_000_000,
@@ -506,7 +498,7 @@ pub async fn vault(args: VaultArgs) -> Result<()> {
 
     // Build the ledger through the real commit path (admission, projection, synced writes).
     let t = Instant::now();
-    let published = workload(args.entries, 1);
+    let published = workload(args.entries, 1)?;
     let gen_s = t.elapsed().as_secs_f64();
     let events: Vec<docket_schemas::Event> = published
         .iter()
@@ -535,12 +527,12 @@ pub async fn vault(args: VaultArgs) -> Result<()> {
     let t = Instant::now();
     let mut state = VaultState::default();
     for (i, e) in events.iter().enumerate() {
-        state.replay(i as u64 + 1, e, &Policy::default());
+        state.replay(i as u64 + 1, e);
     }
     let fold_rate = events.len() as f64 / t.elapsed().as_secs_f64();
     println!("replay, fold only (events already decoded), one core: {fold_rate:>10.0} events/s");
     drop(events);
-    let report = docket_ledger::projection::rebuild_check(ledger.store(), &Policy::default())?;
+    let report = docket_ledger::projection::rebuild_check(ledger.store())?;
     println!(
         "replay from the store (read, decode, fold), one core:  {:>10.0} events/s (matches stored projection: {})",
         report.events_per_s, report.equal
@@ -576,10 +568,10 @@ pub async fn vault(args: VaultArgs) -> Result<()> {
     let source = NatsSource::connect(&settings).await?;
     let client = source.client.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(docket_ledger::transport::VAULT_INFLIGHT_MAX);
-    let mut ledger = ledger.with_vault(docket_ledger::ingest::VaultDesk::new(
-        roles.vault.clone(),
+    let mut ledger = ledger.with_vault(
+        docket_ledger::desk::Desk::new(roles.vault.clone(), docket_ledger::clock::now()?),
         rx,
-    ));
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let vault_client = client.clone();
     let introspector = ledger.introspector();
@@ -596,23 +588,25 @@ pub async fn vault(args: VaultArgs) -> Result<()> {
         (ledger, r)
     });
     let agent_key = ed25519_dalek::SigningKey::from_bytes(blake3::hash(b"agent-0").as_bytes());
-    let now = || Timestamp::from_micros(now_us()).unwrap_or(Timestamp::UNIX_EPOCH);
-    let request = |op: Op| Request {
-        v: 1,
-        id: docket_schemas::EventId(*uuid::Uuid::now_v7().as_bytes()),
-        ts: now(),
-        op,
+    let now = docket_ledger::clock::now;
+    let request = |op: Op| -> Result<Request> {
+        Ok(Request {
+            v: docket_schemas::vault::REQUEST_VERSION,
+            id: docket_schemas::EventId(*uuid::Uuid::now_v7().as_bytes()),
+            ts: now()?,
+            op,
+        })
     };
     let grant = request(Op::Grant {
         user: "user-0".into(),
         agent: "agent-0".into(),
         audience: "https://bench.example".into(),
         scopes: vec!["bench:read".into()],
-        expires_at: now().plus_seconds(3_600),
+        expires_at: now()?.plus_seconds(3_600),
         max_calls: None,
         max_token_ttl_s: Some(900),
         approval: vec![],
-    });
+    })?;
     // The vault's subscription starts in its own task: wait until it answers.
     let deadline = Instant::now() + Duration::from_secs(5);
     let reply = loop {
@@ -630,12 +624,15 @@ pub async fn vault(args: VaultArgs) -> Result<()> {
             Err(e) => return Err(e.into()),
         }
     };
-    let reply: serde_json::Value = serde_json::from_slice(&reply.payload)?;
-    anyhow::ensure!(reply["ok"] == true, "grant refused: {reply}");
+    let reply: Reply = serde_json::from_slice(&reply.payload)?;
+    anyhow::ensure!(
+        matches!(&reply, Reply::Outcome(o) if o.ok),
+        "grant refused: {reply:?}"
+    );
 
     let token_reqs: Vec<Vec<u8>> = (0..args.tokens)
-        .map(|_| {
-            seal_request(
+        .map(|_| -> Result<Vec<u8>> {
+            Ok(seal_request(
                 &request(Op::Token {
                     agent: "agent-0".into(),
                     audience: "https://bench.example".into(),
@@ -643,16 +640,19 @@ pub async fn vault(args: VaultArgs) -> Result<()> {
                     action: "bench".into(),
                     approval_id: None,
                     ttl_s: Some(900),
-                }),
+                })?,
                 &agent_key,
-            )
+            ))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let (replies, rate, lat) =
         load(&client, "docket.vault.token", token_reqs, args.in_flight).await?;
     let secrets: Vec<String> = replies
         .iter()
-        .filter_map(|r| r["token"].as_str().map(String::from))
+        .filter_map(|r| match r {
+            Reply::Outcome(o) => o.token.clone(),
+            Reply::Introspection(_) => None,
+        })
         .collect();
     println!(
         "token issuance over NATS, {} in flight: {rate:>8.0} tokens/s (each appended durably before the reply), p50 {:.1} ms, p99 {:.1} ms ({} issued)",
@@ -663,15 +663,15 @@ pub async fn vault(args: VaultArgs) -> Result<()> {
     );
     anyhow::ensure!(!secrets.is_empty(), "no token was issued");
     let intro_reqs: Vec<Vec<u8>> = (0..args.introspections)
-        .map(|i| {
-            seal_request(
+        .map(|i| -> Result<Vec<u8>> {
+            Ok(seal_request(
                 &request(Op::Introspect {
                     token: secrets[i % secrets.len()].clone(),
-                }),
+                })?,
                 &roles.gateway,
-            )
+            ))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let (replies, rate, lat) = load(
         &client,
         "docket.vault.introspect",
@@ -679,7 +679,10 @@ pub async fn vault(args: VaultArgs) -> Result<()> {
         args.in_flight,
     )
     .await?;
-    let active = replies.iter().filter(|r| r["active"] == true).count();
+    let active = replies
+        .iter()
+        .filter(|r| matches!(r, Reply::Introspection(i) if i.active))
+        .count();
     println!(
         "introspection over NATS, {} in flight: {rate:>8.0} requests/s, p50 {:.2} ms, p99 {:.2} ms ({active} of {} active)",
         args.in_flight,
@@ -700,7 +703,7 @@ async fn load(
     subject: &'static str,
     reqs: Vec<Vec<u8>>,
     in_flight: usize,
-) -> Result<(Vec<serde_json::Value>, f64, Vec<f64>)> {
+) -> Result<(Vec<docket_schemas::vault::Reply>, f64, Vec<f64>)> {
     let n = reqs.len();
     let started = Instant::now();
     let results = futures::stream::iter(reqs.into_iter().map(|r| {

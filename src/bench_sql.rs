@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use docket_ledger::admission::BATCH_EVENTS_MAX;
 use docket_ledger::config::Config;
-use docket_ledger::workload::{Published, Workload};
+use docket_testkit::workload::{Published, Workload};
 use docket_query::segment::{self, columnar_dir};
 use docket_query::session::VIEWS;
 use docket_query::{AuditSession, SessionOptions};
@@ -211,7 +211,7 @@ fn median(times: &mut [f64]) -> f64 {
 
 /// Builds the ledger through the real commit path unless `data` already holds enough entries.
 async fn build_ledger(data: &Path, args: &SqlBenchArgs) -> Result<()> {
-    let roles = docket_ledger::workload::Roles::from_seed(1);
+    let roles = docket_testkit::workload::Roles::from_seed(1);
     let admin = encode_base64(roles.admin.verifying_key().as_bytes());
     let config = Config {
         checkpoint_every_entries: 1_000_000,

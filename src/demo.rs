@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 use docket_ledger::config::Config;
-use docket_ledger::ingest::now_us;
-use docket_ledger::nats_server::NatsServer;
+use docket_testkit::nats_server::NatsServer;
 use docket_ledger::publisher::{Publisher, Sink};
 use docket_ledger::store::Store;
 use docket_ledger::transport::{Bus, MemoryStream, NatsSettings, NatsSource, Source};
-use docket_ledger::workload::Workload;
+use docket_testkit::workload::Workload;
 use docket_ledger::{export, verify};
 use docket_schemas::{Timestamp, encode_base64};
 
@@ -45,7 +44,7 @@ const DEMO_EVENTS_PER_SECOND: u64 = 20_000;
 pub async fn run(args: DemoArgs) -> Result<()> {
     let temp = tempfile::tempdir().context("creating a temporary directory")?;
     let data = prepare_data_dir(&args.data)?;
-    let start = Timestamp::from_micros(now_us()).unwrap_or(Timestamp::UNIX_EPOCH);
+    let start = docket_ledger::clock::now()?;
     let mut workload = Workload::new(args.seed, start, 8, 24);
     workload.forged_per_mille = args.forged_per_mille;
     workload.misbehaving_per_mille = args.misbehaving_per_mille;
@@ -108,10 +107,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     );
     println!("ledger data: {}", data.display());
     let (vault_tx, vault_rx) = tokio::sync::mpsc::channel(64);
-    let mut ledger = ledger.with_vault(docket_ledger::ingest::VaultDesk::new(
-        workload.roles.vault.clone(),
+    let mut ledger = ledger.with_vault(
+        docket_ledger::desk::Desk::new(workload.roles.vault.clone(), docket_ledger::clock::now()?),
         vault_rx,
-    ));
+    );
     let live_state = ledger.state();
     let line = match &bus {
         docket_ledger::transport::Bus::Nats(client) => {
@@ -146,7 +145,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
     let user_key = ed25519_dalek::SigningKey::from_bytes(blake3::hash(b"demo user-0").as_bytes());
     let mut setup = workload.setup();
-    setup.push(crate::vault_scene::user_registration(&workload, &user_key));
+    setup.push(crate::vault_scene::user_registration(&workload, &user_key)?);
     for p in setup {
         publisher
             .send(p.subject, p.envelope, p.id, &mut on_ack)
@@ -163,7 +162,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let mut sent = 0u64;
     while started.elapsed() < Duration::from_secs(args.seconds) {
         let p = workload.next_envelope();
-        if let docket_ledger::workload::Expect::Quarantine(code) = p.expect {
+        if let docket_testkit::workload::Expect::Quarantine(code) = p.expect {
             *expected.entry(code.to_string()).or_default() += 1;
         }
         publisher
@@ -221,9 +220,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let store = Store::open_reader(&crate::db_dir(&data))?;
     let mut by_code: BTreeMap<String, u64> = BTreeMap::new();
     for q in store.quarantine()? {
-        *by_code
-            .entry(q["code"].as_str().unwrap_or("?").to_string())
-            .or_default() += 1;
+        *by_code.entry(q.code).or_default() += 1;
     }
     println!("quarantine by reason (expected from the workload in brackets):");
     for code in by_code
@@ -279,8 +276,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             .count(),
         state.approvals.len()
     );
-    let rebuilt =
-        docket_ledger::projection::rebuild_check(&store, &docket_ledger::state::Policy::default())?;
+    let rebuilt = docket_ledger::projection::rebuild_check(&store)?;
     println!(
         "state rebuild from genesis: {} ({:.0} events/s)",
         if rebuilt.equal {

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_sql;
 mod demo;
+mod policy_cmd;
 mod sql_cmd;
 mod state_cmd;
 mod vault_cmd;
@@ -20,7 +21,7 @@ use docket_ledger::publisher::{Publisher, Sink, prepare};
 use docket_ledger::store::{LedgerIdentity, Store};
 use docket_ledger::transport::{Bus, NatsSettings, NatsSource, Source};
 use docket_ledger::{export, keyfile, verify};
-use docket_schemas::{EventId, Timestamp, encode_base64, key_id};
+use docket_schemas::{EventId, encode_base64, key_id};
 
 #[derive(Parser)]
 #[command(
@@ -70,6 +71,9 @@ enum Command {
     Introspect(vault_cmd::IntrospectArgs),
     /// Policy violations found while deriving the state.
     Findings(state_cmd::FindingsArgs),
+    /// The policy on the chain (the settings every decision and finding follows): show it, or record a change.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
     /// Run the whole pipeline on a synthetic workload, then verify it.
     Demo(demo::DemoArgs),
     /// Measure performance and print figures.
@@ -285,7 +289,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let mut out = std::io::stdout().lock();
             for q in store.quarantine()? {
                 // A closed pipe (`| head`) ends the listing quietly.
-                if writeln!(out, "{q}").is_err() {
+                if writeln!(out, "{}", serde_json::to_string(&q)?).is_err() {
                     break;
                 }
             }
@@ -311,6 +315,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Command::State(cmd) => state_cmd::run(cmd),
         Command::Findings(args) => state_cmd::findings(args),
+        Command::Policy(cmd) => policy_cmd::run(cmd).await,
         Command::Grant(a) => vault_cmd::grant(a).await,
         Command::Token(a) => vault_cmd::token(a).await,
         Command::Approve(a) => vault_cmd::approve(a).await,
@@ -419,7 +424,7 @@ pub fn open_ledger(data: &Path, config: &Config, admin_b64: &str) -> Result<Ledg
         ledger_public_key: encode_base64(key.verifying_key().as_bytes()),
     };
     let store = Store::open(&db_dir(data), &identity)?;
-    Ok(Ledger::new(store, key, config.checkpoint_policy())?.with_rules(config.rules()))
+    Ok(Ledger::new(store, key, config.checkpoint_policy())?)
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
@@ -465,6 +470,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
         docket_ledger::transport::connect_within(&args.nats, SERVE_CONNECT_PATIENCE).await?;
     let mut source = NatsSource::on(client, &settings).await?;
     let mut ledger = open_ledger(data, &config, &admin)?;
+    let chain = ledger.policy();
+    if let Some(wanted) = config.policy.wanted(&chain.policy) {
+        bail!(
+            "{}",
+            policy_cmd::mismatch(&chain, &wanted, data, args.config.as_deref())
+        );
+    }
     let floor = source.ack_floor().await?;
     let applied = ledger.store().last_source_seq()?;
     if floor > applied {
@@ -479,7 +491,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(path) = &config.vault_key {
         let key = keyfile::read(path)?;
         let (tx, rx) = tokio::sync::mpsc::channel(docket_ledger::transport::VAULT_INFLIGHT_MAX);
-        ledger = ledger.with_vault(docket_ledger::ingest::VaultDesk::new(key, rx));
+        let desk = docket_ledger::desk::Desk::new(key, docket_ledger::clock::now()?);
+        ledger = ledger.with_vault(desk, rx);
         let client = source.client.clone();
         let introspector = ledger.introspector();
         tokio::spawn(async move {
@@ -575,8 +588,7 @@ async fn publish(args: PublishArgs) -> Result<std::process::ExitCode> {
         if line.trim().is_empty() {
             continue;
         }
-        let now = Timestamp::from_micros(docket_ledger::ingest::now_us())
-            .context("the system clock is outside the range of event times")?;
+        let now = docket_ledger::clock::now()?;
         let id = EventId(*uuid::Uuid::now_v7().as_bytes());
         match prepare(&line, &key, now, id) {
             Ok((subject, envelope, id)) => {

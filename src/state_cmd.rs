@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use docket_ledger::projection::{Until, rebuild_check, state_at};
-use docket_ledger::state::{Policy, VaultState};
+use docket_ledger::state::VaultState;
 use docket_ledger::store::Store;
 use docket_schemas::Timestamp;
 use serde_json::{Value, json};
@@ -249,7 +249,7 @@ fn print_rows(rows: &[Row], format: Format) {
 
 fn rebuild(data: &crate::DataArgs) -> Result<std::process::ExitCode> {
     let store = Store::open_reader(&crate::db_dir(&data.data))?;
-    let report = rebuild_check(&store, &Policy::default())?;
+    let report = rebuild_check(&store)?;
     if report.equal {
         println!(
             "state matches: {} entries replayed from genesis at {:.0} events/s, digest {}",

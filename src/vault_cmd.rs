@@ -5,9 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use docket_ledger::ingest::now_us;
 use docket_ledger::keyfile;
-use docket_ledger::vault::{Op, Request, seal_request};
+use docket_schemas::vault::{Op, REQUEST_VERSION, Reply, Request, Status, seal_request};
 use docket_schemas::{
     ApprovalMethod, ApprovalRule, Decision, EventId, Risk, StepUpAssertion, StepUpClaim, Timestamp,
 };
@@ -137,18 +136,18 @@ pub struct IntrospectArgs {
     token: String,
 }
 
-fn now() -> Timestamp {
-    Timestamp::from_micros(now_us()).unwrap_or(Timestamp::UNIX_EPOCH)
+fn now() -> Result<Timestamp> {
+    Ok(docket_ledger::clock::now()?)
 }
 
-async fn call(client: &Client, op: Op) -> Result<Value> {
+async fn call(client: &Client, op: Op) -> Result<Reply> {
     let key = keyfile::read(&client.key)?;
     let nats = docket_ledger::transport::connect(&client.nats).await?;
     let subject = format!("docket.vault.{}", op.name());
     let request = Request {
-        v: 1,
+        v: REQUEST_VERSION,
         id: EventId(*uuid::Uuid::now_v7().as_bytes()),
-        ts: now(),
+        ts: now()?,
         op,
     };
     let reply = tokio::time::timeout(
@@ -158,23 +157,30 @@ async fn call(client: &Client, op: Op) -> Result<Value> {
     .await
     .context("the vault did not answer within 10 s")?
     .context("no vault is serving (start `docket serve` with --vault-key)")?;
-    Ok(serde_json::from_slice(&reply.payload)?)
+    serde_json::from_slice(&reply.payload).with_context(|| {
+        format!(
+            "the answer is not a vault reply (docs/FORMAT.md, \"Vault requests\"): {}",
+            String::from_utf8_lossy(&reply.payload)
+        )
+    })
 }
 
-fn finish(client: &Client, reply: &Value) -> Result<std::process::ExitCode> {
-    let refused = reply["ok"] == Value::Bool(false);
+fn finish(client: &Client, reply: &Reply) -> Result<std::process::ExitCode> {
+    let refused = matches!(reply, Reply::Outcome(o) if !o.ok);
+    // --field names a field of the reply as documented; the typed reply is printed as JSON.
+    let reply = serde_json::to_value(reply)?;
     match &client.field {
         // A refusal has no such field; show the vault's reason instead of an empty line.
-        Some(name) if !refused => match &reply[name.as_str()] {
+        Some(name) if !refused => match reply.get(name.as_str()).unwrap_or(&Value::Null) {
             Value::Null => bail!(
                 "the vault's answer has no field {name:?}: {}",
-                serde_json::to_string(reply)?
+                serde_json::to_string(&reply)?
             ),
             Value::String(text) => println!("{text}"),
             other => println!("{other}"),
         },
-        Some(_) => eprintln!("{}", serde_json::to_string_pretty(reply)?),
-        None => println!("{}", serde_json::to_string_pretty(reply)?),
+        Some(_) => eprintln!("{}", serde_json::to_string_pretty(&reply)?),
+        None => println!("{}", serde_json::to_string_pretty(&reply)?),
     }
     Ok(if refused {
         std::process::ExitCode::from(1)
@@ -208,7 +214,7 @@ pub async fn grant(a: GrantArgs) -> Result<std::process::ExitCode> {
         agent: a.agent,
         audience: a.audience,
         scopes: a.scopes,
-        expires_at: now().plus_seconds(a.expires_in),
+        expires_at: now()?.plus_seconds(a.expires_in),
         max_calls: a.max_calls,
         max_token_ttl_s: a.max_token_ttl,
         approval,
@@ -229,10 +235,12 @@ pub async fn token(a: TokenArgs) -> Result<std::process::ExitCode> {
             ttl_s: a.ttl,
         };
         let reply = call(&a.client, op).await?;
-        if reply["status"] != "pending" || Instant::now() >= deadline {
-            if let (Some("pending"), Some(id)) =
-                (reply["status"].as_str(), reply["approval_id"].as_str())
-            {
+        let pending = match &reply {
+            Reply::Outcome(o) if o.status == Some(Status::Pending) => o.approval_id.clone(),
+            _ => None,
+        };
+        if pending.is_none() || Instant::now() >= deadline {
+            if let Some(id) = &pending {
                 eprintln!(
                     "pending: a human must decide approval {id} (`docket approve --approval-id {id}` \
                      with the user's key); then ask again with --approval-id {id}, or use --wait SECONDS"
@@ -240,7 +248,7 @@ pub async fn token(a: TokenArgs) -> Result<std::process::ExitCode> {
             }
             return finish(&a.client, &reply);
         }
-        approval_id = reply["approval_id"].as_str().map(String::from);
+        approval_id = pending;
         eprintln!(
             "pending approval {}; polling",
             approval_id.as_deref().unwrap_or("?")
@@ -255,7 +263,7 @@ pub async fn approve(a: ApproveArgs) -> Result<std::process::ExitCode> {
             let key = keyfile::read(path).context("--step-up-key")?;
             let auth_time = match a.step_up_at.as_deref() {
                 Some(t) => Timestamp::parse_human(t).context("--step-up-at")?,
-                None => now(),
+                None => now()?,
             };
             let claim = StepUpClaim {
                 v: 1,

@@ -1,22 +1,23 @@
 //! The demo's vault scene: a user grants, an agent asks, a human approves, a gateway checks, a revocation lands.
 
-use anyhow::Result;
-use docket_ledger::ingest::{VaultCall, now_us};
-use docket_ledger::vault::{Op, Request, seal_request};
-use docket_ledger::workload::{Expect, Published, Workload, agent_key};
+use anyhow::{Context, Result};
+use docket_ledger::transport::VaultCall;
+use docket_schemas::vault::{
+    Introspection, Op, Outcome, REQUEST_VERSION, Reply, Request, Status, seal_request,
+};
 use docket_schemas::*;
+use docket_testkit::workload::{Expect, Published, Workload, agent_key};
 use ed25519_dalek::SigningKey;
-use serde_json::Value;
 
 const GITHUB: &str = "https://api.github.com";
 
 /// The admin registers the demo user's own key, so the user can sign grants and approvals.
-pub fn user_registration(w: &Workload, user: &SigningKey) -> Published {
+pub fn user_registration(w: &Workload, user: &SigningKey) -> Result<Published> {
     let pk = user.verifying_key();
     let event = Event {
         v: 1,
         id: EventId(*uuid::Uuid::now_v7().as_bytes()),
-        ts: Timestamp::from_micros(now_us()).unwrap_or(Timestamp::UNIX_EPOCH),
+        ts: docket_ledger::clock::now()?,
         body: EventBody::KeyRegistered(KeyRegistered {
             key_id: key_id(pk.as_bytes()),
             public_key: encode_base64(pk.as_bytes()),
@@ -24,12 +25,12 @@ pub fn user_registration(w: &Workload, user: &SigningKey) -> Published {
             kinds: vec![Kind::ApprovalDecided],
         }),
     };
-    Published {
+    Ok(Published {
         subject: "docket.events.key.registered".into(),
         envelope: seal_event(&event, &w.roles.admin),
         id: Some(event.id),
         expect: Expect::Append,
-    }
+    })
 }
 
 /// How the scene reaches the vault: NATS request/reply when the demo runs over NATS,
@@ -39,12 +40,12 @@ pub enum VaultLine {
     Inbox(tokio::sync::mpsc::Sender<VaultCall>),
 }
 
-async fn ask(line: &VaultLine, key: &SigningKey, op: Op) -> Result<Value> {
+async fn ask(line: &VaultLine, key: &SigningKey, op: Op) -> Result<Reply> {
     let subject = format!("docket.vault.{}", op.name());
     let request = Request {
-        v: 1,
+        v: REQUEST_VERSION,
         id: EventId(*uuid::Uuid::now_v7().as_bytes()),
-        ts: Timestamp::from_micros(now_us()).unwrap_or(Timestamp::UNIX_EPOCH),
+        ts: docket_ledger::clock::now()?,
         op,
     };
     let bytes = seal_request(&request, key);
@@ -74,9 +75,37 @@ async fn ask(line: &VaultLine, key: &SigningKey, op: Op) -> Result<Value> {
     }
 }
 
-fn receipt(v: &Value) -> String {
-    match v["receipt"]["seq"].as_u64() {
-        Some(seq) => format!(" [ledger seq {seq}]"),
+/// An outcome (not an introspection), as the scene expects.
+async fn decide(line: &VaultLine, key: &SigningKey, op: Op) -> Result<Outcome> {
+    match ask(line, key, op).await? {
+        Reply::Outcome(o) => Ok(o),
+        Reply::Introspection(i) => anyhow::bail!("expected an outcome, got an introspection: {i:?}"),
+    }
+}
+
+/// An introspection, as a gateway gets.
+async fn introspect(line: &VaultLine, key: &SigningKey, token: String) -> Result<Introspection> {
+    match ask(line, key, Op::Introspect { token }).await? {
+        Reply::Introspection(i) => Ok(i),
+        Reply::Outcome(o) => anyhow::bail!("introspection refused: {:?}", o.error),
+    }
+}
+
+/// The status in words, or the refusal.
+fn said(o: &Outcome) -> String {
+    match (&o.status, &o.error) {
+        (Some(s), _) => serde_json::to_value(s)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_else(|| format!("{s:?}")),
+        (None, Some(e)) => format!("refused ({e})"),
+        (None, None) => "no status".into(),
+    }
+}
+
+fn receipt(o: &Outcome) -> String {
+    match &o.receipt {
+        Some(r) => format!(" [ledger seq {}]", r.seq),
         None => String::new(),
     }
 }
@@ -96,8 +125,8 @@ fn token_op(scope: &str, approval: Option<String>) -> Op {
 pub async fn play(tx: &VaultLine, w: &Workload, user: &SigningKey) -> Result<()> {
     println!("vault scene:");
     let agent = agent_key(0);
-    let now = Timestamp::from_micros(now_us()).unwrap_or(Timestamp::UNIX_EPOCH);
-    let g = ask(
+    let now = docket_ledger::clock::now()?;
+    let g = decide(
         tx,
         user,
         Op::Grant {
@@ -117,43 +146,36 @@ pub async fn play(tx: &VaultLine, w: &Workload, user: &SigningKey) -> Result<()>
     .await?;
     println!(
         "  user-0 grants agent-0 repo:read and repo:write (approval needed) on {GITHUB}: {}{}",
-        g["status"],
+        said(&g),
         receipt(&g)
     );
-    let t = ask(tx, &agent, token_op("repo:read", None)).await?;
-    let secret = t["token"].as_str().unwrap_or_default().to_string();
+    let t = decide(tx, &agent, token_op("repo:read", None)).await?;
+    let secret = t.token.clone().context("no token for repo:read")?;
     println!(
         "  agent-0 asks for repo:read: {} {} (secret {}…, shown once, only its hash is kept){}",
-        t["status"],
-        t["token_id"],
+        said(&t),
+        t.token_id.as_deref().unwrap_or("-"),
         secret.chars().take(12).collect::<String>(),
         receipt(&t)
     );
-    let i = ask(
-        tx,
-        &w.roles.gateway,
-        Op::Introspect {
-            token: secret.clone(),
-        },
-    )
-    .await?;
+    let i = introspect(tx, &w.roles.gateway, secret.clone()).await?;
     println!(
         "  gateway introspects it: active={} scope={}",
-        i["active"], i["scope"]
+        i.active,
+        i.scope.as_deref().unwrap_or("-")
     );
-    let p = ask(tx, &agent, token_op("repo:write", None)).await?;
-    let approval = p["approval_id"].as_str().map(String::from);
+    let p = decide(tx, &agent, token_op("repo:write", None)).await?;
+    let approval = p.approval_id.clone().context("no approval request for repo:write")?;
     println!(
-        "  agent-0 asks for repo:write: {} (approval {}){}",
-        p["status"],
-        p["approval_id"],
+        "  agent-0 asks for repo:write: {} (approval {approval}){}",
+        said(&p),
         receipt(&p)
     );
-    let a = ask(
+    let a = decide(
         tx,
         user,
         Op::Approve {
-            approval_id: approval.clone().unwrap_or_default(),
+            approval_id: approval.clone(),
             decision: Decision::Approved,
             method: ApprovalMethod::Push,
             auth_time: None,
@@ -162,44 +184,40 @@ pub async fn play(tx: &VaultLine, w: &Workload, user: &SigningKey) -> Result<()>
         },
     )
     .await?;
-    println!(
-        "  user-0 approves on their phone: {}{}",
-        a["status"],
-        receipt(&a)
-    );
-    let t2 = ask(tx, &agent, token_op("repo:write", approval)).await?;
-    let secret2 = t2["token"].as_str().unwrap_or_default().to_string();
+    println!("  user-0 approves on their phone: {}{}", said(&a), receipt(&a));
+    let t2 = decide(tx, &agent, token_op("repo:write", Some(approval))).await?;
     println!(
         "  agent-0 polls: {} {}{}",
-        t2["status"],
-        t2["token_id"],
+        said(&t2),
+        t2.token_id.as_deref().unwrap_or("-"),
         receipt(&t2)
     );
-    let spoof = ask(tx, &agent_key(1), token_op("repo:read", None)).await?;
+    let secret2 = t2.token.clone().context("no token for repo:write after approval")?;
+    let spoof = decide(tx, &agent_key(1), token_op("repo:read", None)).await?;
     println!(
-        "  agent-1 asks as agent-0: refused ({}), and the refusal is recorded{}",
-        spoof["error"].as_str().unwrap_or_default(),
+        "  agent-1 asks as agent-0: {}, and the refusal is recorded{}",
+        said(&spoof),
         receipt(&spoof)
     );
-    let r = ask(
+    let r = decide(
         tx,
         user,
         Op::Revoke {
             token_id: None,
-            grant_id: g["grant_id"].as_str().map(String::from),
+            grant_id: g.grant_id.clone(),
             agent: None,
             reason: "task done".into(),
         },
     )
     .await?;
-    println!("  user-0 revokes the grant: {}{}", r["status"], receipt(&r));
-    let i2 = ask(tx, &w.roles.gateway, Op::Introspect { token: secret2 }).await?;
+    println!("  user-0 revokes the grant: {}{}", said(&r), receipt(&r));
+    let i2 = introspect(tx, &w.roles.gateway, secret2).await?;
     println!(
         "  gateway introspects the repo:write token: active={}",
-        i2["active"]
+        i2.active
     );
     anyhow::ensure!(
-        i["active"] == true && i2["active"] == false && t2["status"] == "issued",
+        i.active && !i2.active && t2.status == Some(Status::Issued) && !spoof.ok,
         "the vault scene did not go as scripted"
     );
     Ok(())

@@ -141,13 +141,13 @@ fn full_disk_stops_acknowledgement_and_loses_nothing() {
     }
     let _unmount = Unmount(small.clone());
     let nats = NatsServer::start(&dir.path().join("nats")).unwrap();
-    let mut w = docket_ledger::workload::Workload::new(
+    let mut w = docket_testkit::workload::Workload::new(
         8,
         docket_schemas::Timestamp::parse("2026-11-22T08:00:00.000000Z").unwrap(),
         5,
         20,
     );
-    let roles = docket_ledger::workload::Roles::from_seed(8);
+    let roles = docket_testkit::workload::Roles::from_seed(8);
     let data = small.join("ledger");
     let mut serve = Serve::start(&data, &nats.url(), &roles);
     let mut items = w.setup();
@@ -238,7 +238,7 @@ fn stderr(o: &std::process::Output) -> String {
 fn publish_wait_reports_appended_duplicate_and_quarantined() {
     let dir = tempfile::tempdir().unwrap();
     let nats = NatsServer::start(&dir.path().join("nats")).unwrap();
-    let roles = docket_ledger::workload::Roles::from_seed(31);
+    let roles = docket_testkit::workload::Roles::from_seed(31);
     let data = dir.path().join("ledger");
     let _serve = Serve::start(&data, &nats.url(), &roles);
     let admin_key = dir.path().join("admin.key");
@@ -314,7 +314,7 @@ fn serve_without_nats_fails_clearly_and_creates_nothing() {
         "nats://127.0.0.1:1",
         "--admin-key",
         &docket_schemas::encode_base64(
-            docket_ledger::workload::Roles::from_seed(1)
+            docket_testkit::workload::Roles::from_seed(1)
                 .admin
                 .verifying_key()
                 .as_bytes(),
@@ -358,7 +358,7 @@ fn serve_without_nats_fails_clearly_and_creates_nothing() {
 fn serve_restarts_without_admin_key_and_refuses_a_second_instance() {
     let dir = tempfile::tempdir().unwrap();
     let nats = NatsServer::start(&dir.path().join("nats")).unwrap();
-    let roles = docket_ledger::workload::Roles::from_seed(32);
+    let roles = docket_testkit::workload::Roles::from_seed(32);
     let data = dir.path().join("ledger");
     let mut first = Serve::start(&data, &nats.url(), &roles);
     let deadline = Instant::now() + Duration::from_secs(20);

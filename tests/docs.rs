@@ -219,3 +219,63 @@ fn the_independent_verifier_explains_itself() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read"));
 }
+
+#[test]
+fn format_lists_every_rule_with_its_severity_and_architecture_counts_them() {
+    use docket_ledger::state::Rule;
+    let format = std::fs::read_to_string(repo().join("docs/FORMAT.md")).unwrap();
+    for rule in Rule::ALL {
+        let severity = serde_json::to_value(rule.severity()).unwrap();
+        let row = format!(
+            "| `{}` | {} | {} |",
+            rule.as_str(),
+            severity.as_str().unwrap(),
+            rule.meaning()
+        );
+        assert!(format.contains(&row), "docs/FORMAT.md lacks the row {row}");
+    }
+    let architecture = std::fs::read_to_string(repo().join("ARCHITECTURE.md")).unwrap();
+    let count = format!("{} rules", Rule::ALL.len());
+    assert!(
+        architecture.contains(&count),
+        "ARCHITECTURE.md does not say {count:?}"
+    );
+}
+
+#[test]
+fn the_core_crate_depends_on_no_runtime_store_or_transport() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "tree",
+            "--offline",
+            "-p",
+            "docket-core",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+        ])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.starts_with("docket-core "),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for banned in ["tokio ", "rocksdb ", "async-nats ", "librocksdb-sys "] {
+        assert!(
+            !text.lines().any(|l| l.starts_with(banned)),
+            "docket-core depends on {banned}:\n{text}"
+        );
+    }
+    // The check can fail: the shell does depend on them.
+    let shell = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["tree", "--offline", "-p", "docket-ledger", "-e", "normal", "--prefix", "none"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&shell.stdout).lines().any(|l| l.starts_with("rocksdb ")));
+}

@@ -21,7 +21,7 @@ fn registration(k: &SigningKey, name: &str, kinds: Vec<Kind>) -> Vec<u8> {
     let event = Event {
         v: 1,
         id: EventId(*uuid::Uuid::now_v7().as_bytes()),
-        ts: Timestamp::from_micros(docket_ledger::ingest::now_us()).unwrap(),
+        ts: docket_ledger::clock::now().unwrap(),
         body: EventBody::KeyRegistered(KeyRegistered {
             key_id: key_id(pk.as_bytes()),
             public_key: encode_base64(pk.as_bytes()),
@@ -66,7 +66,7 @@ fn publish_with_securesystemslib(job: &Value) -> Vec<Value> {
 fn envelopes_from_securesystemslib_are_admitted_and_verify() {
     let dir = tempfile::tempdir().unwrap();
     let nats = NatsServer::start(&dir.path().join("nats")).unwrap();
-    let roles = docket_ledger::workload::Roles::from_seed(rand::random());
+    let roles = docket_testkit::workload::Roles::from_seed(rand::random());
     let data = dir.path().join("ledger");
     let mut serve = Serve::start(&data, &nats.url(), &roles);
     let (gateway, alice, bob, rogue) = (

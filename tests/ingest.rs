@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use docket_ledger::publisher::{Publisher, Sink};
-use docket_ledger::workload::{Published, Roles, Workload};
+use docket_testkit::workload::{Published, Roles, Workload};
 use docket_schemas::{EventId, Timestamp};
 
 fn start_ts() -> Timestamp {
@@ -114,7 +114,7 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         }
         acked
     });
-    let mut rng = docket_ledger::workload::SplitMix64::new(99);
+    let mut rng = docket_testkit::workload::SplitMix64::new(99);
     let cycles = 24;
     for cycle in 0..cycles {
         let mut serve = Serve::start(&data, &nats.url(), &roles);
@@ -265,7 +265,7 @@ fn bad_envelopes_are_quarantined_with_their_reason_and_the_chain_is_untouched() 
                 subject: "docket.events.api.called".into(),
                 envelope: bytes.clone(),
                 id: None,
-                expect: docket_ledger::workload::Expect::Append,
+                expect: docket_testkit::workload::Expect::Append,
             })
             .collect();
         publish(&js, items).await;

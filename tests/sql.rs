@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
-use docket_ledger::workload::{Expect, Published, Workload};
+use docket_testkit::workload::{Expect, Published, Workload};
 use docket_schemas::{Envelope, Timestamp};
 
 const SEGMENT: &str = "500";

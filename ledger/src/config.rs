@@ -1,4 +1,4 @@
-//! The ledger's configuration file (TOML): origin, the admin key, checkpoint policy, NATS settings.
+//! The ledger's configuration file (TOML): origin, the admin key, checkpoint schedule, NATS settings, the expected policy.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,19 +34,48 @@ pub struct Config {
     /// The admin must register this key for the kinds the vault emits.
     #[serde(default)]
     pub vault_key: Option<PathBuf>,
-    /// Oldest step-up authentication accepted for a critical approval, in seconds.
-    #[serde(default = "default_step_up_s")]
-    pub step_up_max_age_s: i64,
-    /// How long an approval request waits for a human, in seconds.
-    #[serde(default = "default_approval_ttl_s")]
-    pub approval_ttl_s: i64,
+    /// The policy this deployment expects. It is not applied from here: the chain's
+    /// `policy.set` is the policy, and `serve` refuses to start when the two differ,
+    /// printing the command that records this one.
+    #[serde(default)]
+    pub policy: PolicyConfig,
 }
 
-fn default_step_up_s() -> i64 {
-    300
+/// `[policy]`: settings the operator expects; unset ones take the chain's.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub step_up_max_age_s: Option<u32>,
+    pub approval_ttl_s: Option<u32>,
+    pub token_ttl_max_s: Option<u32>,
+    pub request_skew_max_s: Option<u32>,
+    pub unauthenticated_recorded_per_s: Option<u32>,
 }
-fn default_approval_ttl_s() -> i64 {
-    300
+
+impl PolicyConfig {
+    /// The policy to record when this config asks for settings the chain's policy lacks:
+    /// the chain's, with this config's settings, at the next revision. `None` when they agree.
+    pub fn wanted(&self, chain: &docket_schemas::PolicySet) -> Option<docket_schemas::PolicySet> {
+        let mut p = chain.clone();
+        let set = |field: &mut u32, wanted: Option<u32>| {
+            if let Some(v) = wanted {
+                *field = v;
+            }
+        };
+        set(&mut p.step_up_max_age_s, self.step_up_max_age_s);
+        set(&mut p.approval_ttl_s, self.approval_ttl_s);
+        set(&mut p.token_ttl_max_s, self.token_ttl_max_s);
+        set(&mut p.request_skew_max_s, self.request_skew_max_s);
+        set(
+            &mut p.unauthenticated_recorded_per_s,
+            self.unauthenticated_recorded_per_s,
+        );
+        if p.same_settings(chain) {
+            return None;
+        }
+        p.revision = chain.revision + 1;
+        Some(p)
+    }
 }
 
 fn default_origin() -> String {
@@ -77,8 +106,7 @@ impl Default for Config {
             subject_filter: default_filter(),
             consumer: default_consumer(),
             vault_key: None,
-            step_up_max_age_s: default_step_up_s(),
-            approval_ttl_s: default_approval_ttl_s(),
+            policy: PolicyConfig::default(),
         }
     }
 }
@@ -109,13 +137,6 @@ impl Config {
             .map_err(parse)?
             .contains_key("origin");
         Ok(config)
-    }
-
-    pub fn rules(&self) -> crate::state::Policy {
-        crate::state::Policy {
-            step_up_max_age_s: self.step_up_max_age_s,
-            approval_ttl_s: self.approval_ttl_s,
-        }
     }
 
     pub fn checkpoint_policy(&self) -> crate::ingest::CheckpointPolicy {

@@ -7,17 +7,21 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use docket_schemas::Checkpoint;
+use docket_schemas::notice::Appended;
+use docket_schemas::{Checkpoint, Event, EventBody, EventId, PolicySet, SCHEMA_VERSION};
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
 
-use crate::admission::{BATCH_EVENTS_MAX, ChainTip, Plan, admit};
+use crate::admission::{BATCH_EVENTS_MAX, ChainTip, Incoming, Plan, admit};
 use crate::chain::hex;
-use crate::state::{Finding, Policy, VaultState};
+use crate::clock::{ClockError, now, now_us};
+use crate::desk::{Desk, Entropy, Introspector, VAULT_BATCH_MAX, read};
+use crate::registry::Registry;
+use crate::state::{Finding, PolicyInForce, VaultState};
 use crate::store::{LedgerIdentity, ProjectionDelta, Store, StoreError};
 use crate::transport::{
-    ACK_QUEUE_MAX, Bus, SUBJECT_APPENDED, SUBJECT_CHECKPOINTS, SUBJECT_FINDINGS, SUBJECT_REJECTED,
-    Source, TransportError,
+    ACK_QUEUE_MAX, Bus, EVENT_SUBJECT_PREFIX, SUBJECT_APPENDED, SUBJECT_CHECKPOINTS,
+    SUBJECT_FINDINGS, SUBJECT_REJECTED, Source, TransportError, VaultCall,
 };
 
 /// Batches read ahead of the append loop at most.
@@ -50,6 +54,8 @@ pub enum IngestError {
     Transport(#[from] TransportError),
     #[error("admission task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Clock(#[from] ClockError),
 }
 
 /// Counters since the loop started.
@@ -68,16 +74,6 @@ pub struct IngestStats {
     pub ack_us: u64,
 }
 
-/// The `docket.appended` notice.
-#[derive(Serialize)]
-struct Appended<'a> {
-    origin: &'a str,
-    from_seq: u64,
-    to_seq: u64,
-    head: String,
-    committed_us: i64,
-}
-
 /// A running ledger: the store, its tip, and the key that signs checkpoints.
 pub struct Ledger {
     store: Arc<Store>,
@@ -88,12 +84,12 @@ pub struct Ledger {
     checkpointed: (u64, Instant),
     /// The projection, shared with readers (the vault's introspection) behind a lock held only to apply.
     state: Arc<RwLock<VaultState>>,
-    rules: Policy,
     /// Findings of the last committed batch, to publish.
     last_findings: Vec<Finding>,
-    vault: Option<VaultDesk>,
+    /// The vault's desk and its inbox, when this ledger serves vault requests.
+    vault: Option<(Desk, Option<tokio::sync::mpsc::Receiver<VaultCall>>)>,
     /// The registry as of the last commit, for the introspector.
-    registry_shared: Arc<RwLock<crate::registry::Registry>>,
+    registry_shared: Arc<RwLock<Registry>>,
     pub stats: IngestStats,
 }
 
@@ -111,11 +107,10 @@ impl Ledger {
                 path: store.path().into(),
                 key: "admin_public_key".into(),
             })?;
-        let tip = store.tip(|| crate::registry::Registry::new(&admin))?;
-        let last_cp = store.checkpoints()?.last().map(|(s, _)| *s).unwrap_or(0);
-        let rules = Policy::default();
+        let tip = store.tip(|| Registry::new(&admin, &key.verifying_key()))?;
+        let last_cp = store.last_checkpoint()?.map_or(0, |(s, _)| s);
         let mut state = store.load_state()?;
-        crate::projection::catch_up(&store, &mut state, &rules, &tip)?;
+        crate::projection::catch_up(&store, &mut state, &tip)?;
         let registry_shared = Arc::new(RwLock::new(tip.registry.clone()));
         Ok(Ledger {
             store: Arc::new(store),
@@ -126,7 +121,6 @@ impl Ledger {
             policy,
             checkpointed: (last_cp, Instant::now()),
             state: Arc::new(RwLock::new(state)),
-            rules,
             last_findings: Vec::new(),
             vault: None,
             stats: IngestStats::default(),
@@ -146,198 +140,76 @@ impl Ledger {
         Arc::clone(&self.store)
     }
 
-    /// Serves vault requests from `desk` in this ledger's loop, so each decision is appended before it is answered.
-    /// Replaces the default policy settings (step-up age, approval lifetime).
-    pub fn with_rules(mut self, rules: Policy) -> Ledger {
-        self.rules = rules;
+    /// Serves vault requests from `calls` in this ledger's loop, decided by `desk`, so each
+    /// decision is appended before it is answered.
+    pub fn with_vault(mut self, desk: Desk, calls: tokio::sync::mpsc::Receiver<VaultCall>) -> Ledger {
+        self.vault = Some((desk, Some(calls)));
         self
     }
 
-    pub fn with_vault(mut self, desk: VaultDesk) -> Ledger {
-        self.vault = Some(desk);
-        self
+    /// The policy in force at the tip, as the chain records it.
+    pub fn policy(&self) -> PolicyInForce {
+        read(&self.state).policy.clone()
+    }
+
+    /// On an empty chain, records the documented default policy as the first entry, signed
+    /// by the ledger's key: every ledger's policy is on its chain from seq 1. Returns what
+    /// was appended (nothing on a chain that has entries).
+    pub async fn record_genesis_policy(&mut self) -> Result<Plan, IngestError> {
+        if self.tip.seq > 0 {
+            return Ok(Plan::default());
+        }
+        let event = Event {
+            v: SCHEMA_VERSION,
+            id: EventId(*uuid::Uuid::now_v7().as_bytes()),
+            ts: now()?,
+            body: EventBody::PolicySet(PolicySet::DEFAULTS),
+        };
+        let item = Incoming {
+            subject: format!("{EVENT_SUBJECT_PREFIX}{}", event.kind()),
+            payload: docket_schemas::seal_event(&event, &self.key).into(),
+            source_seq: crate::admission::LOCAL_SEQ_BIT | 1,
+        };
+        let plan = self.commit(vec![item]).await?;
+        if let Some(q) = plan.quarantined.first() {
+            return Err(IngestError::Task(format!(
+                "the genesis policy was not admitted: {}",
+                q.reason
+            )));
+        }
+        Ok(plan)
     }
 
     /// Answers a batch of vault requests: decide each, append every decision in one
     /// durable commit, then reply with receipts. A decision that could not be
     /// appended is answered with an error and never with a token (fail closed).
     async fn serve_vault(&mut self, calls: Vec<VaultCall>, bus: &Bus) -> Result<(), IngestError> {
-        use crate::vault::{Fresh, authenticate, decide};
-        use serde_json::json;
-        let now = docket_schemas::Timestamp::from_micros(now_us())
-            .unwrap_or(docket_schemas::Timestamp::UNIX_EPOCH);
-        type Answer = (
-            VaultCall,
-            serde_json::Value,
-            Vec<docket_schemas::EventId>,
-            Option<(String, serde_json::Value)>,
-        );
-        let mut answers: Vec<Answer> = Vec::new();
-        let mut items = Vec::new();
-        let mut local_seqs = std::collections::HashMap::new();
-        let vault_key_id = self
-            .vault
-            .as_ref()
-            .map(|d| docket_schemas::key_id(d.key.verifying_key().as_bytes()))
-            .unwrap_or_default();
-        {
-            let Some(desk) = self.vault.as_mut() else {
+        let now = now()?;
+        let requests: Vec<bytes::Bytes> = calls.iter().map(|c| c.request.clone()).collect();
+        let handled = {
+            let Some((desk, _)) = self.vault.as_mut() else {
                 return Ok(());
             };
-            let hash_key = desk.hash_key;
-            let state = self.state.read().map_err(|_| StoreError::Poisoned)?;
-            // Signature checks are the cost of a request: do them on every core.
-            let checked: Vec<_> = {
-                use rayon::prelude::*;
-                let registry = &self.tip.registry;
-                let state: &VaultState = &state;
-                calls
-                    .par_iter()
-                    .map(|c| authenticate(&c.request, registry, state))
-                    .collect()
-            };
-            let mut used_approvals = std::collections::HashSet::new();
-            for (call, checked) in calls.into_iter().zip(checked) {
-                let mut secret = [0u8; 32];
-                if matches!(&checked, Ok(a) if matches!(a.request.op, crate::vault::Op::Token { .. }))
-                {
-                    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
-                }
-                let id = uuid::Uuid::now_v7();
-                let fresh = Fresh {
-                    now,
-                    id: id.simple().to_string(),
-                    token_secret: format!("dkt_{}", crate::chain::hex(&secret)),
-                    hash_key: &hash_key,
-                };
-                let outcome = match checked {
-                    Err(e) if e.0.is_none() => {
-                        let why = e.2;
-                        let _ = call
-                            .reply
-                            .send(json!({"ok": false, "error": why.to_string()}));
-                        continue;
-                    }
-                    Err(e) => {
-                        let (req, key_id, why) = *e;
-                        let recorded = desk.unauthenticated_budget.take(now);
-                        match req {
-                            // Unauthenticated refusals are recorded up to a rate, so that a flood
-                            // of junk cannot grow the chain or starve ingestion.
-                            Some(req) if recorded => {
-                                crate::vault::refused(&req, &key_id, &why, None, vec![])
-                            }
-                            _ => {
-                                let _ = call
-                                    .reply
-                                    .send(json!({"ok": false, "error": why.to_string()}));
-                                continue;
-                            }
-                        }
-                    }
-                    Ok(auth) => match desk.sighting(&auth.request, now) {
-                        Err(why) => crate::vault::refused(
-                            &auth.request,
-                            &auth.requester.name(),
-                            &why,
-                            None,
-                            vec![],
-                        ),
-                        Ok(()) => {
-                            let mut outcome = decide(&state, &auth, &self.rules, &fresh);
-                            // Decisions in one batch see the same snapshot: an approval may
-                            // mint one token, so a second use within the batch is refused here.
-                            for body in &outcome.events {
-                                if let docket_schemas::EventBody::TokenIssued(t) = body
-                                    && let Some(a) = &t.approval_id
-                                    && !used_approvals.insert(a.clone())
-                                {
-                                    let why = crate::vault::Refusal::BadApproval(
-                                        a.clone(),
-                                        "was already used for a token".into(),
-                                    );
-                                    outcome = crate::vault::refused(
-                                        &auth.request,
-                                        &auth.requester.name(),
-                                        &why,
-                                        None,
-                                        vec![],
-                                    );
-                                    break;
-                                }
-                            }
-                            outcome
-                        }
-                    },
-                };
-                if outcome.events.is_empty() {
-                    // Nothing to record (introspection, a poll still pending): answer now.
-                    let _ = call.reply.send(outcome.reply);
-                    continue;
-                }
-                let mut ids = Vec::new();
-                for body in outcome.events {
-                    let event = docket_schemas::Event {
-                        v: docket_schemas::SCHEMA_VERSION,
-                        id: docket_schemas::EventId(*uuid::Uuid::now_v7().as_bytes()),
-                        ts: now,
-                        body,
-                    };
-                    ids.push(event.id);
-                    let source_seq = desk.next_local_seq();
-                    local_seqs.insert(event.id, source_seq);
-                    items.push(crate::admission::Incoming {
-                        subject: format!(
-                            "{}{}",
-                            crate::transport::EVENT_SUBJECT_PREFIX,
-                            event.kind()
-                        ),
-                        payload: docket_schemas::seal_event(&event, &desk.key).into(),
-                        source_seq,
-                    });
-                }
-                answers.push((call, outcome.reply, ids, outcome.notify));
-            }
-        }
+            let state = read(&self.state);
+            desk.handle(&requests, &state, &self.tip.registry, now, &mut OsEntropy)
+        };
+        let items: Vec<Incoming> = handled.iter().flat_map(|h| h.items.iter().cloned()).collect();
         let plan = if items.is_empty() {
-            crate::admission::Plan::default()
+            Plan::default()
         } else {
             self.commit(items).await?
         };
-        for (call, mut reply, ids, notify) in answers {
-            let receipts: Vec<serde_json::Value> = ids
-                .iter()
-                .map(|id| {
-                    plan.appends
-                        .iter()
-                        .find(|e| e.event_id == *id)
-                        .map(|e| json!({"seq": e.seq, "hash": hex(&e.hash)}))
-                })
-                .collect::<Option<Vec<_>>>()
-                .unwrap_or_default();
-            if receipts.len() != ids.len() {
-                let refusal = plan
-                    .quarantined
-                    .iter()
-                    .find(|q| q.source_seq == local_seqs.get(&ids[0]).copied().unwrap_or(0));
-                // The vault signed this event, so any key the refusal names is the vault's own.
-                let why = match refusal {
-                    Some(q) if q.code == "unknown_key" => format!(
-                        "key {vault_key_id} (the vault's) is not registered: the admin must register it for the vault's kinds"
-                    ),
-                    Some(q) => {
-                        format!("{} (signed with key {vault_key_id}, the vault's)", q.reason)
-                    }
-                    None => "not appended".into(),
-                };
-                reply = json!({"ok": false, "error": format!("the ledger did not record this decision: {why}; nothing was issued")});
-            } else if !receipts.is_empty() {
-                reply["receipt"] = receipts.last().cloned().unwrap_or_default();
-                if let Some((subject, payload)) = notify {
-                    bus.publish_owned(subject, serde_json::to_vec(&payload).unwrap_or_default())
-                        .await;
-                }
+        let Some((desk, _)) = self.vault.as_ref() else {
+            return Ok(());
+        };
+        for (call, h) in calls.into_iter().zip(handled) {
+            let notify = h.notify.clone();
+            let reply = desk.settle(h, &plan);
+            let recorded = matches!(&reply, docket_schemas::vault::Reply::Outcome(o) if o.receipt.is_some());
+            if let (true, Some((subject, notice))) = (recorded, notify) {
+                bus.publish_notice(subject, &notice).await;
             }
+            // The caller may have gone; the decision is recorded either way.
             let _ = call.reply.send(reply);
         }
         self.announce(bus, &plan).await;
@@ -346,14 +218,8 @@ impl Ledger {
 
     /// An introspector sharing this ledger's state, registry and replay guard (with a vault).
     pub fn introspector(&self) -> Option<Introspector> {
-        let desk = self.vault.as_ref()?;
-        Some(Introspector {
-            state: Arc::clone(&self.state),
-            registry: Arc::clone(&self.registry_shared),
-            guard: Arc::clone(&desk.guard),
-            hash_key: desk.hash_key,
-            rules: self.rules.clone(),
-        })
+        let (desk, _) = self.vault.as_ref()?;
+        Some(desk.introspector(Arc::clone(&self.state), Arc::clone(&self.registry_shared)))
     }
 
     /// The live projection; hold its read lock briefly.
@@ -369,6 +235,8 @@ impl Ledger {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), IngestError> {
         tokio::pin!(shutdown);
+        let genesis = self.record_genesis_policy().await?;
+        self.announce(&bus, &genesis).await;
         // Acks leave the append loop's critical path; the queue is bounded, so a slow
         // server slows the loop instead of letting unacked batches pile up.
         let (ack_tx, mut ack_rx) =
@@ -396,7 +264,7 @@ impl Ledger {
         });
         let mut tick = tokio::time::interval(self.policy.every.min(Duration::from_secs(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut calls = self.vault.as_mut().and_then(|v| v.calls.take());
+        let mut calls = self.vault.as_mut().and_then(|v| v.1.take());
         loop {
             tokio::select! {
                 // Not biased: vault requests and deliveries take turns when both are ready.
@@ -453,23 +321,26 @@ impl Ledger {
     ) -> Result<Plan, IngestError> {
         let store = Arc::clone(&self.store);
         let mut tip = self.tip.clone();
-        let received_us = now_us();
-        let (state, rules) = (Arc::clone(&self.state), self.rules.clone());
+        let received_us = now_us()?;
+        let state = Arc::clone(&self.state);
         let (tip, plan, findings, admit_us, write_us) =
             tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
                 let t = Instant::now();
                 let plan = admit(&mut tip, &items, received_us, |ids| store.contains_ids(ids))?;
                 let delta = {
                     // A poisoned lock means a panic mid-apply: the projection can't be trusted, stop.
-                    let mut st = state.write().map_err(|_| StoreError::Poisoned)?;
+                    let mut st = match state.write() {
+                        Ok(st) => st,
+                        Err(_) => panic!("the projection's lock was poisoned by a panic mid-apply; stopping"),
+                    };
                     let mut findings = Vec::new();
                     let mut touched = std::collections::BTreeSet::new();
                     for e in &plan.appends {
-                        let (f, t) = st.apply(e.seq, &e.event, &rules);
+                        let (f, t) = st.apply(e.seq, &e.event);
                         findings.extend(f);
                         touched.extend(t);
                     }
-                    ProjectionDelta::capture(&st, &touched, findings)
+                    ProjectionDelta::capture(&st, &touched, findings)?
                 };
                 let admit_us = t.elapsed().as_micros() as u64;
                 store.commit(&plan, &tip, Some(&delta))?;
@@ -487,10 +358,11 @@ impl Ledger {
         self.last_findings = findings;
         self.stats.admit_us += admit_us;
         self.stats.write_us += write_us;
-        if plan.registry_changed
-            && let Ok(mut shared) = self.registry_shared.write()
-        {
-            *shared = tip.registry.clone();
+        if plan.registry_changed {
+            match self.registry_shared.write() {
+                Ok(mut shared) => *shared = tip.registry.clone(),
+                Err(_) => panic!("the registry's lock was poisoned by a panic; stopping"),
+            }
         }
         self.tip = tip;
         self.stats.batches += 1;
@@ -505,26 +377,24 @@ impl Ledger {
 
     async fn announce(&self, bus: &Bus, plan: &Plan) {
         if let (Some(first), Some(last)) = (plan.appends.first(), plan.appends.last()) {
+            let committed_us = match now_us() {
+                Ok(t) => t,
+                Err(e) => return tracing::error!(error = %e, "no appended notice"),
+            };
             let notice = Appended {
-                origin: &self.identity.origin,
+                origin: self.identity.origin.clone(),
                 from_seq: first.seq,
                 to_seq: last.seq,
                 head: hex(&last.hash),
-                committed_us: now_us(),
+                committed_us,
             };
-            bus.publish(
-                SUBJECT_APPENDED,
-                serde_json::to_vec(&notice).unwrap_or_default(),
-            )
-            .await;
+            bus.publish_notice(SUBJECT_APPENDED, &notice).await;
         }
         for q in &plan.quarantined {
-            bus.publish(SUBJECT_REJECTED, serde_json::to_vec(q).unwrap_or_default())
-                .await;
+            bus.publish_notice(SUBJECT_REJECTED, q).await;
         }
         for f in &self.last_findings {
-            bus.publish(SUBJECT_FINDINGS, serde_json::to_vec(f).unwrap_or_default())
-                .await;
+            bus.publish_notice(SUBJECT_FINDINGS, f).await;
         }
     }
 
@@ -571,184 +441,18 @@ async fn next_call(
     }
 }
 
-/// Vault requests answered together in one commit at most.
-pub const VAULT_BATCH_MAX: usize = 256;
-/// Request ids remembered for replay detection.
-const SEEN_MAX: usize = crate::vault::SEEN_REQUESTS_MAX;
 
-/// One vault request from the network, and where its answer goes.
-pub struct VaultCall {
-    pub request: bytes::Bytes,
-    pub reply: tokio::sync::oneshot::Sender<serde_json::Value>,
-}
+/// UUIDv7s from the clock and secrets from the operating system's generator.
+struct OsEntropy;
 
-/// The vault's keys and its inbox.
-pub struct VaultDesk {
-    key: SigningKey,
-    hash_key: [u8; 32],
-    calls: Option<tokio::sync::mpsc::Receiver<VaultCall>>,
-    guard: Arc<std::sync::Mutex<ReplayGuard>>,
-    unauthenticated_budget: RateBudget,
-    local_seq: u64,
-}
-
-/// Request ids seen within the replay window, shared by the ledger's loop and the introspector.
-pub struct ReplayGuard {
-    seen: std::collections::HashSet<docket_schemas::EventId>,
-    /// Oldest first, with the time each was seen.
-    seen_order: std::collections::VecDeque<(docket_schemas::EventId, i64)>,
-    /// Requests dated before this were sent before this vault started: their ids were not
-    /// remembered, so they are refused rather than risk a replay.
-    started: docket_schemas::Timestamp,
-}
-
-impl ReplayGuard {
-    /// Accepts a request id once within the replay window.
-    fn sighting(
-        &mut self,
-        req: &crate::vault::Request,
-        now: docket_schemas::Timestamp,
-    ) -> Result<(), crate::vault::Refusal> {
-        use crate::vault::{REQUEST_SKEW_MAX_S, Refusal};
-        let window_us = REQUEST_SKEW_MAX_S * 1_000_000;
-        while let Some((id, ts)) = self.seen_order.front().copied() {
-            if ts >= now.as_micros() - 2 * window_us {
-                break;
-            }
-            self.seen_order.pop_front();
-            self.seen.remove(&id);
-        }
-        if req.ts < self.started {
-            return Err(Refusal::Stale(req.ts));
-        }
-        if self.seen.contains(&req.id) {
-            return Err(Refusal::Replayed(req.id.to_string()));
-        }
-        if self.seen.len() >= SEEN_MAX {
-            return Err(Refusal::Malformed(
-                "too many requests in the replay window; try again".into(),
-            ));
-        }
-        self.seen.insert(req.id);
-        self.seen_order.push_back((req.id, now.as_micros()));
-        Ok(())
-    }
-}
-
-impl VaultDesk {
-    /// The token-hash key is derived from the vault's key, so one secret file holds both.
-    pub fn new(key: SigningKey, calls: tokio::sync::mpsc::Receiver<VaultCall>) -> VaultDesk {
-        let hash_key = blake3::derive_key("docket vault token hash v1", key.as_bytes());
-        let started = docket_schemas::Timestamp::from_micros(now_us())
-            .unwrap_or(docket_schemas::Timestamp::UNIX_EPOCH);
-        VaultDesk {
-            key,
-            hash_key,
-            calls: Some(calls),
-            guard: Arc::new(std::sync::Mutex::new(ReplayGuard {
-                seen: Default::default(),
-                seen_order: Default::default(),
-                started,
-            })),
-            unauthenticated_budget: RateBudget::new(UNAUTHENTICATED_RECORDED_PER_S),
-            // Local entries take transport sequences with the top bit set, unique per start.
-            local_seq: crate::admission::LOCAL_SEQ_BIT | ((started.as_micros() as u64) << 12),
-        }
+impl Entropy for OsEntropy {
+    fn uuid_v7(&mut self) -> [u8; 16] {
+        *uuid::Uuid::now_v7().as_bytes()
     }
 
-    fn next_local_seq(&mut self) -> u64 {
-        self.local_seq += 1;
-        self.local_seq
+    fn secret(&mut self) -> [u8; 32] {
+        let mut secret = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+        secret
     }
-
-    fn sighting(
-        &mut self,
-        req: &crate::vault::Request,
-        now: docket_schemas::Timestamp,
-    ) -> Result<(), crate::vault::Refusal> {
-        match self.guard.lock() {
-            Ok(mut g) => g.sighting(req, now),
-            Err(_) => Err(crate::vault::Refusal::Malformed(
-                "replay guard unavailable".into(),
-            )),
-        }
-    }
-}
-
-/// Answers introspections outside the ledger's loop, from the live projection: they append
-/// nothing, so they need not wait behind commits. Anything else goes to the loop.
-#[derive(Clone)]
-pub struct Introspector {
-    state: Arc<RwLock<VaultState>>,
-    registry: Arc<RwLock<crate::registry::Registry>>,
-    guard: Arc<std::sync::Mutex<ReplayGuard>>,
-    hash_key: [u8; 32],
-    rules: Policy,
-}
-
-impl Introspector {
-    /// The answer to an introspection, or `None` when the request must go to the ledger's
-    /// loop (another operation, or a refusal that has to be recorded).
-    pub fn answer(&self, request: &[u8]) -> Option<serde_json::Value> {
-        use crate::vault::{Fresh, Op, authenticate, decide};
-        let now = docket_schemas::Timestamp::from_micros(now_us())
-            .unwrap_or(docket_schemas::Timestamp::UNIX_EPOCH);
-        let registry = self.registry.read().ok()?;
-        let state = self.state.read().ok()?;
-        let auth = authenticate(request, &registry, &state).ok()?;
-        if !matches!(auth.request.op, Op::Introspect { .. }) {
-            return None;
-        }
-        let fresh = Fresh {
-            now,
-            id: String::new(),
-            token_secret: String::new(),
-            hash_key: &self.hash_key,
-        };
-        let outcome = decide(&state, &auth, &self.rules, &fresh);
-        if !outcome.events.is_empty() {
-            return None;
-        }
-        self.guard.lock().ok()?.sighting(&auth.request, now).ok()?;
-        Some(outcome.reply)
-    }
-}
-
-/// Refusals of unauthenticated requests recorded per second at most.
-const UNAUTHENTICATED_RECORDED_PER_S: u32 = 50;
-
-/// A token bucket refilled every second.
-struct RateBudget {
-    per_s: u32,
-    left: u32,
-    second: i64,
-}
-
-impl RateBudget {
-    fn new(per_s: u32) -> RateBudget {
-        RateBudget {
-            per_s,
-            left: per_s,
-            second: 0,
-        }
-    }
-
-    fn take(&mut self, now: docket_schemas::Timestamp) -> bool {
-        let second = now.as_micros() / 1_000_000;
-        if second != self.second {
-            self.second = second;
-            self.left = self.per_s;
-        }
-        let ok = self.left > 0;
-        self.left = self.left.saturating_sub(1);
-        ok
-    }
-}
-
-/// Wall-clock microseconds since the epoch: read here, at the edge, and passed into the core.
-pub fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }

@@ -1,23 +1,19 @@
-//! Docket's ledger: the hash chain, admission, the RocksDB store, NATS ingest and offline verification.
+//! Docket's ledger node: the shell around `docket-core` (store, transport, ingest loop, projection, verification).
 //!
-//! The core (`chain`, `registry`, `admission`, `workload`) does no I/O and reads
-//! no clock; `store`, `transport` and `ingest` are the shell around it.
+//! The deterministic core (chain, registry, admission, policy, the fold, the
+//! vault and its desk) is the `docket-core` crate, re-exported here under the
+//! same module names; this crate adds RocksDB, NATS, tokio and the clock.
 
-pub mod admission;
-pub mod chain;
+pub use docket_core::{admission, chain, desk, fold, policy, registry, state, step_up, vault};
+
+pub mod clock;
 pub mod config;
 pub mod export;
 pub mod fate;
 pub mod ingest;
 pub mod keyfile;
-pub mod nats_server;
 pub mod projection;
 pub mod publisher;
-pub mod registry;
-pub mod state;
-pub mod step_up;
 pub mod store;
 pub mod transport;
-pub mod vault;
 pub mod verify;
-pub mod workload;

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::admission::{ChainTip, Plan};
 use crate::chain::hex;
-use crate::state::{Finding, ObjectKey, Policy, VaultState};
+use crate::state::{Finding, ObjectKey, VaultState};
 use crate::store::{ProjectionDelta, Store, StoreError, decode_record};
 
 /// Where a replay stops.
@@ -88,7 +88,7 @@ pub fn state_at(store: &Store, until: Until) -> Result<PointState, PointError> {
         Until::End => store.load_state()?,
         _ => {
             let mut s = VaultState::default();
-            replay(store, &mut s, &Policy::default(), until)?;
+            replay(store, &mut s, until)?;
             s
         }
     };
@@ -108,7 +108,6 @@ pub fn state_at(store: &Store, until: Until) -> Result<PointState, PointError> {
 pub fn replay(
     store: &Store,
     state: &mut VaultState,
-    rules: &Policy,
     until: Until,
 ) -> Result<Vec<Finding>, StoreError> {
     let mut findings = Vec::new();
@@ -129,7 +128,7 @@ pub fn replay(
         {
             break;
         }
-        findings.extend(state.replay(seq, &event, rules));
+        findings.extend(state.replay(seq, &event));
     }
     Ok(findings)
 }
@@ -138,16 +137,15 @@ pub fn replay(
 pub fn catch_up(
     store: &Store,
     state: &mut VaultState,
-    rules: &Policy,
     tip: &ChainTip,
 ) -> Result<(), StoreError> {
     if state.seq >= tip.seq {
         return Ok(());
     }
     let before = state.clone();
-    let findings = replay(store, state, rules, Until::End)?;
+    let findings = replay(store, state, Until::End)?;
     let touched = changed_objects(&before, state);
-    let delta = ProjectionDelta::capture(state, &touched, findings);
+    let delta = ProjectionDelta::capture(state, &touched, findings)?;
     store.commit(&Plan::default(), tip, Some(&delta))
 }
 
@@ -167,6 +165,9 @@ fn changed_objects(a: &VaultState, b: &VaultState) -> BTreeSet<ObjectKey> {
     diff!(approvals, Approval);
     diff!(tokens, Token);
     diff!(step_up_keys, StepUpKey);
+    if a.policy != b.policy {
+        out.insert(ObjectKey::Policy);
+    }
     out
 }
 
@@ -184,13 +185,19 @@ pub struct RebuildReport {
 }
 
 /// Replays from genesis and compares with the stored projection.
-pub fn rebuild_check(store: &Store, rules: &Policy) -> Result<RebuildReport, StoreError> {
+pub fn rebuild_check(store: &Store) -> Result<RebuildReport, StoreError> {
     let stored = store.load_state()?;
     let started = std::time::Instant::now();
     let mut replayed = VaultState::default();
-    replay(store, &mut replayed, rules, Until::Seq(stored.seq))?;
+    replay(store, &mut replayed, Until::Seq(stored.seq))?;
     let elapsed = started.elapsed().as_secs_f64();
-    let (a, b) = (stored.digest(), replayed.digest());
+    let digest = |s: &VaultState| {
+        s.digest().map_err(|source| StoreError::Encode {
+            what: "the state (for its digest)",
+            source,
+        })
+    };
+    let (a, b) = (digest(&stored)?, digest(&replayed)?);
     let mut differing = Vec::new();
     let mut first: Option<u64> = None;
     let mut note = |key: String, seqs: [Option<u64>; 2]| {
@@ -221,6 +228,12 @@ pub fn rebuild_check(store: &Store, rules: &Policy) -> Result<RebuildReport, Sto
     diff!(approvals, "approval ");
     diff!(tokens, "token ");
     diff!(step_up_keys, "step-up key ");
+    if stored.policy != replayed.policy {
+        note(
+            "policy".into(),
+            [Some(stored.policy.set_seq), Some(replayed.policy.set_seq)],
+        );
+    }
     differing.truncate(20);
     Ok(RebuildReport {
         entries: replayed.seq,

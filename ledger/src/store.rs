@@ -14,7 +14,7 @@ use rocksdb::{
     IteratorMode, Options, WriteBatch, WriteOptions,
 };
 
-use crate::admission::{ChainTip, Plan};
+use crate::admission::{ChainTip, Plan, Quarantined};
 use crate::chain::{Entry, RecordError};
 use crate::registry::Registry;
 use crate::state::{Finding, ObjectKey, VaultState};
@@ -36,20 +36,25 @@ impl ProjectionDelta {
         state: &VaultState,
         touched: &std::collections::BTreeSet<ObjectKey>,
         findings: Vec<Finding>,
-    ) -> Self {
-        ProjectionDelta {
-            // Serialising the changed objects is most of the projection's cost: use every core.
-            objects: {
-                use rayon::prelude::*;
-                let keys: Vec<&ObjectKey> = touched.iter().collect();
-                keys.par_iter()
-                    .map(|k| (k.encode(), state.object_json(k)))
-                    .collect()
-            },
+    ) -> Result<Self, StoreError> {
+        // Serialising the changed objects is most of the projection's cost: use every core.
+        let objects = {
+            use rayon::prelude::*;
+            let keys: Vec<&ObjectKey> = touched.iter().collect();
+            keys.par_iter()
+                .map(|k| Ok((k.encode(), state.object_json(k)?)))
+                .collect::<Result<Vec<_>, serde_json::Error>>()
+                .map_err(|source| StoreError::Encode {
+                    what: "a state object",
+                    source,
+                })?
+        };
+        Ok(ProjectionDelta {
+            objects,
             findings,
             seq: state.seq,
             ts_us: state.ts.map_or(0, |t| t.as_micros()),
-        }
+        })
     }
 }
 
@@ -119,8 +124,11 @@ pub enum StoreError {
     CorruptMeta { path: PathBuf, key: String },
     #[error("entry {seq}: {source}")]
     Record { seq: u64, source: RecordError },
-    #[error("the projection's lock was poisoned by a panic; restart to reload it from the store")]
-    Poisoned,
+    #[error("{what} did not serialise, so nothing of this batch was written: {source}")]
+    Encode {
+        what: &'static str,
+        source: serde_json::Error,
+    },
     #[error("entry {seq} does not decode: {why}")]
     Undecodable { seq: u64, why: String },
 }
@@ -398,18 +406,14 @@ impl Store {
             b.put_cf(
                 quarantine,
                 q.source_seq.to_be_bytes(),
-                serde_json::to_vec(q).unwrap_or_default(),
+                encode("a quarantine record", q)?,
             );
         }
         let mut t = tip.seq.to_be_bytes().to_vec();
         t.extend_from_slice(&tip.head);
         b.put_cf(meta, META_TIP, t);
         if plan.registry_changed {
-            b.put_cf(
-                meta,
-                META_REGISTRY,
-                serde_json::to_vec(&tip.registry).unwrap_or_default(),
-            );
+            b.put_cf(meta, META_REGISTRY, encode("the registry", &tip.registry)?);
         }
         b.put_cf(meta, META_SOURCE_SEQ, tip.source_seq.to_be_bytes());
         if let Some(p) = projection {
@@ -426,7 +430,7 @@ impl Store {
                 let mut k = f.seq.to_be_bytes().to_vec();
                 k.push(*i);
                 *i = i.saturating_add(1);
-                b.put_cf(findings_cf, k, serde_json::to_vec(f).unwrap_or_default());
+                b.put_cf(findings_cf, k, encode("a finding", f)?);
             }
             let mut at = p.seq.to_be_bytes().to_vec();
             at.extend_from_slice(&p.ts_us.to_be_bytes());
@@ -472,6 +476,7 @@ impl Store {
                         .step_up_keys
                         .insert(id, serde_json::from_slice(&v).map_err(|_| bad())?),
                 ),
+                Some(b"y/") => state.policy = serde_json::from_slice(&v).map_err(|_| bad())?,
                 _ => return Err(bad()),
             }
         }
@@ -552,7 +557,22 @@ impl Store {
         })
     }
 
-    pub fn quarantine(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+    /// The newest checkpoint (size, signed note), reading only it.
+    pub fn last_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        let cf = self.cf(CF_CHECKPOINTS)?;
+        match self.db.iterator_cf(cf, IteratorMode::End).next() {
+            None => Ok(None),
+            Some(r) => {
+                let (k, v) = r.map_err(|e| rocks(&self.path, e))?;
+                let bad = || self.corrupt(CF_CHECKPOINTS.as_bytes());
+                let size = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| bad())?);
+                let note = String::from_utf8(v.to_vec()).map_err(|_| bad())?;
+                Ok(Some((size, note)))
+            }
+        }
+    }
+
+    pub fn quarantine(&self) -> Result<Vec<Quarantined>, StoreError> {
         self.scan(CF_QUARANTINE, |_, v| serde_json::from_slice(v).ok())
     }
 
@@ -612,6 +632,12 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// JSON for a value written in a durable batch: failing is an error that stops the
+/// commit, never empty bytes.
+fn encode<T: serde::Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|source| StoreError::Encode { what, source })
 }
 
 /// Decodes a record fetched from the store.

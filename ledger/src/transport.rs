@@ -13,18 +13,19 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{Notify, broadcast};
 
+use docket_schemas::vault::Reply;
+
 use crate::admission::Incoming;
 
 /// The JetStream stream every ledger reads from.
 pub const STREAM_NAME: &str = "DOCKET_EVENTS";
 /// Subjects the stream captures.
 pub const STREAM_SUBJECTS: &str = "docket.events.>";
-/// Subject prefix events are published under: `docket.events.<kind>`.
-pub const EVENT_SUBJECT_PREFIX: &str = "docket.events.";
-pub const SUBJECT_REJECTED: &str = "docket.rejected";
-pub const SUBJECT_APPENDED: &str = "docket.appended";
-pub const SUBJECT_CHECKPOINTS: &str = "docket.checkpoints";
-pub const SUBJECT_FINDINGS: &str = "docket.findings";
+pub use docket_schemas::notice::{
+    EVENT_SUBJECT_PREFIX, SUBJECT_APPENDED, SUBJECT_CHECKPOINTS, SUBJECT_FINDINGS,
+    SUBJECT_REJECTED,
+};
+pub use docket_schemas::vault::SUBJECT_VAULT;
 /// Messages the ledger may hold unacknowledged (its pull window).
 pub const ACK_PENDING_MAX: usize = 20_000;
 /// How long JetStream waits for an ack before redelivering.
@@ -419,37 +420,38 @@ pub enum Bus {
 }
 
 impl Bus {
-    /// Like `publish`, for subjects built at run time.
-    pub async fn publish_owned(&self, subject: String, payload: Vec<u8>) {
+    /// Fire-and-forget: notices are for live watchers; the store is the record.
+    pub async fn publish(&self, subject: impl Into<String>, payload: Vec<u8>) {
+        let subject = subject.into();
         match self {
             Bus::Nats(c) => {
-                if let Err(e) = c.publish(subject, payload.into()).await {
-                    tracing::warn!(error = %e, "notice not published");
+                if let Err(e) = c.publish(subject.clone(), payload.into()).await {
+                    tracing::warn!(subject, error = %e, "notice not published");
                 }
             }
             Bus::Memory(tx) => {
+                // No receiver is no watcher: nothing to tell.
                 let _ = tx.send((subject, payload.into()));
             }
         }
     }
 
-    /// Fire-and-forget: notices are for live watchers; the store is the record.
-    pub async fn publish(&self, subject: &'static str, payload: Vec<u8>) {
-        match self {
-            Bus::Nats(c) => {
-                if let Err(e) = c.publish(subject, payload.into()).await {
-                    tracing::warn!(subject, error = %e, "notice not published");
-                }
-            }
-            Bus::Memory(tx) => {
-                let _ = tx.send((subject.to_string(), payload.into()));
-            }
+    /// Publishes a typed notice (docket_schemas::notice) as JSON.
+    pub async fn publish_notice<T: serde::Serialize>(&self, subject: impl Into<String>, notice: &T) {
+        let subject = subject.into();
+        match serde_json::to_vec(notice) {
+            Ok(bytes) => self.publish(subject, bytes).await,
+            Err(e) => tracing::error!(subject, error = %e, "notice did not serialise; not published"),
         }
     }
 }
 
-/// Subjects vault requests arrive on: `docket.vault.<op>`.
-pub const SUBJECT_VAULT: &str = "docket.vault.>";
+/// One vault request from the network, and where its answer goes.
+pub struct VaultCall {
+    pub request: Bytes,
+    pub reply: tokio::sync::oneshot::Sender<Reply>,
+}
+
 /// Vault requests awaiting an answer at most; more wait for a slot (backpressure, not loss).
 pub const VAULT_INFLIGHT_MAX: usize = 4096;
 
@@ -457,8 +459,8 @@ pub const VAULT_INFLIGHT_MAX: usize = 4096;
 /// introspections are answered by the introspector when one is given.
 pub async fn serve_vault_requests(
     client: async_nats::Client,
-    calls: tokio::sync::mpsc::Sender<crate::ingest::VaultCall>,
-    introspector: Option<crate::ingest::Introspector>,
+    calls: tokio::sync::mpsc::Sender<VaultCall>,
+    introspector: Option<crate::desk::Introspector>,
 ) -> Result<(), TransportError> {
     let mut sub = client
         .queue_subscribe(SUBJECT_VAULT, "docket-vault".into())
@@ -485,7 +487,13 @@ pub async fn serve_vault_requests(
                     let _slot = slot;
                     let payload = msg.payload.clone();
                     let answer =
-                        match tokio::task::spawn_blocking(move || intro.answer(&payload)).await {
+                        match tokio::task::spawn_blocking(move || {
+                            // A clock that cannot be read sends the request to the loop,
+                            // which stops on it loudly.
+                            intro.answer(&payload, crate::clock::now().ok()?)
+                        })
+                        .await
+                        {
                             Ok(Some(answer)) => Some(answer),
                             _ => match to_loop(&calls, msg.payload).await {
                                 Some(pending) => pending.await.ok(),
@@ -516,26 +524,24 @@ pub async fn serve_vault_requests(
 
 /// Queues a request for the ledger's loop; `None` once the loop has stopped.
 async fn to_loop(
-    calls: &tokio::sync::mpsc::Sender<crate::ingest::VaultCall>,
+    calls: &tokio::sync::mpsc::Sender<VaultCall>,
     request: Bytes,
-) -> Option<tokio::sync::oneshot::Receiver<serde_json::Value>> {
+) -> Option<tokio::sync::oneshot::Receiver<Reply>> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     calls
-        .send(crate::ingest::VaultCall { request, reply })
+        .send(VaultCall { request, reply })
         .await
         .ok()?;
     Some(answer)
 }
 
-async fn respond(
-    client: &async_nats::Client,
-    reply_to: async_nats::Subject,
-    answer: &serde_json::Value,
-) {
-    let _ = client
-        .publish(
-            reply_to,
-            serde_json::to_vec(answer).unwrap_or_default().into(),
-        )
-        .await;
+async fn respond(client: &async_nats::Client, reply_to: async_nats::Subject, answer: &Reply) {
+    match serde_json::to_vec(answer) {
+        Ok(bytes) => {
+            if let Err(e) = client.publish(reply_to, bytes.into()).await {
+                tracing::warn!(error = %e, "vault reply not sent");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "vault reply did not serialise; not sent"),
+    }
 }

@@ -151,7 +151,7 @@ pub fn verify(
             started,
         ));
     };
-    let tip = store.tip(|| Registry::new(&admin))?;
+    let tip = store.tip(|| Registry::new(&admin, &ledger_key))?;
     let total = tip.seq;
 
     let checkpoints = store.checkpoints()?;
@@ -173,7 +173,7 @@ pub fn verify(
         }
     }
 
-    let mut registry = Registry::new(&admin);
+    let mut registry = Registry::new(&admin, &ledger_key);
     let mut ids = HashSet::new();
     let mut pending: Vec<Pending> = Vec::new();
     let (mut expected_seq, mut prev, mut last_seq) = (1u64, GENESIS_PREV, 0u64);

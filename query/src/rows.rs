@@ -223,6 +223,8 @@ fn fields(body: &EventBody) -> Fields<'_> {
             source: Some(&e.source),
             ..Fields::default()
         },
+        // Its settings are in the row's JSON payload; no column of their own.
+        EventBody::PolicySet(_) => Fields::default(),
         EventBody::AgentSuspended(e) => Fields {
             agent: Some(&e.agent),
             actor: Some(&e.by),

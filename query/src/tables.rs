@@ -171,7 +171,7 @@ static FINDINGS: LazyLock<SchemaRef> = LazyLock::new(|| {
 static REJECTIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
     schema(&[
         ("source_seq", Int, false),
-        ("received", Time, false),
+        ("received", Time, true),
         ("subject", Text, false),
         ("code", Text, false),
         ("reason", Text, false),
@@ -284,12 +284,10 @@ pub fn rejections(store: &Store) -> Result<RecordBatch, QueryError> {
         .quarantine()?
         .into_iter()
         .map(|q| {
-            let received = q["received_us"]
-                .as_i64()
-                .and_then(Timestamp::from_micros)
-                .unwrap_or(Timestamp::UNIX_EPOCH);
-            json!({"source_seq": q["source_seq"], "received": received.to_string(), "subject": q["subject"],
-            "code": q["code"], "reason": q["reason"], "raw_base64": q["raw"]})
+            // A receipt time outside the representable range is shown as it is not: as null.
+            let received = Timestamp::from_micros(q.received_us).map(|t| t.to_string());
+            json!({"source_seq": q.source_seq, "received": received, "subject": q.subject,
+            "code": q.code, "reason": q.reason, "raw_base64": q.raw})
         })
         .collect();
     batch(&REJECTIONS, &rows)

@@ -12,7 +12,7 @@ use docket_ledger::admission::{BATCH_EVENTS_MAX, Incoming};
 use docket_ledger::config::Config;
 use docket_ledger::ingest::Ledger;
 use docket_ledger::store::{LedgerIdentity, Store, decode_record};
-use docket_ledger::workload::{Expect, Published, Roles, Workload};
+use docket_testkit::workload::{Expect, Published, Roles, Workload};
 use docket_query::segment::{self, columnar_dir};
 use docket_query::tables::AsOf;
 use docket_query::{AuditSession, QueryError, SessionOptions};

@@ -174,10 +174,15 @@ fn small_order_encodings() -> &'static [[u8; 32]; 16] {
 
 /// Signs exact payload bytes into envelope JSON.
 pub fn seal(payload: &[u8], key: &SigningKey) -> Vec<u8> {
-    let signature = key.sign(&pae(PAYLOAD_TYPE, payload));
+    seal_as(PAYLOAD_TYPE, payload, key)
+}
+
+/// Signs a payload of another DSSE `payloadType` (a vault request, a step-up assertion).
+pub fn seal_as(payload_type: &'static str, payload: &[u8], key: &SigningKey) -> Vec<u8> {
+    let signature = key.sign(&pae(payload_type, payload));
     let wire = EnvelopeWire {
         payload: Cow::Owned(encode_base64(payload)),
-        payload_type: Cow::Borrowed(PAYLOAD_TYPE),
+        payload_type: Cow::Borrowed(payload_type),
         signatures: vec![EnvelopeSignature {
             keyid: key_id(key.verifying_key().as_bytes()),
             sig: encode_base64(&signature.to_bytes()),

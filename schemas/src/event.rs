@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::limits::*;
+pub use crate::policy::PolicySet;
 use crate::time::Timestamp;
 
 /// The only schema version this build reads and writes.
@@ -145,6 +146,7 @@ kinds! {
     ApiCalled = "api.called",
     AgentSuspended = "agent.suspended",
     RequestRefused = "request.refused",
+    PolicySet = "policy.set",
 }
 
 const _: () = assert!(Kind::ALL.len() <= KINDS_PER_KEY_MAX);
@@ -406,6 +408,8 @@ pub enum EventBody {
     AgentSuspended(AgentSuspended),
     #[serde(rename = "request.refused")]
     RequestRefused(RequestRefused),
+    #[serde(rename = "policy.set")]
+    PolicySet(PolicySet),
 }
 
 /// One event: the header and its kind's fields.
@@ -661,6 +665,10 @@ impl Event {
                     text("audience", a, OPERATION_BYTES_MAX)?;
                 }
                 scopes(&e.scopes)?;
+            }
+            B::PolicySet(p) => {
+                p.check()
+                    .map_err(|(field, why)| EventError::Invalid { field, why })?;
             }
         }
         Ok(())

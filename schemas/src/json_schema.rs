@@ -23,6 +23,29 @@ pub fn files() -> Vec<(String, String)> {
             contract::<crate::fate::FateReply>("fate.reply"),
         ),
     ];
+    let contracts = [
+        ("vault.request", contract::<crate::vault::Request>("vault.request")),
+        ("vault.reply", contract::<crate::vault::Reply>("vault.reply")),
+        (
+            "approvals.notice",
+            contract::<crate::vault::ApprovalNotice>("approvals.notice"),
+        ),
+        (
+            "appended.notice",
+            contract::<crate::notice::Appended>("appended.notice"),
+        ),
+        (
+            "rejected.notice",
+            contract::<crate::notice::Quarantined>("rejected.notice"),
+        ),
+        (
+            "findings.notice",
+            contract::<crate::notice::Finding>("findings.notice"),
+        ),
+    ];
+    for (name, text) in contracts {
+        out.push((format!("{name}.schema.json"), text));
+    }
     for &kind in Kind::ALL {
         out.push((format!("{}.schema.json", kind.as_str()), kind_schema(kind)));
     }
@@ -84,6 +107,7 @@ fn kind_schema(kind: Kind) -> String {
         Kind::ApiCalled => root::<ApiCalled>(),
         Kind::AgentSuspended => root::<AgentSuspended>(),
         Kind::RequestRefused => root::<RequestRefused>(),
+        Kind::PolicySet => root::<PolicySet>(),
     }
     .to_value();
     let mut generator = SchemaGenerator::default();

@@ -10,11 +10,14 @@ pub mod fate;
 pub mod json_schema;
 pub mod keys;
 pub mod limits;
+pub mod notice;
+pub mod policy;
 pub mod step_up;
 pub mod time;
+pub mod vault;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
-pub use envelope::{Envelope, EnvelopeError, EnvelopeWire, PAYLOAD_TYPE, pae, seal, seal_event};
+pub use envelope::{Envelope, EnvelopeError, EnvelopeWire, PAYLOAD_TYPE, pae, seal, seal_as, seal_event};
 pub use event::*;
 pub use keys::{
     KeyError, check_producer_key, decode_base64, decode_public_key, encode_base64, key_id,

@@ -6,11 +6,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use docket_ledger::store::Store;
-use docket_ledger::workload::Roles;
+use docket_testkit::workload::Roles;
 use docket_schemas::{Envelope, encode_base64};
 
 #[allow(unused_imports)]
-pub use docket_ledger::nats_server::NatsServer;
+pub use docket_testkit::nats_server::NatsServer;
 
 pub const DOCKET: &str = env!("CARGO_BIN_EXE_docket");
 
@@ -181,7 +181,7 @@ pub fn quarantine_codes(data: &Path) -> Vec<String> {
         .quarantine()
         .unwrap()
         .iter()
-        .map(|q| q["code"].as_str().unwrap().to_string())
+        .map(|q| q.code.clone())
         .collect()
 }
 

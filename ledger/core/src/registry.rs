@@ -1,7 +1,9 @@
 //! The producer-key registry, derived from the log: which keys exist and which kinds each may emit.
 //!
 //! Pure. The admin key (from the ledger's config) is the root of trust: it alone
-//! may emit `key.registered` and `key.revoked`, and may emit nothing else.
+//! may emit `key.registered`, `key.revoked` and `policy.set`, and nothing else.
+//! The ledger's own key may emit one event: the documented default policy, as the
+//! first policy on the chain (`authorize_event`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -39,6 +41,14 @@ pub struct ProducerKey {
 pub struct Registry {
     pub admin_key_id: String,
     pub admin_public_key: String,
+    /// The key that signs the ledger's checkpoints and its genesis policy.
+    #[serde(default)]
+    pub ledger_key_id: String,
+    #[serde(default)]
+    pub ledger_public_key: String,
+    /// Whether a `policy.set` is on the chain (after it, the ledger's key may emit nothing).
+    #[serde(default)]
+    pub policy_recorded: bool,
     pub keys: BTreeMap<String, ProducerKey>,
     #[serde(skip)]
     verifying: BTreeMap<String, VerifyingKey>,
@@ -73,6 +83,10 @@ pub enum AuthError {
     },
     #[error("only the admin key may emit {0}")]
     NotAdmin(Kind),
+    #[error(
+        "the ledger's key may emit only the documented default policy, as the first policy.set"
+    )]
+    NotGenesisPolicy,
     #[error("key {key_id} belongs to user {user} and may not speak for {claimed}")]
     NotTheUser {
         key_id: String,
@@ -88,7 +102,7 @@ pub enum RegistryError {
     BadKey(#[from] docket_schemas::KeyError),
     #[error("key {0} was revoked; register a new key instead")]
     Revoked(String),
-    #[error("key {0} is the admin key and cannot be a producer key")]
+    #[error("key {0} is the admin's or the ledger's key and cannot be a producer key")]
     AdminKey(String),
     #[error("key {0} is not registered")]
     Unknown(String),
@@ -109,18 +123,35 @@ pub fn newest_first<T>(mut keys: Vec<&T>, order: impl Fn(&T) -> (u64, &String)) 
 }
 
 impl Registry {
-    pub fn new(admin: &VerifyingKey) -> Registry {
+    /// The registry of an empty chain: the admin key and the ledger's own key.
+    pub fn new(admin: &VerifyingKey, ledger: &VerifyingKey) -> Registry {
         let admin_key_id = key_id(admin.as_bytes());
+        let ledger_key_id = key_id(ledger.as_bytes());
         Registry {
-            aliases: BTreeMap::from([(
-                securesystemslib_key_id(admin.as_bytes()),
-                admin_key_id.clone(),
-            )]),
+            aliases: BTreeMap::from([
+                (
+                    securesystemslib_key_id(admin.as_bytes()),
+                    admin_key_id.clone(),
+                ),
+                (
+                    securesystemslib_key_id(ledger.as_bytes()),
+                    ledger_key_id.clone(),
+                ),
+            ]),
             admin_key_id,
             admin_public_key: docket_schemas::encode_base64(admin.as_bytes()),
+            ledger_key_id,
+            ledger_public_key: docket_schemas::encode_base64(ledger.as_bytes()),
+            policy_recorded: false,
             keys: BTreeMap::new(),
             verifying: BTreeMap::new(),
         }
+    }
+
+    pub fn ledger_key(&self) -> Option<VerifyingKey> {
+        decode_public_key(&self.ledger_public_key)
+            .ok()
+            .and_then(|b| VerifyingKey::from_bytes(&b).ok())
     }
 
     /// Rebuilds the verifying keys and aliases after deserialising a stored registry.
@@ -130,6 +161,10 @@ impl Registry {
         let admin = decode_public_key(&self.admin_public_key)?;
         self.aliases
             .insert(securesystemslib_key_id(&admin), self.admin_key_id.clone());
+        if let Ok(ledger) = decode_public_key(&self.ledger_public_key) {
+            self.aliases
+                .insert(securesystemslib_key_id(&ledger), self.ledger_key_id.clone());
+        }
         for k in self.keys.values() {
             let bytes = decode_public_key(&k.public_key)?;
             self.aliases
@@ -147,6 +182,9 @@ impl Registry {
     pub fn named_key(&self, hint: &str) -> Option<&str> {
         if hint == self.admin_key_id {
             return Some(&self.admin_key_id);
+        }
+        if hint == self.ledger_key_id && !hint.is_empty() {
+            return Some(&self.ledger_key_id);
         }
         if let Some((id, _)) = self.keys.get_key_value(hint) {
             return Some(id);
@@ -217,6 +255,16 @@ impl Registry {
         signer: &str,
         body: &EventBody,
     ) -> Result<VerifyingKey, AuthError> {
+        if signer == self.ledger_key_id && !signer.is_empty() {
+            return match (body, self.ledger_key()) {
+                (EventBody::PolicySet(p), Some(k))
+                    if *p == docket_schemas::PolicySet::DEFAULTS && !self.policy_recorded =>
+                {
+                    Ok(k)
+                }
+                _ => Err(AuthError::NotGenesisPolicy),
+            };
+        }
         let key = self.authorize(signer, body.kind())?;
         if let (Some(user), EventBody::ApprovalDecided(e)) = (
             self.keys
@@ -236,7 +284,10 @@ impl Registry {
 
     /// The key that must have signed an event of `kind` carrying `key_id`, if it may.
     pub fn authorize(&self, signer: &str, kind: Kind) -> Result<VerifyingKey, AuthError> {
-        let admin_kind = matches!(kind, Kind::KeyRegistered | Kind::KeyRevoked);
+        let admin_kind = matches!(
+            kind,
+            Kind::KeyRegistered | Kind::KeyRevoked | Kind::PolicySet
+        );
         if signer == self.admin_key_id {
             return match (admin_kind, self.admin_key()) {
                 (true, Some(k)) => Ok(k),
@@ -277,7 +328,7 @@ impl Registry {
     pub fn apply(&mut self, seq: u64, body: &EventBody) -> Result<(), RegistryError> {
         match body {
             EventBody::KeyRegistered(e) => {
-                if e.key_id == self.admin_key_id {
+                if e.key_id == self.admin_key_id || e.key_id == self.ledger_key_id {
                     return Err(RegistryError::AdminKey(e.key_id.clone()));
                 }
                 let bytes = decode_public_key(&e.public_key)?;
@@ -321,6 +372,10 @@ impl Registry {
                 Some(_) => Err(RegistryError::Revoked(e.key_id.clone())),
                 None => Err(RegistryError::Unknown(e.key_id.clone())),
             },
+            EventBody::PolicySet(_) => {
+                self.policy_recorded = true;
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -331,6 +386,10 @@ mod tests {
     use super::*;
     use docket_schemas::{KeyRegistered, KeyRevoked};
     use ed25519_dalek::SigningKey;
+
+    fn ledger_key() -> SigningKey {
+        SigningKey::from_bytes(&[9; 32])
+    }
 
     fn registered(key: &SigningKey, kinds: &[Kind]) -> EventBody {
         let pk = key.verifying_key();
@@ -367,7 +426,7 @@ mod tests {
         let admin = SigningKey::from_bytes(&[1; 32]);
         let gw = SigningKey::from_bytes(&[2; 32]);
         let alice = [3u8, 4, 5].map(|n| SigningKey::from_bytes(&[n; 32]));
-        let mut reg = Registry::new(&admin.verifying_key());
+        let mut reg = Registry::new(&admin.verifying_key(), &ledger_key().verifying_key());
         reg.apply(1, &registered(&gw, &[Kind::ApiCalled])).unwrap();
         for (i, k) in alice.iter().enumerate() {
             reg.apply(
@@ -429,7 +488,7 @@ mod tests {
     fn step_up_keys_emit_nothing() {
         let admin = SigningKey::from_bytes(&[1; 32]);
         let k = SigningKey::from_bytes(&[6; 32]);
-        let mut reg = Registry::new(&admin.verifying_key());
+        let mut reg = Registry::new(&admin.verifying_key(), &ledger_key().verifying_key());
         reg.apply(1, &named(&k, "stepup:alice", &[Kind::ApprovalDecided]))
             .unwrap();
         let id = key_id(k.verifying_key().as_bytes());
@@ -444,7 +503,7 @@ mod tests {
         let admin = SigningKey::from_bytes(&[1; 32]);
         let gw = SigningKey::from_bytes(&[2; 32]);
         let gw_id = key_id(gw.verifying_key().as_bytes());
-        let mut reg = Registry::new(&admin.verifying_key());
+        let mut reg = Registry::new(&admin.verifying_key(), &ledger_key().verifying_key());
         assert_eq!(
             reg.authorize(&gw_id, Kind::ApiCalled),
             Err(AuthError::UnknownKey(gw_id.clone()))

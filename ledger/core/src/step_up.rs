@@ -9,29 +9,11 @@
 //! What it does not prove: that a human was present, how the authenticator checked
 //! them, or that the step-up key itself was not stolen.
 
-use std::collections::HashMap;
-
 use docket_schemas::*;
-use serde::{Deserialize, Serialize};
 
 use crate::registry::STEP_UP_KEY_PREFIX;
-use crate::state::{ApprovalState, Policy};
 
-/// A step-up key as the log registered it: a producer key named `stepup:<user>`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StepUpKeyState {
-    pub key_id: String,
-    pub user: String,
-    /// base64 of the 32-byte public key.
-    pub public_key: String,
-    pub registered_seq: u64,
-    /// Seq of its `key.revoked`, or of a re-registration under a name that is not `stepup:<user>`.
-    pub ended_seq: Option<u64>,
-    pub last_seq: u64,
-}
-
-/// The step-up keys known to the state, by key id.
-pub type StepUpKeys = HashMap<String, StepUpKeyState>;
+use crate::state::{ApprovalState, StepUpKeyState, StepUpKeys};
 
 /// Follows a key event: which step-up key (if any) it starts or ends. Mirrors the
 /// registry (`Registry::apply`), whose refusals never reach the chain.
@@ -119,9 +101,9 @@ pub enum StepUpRefusal {
 }
 
 /// A step-up counts if it happened at most `step_up_max_age_s` before `at` and not after it.
-pub fn is_fresh(auth_time: Timestamp, at: Timestamp, rules: &Policy) -> bool {
+pub fn is_fresh(auth_time: Timestamp, at: Timestamp, rules: &PolicySet) -> bool {
     let age_us = at.as_micros() - auth_time.as_micros();
-    (0..=rules.step_up_max_age_s * 1_000_000).contains(&age_us)
+    (0..=i64::from(rules.step_up_max_age_s) * 1_000_000).contains(&age_us)
 }
 
 /// Judges the step-up of a decision on approval `a` made at `at`: `Ok(Some(key id))` when
@@ -135,7 +117,7 @@ pub fn judge(
     a: &ApprovalState,
     at: Timestamp,
     keys: &StepUpKeys,
-    rules: &Policy,
+    rules: &PolicySet,
 ) -> Result<Option<String>, StepUpRefusal> {
     if e.decision == Decision::Denied {
         return Ok(None);
@@ -199,7 +181,7 @@ pub fn judge(
         return Err(StepUpRefusal::Stale {
             auth_time: d.claim.auth_time,
             at,
-            max_age_s: rules.step_up_max_age_s,
+            max_age_s: i64::from(rules.step_up_max_age_s),
         });
     }
     Ok(Some(signer.key_id.clone()))

@@ -10,7 +10,6 @@ use std::collections::HashSet;
 use bytes::Bytes;
 use docket_schemas::{Envelope, EnvelopeError, Event, EventError, EventId, Kind};
 use rayon::prelude::*;
-use serde::Serialize;
 
 use crate::chain::{Entry, SUBJECT_BYTES_MAX, entry_hash};
 use crate::registry::{AuthError, Registry, RegistryError, Signer};
@@ -103,21 +102,9 @@ impl NewEntry {
     }
 }
 
-/// An envelope kept out of the chain, with everything needed to investigate it.
-#[derive(Clone, Debug, Serialize)]
-pub struct Quarantined {
-    pub source_seq: u64,
-    pub received_us: i64,
-    pub subject: String,
-    pub code: &'static str,
-    pub reason: String,
-    #[serde(serialize_with = "as_base64")]
-    pub raw: Bytes,
-}
-
-fn as_base64<S: serde::Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&docket_schemas::encode_base64(b))
-}
+/// An envelope kept out of the chain, with everything needed to investigate it (the
+/// store's quarantine record and the `docket.rejected` notice).
+pub use docket_schemas::notice::Quarantined;
 
 /// The chain's tip and the registry: all admission needs to continue the chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,9 +165,9 @@ pub fn admit<E>(
             source_seq: batch[i].source_seq,
             received_us,
             subject: batch[i].subject.chars().take(SUBJECT_BYTES_MAX).collect(),
-            code: why.code(),
+            code: why.code().to_string(),
             reason: why.to_string(),
-            raw: batch[i].payload.clone(),
+            raw: docket_schemas::encode_base64(&batch[i].payload),
         });
     };
 

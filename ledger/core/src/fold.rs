@@ -1,359 +1,30 @@
-//! The vault's state derived from the log, and the policy violations found while deriving it.
+//! The fold: applies one entry to the vault's state and records the rules it broke as findings.
 //!
 //! Pure and deterministic: `apply` takes an entry's seq and event and returns
-//! what it found. Time is the event's own `ts`; maps are ordered, so the state's
-//! serialisation and digest never depend on hash-map iteration order.
+//! what it found. Time is the event's own `ts`; the settings are the policy in
+//! force before the entry (`VaultState::policy`, set by `policy.set`). The
+//! rules themselves are in `policy.rs`, shared with the vault.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use docket_schemas::*;
-use serde::{Deserialize, Serialize};
 
-use crate::step_up::{StepUpKeyState, StepUpKeys, StepUpRefusal, follow_key_event, judge};
-
-/// Findings kept per entry at most (an entry can break several rules).
-pub const FINDINGS_PER_ENTRY_MAX: usize = 8;
-
-/// Rule settings that are not in the log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Policy {
-    /// Oldest step-up authentication accepted for a critical approval, in seconds before the decision.
-    pub step_up_max_age_s: i64,
-    /// How long an approval request waits for a human, in seconds.
-    #[serde(default = "default_approval_ttl_s")]
-    pub approval_ttl_s: i64,
-}
-
-fn default_approval_ttl_s() -> i64 {
-    300
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            step_up_max_age_s: 300,
-            approval_ttl_s: default_approval_ttl_s(),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-/// A policy violation: which rule, how bad, in words, and the entries that prove it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Finding {
-    /// The entry that broke the rule.
-    pub seq: u64,
-    pub ts: Timestamp,
-    pub rule: Rule,
-    pub severity: Severity,
-    pub message: String,
-    /// Seqs of the entries that together show the violation (including `seq`).
-    pub evidence: Vec<u64>,
-    pub agent: Option<String>,
-}
-
-macro_rules! rules {
-    ($($variant:ident = $name:literal, $sev:ident;)*) => {
-        /// The policy rules the fold checks.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        pub enum Rule { $(#[serde(rename = $name)] $variant,)* }
-        impl Rule {
-            pub const ALL: &'static [Rule] = &[$(Rule::$variant,)*];
-            pub fn as_str(self) -> &'static str { match self { $(Rule::$variant => $name,)* } }
-            pub fn severity(self) -> Severity { match self { $(Rule::$variant => Severity::$sev,)* } }
-        }
-    };
-}
-
-rules! {
-    CallUnknownToken = "call.unknown_token", High;
-    CallExpiredToken = "call.expired_token", High;
-    CallRevokedToken = "call.revoked_token", Critical;
-    CallScopeNotGranted = "call.scope_not_granted", High;
-    CallWrongAgent = "call.wrong_agent", Critical;
-    CallSuspendedAgent = "call.suspended_agent", Critical;
-    CallOverBudget = "call.over_budget", Medium;
-    TokenUnknownGrant = "token.unknown_grant", High;
-    TokenScopeOutsideGrant = "token.scope_outside_grant", High;
-    TokenAfterGrantEnded = "token.after_grant_ended", High;
-    TokenWithoutApproval = "token.without_approval", Critical;
-    TokenTtlOverGrant = "token.ttl_over_grant", Medium;
-    ApprovalWrongDecider = "approval.wrong_decider", Critical;
-    ApprovalStaleStepUp = "approval.stale_step_up", High;
-    ApprovalStepUpUnproven = "approval.step_up_unproven", Critical;
-    ApprovalUnknownRequest = "approval.unknown_request", Medium;
-    ApprovalRedecided = "approval.redecided", High;
-    IdReused = "object.id_reused", High;
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AgentState {
-    pub agent: String,
-    pub user: String,
-    pub name: String,
-    pub public_key: String,
-    pub registered_seq: u64,
-    pub suspended_seq: Option<u64>,
-    pub last_seq: u64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Active,
-    Revoked,
-    Expired,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GrantState {
-    pub grant_id: String,
-    pub user: String,
-    pub agent: String,
-    pub audience: String,
-    pub scopes: BTreeSet<String>,
-    pub expires_at: Timestamp,
-    pub max_calls: Option<u64>,
-    pub max_token_ttl_s: Option<u32>,
-    /// Scopes that need approval, with their risk.
-    pub approval: BTreeMap<String, Risk>,
-    pub created_seq: u64,
-    pub revoked_seq: Option<u64>,
-    pub calls: u64,
-    pub last_seq: u64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ApprovalStatus {
-    Pending,
-    Approved,
-    Denied,
-    Expired,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApprovalState {
-    pub approval_id: String,
-    pub grant_id: String,
-    pub user: String,
-    pub agent: String,
-    pub audience: String,
-    pub scopes: BTreeSet<String>,
-    pub risk: Risk,
-    pub binding_message: String,
-    pub expires_at: Timestamp,
-    pub requested_seq: u64,
-    pub requested_at: Timestamp,
-    pub decision: Option<Decision>,
-    pub decided_by: Option<String>,
-    pub method: Option<ApprovalMethod>,
-    pub auth_time: Option<Timestamp>,
-    pub decided_at: Option<Timestamp>,
-    pub decided_seq: Option<u64>,
-    /// The step-up key whose assertion proved this decision's step-up (crate::step_up::judge).
-    #[serde(default)]
-    pub step_up_key: Option<String>,
-    pub last_seq: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenState {
-    pub token_id: String,
-    pub token_hash: String,
-    pub grant_id: String,
-    pub user: String,
-    pub agent: String,
-    pub audience: String,
-    pub scopes: BTreeSet<String>,
-    pub issued_at: Timestamp,
-    pub expires_at: Timestamp,
-    pub approval_id: Option<String>,
-    pub issued_seq: u64,
-    pub revoked_seq: Option<u64>,
-    pub uses: u64,
-    pub last_seq: u64,
-}
-
-/// Revoked beats expired beats active, for anything with a revocation and an expiry.
-fn lifetime_status(revoked_seq: Option<u64>, expires_at: Timestamp, at: Timestamp) -> Status {
-    if revoked_seq.is_some() {
-        Status::Revoked
-    } else if at >= expires_at {
-        Status::Expired
-    } else {
-        Status::Active
-    }
-}
-
-impl GrantState {
-    pub fn status(&self, at: Timestamp) -> Status {
-        lifetime_status(self.revoked_seq, self.expires_at, at)
-    }
-}
-
-impl TokenState {
-    pub fn status(&self, at: Timestamp) -> Status {
-        lifetime_status(self.revoked_seq, self.expires_at, at)
-    }
-}
-
-impl ApprovalState {
-    pub fn status(&self, at: Timestamp) -> ApprovalStatus {
-        match self.decision {
-            Some(Decision::Approved) => ApprovalStatus::Approved,
-            Some(Decision::Denied) => ApprovalStatus::Denied,
-            None if at >= self.expires_at => ApprovalStatus::Expired,
-            None => ApprovalStatus::Pending,
-        }
-    }
-}
-
-/// A key of one object in the state: what changed, for persisting only the changes.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ObjectKey {
-    Agent(String),
-    Grant(String),
-    Approval(String),
-    Token(String),
-    StepUpKey(String),
-}
-
-impl ObjectKey {
-    /// Storage key: a one-letter family, a slash, the id.
-    pub fn encode(&self) -> Vec<u8> {
-        let (p, id) = match self {
-            ObjectKey::Agent(id) => ("a/", id),
-            ObjectKey::Grant(id) => ("g/", id),
-            ObjectKey::Approval(id) => ("p/", id),
-            ObjectKey::Token(id) => ("t/", id),
-            ObjectKey::StepUpKey(id) => ("k/", id),
-        };
-        [p.as_bytes(), id.as_bytes()].concat()
-    }
-}
-
-/// Everything derived from the log.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VaultState {
-    // Hash maps for the fold's lookups; anything that leaves the fold in bulk (digest,
-    // views) sorts by key first, so no output depends on hash order.
-    pub agents: HashMap<String, AgentState>,
-    pub grants: HashMap<String, GrantState>,
-    pub approvals: HashMap<String, ApprovalState>,
-    pub tokens: HashMap<String, TokenState>,
-    /// Users' step-up keys, as the admin's key events registered them.
-    #[serde(default)]
-    pub step_up_keys: StepUpKeys,
-    /// Seq of the last entry applied.
-    pub seq: u64,
-    /// `ts` of the last entry applied: the state's notion of "now".
-    pub ts: Option<Timestamp>,
-    #[serde(skip)]
-    token_by_hash: HashMap<String, String>,
-    /// Live tokens per grant and per agent, so a cascade touches only what it revokes.
-    #[serde(skip)]
-    live_by_grant: BTreeMap<String, BTreeSet<String>>,
-    #[serde(skip)]
-    live_by_agent: BTreeMap<String, BTreeSet<String>>,
-    /// Grants per agent, so the vault finds an agent's grants without a scan.
-    #[serde(skip)]
-    grants_by_agent: HashMap<String, BTreeSet<String>>,
-}
+use crate::policy::{Breach, judge_approval_request, judge_call, judge_decision, judge_policy, judge_token};
+use crate::state::*;
+use crate::step_up::follow_key_event;
 
 impl VaultState {
-    /// Rebuilds indexes after loading objects from storage.
-    pub fn reindex(&mut self) {
-        self.token_by_hash = self
-            .tokens
-            .values()
-            .map(|t| (t.token_hash.clone(), t.token_id.clone()))
-            .collect();
-        self.live_by_grant.clear();
-        self.live_by_agent.clear();
-        self.grants_by_agent.clear();
-        for g in self.grants.values() {
-            self.grants_by_agent
-                .entry(g.agent.clone())
-                .or_default()
-                .insert(g.grant_id.clone());
-        }
-        for t in self.tokens.values().filter(|t| t.revoked_seq.is_none()) {
-            self.live_by_grant
-                .entry(t.grant_id.clone())
-                .or_default()
-                .insert(t.token_id.clone());
-            self.live_by_agent
-                .entry(t.agent.clone())
-                .or_default()
-                .insert(t.token_id.clone());
-        }
-    }
-
-    /// Marks tokens revoked at `seq` and drops them from the live indexes.
-    fn revoke_tokens(&mut self, ids: BTreeSet<String>, seq: u64, cx: &mut Apply) {
-        for id in ids {
-            if let Some(t) = self.tokens.get_mut(&id)
-                && t.revoked_seq.is_none()
-            {
-                t.revoked_seq = Some(seq);
-                t.last_seq = seq;
-                cx.touch(|| ObjectKey::Token(id.clone()));
-                if let Some(set) = self.live_by_grant.get_mut(&t.grant_id) {
-                    set.remove(&id);
-                }
-                if let Some(set) = self.live_by_agent.get_mut(&t.agent) {
-                    set.remove(&id);
-                }
-            }
-        }
-    }
-
-    /// The grants given to `agent`.
-    pub fn grants_of<'a>(&'a self, agent: &str) -> impl Iterator<Item = &'a GrantState> + 'a {
-        self.grants_by_agent
-            .get(agent)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.grants.get(id))
-    }
-
-    pub fn token_by_hash(&self, hash: &str) -> Option<&TokenState> {
-        self.token_by_hash
-            .get(hash)
-            .and_then(|id| self.tokens.get(id))
-    }
-
     /// Applies one entry; returns the findings and the objects it changed.
-    pub fn apply(
-        &mut self,
-        seq: u64,
-        event: &Event,
-        policy: &Policy,
-    ) -> (Vec<Finding>, Vec<ObjectKey>) {
-        self.apply_inner(seq, event, policy, true)
+    pub fn apply(&mut self, seq: u64, event: &Event) -> (Vec<Finding>, Vec<ObjectKey>) {
+        self.apply_inner(seq, event, true)
     }
 
     /// Applies one entry without reporting which objects changed (replays that persist nothing).
-    pub fn replay(&mut self, seq: u64, event: &Event, policy: &Policy) -> Vec<Finding> {
-        self.apply_inner(seq, event, policy, false).0
+    pub fn replay(&mut self, seq: u64, event: &Event) -> Vec<Finding> {
+        self.apply_inner(seq, event, false).0
     }
 
-    fn apply_inner(
-        &mut self,
-        seq: u64,
-        event: &Event,
-        policy: &Policy,
-        track: bool,
-    ) -> (Vec<Finding>, Vec<ObjectKey>) {
+    fn apply_inner(&mut self, seq: u64, event: &Event, track: bool) -> (Vec<Finding>, Vec<ObjectKey>) {
         let mut cx = Apply {
             seq,
             ts: event.ts,
@@ -361,49 +32,19 @@ impl VaultState {
             touched: track.then(Vec::new),
         };
         self.seq = seq;
-        self.ts = Some(self.ts.map_or(event.ts, |t| t.max(event.ts)));
+        let now = self.ts.map_or(event.ts, |t| t.max(event.ts));
+        self.ts = Some(now);
+        self.retire_expired(now, &mut cx);
         match &event.body {
-            EventBody::AgentRegistered(e) => {
-                let a = self
-                    .agents
-                    .entry(e.agent.clone())
-                    .or_insert_with(|| AgentState {
-                        agent: e.agent.clone(),
-                        user: e.user.clone(),
-                        name: e.name.clone(),
-                        public_key: e.public_key.clone(),
-                        registered_seq: seq,
-                        suspended_seq: None,
-                        last_seq: seq,
-                    });
-                if a.user != e.user {
-                    // The owner decides who may grant the agent: a re-registration may rotate
-                    // the key or rename, never hand the agent to someone else.
-                    let first = a.registered_seq;
-                    cx.find(
-                        Rule::IdReused,
-                        format!(
-                            "agent {} was registered again for {}; it stays {}'s",
-                            e.agent, e.user, a.user
-                        ),
-                        vec![first],
-                        Some(e.agent.clone()),
-                    );
-                } else {
-                    a.name.clone_from(&e.name);
-                    a.public_key.clone_from(&e.public_key);
-                    a.last_seq = seq;
-                    cx.touch(|| ObjectKey::Agent(e.agent.clone()));
-                }
-            }
+            EventBody::AgentRegistered(e) => self.register_agent(e, &mut cx),
             EventBody::AgentSuspended(e) => {
                 if let Some(a) = self.agents.get_mut(&e.agent) {
                     a.suspended_seq.get_or_insert(seq);
                     a.last_seq = seq;
                     cx.touch(|| ObjectKey::Agent(e.agent.clone()));
                 }
-                let ids = self.live_by_agent.remove(&e.agent).unwrap_or_default();
-                self.revoke_tokens(ids, seq, &mut cx);
+                let ids = self.ix.live_by_agent.get(&e.agent).cloned().unwrap_or_default();
+                self.revoke_tokens(ids, &mut cx);
             }
             EventBody::GrantCreated(e) if self.grants.contains_key(&e.grant_id) => {
                 let first = self.grants[&e.grant_id].created_seq;
@@ -418,7 +59,8 @@ impl VaultState {
                 cx.reused("token", &e.token_id, first, &e.agent);
             }
             EventBody::GrantCreated(e) => {
-                self.grants_by_agent
+                self.ix
+                    .grants_by_agent
                     .entry(e.agent.clone())
                     .or_default()
                     .insert(e.grant_id.clone());
@@ -452,10 +94,14 @@ impl VaultState {
                     g.last_seq = seq;
                     cx.touch(|| ObjectKey::Grant(e.grant_id.clone()));
                 }
-                let ids = self.live_by_grant.remove(&e.grant_id).unwrap_or_default();
-                self.revoke_tokens(ids, seq, &mut cx);
+                let ids = self.ix.live_by_grant.get(&e.grant_id).cloned().unwrap_or_default();
+                self.revoke_tokens(ids, &mut cx);
             }
             EventBody::ApprovalRequested(e) => {
+                let agent = Some(e.agent.clone());
+                for b in judge_approval_request(self, e, event.ts) {
+                    cx.breach(b, agent.clone());
+                }
                 self.approvals.insert(
                     e.approval_id.clone(),
                     ApprovalState {
@@ -482,10 +128,10 @@ impl VaultState {
                 );
                 cx.touch(|| ObjectKey::Approval(e.approval_id.clone()));
             }
-            EventBody::ApprovalDecided(e) => self.decide(e, policy, &mut cx),
+            EventBody::ApprovalDecided(e) => self.decide(e, &mut cx),
             EventBody::TokenIssued(e) => self.issue(e, &mut cx),
             EventBody::TokenRevoked(e) => {
-                self.revoke_tokens(BTreeSet::from([e.token_id.clone()]), seq, &mut cx);
+                self.revoke_tokens(BTreeSet::from([e.token_id.clone()]), &mut cx);
             }
             EventBody::ApiCalled(e) => self.call(e, &mut cx),
             EventBody::KeyRegistered(_) | EventBody::KeyRevoked(_) => {
@@ -493,6 +139,16 @@ impl VaultState {
                     cx.touch(|| ObjectKey::StepUpKey(id));
                 }
             }
+            EventBody::PolicySet(p) => match judge_policy(self, p) {
+                Some(b) => cx.breach(b, None),
+                None => {
+                    self.policy = PolicyInForce {
+                        policy: p.clone(),
+                        set_seq: seq,
+                    };
+                    cx.touch(|| ObjectKey::Policy);
+                }
+            },
             EventBody::RequestRefused(_) => {}
         }
         cx.findings.truncate(FINDINGS_PER_ENTRY_MAX);
@@ -502,64 +158,92 @@ impl VaultState {
         (cx.findings, touched)
     }
 
-    fn decide(&mut self, e: &ApprovalDecided, policy: &Policy, cx: &mut Apply) {
-        let Some(a) = self.approvals.get_mut(&e.approval_id) else {
-            return cx.find(
-                Rule::ApprovalUnknownRequest,
-                format!(
-                    "{} decided approval {} that was never requested",
-                    e.user, e.approval_id
-                ),
-                vec![],
-                None,
+    fn register_agent(&mut self, e: &AgentRegistered, cx: &mut Apply) {
+        let seq = cx.seq;
+        let a = self
+            .agents
+            .entry(e.agent.clone())
+            .or_insert_with(|| AgentState {
+                agent: e.agent.clone(),
+                user: e.user.clone(),
+                name: e.name.clone(),
+                public_key: e.public_key.clone(),
+                registered_seq: seq,
+                suspended_seq: None,
+                last_seq: seq,
+            });
+        if a.user != e.user {
+            // The owner decides who may grant the agent: a re-registration may rotate
+            // the key or rename, never hand the agent to someone else.
+            let first = a.registered_seq;
+            let message = format!(
+                "agent {} was registered again for {}; it stays {}'s",
+                e.agent, e.user, a.user
             );
-        };
-        if let Some(first) = a.decided_seq {
-            // The first decision stands: a later one must not turn a denial into an approval.
-            return cx.find(
-                Rule::ApprovalRedecided,
-                format!(
-                    "approval {} was decided again by {} after its decision at seq {first}",
-                    a.approval_id, e.user
-                ),
-                vec![a.requested_seq, first],
-                Some(a.agent.clone()),
-            );
+            cx.find(Rule::IdReused, message, vec![first], Some(e.agent.clone()));
+            return;
         }
-        let evidence = vec![a.requested_seq];
-        if e.user != a.user {
-            cx.find(
-                Rule::ApprovalWrongDecider,
-                format!(
-                    "approval {} for {}'s grant was decided by {}",
-                    a.approval_id, a.user, e.user
-                ),
-                evidence.clone(),
-                Some(a.agent.clone()),
-            );
-        }
-        // The same judgement the vault makes before it records a decision.
-        let step_up = match judge(e, a, cx.ts, &self.step_up_keys, policy) {
-            Ok(key) => key,
-            Err(why) => {
-                let rule = match why {
-                    StepUpRefusal::Stale { .. } => Rule::ApprovalStaleStepUp,
-                    _ => Rule::ApprovalStepUpUnproven,
-                };
-                cx.find(
-                    rule,
-                    format!("approval {} by {}: {why}", a.approval_id, e.user),
-                    evidence,
-                    Some(a.agent.clone()),
-                );
-                None
+        if let Some(old) = agent_key_id(&a.public_key)
+            && let Some(set) = self.ix.agents_by_key.get_mut(&old)
+        {
+            set.remove(&e.agent);
+            if set.is_empty() {
+                self.ix.agents_by_key.remove(&old);
             }
+        }
+        a.name.clone_from(&e.name);
+        a.public_key.clone_from(&e.public_key);
+        a.last_seq = seq;
+        if let Some(k) = agent_key_id(&e.public_key) {
+            self.ix.agents_by_key.entry(k).or_default().insert(e.agent.clone());
+        }
+        cx.touch(|| ObjectKey::Agent(e.agent.clone()));
+    }
+
+    /// Drops tokens that expired by `now` from the live indexes (they stay in `tokens`).
+    fn retire_expired(&mut self, now: Timestamp, _cx: &mut Apply) {
+        while let Some((at, id)) = self.ix.live_by_expiry.first().cloned() {
+            if at > now {
+                break;
+            }
+            match self.tokens.get(&id) {
+                Some(t) => self.ix.remove_live(t),
+                None => drop(self.ix.live_by_expiry.pop_first()),
+            }
+        }
+    }
+
+    /// Marks live tokens revoked at this entry and drops them from the live indexes.
+    fn revoke_tokens(&mut self, ids: BTreeSet<String>, cx: &mut Apply) {
+        for id in ids {
+            if let Some(t) = self.tokens.get_mut(&id)
+                && t.revoked_seq.is_none()
+            {
+                t.revoked_seq = Some(cx.seq);
+                t.last_seq = cx.seq;
+                cx.touch(|| ObjectKey::Token(id.clone()));
+                self.ix.remove_live(t);
+            }
+        }
+    }
+
+    fn decide(&mut self, e: &ApprovalDecided, cx: &mut Apply) {
+        let verdict = judge_decision(self, e, cx.ts);
+        let agent = self.approvals.get(&e.approval_id).map(|a| a.agent.clone());
+        for b in verdict.breaches {
+            cx.breach(b, agent.clone());
+        }
+        if !verdict.recorded {
+            return;
+        }
+        let Some(a) = self.approvals.get_mut(&e.approval_id) else {
+            return;
         };
         a.decision = Some(e.decision);
         a.decided_by = Some(e.user.clone());
         a.method = Some(e.method);
         a.auth_time = e.auth_time;
-        a.step_up_key = step_up;
+        a.step_up_key = verdict.step_up_key;
         a.decided_at = Some(cx.ts);
         a.decided_seq = Some(cx.seq);
         a.last_seq = cx.seq;
@@ -567,241 +251,53 @@ impl VaultState {
     }
 
     fn issue(&mut self, e: &TokenIssued, cx: &mut Apply) {
-        let scopes: BTreeSet<String> = e.scopes.iter().cloned().collect();
-        match self.grants.get(&e.grant_id) {
-            None => cx.find(
-                Rule::TokenUnknownGrant,
-                format!(
-                    "token {} was issued under unknown grant {}",
-                    e.token_id, e.grant_id
-                ),
-                vec![],
-                Some(e.agent.clone()),
-            ),
-            Some(g) => {
-                let ev = vec![g.created_seq];
-                let outside: Vec<&String> = scopes.difference(&g.scopes).collect();
-                if !outside.is_empty() || g.agent != e.agent || g.audience != e.audience {
-                    cx.find(
-                        Rule::TokenScopeOutsideGrant,
-                        format!(
-                            "token {} for {} on {} with {:?} exceeds grant {} ({} on {} with {:?})",
-                            e.token_id,
-                            e.agent,
-                            e.audience,
-                            e.scopes,
-                            g.grant_id,
-                            g.agent,
-                            g.audience,
-                            g.scopes
-                        ),
-                        ev.clone(),
-                        Some(e.agent.clone()),
-                    );
-                }
-                if g.status(cx.ts) != Status::Active {
-                    let mut ev = ev.clone();
-                    ev.extend(g.revoked_seq);
-                    cx.find(
-                        Rule::TokenAfterGrantEnded,
-                        format!(
-                            "token {} was issued after grant {} ended",
-                            e.token_id, g.grant_id
-                        ),
-                        ev,
-                        Some(e.agent.clone()),
-                    );
-                }
-                let ttl_cap = g.max_token_ttl_s.map(|s| cx.ts.plus_seconds(i64::from(s)));
-                if e.expires_at > g.expires_at || ttl_cap.is_some_and(|cap| e.expires_at > cap) {
-                    cx.find(
-                        Rule::TokenTtlOverGrant,
-                        format!(
-                            "token {} expires {} , beyond what grant {} allows",
-                            e.token_id, e.expires_at, g.grant_id
-                        ),
-                        ev.clone(),
-                        Some(e.agent.clone()),
-                    );
-                }
-                let needs: Vec<&String> = scopes
-                    .iter()
-                    .filter(|s| g.approval.contains_key(*s))
-                    .collect();
-                if !needs.is_empty() {
-                    let approval = e.approval_id.as_ref().and_then(|id| self.approvals.get(id));
-                    let ok = approval.is_some_and(|a| {
-                        a.grant_id == g.grant_id
-                            && a.decision == Some(Decision::Approved)
-                            && needs.iter().all(|s| a.scopes.contains(*s))
-                    });
-                    if !ok {
-                        let mut ev = ev.clone();
-                        ev.extend(approval.map(|a| a.requested_seq));
-                        cx.find(Rule::TokenWithoutApproval, format!("token {} carries {:?}, which need approval, without an approved request", e.token_id, needs), ev, Some(e.agent.clone()));
-                    }
-                }
-            }
+        for b in judge_token(self, e, cx.ts) {
+            cx.breach(b, Some(e.agent.clone()));
         }
-        self.tokens.insert(
-            e.token_id.clone(),
-            TokenState {
-                token_id: e.token_id.clone(),
-                token_hash: e.token_hash.clone(),
-                grant_id: e.grant_id.clone(),
-                user: e.user.clone(),
-                agent: e.agent.clone(),
-                audience: e.audience.clone(),
-                scopes,
-                issued_at: cx.ts,
-                expires_at: e.expires_at,
-                approval_id: e.approval_id.clone(),
-                issued_seq: cx.seq,
-                revoked_seq: None,
-                uses: 0,
-                last_seq: cx.seq,
-            },
-        );
-        self.token_by_hash
-            .insert(e.token_hash.clone(), e.token_id.clone());
-        self.live_by_grant
-            .entry(e.grant_id.clone())
-            .or_default()
-            .insert(e.token_id.clone());
-        self.live_by_agent
-            .entry(e.agent.clone())
-            .or_default()
-            .insert(e.token_id.clone());
+        let t = TokenState {
+            token_id: e.token_id.clone(),
+            token_hash: e.token_hash.clone(),
+            grant_id: e.grant_id.clone(),
+            user: e.user.clone(),
+            agent: e.agent.clone(),
+            audience: e.audience.clone(),
+            scopes: e.scopes.iter().cloned().collect(),
+            issued_at: cx.ts,
+            expires_at: e.expires_at,
+            approval_id: e.approval_id.clone(),
+            issued_seq: cx.seq,
+            revoked_seq: None,
+            uses: 0,
+            last_seq: cx.seq,
+        };
+        if let Some(a) = &e.approval_id {
+            self.ix
+                .token_by_approval
+                .entry(a.clone())
+                .or_insert_with(|| e.token_id.clone());
+        }
+        if t.expires_at > cx.ts {
+            self.ix.add_live(&t);
+        }
+        self.tokens.insert(e.token_id.clone(), t);
         cx.touch(|| ObjectKey::Token(e.token_id.clone()));
     }
 
     fn call(&mut self, e: &ApiCalled, cx: &mut Apply) {
-        let suspended = self.agents.get(&e.agent).and_then(|a| a.suspended_seq);
-        if let Some(s) = suspended {
-            cx.find(
-                Rule::CallSuspendedAgent,
-                format!(
-                    "{} called {} {} after being suspended",
-                    e.agent, e.method, e.operation
-                ),
-                vec![s],
-                Some(e.agent.clone()),
-            );
+        for b in judge_call(self, e, cx.ts) {
+            cx.breach(b, Some(e.agent.clone()));
         }
         let Some(t) = self.tokens.get_mut(&e.token_id) else {
-            return cx.find(
-                Rule::CallUnknownToken,
-                format!(
-                    "{} called {} {} with unknown token {}",
-                    e.agent, e.method, e.operation, e.token_id
-                ),
-                vec![],
-                Some(e.agent.clone()),
-            );
+            return;
         };
         t.uses += 1;
         t.last_seq = cx.seq;
         cx.touch(|| ObjectKey::Token(t.token_id.clone()));
-        let ev = [t.issued_seq];
-        if let Some(r) = t.revoked_seq {
-            cx.find(
-                Rule::CallRevokedToken,
-                format!("{} used token {} after its revocation", e.agent, t.token_id),
-                vec![t.issued_seq, r],
-                Some(e.agent.clone()),
-            );
-        } else if cx.ts >= t.expires_at {
-            cx.find(
-                Rule::CallExpiredToken,
-                format!(
-                    "{} used token {} after it expired at {}",
-                    e.agent, t.token_id, t.expires_at
-                ),
-                ev.to_vec(),
-                Some(e.agent.clone()),
-            );
-        }
-        if e.agent != t.agent {
-            cx.find(
-                Rule::CallWrongAgent,
-                format!(
-                    "{} used token {} that was issued to {}",
-                    e.agent, t.token_id, t.agent
-                ),
-                ev.to_vec(),
-                Some(e.agent.clone()),
-            );
-        }
-        if let Some(scope) = &e.scope
-            && !t.scopes.contains(scope)
-        {
-            cx.find(
-                Rule::CallScopeNotGranted,
-                format!(
-                    "{} called {} {} needing {scope}, which token {} does not carry",
-                    e.agent, e.method, e.operation, t.token_id
-                ),
-                ev.to_vec(),
-                Some(e.agent.clone()),
-            );
-        }
         if let Some(g) = self.grants.get_mut(&t.grant_id) {
             g.calls += 1;
             g.last_seq = cx.seq;
             cx.touch(|| ObjectKey::Grant(g.grant_id.clone()));
-            if let Some(max) = g.max_calls
-                && g.calls > max
-            {
-                cx.find(
-                    Rule::CallOverBudget,
-                    format!(
-                        "grant {} is at call {} of a budget of {max}",
-                        g.grant_id, g.calls
-                    ),
-                    vec![g.created_seq],
-                    Some(e.agent.clone()),
-                );
-            }
         }
-    }
-
-    /// A digest of the whole state: blake3 over its canonical JSON (every map sorted by key).
-    pub fn digest(&self) -> [u8; 32] {
-        #[derive(Serialize)]
-        struct Sorted<'a> {
-            agents: BTreeMap<&'a String, &'a AgentState>,
-            grants: BTreeMap<&'a String, &'a GrantState>,
-            approvals: BTreeMap<&'a String, &'a ApprovalState>,
-            tokens: BTreeMap<&'a String, &'a TokenState>,
-            step_up_keys: BTreeMap<&'a String, &'a StepUpKeyState>,
-            seq: u64,
-            ts: Option<Timestamp>,
-        }
-        let sorted = Sorted {
-            agents: self.agents.iter().collect(),
-            grants: self.grants.iter().collect(),
-            approvals: self.approvals.iter().collect(),
-            tokens: self.tokens.iter().collect(),
-            step_up_keys: self.step_up_keys.iter().collect(),
-            seq: self.seq,
-            ts: self.ts,
-        };
-        let mut h = blake3::Hasher::new();
-        h.update(b"docket/state/v1\n");
-        h.update(&serde_json::to_vec(&sorted).unwrap_or_default());
-        *h.finalize().as_bytes()
-    }
-
-    /// The object stored under `key`, as JSON, or `None` when absent.
-    pub fn object_json(&self, key: &ObjectKey) -> Option<Vec<u8>> {
-        let v = match key {
-            ObjectKey::Agent(id) => self.agents.get(id).map(serde_json::to_vec),
-            ObjectKey::Grant(id) => self.grants.get(id).map(serde_json::to_vec),
-            ObjectKey::Approval(id) => self.approvals.get(id).map(serde_json::to_vec),
-            ObjectKey::Token(id) => self.tokens.get(id).map(serde_json::to_vec),
-            ObjectKey::StepUpKey(id) => self.step_up_keys.get(id).map(serde_json::to_vec),
-        };
-        v.and_then(Result::ok)
     }
 }
 
@@ -832,6 +328,10 @@ impl Apply {
         }
     }
 
+    fn breach(&mut self, b: Breach, agent: Option<String>) {
+        self.find(b.rule, b.why, b.evidence, agent);
+    }
+
     fn find(&mut self, rule: Rule, message: String, mut evidence: Vec<u64>, agent: Option<String>) {
         evidence.push(self.seq);
         evidence.sort_unstable();
@@ -851,7 +351,7 @@ impl Apply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::Workload;
+    use docket_testkit::workload::Workload;
     use proptest::prelude::*;
 
     /// A crafted log: events applied in order, each a second after the previous.
@@ -900,7 +400,7 @@ mod tests {
                 ts: self.ts,
                 body,
             };
-            let (f, _) = self.state.apply(self.seq, &e, &Policy::default());
+            let (f, _) = self.state.apply(self.seq, &e);
             self.findings.extend(f.clone());
             f
         }
@@ -977,7 +477,8 @@ mod tests {
             scopes: vec![scope.into()],
             risk,
             binding_message: "delete a repo".into(),
-            expires_at: Timestamp::parse("2026-11-22T09:00:00.000000Z").unwrap(),
+            // Within the default policy's 300 s of the crafted log's clock (08:00:0N).
+            expires_at: Timestamp::parse("2026-11-22T08:04:00.000000Z").unwrap(),
         })
     }
 
@@ -1164,7 +665,15 @@ mod tests {
             ),
             (
                 TokenTtlOverGrant,
-                Box::new(|l| l.add(token("t5", "g1", "a1", vec!["repo:read"], 3_600, None))),
+                Box::new(|l| {
+                    // A policy that allows an hour, so only the grant's 600 s is broken.
+                    l.add(EventBody::PolicySet(PolicySet {
+                        revision: 2,
+                        token_ttl_max_s: 7_200,
+                        ..PolicySet::DEFAULTS
+                    }));
+                    l.add(token("t5", "g1", "a1", vec!["repo:read"], 3_600, None))
+                }),
             ),
             (
                 ApprovalWrongDecider,
@@ -1256,6 +765,71 @@ mod tests {
                     l.add(d)
                 }),
             ),
+            (
+                TokenApprovalReused,
+                Box::new(|l| {
+                    l.add(requested("p1", "repo:write", Risk::High));
+                    let d = decided("p1", "alice", ApprovalMethod::Push, None, l);
+                    assert!(l.add(d).is_empty());
+                    let first = token("t5", "g1", "a1", vec!["repo:write"], 60, Some("p1"));
+                    assert!(l.add(first).is_empty());
+                    l.add(token("t6", "g1", "a1", vec!["repo:write"], 60, Some("p1")))
+                }),
+            ),
+            (
+                TokenTtlOverPolicy,
+                // Within the grant's 600 s, beyond the policy's 300 s.
+                Box::new(|l| l.add(token("t5", "g1", "a1", vec!["repo:read"], 400, None))),
+            ),
+            (
+                TokenSuspendedAgent,
+                Box::new(|l| {
+                    l.add(EventBody::AgentSuspended(AgentSuspended {
+                        agent: "a1".into(),
+                        by: "sec".into(),
+                        reason: "r".into(),
+                    }));
+                    l.add(token("t5", "g1", "a1", vec!["repo:read"], 60, None))
+                }),
+            ),
+            (
+                TokenBudgetSpent,
+                Box::new(|l| {
+                    for _ in 0..3 {
+                        assert!(l.add(call("t1", "a1", "repo:read")).is_empty());
+                    }
+                    l.add(token("t5", "g1", "a1", vec!["repo:read"], 60, None))
+                }),
+            ),
+            (
+                ApprovalDecidedLate,
+                Box::new(|l| {
+                    l.add(requested("p1", "repo:write", Risk::High));
+                    l.ts = l.ts.plus_seconds(600);
+                    let d = decided("p1", "alice", ApprovalMethod::Push, None, l);
+                    l.add(d)
+                }),
+            ),
+            (
+                ApprovalTtlOverPolicy,
+                Box::new(|l| {
+                    let mut r = requested("p1", "repo:write", Risk::High);
+                    if let EventBody::ApprovalRequested(e) = &mut r {
+                        e.expires_at = Timestamp::parse("2026-11-22T09:00:00.000000Z").unwrap();
+                    }
+                    l.add(r)
+                }),
+            ),
+            (
+                PolicyRevisionNotIncreasing,
+                Box::new(|l| {
+                    l.add(EventBody::PolicySet(PolicySet {
+                        revision: 1,
+                        approval_ttl_s: 100,
+                        ..PolicySet::DEFAULTS
+                    }))
+                }),
+            ),
         ];
         assert_eq!(cases.len(), Rule::ALL.len(), "every rule has a case");
         for (rule, case) in cases {
@@ -1306,7 +880,7 @@ mod tests {
         let findings: Vec<Finding> = events
             .iter()
             .enumerate()
-            .flat_map(|(i, e)| state.apply(i as u64 + 1, e, &Policy::default()).0)
+            .flat_map(|(i, e)| state.apply(i as u64 + 1, e).0)
             .collect();
         assert!(
             findings.is_empty(),
@@ -1319,7 +893,7 @@ mod tests {
         let flagged: BTreeSet<u64> = events
             .iter()
             .enumerate()
-            .flat_map(|(i, e)| state.apply(i as u64 + 1, e, &Policy::default()).0)
+            .flat_map(|(i, e)| state.apply(i as u64 + 1, e).0)
             .map(|f| f.seq)
             .collect();
         assert!(misbehaved > 100);
@@ -1338,7 +912,7 @@ mod tests {
             let (events, _) = workload_events(seed, 3_000, 30);
             let mut whole = VaultState::default();
             for (i, e) in events.iter().enumerate() {
-                whole.apply(i as u64 + 1, e, &Policy::default());
+                whole.apply(i as u64 + 1, e);
             }
             let mut parts = VaultState::default();
             for (i, e) in events.iter().enumerate() {
@@ -1347,9 +921,10 @@ mod tests {
                     parts = serde_json::from_slice(&json).unwrap();
                     parts.reindex();
                 }
-                parts.apply(i as u64 + 1, e, &Policy::default());
+                parts.apply(i as u64 + 1, e);
             }
-            prop_assert_eq!(parts.digest(), whole.digest());
+            prop_assert_eq!(parts.digest().unwrap(), whole.digest().unwrap());
         }
     }
 }
+

@@ -2,109 +2,22 @@
 //!
 //! Pure: the state, the registry, the clock reading, fresh ids and token secrets
 //! are passed in; the answer is a reply plus the events to append before it is
-//! sent. Requests are DSSE envelopes signed by the requesting party.
+//! sent. Requests are DSSE envelopes signed by the requesting party. Every rule
+//! a decision keeps is a function in `policy.rs`, the same the fold judges by.
 
+use docket_schemas::vault::{ApprovalNotice, Introspection, Outcome as Answer, Reply, Status as Said};
 use docket_schemas::*;
 use ed25519_dalek::VerifyingKey;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
+pub use docket_schemas::vault::{Op, REQUEST_PAYLOAD_TYPE, REQUEST_VERSION, Request, seal_request};
+
+use crate::policy::{approval_expires_at, judge_decision, judge_token, token_expires_at};
 use crate::registry::Registry;
-use crate::state::{ApprovalStatus, Policy, Status, VaultState};
+use crate::state::{ApprovalStatus, Status, VaultState};
 
-/// The DSSE `payloadType` of a vault request.
-pub const REQUEST_PAYLOAD_TYPE: &str = "application/vnd.docket.request+json";
-/// Default lifetime of an issued token.
-pub const TOKEN_TTL_DEFAULT_S: i64 = 300;
-/// How long an approval request waits for a human.
-pub const APPROVAL_TTL_S: i64 = 300;
-/// How far a request's `ts` may be from the vault's clock (replay window).
-pub const REQUEST_SKEW_MAX_S: i64 = 300;
 /// Request ids remembered for replay detection (older ones fall outside the window anyway).
 pub const SEEN_REQUESTS_MAX: usize = 200_000;
 pub use crate::registry::USER_KEY_PREFIX;
-
-/// A vault request: header and operation. (serde cannot refuse unknown fields
-/// through `flatten`; unknown request fields are ignored, unlike event fields.)
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct Request {
-    pub v: u32,
-    /// UUIDv7 chosen by the requester; a request id is accepted once.
-    pub id: EventId,
-    pub ts: Timestamp,
-    #[serde(flatten)]
-    pub op: Op,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Op {
-    /// A user (or the admin for them) grants an agent scopes on an audience.
-    Grant {
-        user: String,
-        agent: String,
-        audience: String,
-        scopes: Vec<String>,
-        expires_at: Timestamp,
-        #[serde(default)]
-        max_calls: Option<u64>,
-        #[serde(default)]
-        max_token_ttl_s: Option<u32>,
-        #[serde(default)]
-        approval: Vec<ApprovalRule>,
-    },
-    /// An agent asks for a token; `approval_id` polls a pending approval.
-    Token {
-        agent: String,
-        audience: String,
-        scopes: Vec<String>,
-        /// What the agent is about to do, shown to the approver.
-        action: String,
-        #[serde(default)]
-        approval_id: Option<String>,
-        #[serde(default)]
-        ttl_s: Option<u32>,
-    },
-    /// A user answers a pending approval request.
-    Approve {
-        approval_id: String,
-        decision: Decision,
-        method: ApprovalMethod,
-        #[serde(default)]
-        auth_time: Option<Timestamp>,
-        #[serde(default)]
-        reason: Option<String>,
-        /// The evidence of a step-up: a claim signed by the user's step-up key
-        /// (`stepup:<user>`). Needed for `method: step_up`, and so for critical approvals.
-        #[serde(default)]
-        step_up: Option<StepUpAssertion>,
-    },
-    /// A gateway asks whether a presented token is active (RFC 7662).
-    Introspect { token: String },
-    /// Revoke one token, a grant (and its tokens), or suspend an agent (and its tokens).
-    Revoke {
-        #[serde(default)]
-        token_id: Option<String>,
-        #[serde(default)]
-        grant_id: Option<String>,
-        #[serde(default)]
-        agent: Option<String>,
-        reason: String,
-    },
-}
-
-impl Op {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Op::Grant { .. } => "grant",
-            Op::Token { .. } => "token",
-            Op::Approve { .. } => "approve",
-            Op::Introspect { .. } => "introspect",
-            Op::Revoke { .. } => "revoke",
-        }
-    }
-}
 
 /// Who signed a request, as the log knows them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,8 +75,8 @@ pub enum Refusal {
     SharedAgentKey { key_id: String, agents: String },
     #[error("request id {0} was already used (replay)")]
     Replayed(String),
-    #[error("request time {0} is outside the {REQUEST_SKEW_MAX_S}-second window")]
-    Stale(Timestamp),
+    #[error("request time {0} is outside the {1}-second window")]
+    Stale(Timestamp, u32),
     #[error("{0} may not do this: {1}")]
     Forbidden(String, String),
     #[error("no active grant lets {agent} use {scopes:?} on {audience}")]
@@ -182,6 +95,8 @@ pub enum Refusal {
     Suspended(String),
     #[error("not found: {0}")]
     NotFound(String),
+    #[error("refused: it would break rule {0} ({1})")]
+    Breaks(&'static str, String),
 }
 
 /// A decoded, authenticated request.
@@ -223,7 +138,7 @@ fn authenticate_inner(
     let key_id = wire.signatures[0].keyid.clone();
     let request: Request =
         serde_json::from_slice(&payload).map_err(|e| malformed(&key_id, e.to_string()))?;
-    if request.v != 1 {
+    if request.v != REQUEST_VERSION {
         return Err((
             Some(request),
             key_id,
@@ -300,15 +215,7 @@ fn signer(
         }
     }
     // Exactly one agent may hold a key: if two registrations claim it, neither speaks with it.
-    let mut holders: Vec<&crate::state::AgentState> = state
-        .agents
-        .values()
-        .filter(|a| {
-            // By Docket key id only: this scan runs for every agent request.
-            decode_public_key(&a.public_key).is_ok_and(|pk| docket_schemas::key_id(&pk) == hint)
-        })
-        .collect();
-    holders.sort_by(|a, b| a.agent.cmp(&b.agent));
+    let holders = state.agents_with_key(hint);
     match holders.as_slice() {
         [] => Err(Refusal::UnknownSigner(hint.into())),
         [agent] => {
@@ -332,10 +239,20 @@ fn signer(
 /// What the vault answers, and the events that must be durable before it does.
 #[derive(Debug)]
 pub struct Outcome {
-    pub reply: Value,
+    pub reply: Reply,
     pub events: Vec<EventBody>,
-    /// A notification to publish (subject, payload) once committed.
-    pub notify: Option<(String, Value)>,
+    /// An approval request to announce to its user (`docket.approvals.<user>`) once committed.
+    pub notify: Option<(String, ApprovalNotice)>,
+}
+
+impl Outcome {
+    fn answer(reply: Answer, events: Vec<EventBody>) -> Outcome {
+        Outcome {
+            reply: Reply::Outcome(reply),
+            events,
+            notify: None,
+        }
+    }
 }
 
 /// Values the edge supplies: the clock, fresh ids, a fresh token secret and the hash key.
@@ -362,7 +279,7 @@ pub fn refused(
     scopes: Vec<String>,
 ) -> Outcome {
     Outcome {
-        reply: json!({"ok": false, "error": why.to_string()}),
+        reply: Reply::Outcome(Answer::refused(why.to_string())),
         // Everything here may come from the requester: cut and clean it so the refusal
         // itself always passes validation and is recorded.
         events: vec![EventBody::RequestRefused(RequestRefused {
@@ -398,28 +315,14 @@ fn clean(text: &str, max: usize) -> String {
     out
 }
 
-/// An approval the log records as approved is usable only if it was decided by the
-/// grant's user, before it expired, and (when critical) with a step-up the state fold
-/// found proven by the user's step-up key, fresh at the decision (`step_up::judge`).
-fn approval_is_sound(a: &crate::state::ApprovalState) -> bool {
-    let decided_in_time = a.decided_at.is_some_and(|t| t <= a.expires_at);
-    let by_user = a.decided_by.as_deref() == Some(a.user.as_str());
-    let authenticated = a.risk != Risk::Critical || a.step_up_key.is_some();
-    decided_in_time && by_user && authenticated
-}
-
 /// Decides an authenticated request. Introspection appends nothing; everything else appends at least one event.
-pub fn decide(
-    state: &VaultState,
-    auth: &Authenticated,
-    rules: &Policy,
-    fresh: &Fresh<'_>,
-) -> Outcome {
+pub fn decide(state: &VaultState, auth: &Authenticated, fresh: &Fresh<'_>) -> Outcome {
     let req = &auth.request;
     let who = auth.requester.name();
+    let window_s = state.policy.policy.request_skew_max_s;
     let skew = (fresh.now.as_micros() - req.ts.as_micros()).abs();
-    if skew > REQUEST_SKEW_MAX_S * 1_000_000 {
-        return refused(req, &who, &Refusal::Stale(req.ts), None, vec![]);
+    if skew > i64::from(window_s) * 1_000_000 {
+        return refused(req, &who, &Refusal::Stale(req.ts, window_s), None, vec![]);
     }
     match &req.op {
         Op::Introspect { token } => introspect(state, req, &auth.requester, token, fresh),
@@ -482,9 +385,12 @@ pub fn decide(
                 Some(_) => {}
             }
             let grant_id = format!("grant-{}", fresh.id);
-            Outcome {
-                reply: json!({"ok": true, "status": "granted", "grant_id": grant_id}),
-                events: vec![EventBody::GrantCreated(GrantCreated {
+            Outcome::answer(
+                Answer {
+                    grant_id: Some(grant_id.clone()),
+                    ..Answer::done(Said::Granted)
+                },
+                vec![EventBody::GrantCreated(GrantCreated {
                     grant_id,
                     user: user.clone(),
                     agent: agent.clone(),
@@ -495,8 +401,7 @@ pub fn decide(
                     max_token_ttl_s: *max_token_ttl_s,
                     approval: approval.clone(),
                 })],
-                notify: None,
-            }
+            )
         }
         Op::Token {
             agent,
@@ -517,7 +422,6 @@ pub fn decide(
                 approval_id.as_deref(),
                 *ttl_s,
             ),
-            rules,
             fresh,
         ),
         Op::Approve {
@@ -582,23 +486,27 @@ pub fn decide(
                 reason: reason.clone(),
                 step_up: step_up.clone(),
             };
-            // The same judgement the state fold makes on every `approval.decided`.
-            if let Err(why) =
-                crate::step_up::judge(&decided, a, fresh.now, &state.step_up_keys, rules)
-            {
+            // The same judgement the fold makes on every `approval.decided`.
+            if let Some(b) = judge_decision(state, &decided, fresh.now).breaches.first() {
                 return refused(
                     req,
                     &who,
-                    &Refusal::BadApproval(approval_id.clone(), why.to_string()),
+                    &Refusal::BadApproval(approval_id.clone(), b.why.clone()),
                     Some(a.audience.clone()),
                     a.scopes.iter().cloned().collect(),
                 );
             }
-            Outcome {
-                reply: json!({"ok": true, "status": match decision { Decision::Approved => "approved", Decision::Denied => "denied" }, "approval_id": approval_id}),
-                events: vec![EventBody::ApprovalDecided(decided)],
-                notify: None,
-            }
+            let said = match decision {
+                Decision::Approved => Said::Approved,
+                Decision::Denied => Said::Denied,
+            };
+            Outcome::answer(
+                Answer {
+                    approval_id: Some(approval_id.clone()),
+                    ..Answer::done(said)
+                },
+                vec![EventBody::ApprovalDecided(decided)],
+            )
         }
         Op::Revoke {
             token_id,
@@ -623,7 +531,7 @@ fn introspect(
     fresh: &Fresh<'_>,
 ) -> Outcome {
     let inactive = Outcome {
-        reply: json!({"active": false}),
+        reply: Reply::Introspection(Introspection::default()),
         events: vec![],
         notify: None,
     };
@@ -656,15 +564,15 @@ fn introspect(
         return inactive;
     }
     Outcome {
-        reply: json!({
-            "active": true,
-            "scope": t.scopes.iter().cloned().collect::<Vec<_>>().join(" "),
-            "client_id": t.agent,
-            "sub": t.user,
-            "aud": t.audience,
-            "exp": t.expires_at.as_micros() / 1_000_000,
-            "iat": t.issued_at.as_micros() / 1_000_000,
-            "jti": t.token_id,
+        reply: Reply::Introspection(Introspection {
+            active: true,
+            scope: Some(t.scopes.iter().cloned().collect::<Vec<_>>().join(" ")),
+            client_id: Some(t.agent.clone()),
+            sub: Some(t.user.clone()),
+            aud: Some(t.audience.clone()),
+            exp: Some(t.expires_at.as_micros() / 1_000_000),
+            iat: Some(t.issued_at.as_micros() / 1_000_000),
+            jti: Some(t.token_id.clone()),
         }),
         events: vec![],
         notify: None,
@@ -685,11 +593,11 @@ fn token(
     req: &Request,
     requester: &Requester,
     ask: TokenAsk<'_>,
-    rules: &Policy,
     fresh: &Fresh<'_>,
 ) -> Outcome {
     let (agent, audience, scopes, action, approval_id, ttl_s) = ask;
     let who = requester.name();
+    let policy = &state.policy.policy;
     let refuse = |why: Refusal| refused(req, &who, &why, Some(audience.clone()), scopes.clone());
     if *requester != Requester::Agent(agent.clone()) {
         return refuse(Refusal::Forbidden(
@@ -722,12 +630,6 @@ fn token(
             scopes: scopes.clone(),
         });
     };
-    if grant.max_calls.is_some_and(|max| grant.calls >= max) {
-        return refuse(Refusal::Forbidden(
-            who.clone(),
-            format!("use grant {}: its call budget is spent", grant.grant_id),
-        ));
-    }
     let risk = scopes
         .iter()
         .filter_map(|s| grant.approval.get(s))
@@ -738,17 +640,28 @@ fn token(
         match approval_id.and_then(|id| state.approvals.get(id)) {
             None => {
                 let approval_id = format!("appr-{}", fresh.id);
-                let expires_at = fresh.now.plus_seconds(rules.approval_ttl_s);
+                let expires_at = approval_expires_at(policy, fresh.now);
                 let binding_message: String = action
                     .chars()
                     .take(limits::BINDING_MESSAGE_BYTES_MAX / 4)
                     .collect();
-                let notice = json!({"approval_id": approval_id, "agent": agent, "audience": audience, "scopes": scopes,
-                    "risk": risk, "binding_message": binding_message, "expires_at": expires_at.to_string()});
+                let notice = ApprovalNotice {
+                    approval_id: approval_id.clone(),
+                    agent: agent.clone(),
+                    audience: audience.clone(),
+                    scopes: scopes.clone(),
+                    risk,
+                    binding_message: binding_message.clone(),
+                    expires_at,
+                };
                 return Outcome {
-                    reply: json!({"ok": true, "status": "pending", "approval_id": approval_id, "expires_at": expires_at.to_string()}),
+                    reply: Reply::Outcome(Answer {
+                        approval_id: Some(approval_id.clone()),
+                        expires_at: Some(expires_at),
+                        ..Answer::done(Said::Pending)
+                    }),
                     events: vec![EventBody::ApprovalRequested(ApprovalRequested {
-                        approval_id: approval_id.clone(),
+                        approval_id,
                         grant_id: grant.grant_id.clone(),
                         user: grant.user.clone(),
                         agent: agent.clone(),
@@ -758,7 +671,10 @@ fn token(
                         binding_message,
                         expires_at,
                     })],
-                    notify: Some((format!("docket.approvals.{}", grant.user), notice)),
+                    notify: Some((
+                        format!("{}{}", vault::SUBJECT_APPROVALS_PREFIX, grant.user),
+                        notice,
+                    )),
                 };
             }
             Some(a) => {
@@ -771,31 +687,18 @@ fn token(
                         "does not cover this request".into(),
                     ));
                 }
-                if state
-                    .tokens
-                    .values()
-                    .any(|t| t.approval_id.as_deref() == Some(a.approval_id.as_str()))
-                {
-                    return refuse(Refusal::BadApproval(
-                        a.approval_id.clone(),
-                        "was already used for a token".into(),
-                    ));
-                }
                 match a.status(fresh.now) {
-                    // Approved is what the log says; the vault also checks it was a valid approval:
-                    // by the grant's user, before expiry, with a fresh step-up when critical.
-                    ApprovalStatus::Approved if approval_is_sound(a) => {
-                        approval_used = Some(a.approval_id.clone())
-                    }
-                    ApprovalStatus::Approved => {
-                        return refuse(Refusal::BadApproval(a.approval_id.clone(), "was not given by the grant's user in time with the required authentication".into()));
-                    }
+                    // Whether the approval is sound (by the grant's user, in time, with a proven
+                    // step-up when critical) is `judge_token`'s to say, below.
+                    ApprovalStatus::Approved => approval_used = Some(a.approval_id.clone()),
                     ApprovalStatus::Pending => {
-                        return Outcome {
-                            reply: json!({"ok": true, "status": "pending", "approval_id": a.approval_id}),
-                            events: vec![],
-                            notify: None,
-                        };
+                        return Outcome::answer(
+                            Answer {
+                                approval_id: Some(a.approval_id.clone()),
+                                ..Answer::done(Said::Pending)
+                            },
+                            vec![],
+                        );
                     }
                     ApprovalStatus::Denied => {
                         return refuse(Refusal::Denied(a.approval_id.clone()));
@@ -807,26 +710,32 @@ fn token(
             }
         }
     }
-    let cap = grant.max_token_ttl_s.map_or(TOKEN_TTL_DEFAULT_S, i64::from);
-    let ttl = ttl_s.map_or(TOKEN_TTL_DEFAULT_S, i64::from).min(cap).max(1);
-    let expires_at = fresh.now.plus_seconds(ttl).min(grant.expires_at);
-    let token_id = format!("tok-{}", fresh.id);
-    Outcome {
-        reply: json!({"ok": true, "status": "issued", "token": fresh.token_secret, "token_id": token_id,
-            "expires_at": expires_at.to_string(), "scope": scopes.join(" ")}),
-        events: vec![EventBody::TokenIssued(TokenIssued {
-            token_id,
-            token_hash: token_hash(fresh.hash_key, &fresh.token_secret),
-            grant_id: grant.grant_id.clone(),
-            user: grant.user.clone(),
-            agent: agent.clone(),
-            audience: audience.clone(),
-            scopes: scopes.clone(),
-            expires_at,
-            approval_id: approval_used,
-        })],
-        notify: None,
+    let expires_at = token_expires_at(policy, grant, fresh.now, ttl_s);
+    let issued = TokenIssued {
+        token_id: format!("tok-{}", fresh.id),
+        token_hash: token_hash(fresh.hash_key, &fresh.token_secret),
+        grant_id: grant.grant_id.clone(),
+        user: grant.user.clone(),
+        agent: agent.clone(),
+        audience: audience.clone(),
+        scopes: scopes.clone(),
+        expires_at,
+        approval_id: approval_used,
+    };
+    // The rules the fold will judge this token by: refuse rather than mint a finding.
+    if let Some(b) = judge_token(state, &issued, fresh.now).first() {
+        return refuse(Refusal::Breaks(b.rule.as_str(), b.why.clone()));
     }
+    Outcome::answer(
+        Answer {
+            token: Some(fresh.token_secret.clone()),
+            token_id: Some(issued.token_id.clone()),
+            expires_at: Some(expires_at),
+            scope: Some(scopes.join(" ")),
+            ..Answer::done(Said::Issued)
+        },
+        vec![EventBody::TokenIssued(issued)],
+    )
 }
 
 fn revoke(
@@ -852,7 +761,7 @@ fn revoke(
                 by,
                 reason,
             }),
-            "revoked",
+            Said::Revoked,
         ),
         (None, Some(id), None) => (
             "revoke",
@@ -863,7 +772,7 @@ fn revoke(
                 by,
                 reason,
             }),
-            "revoked",
+            Said::Revoked,
         ),
         (None, None, Some(id)) => (
             "suspend",
@@ -874,7 +783,7 @@ fn revoke(
                 by,
                 reason,
             }),
-            "suspended",
+            Said::Suspended,
         ),
         _ => {
             let why = Refusal::Malformed("name exactly one of token_id, grant_id, agent".into());
@@ -896,26 +805,6 @@ fn revoke(
             None,
             vec![],
         ),
-        Some(_) => Outcome {
-            reply: json!({"ok": true, "status": status}),
-            events: vec![body],
-            notify: None,
-        },
+        Some(_) => Outcome::answer(Answer::done(status), vec![body]),
     }
-}
-
-/// Seals a request for the vault: the client side of the protocol.
-pub fn seal_request(request: &Request, key: &ed25519_dalek::SigningKey) -> Vec<u8> {
-    use ed25519_dalek::Signer;
-    let payload = serde_json::to_vec(request).unwrap_or_default();
-    let sig = key.sign(&pae(REQUEST_PAYLOAD_TYPE, &payload));
-    let wire = EnvelopeWire {
-        payload: encode_base64(&payload).into(),
-        payload_type: REQUEST_PAYLOAD_TYPE.into(),
-        signatures: vec![envelope::EnvelopeSignature {
-            keyid: key_id(key.verifying_key().as_bytes()),
-            sig: encode_base64(&sig.to_bytes()),
-        }],
-    };
-    serde_json::to_vec(&wire).unwrap_or_default()
 }

@@ -1,0 +1,504 @@
+//! The vault's request desk: replay guard, recording budget, and turning a batch of requests into events to append and replies to send.
+//!
+//! Pure logic: the shell (`docket-ledger`'s ingest loop) hands a batch of raw
+//! requests in with the clock reading and an [`Entropy`] source, appends the
+//! events the desk returns in one durable commit, and only then sends the
+//! replies `settle` gives it: a decision that was not appended is never
+//! answered with a token (fail closed).
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use docket_schemas::vault::{ApprovalNotice, Outcome as Answer, Receipt, Reply};
+use docket_schemas::*;
+use ed25519_dalek::SigningKey;
+
+use crate::admission::{Incoming, LOCAL_SEQ_BIT, Plan};
+use crate::chain::hex;
+use crate::registry::Registry;
+use crate::state::VaultState;
+use crate::vault::{Fresh, Op, Refusal, Request, SEEN_REQUESTS_MAX, authenticate, decide, refused};
+
+/// Vault requests answered together in one commit at most.
+pub const VAULT_BATCH_MAX: usize = 256;
+
+/// What the edge supplies the desk: UUIDv7s and secret random bytes.
+pub trait Entropy {
+    /// A fresh UUIDv7 (RFC 9562), as bytes.
+    fn uuid_v7(&mut self) -> [u8; 16];
+    /// 32 bytes from a cryptographically secure generator.
+    fn secret(&mut self) -> [u8; 32];
+}
+
+/// Request ids seen within the replay window, shared by the desk and the introspector.
+#[derive(Debug)]
+pub struct ReplayGuard {
+    seen: HashSet<EventId>,
+    /// Oldest first, with the time each was seen.
+    seen_order: VecDeque<(EventId, i64)>,
+    /// Requests dated before this were sent before this vault started: their ids were not
+    /// remembered, so they are refused rather than risk a replay.
+    started: Timestamp,
+}
+
+impl ReplayGuard {
+    pub fn new(started: Timestamp) -> ReplayGuard {
+        ReplayGuard {
+            seen: HashSet::new(),
+            seen_order: VecDeque::new(),
+            started,
+        }
+    }
+
+    /// Accepts a request id once within the replay window (twice the policy's skew, so an
+    /// id cannot come back while its `ts` is still acceptable).
+    pub fn sighting(&mut self, req: &Request, now: Timestamp, window_s: u32) -> Result<(), Refusal> {
+        let window_us = i64::from(window_s) * 1_000_000;
+        while let Some((id, ts)) = self.seen_order.front().copied() {
+            if ts >= now.as_micros() - 2 * window_us {
+                break;
+            }
+            self.seen_order.pop_front();
+            self.seen.remove(&id);
+        }
+        if req.ts < self.started {
+            return Err(Refusal::Stale(req.ts, window_s));
+        }
+        if self.seen.contains(&req.id) {
+            return Err(Refusal::Replayed(req.id.to_string()));
+        }
+        if self.seen.len() >= SEEN_REQUESTS_MAX {
+            return Err(Refusal::Malformed(
+                "too many requests in the replay window; try again".into(),
+            ));
+        }
+        self.seen.insert(req.id);
+        self.seen_order.push_back((req.id, now.as_micros()));
+        Ok(())
+    }
+}
+
+/// A token bucket refilled every second.
+#[derive(Debug)]
+pub struct RateBudget {
+    left: u32,
+    second: i64,
+}
+
+impl RateBudget {
+    pub fn new() -> RateBudget {
+        RateBudget {
+            left: 0,
+            second: i64::MIN,
+        }
+    }
+
+    /// Takes one unit if this second (at `per_s` a second) has one left.
+    pub fn take(&mut self, now: Timestamp, per_s: u32) -> bool {
+        let second = now.as_micros().div_euclid(1_000_000);
+        if second != self.second {
+            self.second = second;
+            self.left = per_s;
+        }
+        let ok = self.left > 0;
+        self.left = self.left.saturating_sub(1);
+        ok
+    }
+}
+
+impl Default for RateBudget {
+    fn default() -> Self {
+        RateBudget::new()
+    }
+}
+
+/// One request's handling: the reply, and the events (sealed) that must be appended first.
+#[derive(Debug)]
+pub struct Handled {
+    pub reply: Reply,
+    pub ids: Vec<EventId>,
+    pub items: Vec<Incoming>,
+    pub notify: Option<(String, ApprovalNotice)>,
+}
+
+/// The vault's keys and its memory of requests.
+pub struct Desk {
+    key: SigningKey,
+    hash_key: [u8; 32],
+    guard: Arc<Mutex<ReplayGuard>>,
+    unauthenticated: RateBudget,
+    local_seq: u64,
+}
+
+/// The keyed-hash key for token secrets, derived from the vault's key so one secret file holds both.
+pub fn token_hash_key(key: &SigningKey) -> [u8; 32] {
+    blake3::derive_key("docket vault token hash v1", key.as_bytes())
+}
+
+impl Desk {
+    pub fn new(key: SigningKey, started: Timestamp) -> Desk {
+        Desk {
+            hash_key: token_hash_key(&key),
+            key,
+            guard: Arc::new(Mutex::new(ReplayGuard::new(started))),
+            unauthenticated: RateBudget::new(),
+            // Local entries take transport sequences with the top bit set, unique per start.
+            local_seq: LOCAL_SEQ_BIT | ((started.as_micros().unsigned_abs()) << 12),
+        }
+    }
+
+    pub fn key_id(&self) -> String {
+        key_id(self.key.verifying_key().as_bytes())
+    }
+
+    /// An introspector sharing this desk's replay guard and hash key.
+    pub fn introspector(
+        &self,
+        state: Arc<RwLock<VaultState>>,
+        registry: Arc<RwLock<Registry>>,
+    ) -> Introspector {
+        Introspector {
+            state,
+            registry,
+            guard: Arc::clone(&self.guard),
+            hash_key: self.hash_key,
+        }
+    }
+
+    fn next_local_seq(&mut self) -> u64 {
+        self.local_seq += 1;
+        self.local_seq
+    }
+
+    /// Decides a batch of requests against one snapshot of the state and registry.
+    /// Signature checks (the cost of a request) run on every core.
+    pub fn handle(
+        &mut self,
+        requests: &[Bytes],
+        state: &VaultState,
+        registry: &Registry,
+        now: Timestamp,
+        entropy: &mut dyn Entropy,
+    ) -> Vec<Handled> {
+        use rayon::prelude::*;
+        let policy = state.policy.policy.clone();
+        let checked: Vec<_> = requests
+            .par_iter()
+            .map(|r| authenticate(r, registry, state))
+            .collect();
+        // Decisions in one batch see the same snapshot: an approval may mint one token, so a
+        // second use within the batch is refused here (the fold would flag it).
+        let mut used_approvals = HashSet::new();
+        let mut out = Vec::with_capacity(requests.len());
+        for checked in checked {
+            let outcome = match checked {
+                Err(e) => {
+                    let (req, key_id, why) = *e;
+                    // Unauthenticated refusals are recorded up to a rate, so that a flood of
+                    // junk cannot grow the chain or starve ingestion.
+                    match req {
+                        Some(req)
+                            if self
+                                .unauthenticated
+                                .take(now, policy.unauthenticated_recorded_per_s) =>
+                        {
+                            refused(&req, &key_id, &why, None, vec![])
+                        }
+                        _ => {
+                            out.push(answer_only(Answer::refused(why.to_string())));
+                            continue;
+                        }
+                    }
+                }
+                Ok(auth) => {
+                    let seen = lock(&self.guard).sighting(&auth.request, now, policy.request_skew_max_s);
+                    match seen {
+                        Err(why) => refused(&auth.request, &auth.requester.name(), &why, None, vec![]),
+                        Ok(()) => {
+                            let secret = match auth.request.op {
+                                Op::Token { .. } => entropy.secret(),
+                                _ => [0; 32],
+                            };
+                            let fresh = Fresh {
+                                now,
+                                id: hex(&entropy.uuid_v7()),
+                                token_secret: format!("dkt_{}", hex(&secret)),
+                                hash_key: &self.hash_key,
+                            };
+                            let outcome = decide(state, &auth, &fresh);
+                            let reused = outcome.events.iter().find_map(|b| match b {
+                                EventBody::TokenIssued(t) => t
+                                    .approval_id
+                                    .clone()
+                                    .filter(|a| !used_approvals.insert(a.clone())),
+                                _ => None,
+                            });
+                            match reused {
+                                Some(a) => refused(
+                                    &auth.request,
+                                    &auth.requester.name(),
+                                    &Refusal::BadApproval(a, "was already used for a token".into()),
+                                    None,
+                                    vec![],
+                                ),
+                                None => outcome,
+                            }
+                        }
+                    }
+                }
+            };
+            let mut handled = Handled {
+                reply: outcome.reply,
+                ids: Vec::new(),
+                items: Vec::new(),
+                notify: outcome.notify,
+            };
+            for body in outcome.events {
+                let event = Event {
+                    v: SCHEMA_VERSION,
+                    id: EventId(entropy.uuid_v7()),
+                    ts: now,
+                    body,
+                };
+                handled.ids.push(event.id);
+                let source_seq = self.next_local_seq();
+                handled.items.push(Incoming {
+                    subject: format!("{}{}", notice::EVENT_SUBJECT_PREFIX, event.kind()),
+                    payload: seal_event(&event, &self.key).into(),
+                    source_seq,
+                });
+            }
+            out.push(handled);
+        }
+        out
+    }
+
+    /// The reply to send once `plan` (the commit of every handled request's events) is
+    /// durable: with the receipt of its last entry, or an error saying why it was not
+    /// recorded, and then never with a token.
+    pub fn settle(&self, handled: Handled, plan: &Plan) -> Reply {
+        if handled.ids.is_empty() {
+            return handled.reply;
+        }
+        let receipts: Option<Vec<Receipt>> = handled
+            .ids
+            .iter()
+            .map(|id| {
+                plan.appends.iter().find(|e| e.event_id == *id).map(|e| Receipt {
+                    seq: e.seq,
+                    hash: hex(&e.hash),
+                })
+            })
+            .collect();
+        match (receipts, handled.reply) {
+            (Some(mut r), Reply::Outcome(mut answer)) => {
+                answer.receipt = r.pop();
+                Reply::Outcome(answer)
+            }
+            (Some(_), reply) => reply,
+            (None, _) => {
+                let first = handled.items.first().map(|i| i.source_seq);
+                let refusal = plan
+                    .quarantined
+                    .iter()
+                    .find(|q| Some(q.source_seq) == first);
+                // The vault signed this event, so any key the refusal names is the vault's own.
+                let vault = self.key_id();
+                let why = match refusal {
+                    Some(q) if q.code == "unknown_key" => format!(
+                        "key {vault} (the vault's) is not registered: the admin must register it for the vault's kinds"
+                    ),
+                    Some(q) => format!("{} (signed with key {vault}, the vault's)", q.reason),
+                    None => "not appended".into(),
+                };
+                Reply::Outcome(Answer::refused(format!(
+                    "the ledger did not record this decision: {why}; nothing was issued"
+                )))
+            }
+        }
+    }
+}
+
+fn answer_only(answer: Answer) -> Handled {
+    Handled {
+        reply: Reply::Outcome(answer),
+        ids: Vec::new(),
+        items: Vec::new(),
+        notify: None,
+    }
+}
+
+/// Locks a mutex; a poisoned one means a panic while it was held, so the process stops
+/// rather than act on state it cannot trust.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(_) => panic!("a lock was poisoned by an earlier panic; stopping rather than use its state"),
+    }
+}
+
+/// Reads behind an `RwLock`, with the same rule as [`lock`].
+pub fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    match m.read() {
+        Ok(g) => g,
+        Err(_) => panic!("a lock was poisoned by an earlier panic; stopping rather than use its state"),
+    }
+}
+
+/// Answers introspections outside the ledger's loop, from the live projection: they append
+/// nothing, so they need not wait behind commits. Anything else goes to the loop.
+#[derive(Clone)]
+pub struct Introspector {
+    state: Arc<RwLock<VaultState>>,
+    registry: Arc<RwLock<Registry>>,
+    guard: Arc<Mutex<ReplayGuard>>,
+    hash_key: [u8; 32],
+}
+
+impl Introspector {
+    /// The answer to an introspection at `now`, or `None` when the request must go to the
+    /// ledger's loop (another operation, or a refusal that has to be recorded).
+    pub fn answer(&self, request: &[u8], now: Timestamp) -> Option<Reply> {
+        let registry = read(&self.registry);
+        let state = read(&self.state);
+        let auth = authenticate(request, &registry, &state).ok()?;
+        if !matches!(auth.request.op, Op::Introspect { .. }) {
+            return None;
+        }
+        let fresh = Fresh {
+            now,
+            id: String::new(),
+            token_secret: String::new(),
+            hash_key: &self.hash_key,
+        };
+        let outcome = decide(&state, &auth, &fresh);
+        if !outcome.events.is_empty() {
+            return None;
+        }
+        let window = state.policy.policy.request_skew_max_s;
+        lock(&self.guard)
+            .sighting(&auth.request, now, window)
+            .ok()?;
+        Some(outcome.reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use docket_schemas::vault::{Op, REQUEST_VERSION, Status, seal_request};
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::parse("2026-11-22T08:00:00.000000Z")
+            .unwrap()
+            .plus_seconds(s)
+    }
+
+    fn request(n: u8, ts: Timestamp) -> Request {
+        let mut id = [n; 16];
+        id[6] = 0x70;
+        id[8] = 0x80;
+        Request {
+            v: REQUEST_VERSION,
+            id: EventId(id),
+            ts,
+            op: Op::Introspect { token: "t".into() },
+        }
+    }
+
+    struct Counter(u64);
+    impl Entropy for Counter {
+        fn uuid_v7(&mut self) -> [u8; 16] {
+            self.0 += 1;
+            let mut b = [0u8; 16];
+            b[8..].copy_from_slice(&self.0.to_be_bytes());
+            b[6] = 0x70;
+            b[8] = 0x80;
+            b
+        }
+        fn secret(&mut self) -> [u8; 32] {
+            [self.0 as u8; 32]
+        }
+    }
+
+    #[test]
+    fn a_request_id_is_accepted_once_and_only_after_the_vault_started() {
+        let mut g = ReplayGuard::new(at(0));
+        assert_eq!(
+            g.sighting(&request(1, at(-1)), at(0), 300),
+            Err(Refusal::Stale(at(-1), 300))
+        );
+        assert_eq!(g.sighting(&request(1, at(1)), at(1), 300), Ok(()));
+        assert!(matches!(
+            g.sighting(&request(1, at(1)), at(2), 300),
+            Err(Refusal::Replayed(_))
+        ));
+        // Forgotten only after twice the window, when its time is stale anyway.
+        assert!(g.sighting(&request(1, at(1)), at(500), 300).is_err());
+        assert_eq!(g.sighting(&request(1, at(1)), at(700), 300), Ok(()));
+    }
+
+    #[test]
+    fn the_budget_allows_its_rate_each_second() {
+        let mut b = RateBudget::new();
+        let taken = (0..5).filter(|_| b.take(at(0), 3)).count();
+        assert_eq!(taken, 3);
+        assert!(b.take(at(1), 3));
+    }
+
+    #[test]
+    fn unauthenticated_refusals_are_answered_and_recorded_within_the_policys_rate() {
+        let admin = SigningKey::from_bytes(&[1; 32]);
+        let ledger = SigningKey::from_bytes(&[2; 32]);
+        let registry = Registry::new(&admin.verifying_key(), &ledger.verifying_key());
+        let state = VaultState::default();
+        let mut desk = Desk::new(SigningKey::from_bytes(&[3; 32]), at(0));
+        let stranger = SigningKey::from_bytes(&[4; 32]);
+        let per_s = state.policy.policy.unauthenticated_recorded_per_s as usize;
+        let requests: Vec<Bytes> = (0..per_s + 5)
+            .map(|i| Bytes::from(seal_request(&request(i as u8, at(1)), &stranger)))
+            .collect();
+        let handled = desk.handle(&requests, &state, &registry, at(1), &mut Counter(0));
+        assert_eq!(handled.len(), requests.len());
+        let recorded = handled.iter().filter(|h| !h.items.is_empty()).count();
+        assert_eq!(recorded, per_s);
+        for h in &handled {
+            match &h.reply {
+                Reply::Outcome(o) => assert!(
+                    !o.ok && o.error.as_deref().is_some_and(|e| e.contains("not registered")),
+                    "{o:?}"
+                ),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Junk that does not even parse is answered, never recorded.
+        let junk = desk.handle(&[Bytes::from_static(b"{")], &state, &registry, at(1), &mut Counter(9));
+        assert!(junk[0].items.is_empty());
+    }
+
+    #[test]
+    fn a_decision_the_ledger_did_not_append_is_answered_with_an_error_and_no_token() {
+        let desk = Desk::new(SigningKey::from_bytes(&[3; 32]), at(0));
+        let handled = Handled {
+            reply: Reply::Outcome(Answer {
+                token: Some("dkt_secret".into()),
+                ..Answer::done(Status::Issued)
+            }),
+            ids: vec![EventId([7; 16])],
+            items: vec![Incoming {
+                subject: "docket.events.token.issued".into(),
+                payload: Bytes::new(),
+                source_seq: LOCAL_SEQ_BIT | 1,
+            }],
+            notify: None,
+        };
+        match desk.settle(handled, &Plan::default()) {
+            Reply::Outcome(o) => {
+                assert!(!o.ok && o.token.is_none(), "{o:?}");
+                assert!(o.error.unwrap().contains("did not record"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The policy: every setting that changes a vault decision or a finding, as recorded by `policy.set`.
+//!
+//! A ledger's policy is on its chain, never in a config file: the fold, the
+//! vault, `state rebuild`, `--as-of` and the SQL state tables all judge each
+//! entry by the last `policy.set` before it (docs/FORMAT.md, section "Policy").
+//! Before any `policy.set`, [`PolicySet::DEFAULTS`] is in force; a fresh ledger
+//! records exactly those defaults as its first entry.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Longest duration any policy setting may name, in seconds (30 days).
+pub const POLICY_SECONDS_MAX: u32 = 30 * 24 * 3600;
+/// Highest recording rate a policy may set, per second.
+pub const POLICY_RATE_MAX: u32 = 100_000;
+
+/// `policy.set`: from the next entry on, decisions and findings follow these settings.
+///
+/// Only the admin key may emit it, except the ledger's first entry: the ledger's own
+/// key records [`PolicySet::DEFAULTS`] there, and nothing else, ever.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySet {
+    /// The policy's revision: the defaults are revision 1; each later `policy.set` must
+    /// carry a higher one, or it is not applied (finding `policy.revision_not_increasing`).
+    pub revision: u64,
+    /// Oldest step-up authentication accepted for a critical approval, in seconds before its decision.
+    pub step_up_max_age_s: u32,
+    /// How long an approval request waits for a human, in seconds.
+    pub approval_ttl_s: u32,
+    /// Longest lifetime of a token, in seconds; also the lifetime given when none is asked.
+    pub token_ttl_max_s: u32,
+    /// How far a vault request's `ts` may be from the vault's clock, in seconds (the replay window).
+    pub request_skew_max_s: u32,
+    /// Refusals of requests from unknown or invalid signers recorded per second at most;
+    /// beyond it they are answered but not appended.
+    pub unauthenticated_recorded_per_s: u32,
+}
+
+impl PolicySet {
+    /// The documented defaults (docs/FORMAT.md), in force until the first `policy.set`.
+    pub const DEFAULTS: PolicySet = PolicySet {
+        revision: 1,
+        step_up_max_age_s: 300,
+        approval_ttl_s: 300,
+        token_ttl_max_s: 300,
+        request_skew_max_s: 300,
+        unauthenticated_recorded_per_s: 50,
+    };
+
+    /// The settings as `(field name, value)`, in declaration order (for messages and diffs).
+    pub fn settings(&self) -> [(&'static str, u32); 5] {
+        [
+            ("step_up_max_age_s", self.step_up_max_age_s),
+            ("approval_ttl_s", self.approval_ttl_s),
+            ("token_ttl_max_s", self.token_ttl_max_s),
+            ("request_skew_max_s", self.request_skew_max_s),
+            (
+                "unauthenticated_recorded_per_s",
+                self.unauthenticated_recorded_per_s,
+            ),
+        ]
+    }
+
+    /// Whether two policies decide alike (the revision aside).
+    pub fn same_settings(&self, other: &PolicySet) -> bool {
+        self.settings() == other.settings()
+    }
+
+    /// Checks every setting against its range; the reason names the field.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.revision == 0 {
+            return Err(("revision", "must be at least 1".into()));
+        }
+        for (name, value) in self.settings() {
+            let max = if name == "unauthenticated_recorded_per_s" {
+                POLICY_RATE_MAX
+            } else {
+                POLICY_SECONDS_MAX
+            };
+            if value == 0 || value > max {
+                return Err((name, format!("{value} is outside 1..={max}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for PolicySet {
+    fn default() -> Self {
+        PolicySet::DEFAULTS
+    }
+}

@@ -1,0 +1,226 @@
+//! The vault's request and reply: what a user, an agent or a gateway sends on `docket.vault.<op>`, and what comes back.
+//!
+//! A request is a DSSE envelope (payloadType [`REQUEST_PAYLOAD_TYPE`]) over a
+//! [`Request`], signed by the requester's key. The reply is a [`Reply`]: the
+//! outcome of a grant, token, approve or revoke request, or an RFC 7662
+//! introspection answer (docs/FORMAT.md, "Vault requests").
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::event::{ApprovalMethod, ApprovalRule, Decision, EventId, Risk};
+use crate::step_up::StepUpAssertion;
+use crate::time::Timestamp;
+
+/// The DSSE `payloadType` of a vault request.
+pub const REQUEST_PAYLOAD_TYPE: &str = "application/vnd.docket.request+json";
+/// The only request version this build reads.
+pub const REQUEST_VERSION: u32 = 1;
+/// Subjects the vault listens on: `docket.vault.<op>`.
+pub const SUBJECT_VAULT: &str = "docket.vault.>";
+
+/// A vault request: header and operation. (serde cannot refuse unknown fields
+/// through `flatten`; unknown request fields are ignored, unlike event fields.)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Request {
+    pub v: u32,
+    /// UUIDv7 chosen by the requester; a request id is accepted once.
+    pub id: EventId,
+    pub ts: Timestamp,
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// A user (or the admin for them) grants an agent scopes on an audience.
+    Grant {
+        user: String,
+        agent: String,
+        audience: String,
+        scopes: Vec<String>,
+        expires_at: Timestamp,
+        #[serde(default)]
+        max_calls: Option<u64>,
+        #[serde(default)]
+        max_token_ttl_s: Option<u32>,
+        #[serde(default)]
+        approval: Vec<ApprovalRule>,
+    },
+    /// An agent asks for a token; `approval_id` polls a pending approval.
+    Token {
+        agent: String,
+        audience: String,
+        scopes: Vec<String>,
+        /// What the agent is about to do, shown to the approver.
+        action: String,
+        #[serde(default)]
+        approval_id: Option<String>,
+        #[serde(default)]
+        ttl_s: Option<u32>,
+    },
+    /// A user answers a pending approval request.
+    Approve {
+        approval_id: String,
+        decision: Decision,
+        method: ApprovalMethod,
+        #[serde(default)]
+        auth_time: Option<Timestamp>,
+        #[serde(default)]
+        reason: Option<String>,
+        /// The evidence of a step-up: a claim signed by the user's step-up key
+        /// (`stepup:<user>`). Needed for `method: step_up`, and so for critical approvals.
+        #[serde(default)]
+        step_up: Option<StepUpAssertion>,
+    },
+    /// A gateway asks whether a presented token is active (RFC 7662).
+    Introspect { token: String },
+    /// Revoke one token, a grant (and its tokens), or suspend an agent (and its tokens).
+    Revoke {
+        #[serde(default)]
+        token_id: Option<String>,
+        #[serde(default)]
+        grant_id: Option<String>,
+        #[serde(default)]
+        agent: Option<String>,
+        reason: String,
+    },
+}
+
+impl Op {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Grant { .. } => "grant",
+            Op::Token { .. } => "token",
+            Op::Approve { .. } => "approve",
+            Op::Introspect { .. } => "introspect",
+            Op::Revoke { .. } => "revoke",
+        }
+    }
+}
+
+/// What a request came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Granted,
+    /// Waiting for a human: poll with the same `approval_id`.
+    Pending,
+    Issued,
+    Approved,
+    Denied,
+    Revoked,
+    Suspended,
+}
+
+/// Where the decision was recorded: the entry that holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Receipt {
+    pub seq: u64,
+    /// Lowercase hex of the entry hash.
+    pub hash: String,
+}
+
+/// The answer to a grant, token, approve or revoke request. `ok: false` carries `error`;
+/// `ok: true` carries `status` and the fields that status names (docs/FORMAT.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Outcome {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    /// The issued token's secret: shown once, never recorded (the log keeps a keyed hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    /// Space-separated scopes of an issued token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// When an issued token or a pending approval expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// The entry recording the decision, when one was appended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Receipt>,
+}
+
+impl Outcome {
+    pub fn refused(error: impl Into<String>) -> Outcome {
+        Outcome {
+            ok: false,
+            error: Some(error.into()),
+            ..Outcome::default()
+        }
+    }
+
+    pub fn done(status: Status) -> Outcome {
+        Outcome {
+            ok: true,
+            status: Some(status),
+            ..Outcome::default()
+        }
+    }
+}
+
+/// An RFC 7662 introspection answer; inactive carries nothing else.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Introspection {
+    pub active: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The agent the token was issued to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The user the agent acts for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    /// Expiry, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    /// Issue time, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    /// The token id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+}
+
+/// Any reply on `docket.vault.<op>`: an outcome, or (for `introspect` by a gateway) an introspection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Reply {
+    Introspection(Introspection),
+    Outcome(Outcome),
+}
+
+/// Pushed on `docket.approvals.<user>` when an approval request waits for that user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ApprovalNotice {
+    pub approval_id: String,
+    pub agent: String,
+    pub audience: String,
+    pub scopes: Vec<String>,
+    pub risk: Risk,
+    pub binding_message: String,
+    pub expires_at: Timestamp,
+}
+
+/// Subject prefix of approval notices: `docket.approvals.<user>`.
+pub const SUBJECT_APPROVALS_PREFIX: &str = "docket.approvals.";
+
+/// Seals a request for the vault: the client side of the protocol (a DSSE envelope
+/// over the request's JSON, signed by the requester's key).
+pub fn seal_request(request: &Request, key: &ed25519_dalek::SigningKey) -> Vec<u8> {
+    // Ids, times, strings and enums only: serialising to a Vec cannot fail.
+    let payload = serde_json::to_vec(request).unwrap_or_default();
+    crate::envelope::seal_as(REQUEST_PAYLOAD_TYPE, &payload, key)
+}
