@@ -4,18 +4,19 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::measure::{incoming, peak_rss_mib};
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use docket_ledger::admission::verify_all;
-use docket_ledger::config::Config;
 use docket_ledger::clock::now_us;
-use docket_testkit::nats_server::NatsServer;
+use docket_ledger::config::Config;
 use docket_ledger::publisher::{Publisher, Sink};
 use docket_ledger::store::Store;
 use docket_ledger::transport::{Bus, NatsSettings, NatsSource, Source};
 use docket_ledger::verify;
-use docket_testkit::workload::{Published, Workload};
 use docket_schemas::{Envelope, encode_base64};
+use docket_testkit::nats_server::NatsServer;
+use docket_testkit::workload::{Published, Workload};
 use futures::StreamExt;
 
 /// `(from_seq, to_seq, committed_us)` of each `docket.appended` notice seen.
@@ -124,40 +125,6 @@ fn workload(n: usize, seed: u64) -> Result<Vec<Published>> {
 }
 
 /// Workload envelopes as the ledger receives them, numbered on from `*seq` as a stream would.
-pub fn incoming(
-    published: impl IntoIterator<Item = Published>,
-    seq: &mut u64,
-) -> Vec<docket_ledger::admission::Incoming> {
-    published
-        .into_iter()
-        .map(|p| {
-            *seq += 1;
-            docket_ledger::admission::Incoming {
-                subject: p.subject,
-                payload: p.envelope.into(),
-                source_seq: *seq,
-            }
-        })
-        .collect()
-}
-
-pub fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(|l| l.to_string())
-        })
-        .and_then(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
 async fn ingest(args: IngestArgs) -> Result<()> {
     println!(
         "docket bench ingest: {} cores",
@@ -276,12 +243,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
 
     // Latency: the same pipeline paced at half the measured ingest rate.
     let rate = (ingest_rate / 2.0).max(1_000.0);
-    let mut w = Workload::new(
-        2,
-        docket_ledger::clock::now()?,
-        50,
-        200,
-    );
+    let mut w = Workload::new(2, docket_ledger::clock::now()?, 50, 200);
     w.roles = docket_testkit::workload::Roles::from_seed(1);
     let _ = w.setup(); // same keys, already registered; the agents list is what we need
     let paced: Vec<Published> = (0..args.latency_events)
@@ -402,7 +364,10 @@ fn admit_only(args: AdmitArgs) -> Result<()> {
     let fresh = || ChainTip {
         seq: 0,
         head: [0; 32],
-        registry: Registry::new(&admin, &ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key()),
+        registry: Registry::new(
+            &admin,
+            &ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key(),
+        ),
         source_seq: 0,
     };
     let mut tip = fresh();

@@ -8,11 +8,11 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use docket_ledger::admission::BATCH_EVENTS_MAX;
 use docket_ledger::config::Config;
-use docket_testkit::workload::{Published, Workload};
 use docket_query::segment::{self, columnar_dir};
 use docket_query::session::VIEWS;
 use docket_query::{AuditSession, SessionOptions};
 use docket_schemas::{Timestamp, encode_base64};
+use docket_testkit::workload::{Published, Workload};
 
 #[derive(Args)]
 pub struct SqlBenchArgs {
@@ -261,7 +261,7 @@ async fn build_ledger(data: &Path, args: &SqlBenchArgs) -> Result<()> {
     let mut seq = 0u64;
     let mut reported = 0u64;
     while let Some(chunk) = rx.recv().await {
-        let items = crate::bench::incoming(chunk, &mut seq);
+        let items = crate::measure::incoming(chunk, &mut seq);
         ledger.commit(items).await?;
         if seq - reported >= 1_000_000 {
             reported = seq;

@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 use docket_ledger::config::Config;
-use docket_testkit::nats_server::NatsServer;
 use docket_ledger::publisher::{Publisher, Sink};
 use docket_ledger::store::Store;
 use docket_ledger::transport::{Bus, MemoryStream, NatsSettings, NatsSource, Source};
-use docket_testkit::workload::Workload;
 use docket_ledger::{export, verify};
 use docket_schemas::{Timestamp, encode_base64};
+use docket_testkit::nats_server::NatsServer;
+use docket_testkit::workload::Workload;
 
 #[derive(Args)]
 pub struct DemoArgs {

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_sql;
 mod demo;
+mod measure;
 mod policy_cmd;
 mod sql_cmd;
 mod state_cmd;

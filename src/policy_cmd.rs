@@ -118,7 +118,9 @@ async fn set(a: SetArgs) -> Result<std::process::ExitCode> {
         println!("{event}");
         return Ok(std::process::ExitCode::SUCCESS);
     }
-    let key_path = a.key.context("--key ADMIN.key is needed to record the policy")?;
+    let key_path = a
+        .key
+        .context("--key ADMIN.key is needed to record the policy")?;
     let key = keyfile::read(&key_path)?;
     let identity = Store::open_reader(&db)?.identity()?;
     if encode_base64(key.verifying_key().as_bytes()) != identity.admin_public_key {

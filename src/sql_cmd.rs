@@ -168,7 +168,7 @@ async fn run_one(
                 eprintln!(
                     "{rows} rows in {:.1} ms; peak RSS {:.0} MiB",
                     started.elapsed().as_secs_f64() * 1e3,
-                    crate::bench::peak_rss_mib()
+                    crate::measure::peak_rss_mib()
                 );
             }
             if let Some(path) = out {

@@ -79,7 +79,9 @@ async fn ask(line: &VaultLine, key: &SigningKey, op: Op) -> Result<Reply> {
 async fn decide(line: &VaultLine, key: &SigningKey, op: Op) -> Result<Outcome> {
     match ask(line, key, op).await? {
         Reply::Outcome(o) => Ok(o),
-        Reply::Introspection(i) => anyhow::bail!("expected an outcome, got an introspection: {i:?}"),
+        Reply::Introspection(i) => {
+            anyhow::bail!("expected an outcome, got an introspection: {i:?}")
+        }
     }
 }
 
@@ -165,7 +167,10 @@ pub async fn play(tx: &VaultLine, w: &Workload, user: &SigningKey) -> Result<()>
         i.scope.as_deref().unwrap_or("-")
     );
     let p = decide(tx, &agent, token_op("repo:write", None)).await?;
-    let approval = p.approval_id.clone().context("no approval request for repo:write")?;
+    let approval = p
+        .approval_id
+        .clone()
+        .context("no approval request for repo:write")?;
     println!(
         "  agent-0 asks for repo:write: {} (approval {approval}){}",
         said(&p),
@@ -184,7 +189,11 @@ pub async fn play(tx: &VaultLine, w: &Workload, user: &SigningKey) -> Result<()>
         },
     )
     .await?;
-    println!("  user-0 approves on their phone: {}{}", said(&a), receipt(&a));
+    println!(
+        "  user-0 approves on their phone: {}{}",
+        said(&a),
+        receipt(&a)
+    );
     let t2 = decide(tx, &agent, token_op("repo:write", Some(approval))).await?;
     println!(
         "  agent-0 polls: {} {}{}",
@@ -192,7 +201,10 @@ pub async fn play(tx: &VaultLine, w: &Workload, user: &SigningKey) -> Result<()>
         t2.token_id.as_deref().unwrap_or("-"),
         receipt(&t2)
     );
-    let secret2 = t2.token.clone().context("no token for repo:write after approval")?;
+    let secret2 = t2
+        .token
+        .clone()
+        .context("no token for repo:write after approval")?;
     let spoof = decide(tx, &agent_key(1), token_op("repo:read", None)).await?;
     println!(
         "  agent-1 asks as agent-0: {}, and the refusal is recorded{}",

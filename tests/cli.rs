@@ -80,7 +80,7 @@ fn readme_walkthrough_keys_serve_publish_log_verify() {
         String::from_utf8_lossy(&bad.stderr)
     );
     let deadline = Instant::now() + Duration::from_secs(20);
-    while head(&data).map(|h| h.0).unwrap_or(0) < 3 && Instant::now() < deadline {
+    while head(&data).map(|h| h.0).unwrap_or(0) < GENESIS_ENTRIES + 3 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     let log = stdout(&docket(&[
@@ -88,7 +88,7 @@ fn readme_walkthrough_keys_serve_publish_log_verify() {
         "--data",
         data.to_str().unwrap(),
         "--from",
-        "2",
+        "3",
     ]));
     let lines: Vec<serde_json::Value> = log
         .lines()
@@ -191,8 +191,8 @@ fn full_disk_stops_acknowledgement_and_loses_nothing() {
     );
     let held = head(&data).unwrap().0;
     assert!(
-        held < acked,
-        "the disk was not full after all ({held} of {acked})"
+        held < GENESIS_ENTRIES + acked,
+        "the disk was not full after all ({held} entries for {acked} acked)"
     );
     // Move the ledger to a bigger disk: everything JetStream acknowledged arrives, once.
     let big = dir.path().join("big");
@@ -262,17 +262,17 @@ fn publish_wait_reports_appended_duplicate_and_quarantined() {
     let o = publish_args(&nats.url(), &admin_key, &["--wait", "30"], &stdout(&reg));
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("key.registered"), "{}", stdout(&o));
-    assert!(stdout(&o).contains("appended at seq 1"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("appended at seq 2"), "{}", stdout(&o));
 
     let call = r#"{"id":"01900000-0000-7000-8000-0000000000a1","kind":"api.called","token_id":"tok-1","agent":"agent-7","audience":"https://api.github.com","method":"GET","operation":"/x","status":200,"source":"10.0.0.7"}"#;
     let o = publish_args(&nats.url(), &gw_key, &["--wait", "30"], call);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
-    assert!(stdout(&o).contains("appended at seq 2"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("appended at seq 3"), "{}", stdout(&o));
     // The same event again: JetStream knows the id, the ledger holds it once.
     let o = publish_args(&nats.url(), &gw_key, &["--wait", "30"], call);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(
-        stdout(&o).contains("duplicate: already in the chain at seq 2"),
+        stdout(&o).contains("duplicate: already in the chain at seq 3"),
         "{}",
         stdout(&o)
     );
@@ -470,4 +470,76 @@ fn keys_show_and_quiet_clients() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn serve_refuses_a_config_policy_the_chain_lacks_until_the_admin_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats")).unwrap();
+    let roles = docket_testkit::workload::Roles::from_seed(21);
+    let data = dir.path().join("ledger");
+    let config = dir.path().join("docket.toml");
+    std::fs::write(&config, "[policy]\napproval_ttl_s = 120\n").unwrap();
+    let admin_file = dir.path().join("admin.key");
+    docket_ledger::keyfile::write(&admin_file, &roles.admin).unwrap();
+    let data_s = data.to_str().unwrap();
+    let config_s = config.to_str().unwrap();
+
+    // A new ledger's policy is the documented defaults; the config wants another.
+    let mut serve = Serve::start_with(&data, &nats.url(), &roles, &["--config", config_s]);
+    let status = serve.child.wait().unwrap();
+    let log = serve.log_text();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("approval_ttl_s 300 -> 120"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "docket policy set --data {data_s} --config {config_s} --key ADMIN.key"
+        )),
+        "{log}"
+    );
+
+    // Only the admin's key records it.
+    let rogue_file = dir.path().join("rogue.key");
+    docket_ledger::keyfile::write(&rogue_file, &roles.rogue).unwrap();
+    let set = |key: &str| {
+        docket(&[
+            "policy", "set", "--data", data_s, "--config", config_s, "--key", key,
+        ])
+    };
+    let o = set(rogue_file.to_str().unwrap());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not this ledger's admin key"));
+    let o = set(admin_file.to_str().unwrap());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The defaults at seq 1 (the ledger's key), the admin's change at seq 2.
+    let shown: serde_json::Value =
+        serde_json::from_str(&stdout(&docket(&["policy", "show", "--data", data_s]))).unwrap();
+    assert_eq!(shown["approval_ttl_s"], 120);
+    assert_eq!(shown["revision"], 2);
+    assert_eq!(shown["set_seq"], 2);
+    let before: serde_json::Value = serde_json::from_str(&stdout(&docket(&[
+        "policy", "show", "--data", data_s, "--as-of", "1",
+    ])))
+    .unwrap();
+    assert_eq!(before["approval_ttl_s"], 300);
+    assert_eq!(before["set_seq"], 1);
+    // Asked again, there is nothing to record.
+    let o = set(admin_file.to_str().unwrap());
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already has these settings"));
+
+    // Now serve starts with that config, and the chain verifies.
+    let mut serve = Serve::start_with(&data, &nats.url(), &roles, &["--config", config_s]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !serve.log_text().contains("ledger serving") && Instant::now() < deadline {
+        assert!(
+            serve.child.try_wait().unwrap().is_none(),
+            "{}",
+            serve.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    serve.stop();
+    assert_eq!(verify(&data).0, 0);
+    assert_eq!(head(&data).unwrap().0, 2);
 }

@@ -272,10 +272,24 @@ fn the_core_crate_depends_on_no_runtime_store_or_transport() {
         );
     }
     // The check can fail: the shell does depend on them.
-    let shell = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["tree", "--offline", "-p", "docket-ledger", "-e", "normal", "--prefix", "none"])
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&shell.stdout).lines().any(|l| l.starts_with("rocksdb ")));
+    let shell =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "tree",
+                "--offline",
+                "-p",
+                "docket-ledger",
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+            ])
+            .current_dir(repo())
+            .output()
+            .unwrap();
+    assert!(
+        String::from_utf8_lossy(&shell.stdout)
+            .lines()
+            .any(|l| l.starts_with("rocksdb "))
+    );
 }

@@ -9,8 +9,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
-use docket_testkit::workload::{Expect, Published, Workload};
 use docket_schemas::{Envelope, Timestamp};
+use docket_testkit::workload::{Expect, Published, Workload};
 
 const SEGMENT: &str = "500";
 
@@ -153,7 +153,11 @@ fn sql_answers_beside_a_running_serve_in_every_format() {
         .collect();
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0]["seq"], 1);
-    assert_eq!(rows[0]["kind"], "key.registered");
+    assert_eq!(
+        rows[0]["kind"], "policy.set",
+        "a new ledger records its policy first"
+    );
+    assert_eq!(rows[1]["kind"], "key.registered");
 
     // Table (the default), and Parquet to a file.
     let o = sql(&data, &["SELECT count(*) AS n FROM api_calls"]);

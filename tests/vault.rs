@@ -509,7 +509,10 @@ fn an_approval_is_asked_of_its_user_who_is_notified_and_it_mints_one_token() {
     });
     assert_eq!(note.approval_id, id);
     assert_eq!(note.binding_message, "repo:write on acme/web");
-    assert_eq!(pending(&token(&w, &w.a1, "a1", "repo:write", Some(&id))), id);
+    assert_eq!(
+        pending(&token(&w, &w.a1, "a1", "repo:write", Some(&id))),
+        id
+    );
     assert_refused(
         &approve(&w, &w.bob, &id, Decision::Approved, None),
         "bob may not do this",
@@ -546,8 +549,15 @@ fn nobody_else_decides_a_users_approval_or_steers_their_agent() {
     w.wait_for("bob's forgery to be quarantined", || {
         quarantine_codes(&w.serve.data).contains(&"unauthorized_kind".to_string())
     });
-    assert_eq!(w.head(), n, "bob's approval on alice's behalf entered the chain");
-    assert_eq!(pending(&token(&w, &w.a1, "a1", "repo:write", Some(&id))), id);
+    assert_eq!(
+        w.head(),
+        n,
+        "bob's approval on alice's behalf entered the chain"
+    );
+    assert_eq!(
+        pending(&token(&w, &w.a1, "a1", "repo:write", Some(&id))),
+        id
+    );
     // Bob cannot grant alice's agent either.
     let steer = w.ask(
         &w.bob,
@@ -705,7 +715,10 @@ fn spoofed_unknown_and_replayed_requests_are_refused_and_recorded() {
         .iter()
         .filter(|e| kind_of(e) == "request.refused")
         .count();
-    let spoof = assert_refused(&token(&w, &w.a1, "a2", "repo:read", None), "a1 may not do this");
+    let spoof = assert_refused(
+        &token(&w, &w.a1, "a2", "repo:read", None),
+        "a1 may not do this",
+    );
     assert!(spoof.receipt.is_some(), "recorded: {spoof:?}");
     let stranger = assert_refused(
         &token(&w, &key(9), "a1", "repo:read", None),
@@ -913,7 +926,10 @@ fn tokens_minted_elsewhere_against_the_rules_are_flagged_from_the_policy_in_forc
         "--format",
         "json",
     ]));
-    assert!(findings.contains(&format!("\"seq\":{flagged}")), "{findings}");
+    assert!(
+        findings.contains(&format!("\"seq\":{flagged}")),
+        "{findings}"
+    );
     // The replay from genesis reads the same policy from the chain and agrees.
     let o = docket(&["state", "rebuild", "--data", w.serve.data.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stdout(&o));

@@ -16,7 +16,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 PAYLOAD_TYPE = b"application/vnd.docket.event+json"
-ADMIN_KINDS = {"key.registered", "key.revoked"}
+ADMIN_KINDS = {"key.registered", "key.revoked", "policy.set"}
+# The documented default policy (FORMAT.md section 12): the only event the ledger's key may sign.
+DEFAULT_POLICY = {"revision": 1, "step_up_max_age_s": 300, "approval_ttl_s": 300,
+                  "token_ttl_max_s": 300, "request_skew_max_s": 300,
+                  "unauthenticated_recorded_per_s": 50}
 # Keys one envelope's signature is checked against at most (FORMAT.md section 3).
 SIGNATURE_CHECKS_PER_ENVELOPE_MAX = 2
 
@@ -45,11 +49,15 @@ def securesystemslib_key_id(pk):
 class Registry:
     """The producer keys, replayed from the chain, and the keyid resolution of FORMAT.md section 3."""
 
-    def __init__(self, admin):
+    def __init__(self, admin, ledger):
         self.admin = admin
         self.admin_id = key_id(admin)
+        self.ledger = ledger
+        self.ledger_id = key_id(ledger)
+        self.policy_recorded = False
         self.keys = {}  # key id -> {"pk", "name", "kinds", "seq", "revoked"}
-        self.aliases = {securesystemslib_key_id(admin): self.admin_id}
+        self.aliases = {securesystemslib_key_id(admin): self.admin_id,
+                        securesystemslib_key_id(ledger): self.ledger_id}
 
     def apply(self, seq, event):
         if event["kind"] == "key.registered":
@@ -59,11 +67,18 @@ class Registry:
             self.aliases[securesystemslib_key_id(pk)] = event["key_id"]
         elif event["kind"] == "key.revoked" and event["key_id"] in self.keys:
             self.keys[event["key_id"]]["revoked"] = True
+        elif event["kind"] == "policy.set":
+            self.policy_recorded = True
 
     def signers(self, hint, event):
         """(public keys to try in order, what they are), or a string saying why none may sign."""
         kind = event["kind"]
-        named = hint if hint == self.admin_id or hint in self.keys else self.aliases.get(hint)
+        named = hint if hint in (self.admin_id, self.ledger_id) or hint in self.keys else self.aliases.get(hint)
+        if named == self.ledger_id:
+            body = {k: v for k, v in event.items() if k not in ("v", "id", "ts", "kind")}
+            if kind != "policy.set" or body != DEFAULT_POLICY or self.policy_recorded:
+                return "the ledger's key may sign only the default policy, before any other"
+            return [self.ledger], "the ledger's key"
         if named == self.admin_id:
             if kind not in ADMIN_KINDS:
                 return "the admin may not emit %s" % kind
@@ -157,7 +172,7 @@ def main(argv):
     assert header["type"] == "ledger" and header["format"] == 1, "not a docket export"
     admin = b64(pins.get("--admin-key", header["admin_public_key"]))
     ledger_key = b64(pins.get("--ledger-key", header["ledger_public_key"]))
-    registry = Registry(admin)
+    registry = Registry(admin, ledger_key)
     seen_ids = set()
     hashes = {}
     prev = bytes(32)

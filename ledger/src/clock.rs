@@ -4,7 +4,9 @@ use docket_schemas::Timestamp;
 
 /// The system clock could not be read as a time after the Unix epoch.
 #[derive(Debug, thiserror::Error)]
-#[error("the system clock reads before the Unix epoch or out of range; refusing to record time zero")]
+#[error(
+    "the system clock reads before the Unix epoch or out of range; refusing to record time zero"
+)]
 pub struct ClockError;
 
 /// Wall-clock microseconds since the Unix epoch.

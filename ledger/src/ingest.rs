@@ -142,7 +142,11 @@ impl Ledger {
 
     /// Serves vault requests from `calls` in this ledger's loop, decided by `desk`, so each
     /// decision is appended before it is answered.
-    pub fn with_vault(mut self, desk: Desk, calls: tokio::sync::mpsc::Receiver<VaultCall>) -> Ledger {
+    pub fn with_vault(
+        mut self,
+        desk: Desk,
+        calls: tokio::sync::mpsc::Receiver<VaultCall>,
+    ) -> Ledger {
         self.vault = Some((desk, Some(calls)));
         self
     }
@@ -193,7 +197,10 @@ impl Ledger {
             let state = read(&self.state);
             desk.handle(&requests, &state, &self.tip.registry, now, &mut OsEntropy)
         };
-        let items: Vec<Incoming> = handled.iter().flat_map(|h| h.items.iter().cloned()).collect();
+        let items: Vec<Incoming> = handled
+            .iter()
+            .flat_map(|h| h.items.iter().cloned())
+            .collect();
         let plan = if items.is_empty() {
             Plan::default()
         } else {
@@ -205,7 +212,8 @@ impl Ledger {
         for (call, h) in calls.into_iter().zip(handled) {
             let notify = h.notify.clone();
             let reply = desk.settle(h, &plan);
-            let recorded = matches!(&reply, docket_schemas::vault::Reply::Outcome(o) if o.receipt.is_some());
+            let recorded =
+                matches!(&reply, docket_schemas::vault::Reply::Outcome(o) if o.receipt.is_some());
             if let (true, Some((subject, notice))) = (recorded, notify) {
                 bus.publish_notice(subject, &notice).await;
             }
@@ -331,7 +339,9 @@ impl Ledger {
                     // A poisoned lock means a panic mid-apply: the projection can't be trusted, stop.
                     let mut st = match state.write() {
                         Ok(st) => st,
-                        Err(_) => panic!("the projection's lock was poisoned by a panic mid-apply; stopping"),
+                        Err(_) => panic!(
+                            "the projection's lock was poisoned by a panic mid-apply; stopping"
+                        ),
                     };
                     let mut findings = Vec::new();
                     let mut touched = std::collections::BTreeSet::new();
@@ -440,7 +450,6 @@ async fn next_call(
         None => std::future::pending().await,
     }
 }
-
 
 /// UUIDv7s from the clock and secrets from the operating system's generator.
 struct OsEntropy;

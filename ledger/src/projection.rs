@@ -134,11 +134,7 @@ pub fn replay(
 }
 
 /// Brings a stored projection up to the chain's tip (after an upgrade, or a projection deleted by hand).
-pub fn catch_up(
-    store: &Store,
-    state: &mut VaultState,
-    tip: &ChainTip,
-) -> Result<(), StoreError> {
+pub fn catch_up(store: &Store, state: &mut VaultState, tip: &ChainTip) -> Result<(), StoreError> {
     if state.seq >= tip.seq {
         return Ok(());
     }

@@ -22,8 +22,7 @@ pub const STREAM_NAME: &str = "DOCKET_EVENTS";
 /// Subjects the stream captures.
 pub const STREAM_SUBJECTS: &str = "docket.events.>";
 pub use docket_schemas::notice::{
-    EVENT_SUBJECT_PREFIX, SUBJECT_APPENDED, SUBJECT_CHECKPOINTS, SUBJECT_FINDINGS,
-    SUBJECT_REJECTED,
+    EVENT_SUBJECT_PREFIX, SUBJECT_APPENDED, SUBJECT_CHECKPOINTS, SUBJECT_FINDINGS, SUBJECT_REJECTED,
 };
 pub use docket_schemas::vault::SUBJECT_VAULT;
 /// Messages the ledger may hold unacknowledged (its pull window).
@@ -437,11 +436,17 @@ impl Bus {
     }
 
     /// Publishes a typed notice (docket_schemas::notice) as JSON.
-    pub async fn publish_notice<T: serde::Serialize>(&self, subject: impl Into<String>, notice: &T) {
+    pub async fn publish_notice<T: serde::Serialize>(
+        &self,
+        subject: impl Into<String>,
+        notice: &T,
+    ) {
         let subject = subject.into();
         match serde_json::to_vec(notice) {
             Ok(bytes) => self.publish(subject, bytes).await,
-            Err(e) => tracing::error!(subject, error = %e, "notice did not serialise; not published"),
+            Err(e) => {
+                tracing::error!(subject, error = %e, "notice did not serialise; not published")
+            }
         }
     }
 }
@@ -486,20 +491,19 @@ pub async fn serve_vault_requests(
                 tokio::spawn(async move {
                     let _slot = slot;
                     let payload = msg.payload.clone();
-                    let answer =
-                        match tokio::task::spawn_blocking(move || {
-                            // A clock that cannot be read sends the request to the loop,
-                            // which stops on it loudly.
-                            intro.answer(&payload, crate::clock::now().ok()?)
-                        })
-                        .await
-                        {
-                            Ok(Some(answer)) => Some(answer),
-                            _ => match to_loop(&calls, msg.payload).await {
-                                Some(pending) => pending.await.ok(),
-                                None => None,
-                            },
-                        };
+                    let answer = match tokio::task::spawn_blocking(move || {
+                        // A clock that cannot be read sends the request to the loop,
+                        // which stops on it loudly.
+                        intro.answer(&payload, crate::clock::now().ok()?)
+                    })
+                    .await
+                    {
+                        Ok(Some(answer)) => Some(answer),
+                        _ => match to_loop(&calls, msg.payload).await {
+                            Some(pending) => pending.await.ok(),
+                            None => None,
+                        },
+                    };
                     if let Some(answer) = answer {
                         respond(&client, reply_to, &answer).await;
                     }
@@ -528,10 +532,7 @@ async fn to_loop(
     request: Bytes,
 ) -> Option<tokio::sync::oneshot::Receiver<Reply>> {
     let (reply, answer) = tokio::sync::oneshot::channel();
-    calls
-        .send(VaultCall { request, reply })
-        .await
-        .ok()?;
+    calls.send(VaultCall { request, reply }).await.ok()?;
     Some(answer)
 }
 

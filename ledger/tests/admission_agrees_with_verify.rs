@@ -67,7 +67,10 @@ fn admitted(w: &Workload, envelopes: &[Vec<u8>]) -> BTreeSet<usize> {
     let mut tip = ChainTip {
         seq: 0,
         head: [0; 32],
-        registry: Registry::new(&w.roles.admin.verifying_key(), &ledger_key().verifying_key()),
+        registry: Registry::new(
+            &w.roles.admin.verifying_key(),
+            &ledger_key().verifying_key(),
+        ),
         source_seq: 0,
     };
     let items = incoming(envelopes);
@@ -127,7 +130,10 @@ fn flagged(w: &Workload, envelopes: &[Vec<u8>]) -> BTreeSet<usize> {
     let tip = ChainTip {
         seq: envelopes.len() as u64,
         head: prev,
-        registry: Registry::new(&w.roles.admin.verifying_key(), &ledger_key().verifying_key()),
+        registry: Registry::new(
+            &w.roles.admin.verifying_key(),
+            &ledger_key().verifying_key(),
+        ),
         source_seq: envelopes.len() as u64,
     };
     store.commit(&plan, &tip, None).unwrap();

@@ -12,11 +12,11 @@ use docket_ledger::admission::{BATCH_EVENTS_MAX, Incoming};
 use docket_ledger::config::Config;
 use docket_ledger::ingest::Ledger;
 use docket_ledger::store::{LedgerIdentity, Store, decode_record};
-use docket_testkit::workload::{Expect, Published, Roles, Workload};
 use docket_query::segment::{self, columnar_dir};
 use docket_query::tables::AsOf;
 use docket_query::{AuditSession, QueryError, SessionOptions};
 use docket_schemas::{Decision, Envelope, Event, EventBody, Timestamp, encode_base64};
+use docket_testkit::workload::{Expect, Published, Roles, Workload};
 
 const START: &str = "2026-01-01T00:00:00.000000Z";
 /// Small segments, so a 20k-entry ledger has enough of them to prune.

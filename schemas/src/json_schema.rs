@@ -24,8 +24,14 @@ pub fn files() -> Vec<(String, String)> {
         ),
     ];
     let contracts = [
-        ("vault.request", contract::<crate::vault::Request>("vault.request")),
-        ("vault.reply", contract::<crate::vault::Reply>("vault.reply")),
+        (
+            "vault.request",
+            contract::<crate::vault::Request>("vault.request"),
+        ),
+        (
+            "vault.reply",
+            contract::<crate::vault::Reply>("vault.reply"),
+        ),
         (
             "approvals.notice",
             contract::<crate::vault::ApprovalNotice>("approvals.notice"),

@@ -17,7 +17,9 @@ pub mod time;
 pub mod vault;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
-pub use envelope::{Envelope, EnvelopeError, EnvelopeWire, PAYLOAD_TYPE, pae, seal, seal_as, seal_event};
+pub use envelope::{
+    Envelope, EnvelopeError, EnvelopeWire, PAYLOAD_TYPE, pae, seal, seal_as, seal_event,
+};
 pub use event::*;
 pub use keys::{
     KeyError, check_producer_key, decode_base64, decode_public_key, encode_base64, key_id,

@@ -6,13 +6,16 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use docket_ledger::store::Store;
-use docket_testkit::workload::Roles;
 use docket_schemas::{Envelope, encode_base64};
+use docket_testkit::workload::Roles;
 
 #[allow(unused_imports)]
 pub use docket_testkit::nats_server::NatsServer;
 
 pub const DOCKET: &str = env!("CARGO_BIN_EXE_docket");
+
+/// Entries a new ledger holds before any producer's: its genesis policy at seq 1.
+pub const GENESIS_ENTRIES: u64 = 1;
 
 pub fn docket(args: &[&str]) -> Output {
     Command::new(DOCKET)
@@ -141,12 +144,16 @@ pub fn head(data: &Path) -> Option<(u64, [u8; 32])> {
     Store::open_reader(&data.join("db")).ok()?.head().ok()
 }
 
-/// Waits until the ledger holds at least `seq` entries; fails at once if `serve` exited.
-pub fn wait_for_entries(serve: &mut Serve, seq: u64, timeout: Duration) -> u64 {
+/// Waits until the ledger holds at least `n` producers' entries (after its genesis
+/// policy); returns how many it holds. Fails at once if `serve` exited.
+pub fn wait_for_entries(serve: &mut Serve, want: u64, timeout: Duration) -> u64 {
     let deadline = Instant::now() + timeout;
     loop {
-        let n = head(&serve.data).map(|h| h.0).unwrap_or(0);
-        if n >= seq || Instant::now() > deadline {
+        let n = head(&serve.data)
+            .map(|h| h.0)
+            .unwrap_or(0)
+            .saturating_sub(GENESIS_ENTRIES);
+        if n >= want || Instant::now() > deadline {
             return n;
         }
         if let Ok(Some(status)) = serve.child.try_wait() {
@@ -159,11 +166,11 @@ pub fn wait_for_entries(serve: &mut Serve, seq: u64, timeout: Duration) -> u64 {
     }
 }
 
-/// (seq, event id) of every entry in the chain.
+/// (seq, event id) of every producer's entry in the chain (the genesis policy aside).
 pub fn chain_ids(data: &Path) -> Vec<(u64, docket_schemas::EventId)> {
     let store = Store::open_reader(&data.join("db")).expect("open ledger");
     let mut out = Vec::new();
-    for item in store.records(1).unwrap() {
+    for item in store.records(GENESIS_ENTRIES + 1).unwrap() {
         let (seq, record) = item.unwrap();
         let entry = docket_ledger::store::decode_record(seq, &record).unwrap();
         let event = Envelope::decode(entry.envelope).unwrap().event().unwrap();

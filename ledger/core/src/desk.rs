@@ -53,7 +53,12 @@ impl ReplayGuard {
 
     /// Accepts a request id once within the replay window (twice the policy's skew, so an
     /// id cannot come back while its `ts` is still acceptable).
-    pub fn sighting(&mut self, req: &Request, now: Timestamp, window_s: u32) -> Result<(), Refusal> {
+    pub fn sighting(
+        &mut self,
+        req: &Request,
+        now: Timestamp,
+        window_s: u32,
+    ) -> Result<(), Refusal> {
         let window_us = i64::from(window_s) * 1_000_000;
         while let Some((id, ts)) = self.seen_order.front().copied() {
             if ts >= now.as_micros() - 2 * window_us {
@@ -212,9 +217,12 @@ impl Desk {
                     }
                 }
                 Ok(auth) => {
-                    let seen = lock(&self.guard).sighting(&auth.request, now, policy.request_skew_max_s);
+                    let seen =
+                        lock(&self.guard).sighting(&auth.request, now, policy.request_skew_max_s);
                     match seen {
-                        Err(why) => refused(&auth.request, &auth.requester.name(), &why, None, vec![]),
+                        Err(why) => {
+                            refused(&auth.request, &auth.requester.name(), &why, None, vec![])
+                        }
                         Ok(()) => {
                             let secret = match auth.request.op {
                                 Op::Token { .. } => entropy.secret(),
@@ -285,10 +293,13 @@ impl Desk {
             .ids
             .iter()
             .map(|id| {
-                plan.appends.iter().find(|e| e.event_id == *id).map(|e| Receipt {
-                    seq: e.seq,
-                    hash: hex(&e.hash),
-                })
+                plan.appends
+                    .iter()
+                    .find(|e| e.event_id == *id)
+                    .map(|e| Receipt {
+                        seq: e.seq,
+                        hash: hex(&e.hash),
+                    })
             })
             .collect();
         match (receipts, handled.reply) {
@@ -334,7 +345,9 @@ fn answer_only(answer: Answer) -> Handled {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
-        Err(_) => panic!("a lock was poisoned by an earlier panic; stopping rather than use its state"),
+        Err(_) => {
+            panic!("a lock was poisoned by an earlier panic; stopping rather than use its state")
+        }
     }
 }
 
@@ -342,7 +355,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     match m.read() {
         Ok(g) => g,
-        Err(_) => panic!("a lock was poisoned by an earlier panic; stopping rather than use its state"),
+        Err(_) => {
+            panic!("a lock was poisoned by an earlier panic; stopping rather than use its state")
+        }
     }
 }
 
@@ -466,14 +481,23 @@ mod tests {
         for h in &handled {
             match &h.reply {
                 Reply::Outcome(o) => assert!(
-                    !o.ok && o.error.as_deref().is_some_and(|e| e.contains("not registered")),
+                    !o.ok
+                        && o.error
+                            .as_deref()
+                            .is_some_and(|e| e.contains("not registered")),
                     "{o:?}"
                 ),
                 other => panic!("{other:?}"),
             }
         }
         // Junk that does not even parse is answered, never recorded.
-        let junk = desk.handle(&[Bytes::from_static(b"{")], &state, &registry, at(1), &mut Counter(9));
+        let junk = desk.handle(
+            &[Bytes::from_static(b"{")],
+            &state,
+            &registry,
+            at(1),
+            &mut Counter(9),
+        );
         assert!(junk[0].items.is_empty());
     }
 

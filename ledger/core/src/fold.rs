@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 
 use docket_schemas::*;
 
-use crate::policy::{Breach, judge_approval_request, judge_call, judge_decision, judge_policy, judge_token};
+use crate::policy::{
+    Breach, judge_approval_request, judge_call, judge_decision, judge_policy, judge_token,
+};
 use crate::state::*;
 use crate::step_up::follow_key_event;
 
@@ -24,7 +26,12 @@ impl VaultState {
         self.apply_inner(seq, event, false).0
     }
 
-    fn apply_inner(&mut self, seq: u64, event: &Event, track: bool) -> (Vec<Finding>, Vec<ObjectKey>) {
+    fn apply_inner(
+        &mut self,
+        seq: u64,
+        event: &Event,
+        track: bool,
+    ) -> (Vec<Finding>, Vec<ObjectKey>) {
         let mut cx = Apply {
             seq,
             ts: event.ts,
@@ -43,7 +50,12 @@ impl VaultState {
                     a.last_seq = seq;
                     cx.touch(|| ObjectKey::Agent(e.agent.clone()));
                 }
-                let ids = self.ix.live_by_agent.get(&e.agent).cloned().unwrap_or_default();
+                let ids = self
+                    .ix
+                    .live_by_agent
+                    .get(&e.agent)
+                    .cloned()
+                    .unwrap_or_default();
                 self.revoke_tokens(ids, &mut cx);
             }
             EventBody::GrantCreated(e) if self.grants.contains_key(&e.grant_id) => {
@@ -94,7 +106,12 @@ impl VaultState {
                     g.last_seq = seq;
                     cx.touch(|| ObjectKey::Grant(e.grant_id.clone()));
                 }
-                let ids = self.ix.live_by_grant.get(&e.grant_id).cloned().unwrap_or_default();
+                let ids = self
+                    .ix
+                    .live_by_grant
+                    .get(&e.grant_id)
+                    .cloned()
+                    .unwrap_or_default();
                 self.revoke_tokens(ids, &mut cx);
             }
             EventBody::ApprovalRequested(e) => {
@@ -195,7 +212,11 @@ impl VaultState {
         a.public_key.clone_from(&e.public_key);
         a.last_seq = seq;
         if let Some(k) = agent_key_id(&e.public_key) {
-            self.ix.agents_by_key.entry(k).or_default().insert(e.agent.clone());
+            self.ix
+                .agents_by_key
+                .entry(k)
+                .or_default()
+                .insert(e.agent.clone());
         }
         cx.touch(|| ObjectKey::Agent(e.agent.clone()));
     }
@@ -927,4 +948,3 @@ mod tests {
         }
     }
 }
-

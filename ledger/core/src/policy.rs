@@ -40,11 +40,9 @@ pub fn approval_expires_at(policy: &Policy, at: Timestamp) -> Timestamp {
 
 /// The longest a token issued at `at` under `grant` may live, and which limit binds.
 fn token_caps(policy: &Policy, grant: &GrantState, at: Timestamp) -> (Timestamp, Timestamp) {
-    let by_grant = grant
-        .max_token_ttl_s
-        .map_or(grant.expires_at, |s| {
-            at.plus_seconds(i64::from(s)).min(grant.expires_at)
-        });
+    let by_grant = grant.max_token_ttl_s.map_or(grant.expires_at, |s| {
+        at.plus_seconds(i64::from(s)).min(grant.expires_at)
+    });
     let by_policy = at.plus_seconds(i64::from(policy.token_ttl_max_s));
     (by_grant, by_policy)
 }
@@ -72,7 +70,7 @@ pub fn approval_is_sound(a: &ApprovalState) -> Result<(), &'static str> {
     if a.decided_by.as_deref() != Some(a.user.as_str()) {
         return Err("it was not decided by the grant's user");
     }
-    if !a.decided_at.is_some_and(|t| t < a.expires_at) {
+    if a.decided_at.is_none_or(|t| t >= a.expires_at) {
         return Err("it was decided after it expired");
     }
     if a.risk == Risk::Critical && a.step_up_key.is_none() {
@@ -88,23 +86,29 @@ pub fn judge_token(state: &VaultState, e: &TokenIssued, at: Timestamp) -> Vec<Br
     let Some(g) = state.grants.get(&e.grant_id) else {
         out.push(breach(
             Rule::TokenUnknownGrant,
-            format!(
-                "token {} is under unknown grant {}",
-                e.token_id, e.grant_id
-            ),
+            format!("token {} is under unknown grant {}", e.token_id, e.grant_id),
             vec![],
         ));
         return out;
     };
     let ev = vec![g.created_seq];
     let scopes: BTreeSet<&String> = e.scopes.iter().collect();
-    if scopes.iter().any(|s| !g.scopes.contains(*s)) || g.agent != e.agent || g.audience != e.audience
+    if scopes.iter().any(|s| !g.scopes.contains(*s))
+        || g.agent != e.agent
+        || g.audience != e.audience
     {
         out.push(breach(
             Rule::TokenScopeOutsideGrant,
             format!(
                 "token {} for {} on {} with {:?} exceeds grant {} ({} on {} with {:?})",
-                e.token_id, e.agent, e.audience, e.scopes, g.grant_id, g.agent, g.audience, g.scopes
+                e.token_id,
+                e.agent,
+                e.audience,
+                e.scopes,
+                g.grant_id,
+                g.agent,
+                g.audience,
+                g.scopes
             ),
             ev.clone(),
         ));
@@ -184,7 +188,10 @@ pub fn judge_token(state: &VaultState, e: &TokenIssued, at: Timestamp) -> Vec<Br
         ));
     }
     if !needs.is_empty() {
-        let approval = e.approval_id.as_ref().and_then(|id| state.approvals.get(id));
+        let approval = e
+            .approval_id
+            .as_ref()
+            .and_then(|id| state.approvals.get(id));
         let why = match approval {
             None => Err("no approval request"),
             Some(a) if a.grant_id != g.grant_id || !needs.iter().all(|s| a.scopes.contains(*s)) => {
@@ -217,7 +224,10 @@ pub fn judge_approval_request(
 ) -> Vec<Breach> {
     let longest = approval_expires_at(&state.policy.policy, at);
     if e.expires_at > longest {
-        let ev = vec![state.policy.set_seq].into_iter().filter(|s| *s > 0).collect();
+        let ev = vec![state.policy.set_seq]
+            .into_iter()
+            .filter(|s| *s > 0)
+            .collect();
         return vec![breach(
             Rule::ApprovalTtlOverPolicy,
             format!(

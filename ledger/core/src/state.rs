@@ -257,7 +257,10 @@ impl VaultState {
         }
         for a in self.agents.values() {
             if let Some(k) = agent_key_id(&a.public_key) {
-                ix.agents_by_key.entry(k).or_default().insert(a.agent.clone());
+                ix.agents_by_key
+                    .entry(k)
+                    .or_default()
+                    .insert(a.agent.clone());
             }
         }
         let mut by_approval: Vec<(&String, u64, &String)> = Vec::new();
@@ -269,7 +272,9 @@ impl VaultState {
         // The first token on an approval is the one the index keeps, as the fold does.
         by_approval.sort();
         for (a, _, t) in by_approval {
-            ix.token_by_approval.entry(a.clone()).or_insert_with(|| t.clone());
+            ix.token_by_approval
+                .entry(a.clone())
+                .or_insert_with(|| t.clone());
         }
         self.ix = ix;
         let at = self.ts;

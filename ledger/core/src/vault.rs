@@ -5,7 +5,9 @@
 //! sent. Requests are DSSE envelopes signed by the requesting party. Every rule
 //! a decision keeps is a function in `policy.rs`, the same the fold judges by.
 
-use docket_schemas::vault::{ApprovalNotice, Introspection, Outcome as Answer, Reply, Status as Said};
+use docket_schemas::vault::{
+    ApprovalNotice, Introspection, Outcome as Answer, Reply, Status as Said,
+};
 use docket_schemas::*;
 use ed25519_dalek::VerifyingKey;
 

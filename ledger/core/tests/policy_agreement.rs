@@ -89,7 +89,10 @@ impl Sim {
             emitted: 0,
             forced: 0,
         };
-        sim.publish(&sim.ledger.clone(), EventBody::PolicySet(PolicySet::DEFAULTS));
+        sim.publish(
+            &sim.ledger.clone(),
+            EventBody::PolicySet(PolicySet::DEFAULTS),
+        );
         let admin = sim.admin.clone();
         let reg = |k: &SigningKey, name: &str, kinds: Vec<Kind>| {
             let pk = k.verifying_key();
@@ -116,7 +119,11 @@ impl Sim {
             reg(&sim.gateway, "gateway", vec![Kind::ApiCalled]),
         ];
         for (i, u) in USERS.iter().enumerate() {
-            setup.push(reg(&sim.users[i], &format!("user:{u}"), vec![Kind::ApprovalDecided]));
+            setup.push(reg(
+                &sim.users[i],
+                &format!("user:{u}"),
+                vec![Kind::ApprovalDecided],
+            ));
             setup.push(reg(&sim.step_ups[i], &format!("stepup:{u}"), vec![]));
         }
         if policy != PolicySet::DEFAULTS {
@@ -155,7 +162,10 @@ impl Sim {
         let mut found = Vec::new();
         for e in &plan.appends {
             let (f, _) = self.state.apply(e.seq, &e.event);
-            found.extend(f.into_iter().map(|f| format!("{}: {}", f.rule.as_str(), f.message)));
+            found.extend(
+                f.into_iter()
+                    .map(|f| format!("{}: {}", f.rule.as_str(), f.message)),
+            );
         }
         (plan, found)
     }
@@ -244,9 +254,9 @@ impl Sim {
                 let wanted: Vec<&String> = scopes.iter().collect();
                 let mut grants: Vec<_> = state.grants_of(agent).collect();
                 grants.sort_by_key(|g| g.created_seq);
-                let covering = grants
-                    .iter()
-                    .find(|g| g.audience == *audience && wanted.iter().all(|s| g.scopes.contains(*s)));
+                let covering = grants.iter().find(|g| {
+                    g.audience == *audience && wanted.iter().all(|s| g.scopes.contains(*s))
+                });
                 let grant = covering.or(grants.first());
                 let policy = &state.policy.policy;
                 Some(EventBody::TokenIssued(TokenIssued {
@@ -258,7 +268,9 @@ impl Sim {
                     audience: audience.clone(),
                     scopes: scopes.clone(),
                     expires_at: match grant {
-                        Some(g) => docket_core::policy::token_expires_at(policy, g, self.now, *ttl_s),
+                        Some(g) => {
+                            docket_core::policy::token_expires_at(policy, g, self.now, *ttl_s)
+                        }
                         None => self.now.plus_seconds(1),
                     },
                     approval_id: approval_id.clone(),
@@ -311,16 +323,22 @@ struct Step {
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    (0u8..6, any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>(), 0u16..200).prop_map(
-        |(what, who, pick, scope, flag, advance_s)| Step {
+    (
+        0u8..6,
+        any::<u8>(),
+        any::<u8>(),
+        any::<u8>(),
+        any::<u8>(),
+        0u16..200,
+    )
+        .prop_map(|(what, who, pick, scope, flag, advance_s)| Step {
             what,
             who,
             pick,
             scope,
             flag,
             advance_s,
-        },
-    )
+        })
 }
 
 fn policy() -> impl Strategy<Value = PolicySet> {
@@ -339,7 +357,11 @@ fn play(sim: &mut Sim, s: &Step) {
     match s.what {
         0 => {
             let (agent, owner) = AGENTS[s.pick as usize % 3];
-            let u = if s.flag % 5 == 0 { 1 - owner } else { owner };
+            let u = if s.flag.is_multiple_of(5) {
+                1 - owner
+            } else {
+                owner
+            };
             let scopes = SCOPES[..1 + s.scope as usize % 3]
                 .iter()
                 .map(|s| s.to_string())
@@ -353,8 +375,8 @@ fn play(sim: &mut Sim, s: &Step) {
                     audience: AUDIENCE.into(),
                     scopes,
                     expires_at: sim.now.plus_seconds(60 + i64::from(s.who) * 4),
-                    max_calls: (s.flag % 3 == 0).then_some(u64::from(s.flag % 4)),
-                    max_token_ttl_s: (s.flag % 2 == 0).then_some(u32::from(s.who) * 3),
+                    max_calls: (s.flag.is_multiple_of(3)).then_some(u64::from(s.flag % 4)),
+                    max_token_ttl_s: (s.flag.is_multiple_of(2)).then_some(u32::from(s.who) * 3),
                     approval: vec![
                         ApprovalRule {
                             scope: "repo:write".into(),
@@ -370,7 +392,11 @@ fn play(sim: &mut Sim, s: &Step) {
         }
         1 | 2 => {
             let (agent, _) = AGENTS[s.pick as usize % 3];
-            let signer = if s.flag % 7 == 0 { s.who as usize % 3 } else { s.pick as usize % 3 };
+            let signer = if s.flag.is_multiple_of(7) {
+                s.who as usize % 3
+            } else {
+                s.pick as usize % 3
+            };
             let approvals = sim.approvals();
             let approval_id = (s.what == 2 && !approvals.is_empty())
                 .then(|| approvals[s.who as usize % approvals.len()].clone());
@@ -383,31 +409,42 @@ fn play(sim: &mut Sim, s: &Step) {
                     scopes: vec![scope],
                     action: "test".into(),
                     approval_id,
-                    ttl_s: (s.flag % 2 == 0).then_some(u32::from(s.advance_s) * 5),
+                    ttl_s: (s.flag.is_multiple_of(2)).then_some(u32::from(s.advance_s) * 5),
                 },
             );
         }
         3 => {
             let approvals = sim.approvals();
-            let id = if approvals.is_empty() || s.flag % 11 == 0 {
+            let id = if approvals.is_empty() || s.flag.is_multiple_of(11) {
                 "appr-unknown".to_string()
             } else {
                 approvals[s.pick as usize % approvals.len()].clone()
             };
             let u = s.who as usize % 2;
-            let decision = if s.flag % 4 == 0 { Decision::Denied } else { Decision::Approved };
+            let decision = if s.flag.is_multiple_of(4) {
+                Decision::Denied
+            } else {
+                Decision::Approved
+            };
             let (method, step_up) = match s.flag % 3 {
                 0 => (ApprovalMethod::Push, None),
                 n => {
                     // A step-up by the user's step-up key or (n == 2, sometimes) their own key.
-                    let signer = if n == 2 && s.scope % 2 == 0 { &sim.users[u] } else { &sim.step_ups[u] };
+                    let signer = if n == 2 && s.scope.is_multiple_of(2) {
+                        &sim.users[u]
+                    } else {
+                        &sim.step_ups[u]
+                    };
                     let claim = StepUpClaim {
                         v: 1,
                         user: USERS[u].into(),
                         approval_id: id.clone(),
                         auth_time: sim.now.plus_seconds(-i64::from(s.scope) * 3),
                     };
-                    (ApprovalMethod::StepUp, Some(StepUpAssertion::seal(&claim, signer)))
+                    (
+                        ApprovalMethod::StepUp,
+                        Some(StepUpAssertion::seal(&claim, signer)),
+                    )
                 }
             };
             let k = sim.users[u].clone();
@@ -433,7 +470,8 @@ fn play(sim: &mut Sim, s: &Step) {
                 .map(|t| (t.token_id.clone(), t.agent.clone()))
                 .collect();
             live.sort();
-            if let Some((token_id, agent)) = live.get(s.pick as usize % live.len().max(1)).cloned() {
+            if let Some((token_id, agent)) = live.get(s.pick as usize % live.len().max(1)).cloned()
+            {
                 let gateway = sim.gateway.clone();
                 sim.publish(
                     &gateway,
@@ -457,15 +495,25 @@ fn play(sim: &mut Sim, s: &Step) {
                 0 => {
                     let mut ids: Vec<_> = sim.state.tokens.keys().cloned().collect();
                     ids.sort();
-                    (ids.get(s.pick as usize % ids.len().max(1)).cloned(), None, None)
+                    (
+                        ids.get(s.pick as usize % ids.len().max(1)).cloned(),
+                        None,
+                        None,
+                    )
                 }
                 1 => {
                     let mut ids: Vec<_> = sim.state.grants.keys().cloned().collect();
                     ids.sort();
-                    (None, ids.get(s.pick as usize % ids.len().max(1)).cloned(), None)
+                    (
+                        None,
+                        ids.get(s.pick as usize % ids.len().max(1)).cloned(),
+                        None,
+                    )
                 }
                 // Suspensions are rare: they end most of a session.
-                _ if s.pick % 8 == 0 => (None, None, Some(AGENTS[s.pick as usize % 3].0.to_string())),
+                _ if s.pick.is_multiple_of(8) => {
+                    (None, None, Some(AGENTS[s.pick as usize % 3].0.to_string()))
+                }
                 _ => return,
             };
             if token_id.is_none() && grant_id.is_none() && agent.is_none() {
@@ -505,7 +553,9 @@ fn random_sessions_reach_issuance_and_refusals() {
     use proptest::test_runner::{Config, TestRunner};
     let mut runner = TestRunner::new_with_rng(
         Config::default(),
-        proptest::test_runner::TestRng::deterministic_rng(proptest::test_runner::RngAlgorithm::ChaCha),
+        proptest::test_runner::TestRng::deterministic_rng(
+            proptest::test_runner::RngAlgorithm::ChaCha,
+        ),
     );
     let (mut emitted, mut forced, mut tokens) = (0, 0, 0);
     for _ in 0..24 {
@@ -523,7 +573,10 @@ fn random_sessions_reach_issuance_and_refusals() {
         tokens += sim.state.tokens.len();
     }
     assert!(emitted > 200, "the vault emitted only {emitted} events");
-    assert!(forced > 50, "only {forced} refusals were forced into the fold");
+    assert!(
+        forced > 50,
+        "only {forced} refusals were forced into the fold"
+    );
     assert!(tokens > 20, "only {tokens} tokens were issued");
 }
 
@@ -582,7 +635,10 @@ fn a_token_on_an_approval_decided_late_and_a_second_token_on_one_approval_are_fl
             step_up: None,
         }),
     );
-    assert!(found.iter().any(|f| f.starts_with("approval.decided_late")), "{found:?}");
+    assert!(
+        found.iter().any(|f| f.starts_with("approval.decided_late")),
+        "{found:?}"
+    );
     let vault = sim.vault.clone();
     let mint = |sim: &mut Sim, id: &str, approval: &str| {
         sim.publish(
@@ -602,7 +658,10 @@ fn a_token_on_an_approval_decided_late_and_a_second_token_on_one_approval_are_fl
     };
     let found = mint(&mut sim, "tok-late", &late);
     assert!(
-        found.iter().any(|f| f.starts_with("token.without_approval") && f.contains("decided after it expired")),
+        found
+            .iter()
+            .any(|f| f.starts_with("token.without_approval")
+                && f.contains("decided after it expired")),
         "{found:?}"
     );
     // A sound approval, used by the vault once and then again from elsewhere.
@@ -633,9 +692,17 @@ fn a_token_on_an_approval_decided_late_and_a_second_token_on_one_approval_are_fl
     assert!(ok(&first).token.is_some());
     let found = mint(&mut sim, "tok-second", &id);
     assert_eq!(
-        found.iter().filter(|f| f.starts_with("token.approval_reused")).count(),
+        found
+            .iter()
+            .filter(|f| f.starts_with("token.approval_reused"))
+            .count(),
         1,
         "{found:?}"
     );
-    assert_eq!(sim.state.token_on_approval(&id).map(|t| t.token_id.as_str()), ok(&first).token_id.as_deref());
+    assert_eq!(
+        sim.state
+            .token_on_approval(&id)
+            .map(|t| t.token_id.as_str()),
+        ok(&first).token_id.as_deref()
+    );
 }
