@@ -199,7 +199,10 @@ fn sql_answers_beside_a_running_serve_in_every_format() {
         "SELECT count(*) AS total\nFROM events\n;\nDELETE FROM events;\n\\d\nSELECT 41 + 1 AS answer;\n\\q\n",
     );
     let out = stdout(&o);
-    assert!(out.contains(&format!("total\n{n}\n")), "{out}");
+    assert!(
+        out.contains(&format!("total\n{}\n", GENESIS_ENTRIES + n)),
+        "{out}"
+    );
     assert!(out.contains("answer\n42\n"), "{out}");
     assert!(
         out.contains("api_calls") && out.contains("grants_state"),
