@@ -657,3 +657,58 @@ fn unique() -> u64 {
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::PolicyInForce;
+    use docket_schemas::PolicySet;
+
+    fn store(dir: &Path) -> Store {
+        let identity = LedgerIdentity {
+            origin: "test.local/ledger".into(),
+            admin_public_key: docket_schemas::encode_base64(&[1; 32]),
+            ledger_public_key: docket_schemas::encode_base64(&[2; 32]),
+        };
+        Store::open(&dir.join("db"), &identity).unwrap()
+    }
+
+    #[test]
+    fn the_last_checkpoint_is_the_largest_and_read_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        assert_eq!(s.last_checkpoint().unwrap(), None);
+        for size in [9u64, 300, 41] {
+            s.put_checkpoint(size, &format!("note {size}")).unwrap();
+        }
+        assert_eq!(s.last_checkpoint().unwrap(), Some((300, "note 300".into())));
+    }
+
+    #[test]
+    fn the_policy_in_force_is_stored_with_the_projection_and_loaded_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let mut state = VaultState::default();
+        state.policy = PolicyInForce {
+            policy: PolicySet {
+                revision: 3,
+                approval_ttl_s: 42,
+                ..PolicySet::DEFAULTS
+            },
+            set_seq: 7,
+        };
+        state.seq = 7;
+        state.ts = docket_schemas::Timestamp::parse("2026-11-22T08:00:00.000000Z").ok();
+        let touched = std::collections::BTreeSet::from([ObjectKey::Policy]);
+        let delta = ProjectionDelta::capture(&state, &touched, vec![]).unwrap();
+        let tip = s.tip(|| {
+            let k = ed25519_dalek::SigningKey::from_bytes(&[1; 32]).verifying_key();
+            Registry::new(&k, &k)
+        });
+        s.commit(&Plan::default(), &tip.unwrap(), Some(&delta))
+            .unwrap();
+        let loaded = s.load_state().unwrap();
+        assert_eq!(loaded.policy, state.policy);
+        assert_eq!(loaded.digest().unwrap(), state.digest().unwrap());
+    }
+}

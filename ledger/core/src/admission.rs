@@ -187,7 +187,12 @@ pub fn admit<E>(
                 continue;
             }
         };
-        if !matches!(kind, Kind::KeyRegistered | Kind::KeyRevoked) {
+        // Events that change the registry (keys, and the one genesis policy the ledger key
+        // may sign) are applied in order; the rest are verified together.
+        if !matches!(
+            kind,
+            Kind::KeyRegistered | Kind::KeyRevoked | Kind::PolicySet
+        ) {
             pending.push((i, signers));
             continue;
         }
@@ -402,4 +407,130 @@ fn verify_chunk(chunk: &[(&Envelope, &ed25519_dalek::VerifyingKey)]) -> Vec<bool
         .zip(&messages)
         .map(|((e, k), m)| k.verify_strict(m, &e.signature).is_ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use docket_schemas::{EventBody, KeyRegistered, PolicySet, SCHEMA_VERSION, Timestamp};
+    use ed25519_dalek::SigningKey;
+
+    fn key(n: u8) -> SigningKey {
+        SigningKey::from_bytes(&[n; 32])
+    }
+
+    struct Chain {
+        tip: ChainTip,
+        n: u8,
+    }
+
+    impl Chain {
+        fn new() -> Chain {
+            Chain {
+                tip: ChainTip {
+                    seq: 0,
+                    head: [0; 32],
+                    registry: Registry::new(&key(1).verifying_key(), &key(2).verifying_key()),
+                    source_seq: 0,
+                },
+                n: 0,
+            }
+        }
+
+        fn envelope(&mut self, body: EventBody, signer: &SigningKey) -> Incoming {
+            self.n += 1;
+            let mut id = [self.n; 16];
+            id[6] = 0x70;
+            id[8] = 0x80;
+            let event = Event {
+                v: SCHEMA_VERSION,
+                id: EventId(id),
+                ts: Timestamp::parse("2026-11-22T08:00:00.000000Z").unwrap(),
+                body,
+            };
+            Incoming {
+                subject: format!("docket.events.{}", event.kind()),
+                payload: docket_schemas::seal_event(&event, signer).into(),
+                source_seq: u64::from(self.n),
+            }
+        }
+
+        /// Admits a batch; returns the quarantine codes, in order.
+        fn admit(&mut self, batch: &[Incoming]) -> (usize, Vec<String>) {
+            let plan = admit(&mut self.tip, batch, 1, |ids| {
+                Ok::<_, ()>(vec![false; ids.len()])
+            })
+            .unwrap();
+            let codes = plan.quarantined.iter().map(|q| q.code.clone()).collect();
+            (plan.appends.len(), codes)
+        }
+    }
+
+    fn registration(k: &SigningKey) -> EventBody {
+        let pk = k.verifying_key();
+        EventBody::KeyRegistered(KeyRegistered {
+            key_id: docket_schemas::key_id(pk.as_bytes()),
+            public_key: docket_schemas::encode_base64(pk.as_bytes()),
+            name: "gateway".into(),
+            kinds: vec![Kind::KeyRevoked],
+        })
+    }
+
+    #[test]
+    fn the_ledger_key_signs_the_default_policy_once_and_nothing_else() {
+        let mut c = Chain::new();
+        let ledger = key(2);
+        let other = PolicySet {
+            revision: 2,
+            ..PolicySet::DEFAULTS
+        };
+        let batch = [
+            c.envelope(EventBody::PolicySet(other.clone()), &ledger),
+            c.envelope(EventBody::PolicySet(PolicySet::DEFAULTS), &ledger),
+            c.envelope(EventBody::PolicySet(PolicySet::DEFAULTS), &ledger),
+            c.envelope(registration(&key(3)), &ledger),
+        ];
+        assert_eq!(
+            c.admit(&batch),
+            (
+                1,
+                vec![
+                    "unauthorized_kind".into(),
+                    "unauthorized_kind".into(),
+                    "unauthorized_kind".into()
+                ]
+            )
+        );
+        // The admin may set a policy; nobody else may.
+        let batch = [
+            c.envelope(EventBody::PolicySet(other.clone()), &key(1)),
+            c.envelope(EventBody::PolicySet(other), &key(3)),
+        ];
+        assert_eq!(c.admit(&batch), (1, vec!["unknown_key".into()]));
+    }
+
+    #[test]
+    fn duplicates_forgeries_and_admin_only_kinds_are_kept_out() {
+        let mut c = Chain::new();
+        let reg = c.envelope(registration(&key(3)), &key(1));
+        let forged = {
+            let mut e = c.envelope(registration(&key(4)), &key(1));
+            // Same envelope, signature from another key under the admin's keyid.
+            let other = c.envelope(registration(&key(4)), &key(5));
+            let mut wire: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
+            let theirs: serde_json::Value = serde_json::from_slice(&other.payload).unwrap();
+            wire["signatures"][0]["sig"] = theirs["signatures"][0]["sig"].clone();
+            e.payload = serde_json::to_vec(&wire).unwrap().into();
+            e
+        };
+        // A producer key may not emit an admin-only kind, whatever its registration says.
+        let not_admin = c.envelope(registration(&key(6)), &key(3));
+        let mut dup = reg.clone();
+        dup.source_seq = 99;
+        let (appended, codes) = c.admit(&[reg, dup, forged, not_admin]);
+        assert_eq!(appended, 1);
+        assert_eq!(codes, vec!["bad_signature", "unauthorized_kind"]);
+        assert_eq!(c.tip.seq, 1);
+        assert!(c.tip.registry.keys.len() == 1);
+    }
 }

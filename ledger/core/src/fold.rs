@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use docket_schemas::*;
 
 use crate::policy::{
-    Breach, judge_approval_request, judge_call, judge_decision, judge_policy, judge_token,
+    Breach, call_breaches, judge_approval_request, judge_decision, judge_policy, judge_token,
 };
 use crate::state::*;
 use crate::step_up::follow_key_event;
@@ -223,13 +223,18 @@ impl VaultState {
 
     /// Drops tokens that expired by `now` from the live indexes (they stay in `tokens`).
     fn retire_expired(&mut self, now: Timestamp, _cx: &mut Apply) {
-        while let Some((at, id)) = self.ix.live_by_expiry.first().cloned() {
-            if at > now {
+        // Peek without cloning: this runs for every entry.
+        while self
+            .ix
+            .live_by_expiry
+            .first()
+            .is_some_and(|(at, _)| *at <= now)
+        {
+            let Some((_, id)) = self.ix.live_by_expiry.pop_first() else {
                 break;
-            }
-            match self.tokens.get(&id) {
-                Some(t) => self.ix.remove_live(t),
-                None => drop(self.ix.live_by_expiry.pop_first()),
+            };
+            if let Some(t) = self.tokens.get(&id) {
+                self.ix.remove_live(t);
             }
         }
     }
@@ -305,16 +310,23 @@ impl VaultState {
     }
 
     fn call(&mut self, e: &ApiCalled, cx: &mut Apply) {
-        for b in judge_call(self, e, cx.ts) {
+        // The most frequent entry: each object is looked up once, judged, then updated.
+        let suspended = self.agents.get(&e.agent).and_then(|a| a.suspended_seq);
+        let token = self.tokens.get_mut(&e.token_id);
+        let grant = match &token {
+            Some(t) => self.grants.get_mut(&t.grant_id),
+            None => None,
+        };
+        for b in call_breaches(e, cx.ts, suspended, token.as_deref(), grant.as_deref()) {
             cx.breach(b, Some(e.agent.clone()));
         }
-        let Some(t) = self.tokens.get_mut(&e.token_id) else {
+        let Some(t) = token else {
             return;
         };
         t.uses += 1;
         t.last_seq = cx.seq;
         cx.touch(|| ObjectKey::Token(t.token_id.clone()));
-        if let Some(g) = self.grants.get_mut(&t.grant_id) {
+        if let Some(g) = grant {
             g.calls += 1;
             g.last_seq = cx.seq;
             cx.touch(|| ObjectKey::Grant(g.grant_id.clone()));

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 
 use docket_schemas::*;
 
-use crate::state::{ApprovalState, GrantState, Rule, Status, VaultState};
+use crate::state::{ApprovalState, GrantState, Rule, Status, TokenState, VaultState};
 use crate::step_up::{StepUpRefusal, judge as judge_step_up};
 
 /// The settings the rules read: the `policy.set` in force.
@@ -91,7 +91,7 @@ pub fn judge_token(state: &VaultState, e: &TokenIssued, at: Timestamp) -> Vec<Br
         ));
         return out;
     };
-    let ev = vec![g.created_seq];
+    let ev = || vec![g.created_seq];
     let scopes: BTreeSet<&String> = e.scopes.iter().collect();
     if scopes.iter().any(|s| !g.scopes.contains(*s))
         || g.agent != e.agent
@@ -110,11 +110,11 @@ pub fn judge_token(state: &VaultState, e: &TokenIssued, at: Timestamp) -> Vec<Br
                 g.audience,
                 g.scopes
             ),
-            ev.clone(),
+            ev(),
         ));
     }
     if g.status(at) != Status::Active {
-        let mut ev = ev.clone();
+        let mut ev = ev();
         ev.extend(g.revoked_seq);
         out.push(breach(
             Rule::TokenAfterGrantEnded,
@@ -143,7 +143,7 @@ pub fn judge_token(state: &VaultState, e: &TokenIssued, at: Timestamp) -> Vec<Br
                 "token {} is under grant {}, whose budget of {max} calls is spent",
                 e.token_id, g.grant_id
             ),
-            ev.clone(),
+            ev(),
         ));
     }
     let (by_grant, by_policy) = token_caps(&state.policy.policy, g, at);
@@ -154,11 +154,11 @@ pub fn judge_token(state: &VaultState, e: &TokenIssued, at: Timestamp) -> Vec<Br
                 "token {} expires {}, beyond what grant {} allows ({by_grant})",
                 e.token_id, e.expires_at, g.grant_id
             ),
-            ev.clone(),
+            ev(),
         ));
     }
     if e.expires_at > by_policy {
-        let mut ev = ev.clone();
+        let mut ev = ev();
         ev.push(state.policy.set_seq);
         ev.retain(|s| *s > 0);
         out.push(breach(
@@ -200,7 +200,7 @@ pub fn judge_token(state: &VaultState, e: &TokenIssued, at: Timestamp) -> Vec<Br
             Some(a) => approval_is_sound(a),
         };
         if let Err(why) = why {
-            let mut ev = ev.clone();
+            let mut ev = ev();
             ev.extend(approval.map(|a| a.requested_seq));
             ev.extend(approval.and_then(|a| a.decided_seq));
             out.push(breach(
@@ -327,8 +327,23 @@ pub fn judge_decision(state: &VaultState, e: &ApprovalDecided, at: Timestamp) ->
 
 /// The rules an `api.called` at `at` keeps, judged before the call is counted.
 pub fn judge_call(state: &VaultState, e: &ApiCalled, at: Timestamp) -> Vec<Breach> {
+    let token = state.tokens.get(&e.token_id);
+    let grant = token.and_then(|t| state.grants.get(&t.grant_id));
+    let suspended = state.agents.get(&e.agent).and_then(|a| a.suspended_seq);
+    call_breaches(e, at, suspended, token, grant)
+}
+
+/// `judge_call` on objects already looked up: the fold, which updates the token and the
+/// grant right after, looks each up once.
+pub fn call_breaches(
+    e: &ApiCalled,
+    at: Timestamp,
+    suspended: Option<u64>,
+    token: Option<&TokenState>,
+    grant: Option<&GrantState>,
+) -> Vec<Breach> {
     let mut out = Vec::new();
-    if let Some(s) = state.agents.get(&e.agent).and_then(|a| a.suspended_seq) {
+    if let Some(s) = suspended {
         out.push(breach(
             Rule::CallSuspendedAgent,
             format!(
@@ -338,7 +353,7 @@ pub fn judge_call(state: &VaultState, e: &ApiCalled, at: Timestamp) -> Vec<Breac
             vec![s],
         ));
     }
-    let Some(t) = state.tokens.get(&e.token_id) else {
+    let Some(t) = token else {
         out.push(breach(
             Rule::CallUnknownToken,
             format!(
@@ -349,7 +364,8 @@ pub fn judge_call(state: &VaultState, e: &ApiCalled, at: Timestamp) -> Vec<Breac
         ));
         return out;
     };
-    let ev = vec![t.issued_seq];
+    // Evidence is built only for a breach: most calls break nothing.
+    let ev = || vec![t.issued_seq];
     if let Some(r) = t.revoked_seq {
         out.push(breach(
             Rule::CallRevokedToken,
@@ -363,7 +379,7 @@ pub fn judge_call(state: &VaultState, e: &ApiCalled, at: Timestamp) -> Vec<Breac
                 "{} used token {} after it expired at {}",
                 e.agent, t.token_id, t.expires_at
             ),
-            ev.clone(),
+            ev(),
         ));
     }
     if e.agent != t.agent {
@@ -373,7 +389,7 @@ pub fn judge_call(state: &VaultState, e: &ApiCalled, at: Timestamp) -> Vec<Breac
                 "{} used token {} that was issued to {}",
                 e.agent, t.token_id, t.agent
             ),
-            ev.clone(),
+            ev(),
         ));
     }
     if let Some(scope) = &e.scope
@@ -385,10 +401,10 @@ pub fn judge_call(state: &VaultState, e: &ApiCalled, at: Timestamp) -> Vec<Breac
                 "{} called {} {} needing {scope}, which token {} does not carry",
                 e.agent, e.method, e.operation, t.token_id
             ),
-            ev,
+            ev(),
         ));
     }
-    if let Some(g) = state.grants.get(&t.grant_id)
+    if let Some(g) = grant
         && let Some(max) = g.max_calls
         && g.calls >= max
     {
@@ -420,4 +436,125 @@ pub fn judge_policy(state: &VaultState, p: &PolicySet) -> Option<Breach> {
             vec![now.set_seq].into_iter().filter(|s| *s > 0).collect(),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::parse("2026-11-22T08:00:00.000000Z")
+            .unwrap()
+            .plus_seconds(s)
+    }
+
+    fn grant(max_token_ttl_s: Option<u32>, expires_in: i64) -> GrantState {
+        GrantState {
+            grant_id: "g".into(),
+            user: "u".into(),
+            agent: "a".into(),
+            audience: "x".into(),
+            scopes: ["s".to_string()].into(),
+            expires_at: at(expires_in),
+            max_calls: None,
+            max_token_ttl_s,
+            approval: BTreeMap::new(),
+            created_seq: 1,
+            revoked_seq: None,
+            calls: 0,
+            last_seq: 1,
+        }
+    }
+
+    #[test]
+    fn a_tokens_lifetime_is_the_least_of_what_was_asked_the_grant_and_the_policy() {
+        let p = PolicySet::DEFAULTS;
+        assert_eq!(
+            token_expires_at(&p, &grant(None, 3_600), at(0), None),
+            at(300)
+        );
+        assert_eq!(
+            token_expires_at(&p, &grant(None, 3_600), at(0), Some(60)),
+            at(60)
+        );
+        assert_eq!(
+            token_expires_at(&p, &grant(Some(30), 3_600), at(0), Some(60)),
+            at(30)
+        );
+        assert_eq!(
+            token_expires_at(&p, &grant(None, 100), at(0), None),
+            at(100)
+        );
+        let longer = PolicySet {
+            token_ttl_max_s: 900,
+            ..p
+        };
+        assert_eq!(
+            token_expires_at(&longer, &grant(None, 3_600), at(0), None),
+            at(900)
+        );
+    }
+
+    #[test]
+    fn an_approval_is_sound_only_approved_by_its_user_in_time_and_proven_when_critical() {
+        let mut a = ApprovalState {
+            approval_id: "p".into(),
+            grant_id: "g".into(),
+            user: "alice".into(),
+            agent: "a".into(),
+            audience: "x".into(),
+            scopes: ["s".to_string()].into(),
+            risk: Risk::High,
+            binding_message: String::new(),
+            expires_at: at(300),
+            requested_seq: 1,
+            requested_at: at(0),
+            decision: Some(Decision::Approved),
+            decided_by: Some("alice".into()),
+            method: Some(ApprovalMethod::Push),
+            auth_time: None,
+            decided_at: Some(at(10)),
+            decided_seq: Some(2),
+            step_up_key: None,
+            last_seq: 2,
+        };
+        assert_eq!(approval_is_sound(&a), Ok(()));
+        a.decided_at = Some(at(300));
+        assert_eq!(
+            approval_is_sound(&a),
+            Err("it was decided after it expired")
+        );
+        a.decided_at = Some(at(10));
+        a.decided_by = Some("bob".into());
+        assert!(approval_is_sound(&a).is_err());
+        a.decided_by = Some("alice".into());
+        a.risk = Risk::Critical;
+        assert!(approval_is_sound(&a).is_err());
+        a.step_up_key = Some("k".into());
+        assert_eq!(approval_is_sound(&a), Ok(()));
+        a.decision = Some(Decision::Denied);
+        assert_eq!(approval_is_sound(&a), Err("it was not approved"));
+    }
+
+    #[test]
+    fn a_policy_must_raise_the_revision_except_to_record_the_defaults() {
+        let mut state = VaultState::default();
+        assert_eq!(judge_policy(&state, &PolicySet::DEFAULTS), None);
+        let same = PolicySet {
+            approval_ttl_s: 10,
+            ..PolicySet::DEFAULTS
+        };
+        assert_eq!(
+            judge_policy(&state, &same).map(|b| b.rule),
+            Some(Rule::PolicyRevisionNotIncreasing)
+        );
+        state.policy.set_seq = 1;
+        assert!(judge_policy(&state, &PolicySet::DEFAULTS).is_some());
+        let next = PolicySet {
+            revision: 2,
+            ..same
+        };
+        assert_eq!(judge_policy(&state, &next), None);
+    }
 }
