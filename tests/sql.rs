@@ -262,7 +262,11 @@ fn sql_answers_beside_a_running_serve_in_every_format() {
         "DuckDB could not read the export: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert_eq!(stdout(&o), format!("({n}, {n}, {n})\n{calls}\nTrue\n"));
+    let entries = GENESIS_ENTRIES + n;
+    assert_eq!(
+        stdout(&o),
+        format!("({entries}, {entries}, {entries})\n{calls}\nTrue\n")
+    );
     serve.stop();
 
     // --no-seal writes nothing and still answers every entry once (on a copy of the stopped ledger).
@@ -279,7 +283,7 @@ fn sql_answers_beside_a_running_serve_in_every_format() {
         ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(stdout(&o), format!("n\n{n}\n"));
+    assert_eq!(stdout(&o), format!("n\n{entries}\n"));
     assert!(
         !fresh.join("columnar").exists(),
         "--no-seal wrote the columnar copy"
