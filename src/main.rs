@@ -473,6 +473,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let mut ledger = open_ledger(data, &config, &admin)?;
     let chain = ledger.policy();
     if let Some(wanted) = config.policy.wanted(&chain.policy) {
+        if let Err((field, why)) = wanted.check() {
+            bail!("the config's [policy] {field}: {why} (docs/FORMAT.md, section 12)");
+        }
         bail!(
             "{}",
             policy_cmd::mismatch(&chain, &wanted, data, args.config.as_deref())

@@ -40,14 +40,19 @@ pub struct SetArgs {
     /// Print the unsigned `policy.set` event instead of recording it.
     #[arg(long)]
     print: bool,
+    /// Oldest step-up accepted for a critical approval, seconds before the decision (1-2592000).
     #[arg(long, value_name = "SECONDS")]
     step_up_max_age_s: Option<u32>,
+    /// How long an approval request waits for a human (1-2592000).
     #[arg(long, value_name = "SECONDS")]
     approval_ttl_s: Option<u32>,
+    /// Longest token lifetime, and the lifetime given when none is asked (1-2592000).
     #[arg(long, value_name = "SECONDS")]
     token_ttl_max_s: Option<u32>,
+    /// How far a vault request's time may be from the vault's clock (1-2592000).
     #[arg(long, value_name = "SECONDS")]
     request_skew_max_s: Option<u32>,
+    /// Refusals of unknown or invalid signers recorded per second (1-100000).
     #[arg(long, value_name = "PER_SECOND")]
     unauthenticated_recorded_per_s: Option<u32>,
 }
@@ -110,9 +115,10 @@ async fn set(a: SetArgs) -> Result<std::process::ExitCode> {
         );
         return Ok(std::process::ExitCode::SUCCESS);
     };
+    // The value may come from a flag or from the config's [policy]: name the setting.
     wanted
         .check()
-        .map_err(|(field, why)| anyhow::anyhow!("--{}: {why}", field.replace('_', "-")))?;
+        .map_err(|(field, why)| anyhow::anyhow!("{field}: {why} (docs/FORMAT.md, section 12)"))?;
     let mut event = serde_json::to_value(EventBody::PolicySet(wanted.clone()))?;
     if a.print {
         println!("{event}");

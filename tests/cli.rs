@@ -543,3 +543,63 @@ fn serve_refuses_a_config_policy_the_chain_lacks_until_the_admin_records_it() {
     assert_eq!(verify(&data).0, 0);
     assert_eq!(head(&data).unwrap().0, 2);
 }
+
+#[test]
+fn a_policy_revision_can_only_step_by_one_so_none_can_freeze_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats")).unwrap();
+    let roles = docket_testkit::workload::Roles::from_seed(22);
+    let data = dir.path().join("ledger");
+    let mut serve = Serve::start(&data, &nats.url(), &roles);
+    let admin_file = dir.path().join("admin.key");
+    docket_ledger::keyfile::write(&admin_file, &roles.admin).unwrap();
+    let publish = |revision: u64| {
+        let line = format!(
+            r#"{{"kind":"policy.set","revision":{revision},"step_up_max_age_s":300,"approval_ttl_s":60,"token_ttl_max_s":300,"request_skew_max_s":300,"unauthenticated_recorded_per_s":50}}"#
+        );
+        let o = run_with_input(
+            Command::new(DOCKET).args([
+                "publish",
+                "--nats",
+                &nats.url(),
+                "--key",
+                admin_file.to_str().unwrap(),
+                "--wait",
+                "30",
+            ]),
+            line.as_bytes(),
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    // The largest revision is recorded but not applied; the next one still is.
+    publish(u64::MAX);
+    publish(2);
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&docket(&[
+        "policy",
+        "show",
+        "--data",
+        data.to_str().unwrap(),
+    ])))
+    .unwrap();
+    assert_eq!(shown["revision"], 2);
+    assert_eq!(shown["approval_ttl_s"], 60);
+    let findings = stdout(&docket(&["findings", "--data", data.to_str().unwrap()]));
+    assert!(findings.contains("policy.revision_not_next"), "{findings}");
+    serve.stop();
+    // A config setting out of range is refused by name before anything else.
+    let config = dir.path().join("docket.toml");
+    std::fs::write(&config, "[policy]\napproval_ttl_s = 0\n").unwrap();
+    let mut bad = Serve::start_with(
+        &data,
+        &nats.url(),
+        &roles,
+        &["--config", config.to_str().unwrap()],
+    );
+    assert_eq!(bad.child.wait().unwrap().code(), Some(2));
+    assert!(
+        bad.log_text()
+            .contains("[policy] approval_ttl_s: 0 is outside 1..=2592000"),
+        "{}",
+        bad.log_text()
+    );
+}

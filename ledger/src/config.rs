@@ -73,7 +73,7 @@ impl PolicyConfig {
         if p.same_settings(chain) {
             return None;
         }
-        p.revision = chain.revision + 1;
+        p.revision = chain.revision.saturating_add(1);
         Some(p)
     }
 }

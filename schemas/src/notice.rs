@@ -139,6 +139,6 @@ rules! {
     ApprovalTtlOverPolicy = "approval.ttl_over_policy", Medium;
     /// An id that names an existing object was used to create another.
     IdReused = "object.id_reused", High;
-    /// A `policy.set` did not raise the revision; it was not applied.
-    PolicyRevisionNotIncreasing = "policy.revision_not_increasing", Medium;
+    /// A `policy.set` did not carry the next revision (the one in force plus one); it was not applied.
+    PolicyRevisionNotNext = "policy.revision_not_next", Medium;
 }

@@ -22,18 +22,25 @@ pub const POLICY_RATE_MAX: u32 = 100_000;
 #[serde(deny_unknown_fields)]
 pub struct PolicySet {
     /// The policy's revision: the defaults are revision 1; each later `policy.set` must
-    /// carry a higher one, or it is not applied (finding `policy.revision_not_increasing`).
+    /// carry the next one (in force plus one), or it is not applied (finding
+    /// `policy.revision_not_next`), so no revision can jump out of reach.
+    #[schemars(range(min = 1))]
     pub revision: u64,
     /// Oldest step-up authentication accepted for a critical approval, in seconds before its decision.
+    #[schemars(range(min = 1, max = 2_592_000))]
     pub step_up_max_age_s: u32,
     /// How long an approval request waits for a human, in seconds.
+    #[schemars(range(min = 1, max = 2_592_000))]
     pub approval_ttl_s: u32,
     /// Longest lifetime of a token, in seconds; also the lifetime given when none is asked.
+    #[schemars(range(min = 1, max = 2_592_000))]
     pub token_ttl_max_s: u32,
     /// How far a vault request's `ts` may be from the vault's clock, in seconds (the replay window).
+    #[schemars(range(min = 1, max = 2_592_000))]
     pub request_skew_max_s: u32,
     /// Refusals of requests from unknown or invalid signers recorded per second at most;
     /// beyond it they are answered but not appended.
+    #[schemars(range(min = 1, max = 100_000))]
     pub unauthenticated_recorded_per_s: u32,
 }
 
@@ -91,3 +98,5 @@ impl Default for PolicySet {
         PolicySet::DEFAULTS
     }
 }
+
+const _: () = assert!(POLICY_SECONDS_MAX == 2_592_000 && POLICY_RATE_MAX == 100_000);

@@ -854,7 +854,7 @@ mod tests {
                 }),
             ),
             (
-                PolicyRevisionNotIncreasing,
+                PolicyRevisionNotNext,
                 Box::new(|l| {
                     l.add(EventBody::PolicySet(PolicySet {
                         revision: 1,

@@ -421,16 +421,18 @@ pub fn call_breaches(
     out
 }
 
-/// The rule a `policy.set` keeps: a higher revision than the policy in force (recording
-/// the defaults themselves, before any other policy, is the one exception).
+/// The rule a `policy.set` keeps: the next revision, the one in force plus one (recording
+/// the defaults themselves, before any other policy, is the one exception). A revision
+/// that could jump ahead would let one typo freeze the policy for good.
 pub fn judge_policy(state: &VaultState, p: &PolicySet) -> Option<Breach> {
     let now = &state.policy;
     let records_defaults = now.set_seq == 0 && *p == PolicySet::DEFAULTS;
-    (p.revision <= now.policy.revision && !records_defaults).then(|| {
+    let next = now.policy.revision.checked_add(1);
+    (Some(p.revision) != next && !records_defaults).then(|| {
         breach(
-            Rule::PolicyRevisionNotIncreasing,
+            Rule::PolicyRevisionNotNext,
             format!(
-                "policy revision {} is not above revision {} in force; not applied",
+                "policy revision {} is not the next after revision {} in force; not applied",
                 p.revision, now.policy.revision
             ),
             vec![now.set_seq].into_iter().filter(|s| *s > 0).collect(),
@@ -547,7 +549,7 @@ mod tests {
         };
         assert_eq!(
             judge_policy(&state, &same).map(|b| b.rule),
-            Some(Rule::PolicyRevisionNotIncreasing)
+            Some(Rule::PolicyRevisionNotNext)
         );
         state.policy.set_seq = 1;
         assert!(judge_policy(&state, &PolicySet::DEFAULTS).is_some());
