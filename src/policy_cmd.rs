@@ -85,20 +85,7 @@ async fn set(a: SetArgs) -> Result<std::process::ExitCode> {
         request_skew_max_s: a.request_skew_max_s,
         unauthenticated_recorded_per_s: a.unauthenticated_recorded_per_s,
     };
-    let overlay = |mine: &mut Option<u32>, flag: Option<u32>| {
-        if flag.is_some() {
-            *mine = flag;
-        }
-    };
-    let p = &mut config.policy;
-    overlay(&mut p.step_up_max_age_s, flags.step_up_max_age_s);
-    overlay(&mut p.approval_ttl_s, flags.approval_ttl_s);
-    overlay(&mut p.token_ttl_max_s, flags.token_ttl_max_s);
-    overlay(&mut p.request_skew_max_s, flags.request_skew_max_s);
-    overlay(
-        &mut p.unauthenticated_recorded_per_s,
-        flags.unauthenticated_recorded_per_s,
-    );
+    config.policy = flags.over(std::mem::take(&mut config.policy));
     let db = crate::db_dir(&a.data.data);
     if !db.join("CURRENT").exists() {
         bail!(
@@ -140,22 +127,15 @@ async fn set(a: SetArgs) -> Result<std::process::ExitCode> {
     ledger.record_genesis_policy().await?;
     let event_id = EventId(*uuid::Uuid::now_v7().as_bytes());
     let now = docket_ledger::clock::now()?;
-    let sealed = docket_schemas::seal_event(
-        &Event {
-            v: SCHEMA_VERSION,
-            id: event_id,
-            ts: now,
-            body: EventBody::PolicySet(wanted.clone()),
-        },
-        &key,
-    );
+    let set = Event {
+        v: SCHEMA_VERSION,
+        id: event_id,
+        ts: now,
+        body: EventBody::PolicySet(wanted.clone()),
+    };
     let local = admission::LOCAL_SEQ_BIT | (now.as_micros().unsigned_abs() << 12);
     let plan = ledger
-        .commit(vec![admission::Incoming {
-            subject: format!("docket.events.{}", docket_schemas::Kind::PolicySet),
-            payload: sealed.into(),
-            source_seq: local,
-        }])
+        .commit(vec![admission::Incoming::sealed(&set, &key, local)])
         .await?;
     match (plan.appends.first(), plan.quarantined.first()) {
         (Some(e), _) => {
@@ -195,7 +175,7 @@ pub fn mismatch(
         .iter()
         .zip(wanted.settings())
         .filter(|(a, b)| a.1 != b.1)
-        .map(|((name, was), (_, now))| format!("{name} {was} -> {now}"))
+        .map(|((name, was, _), (_, now, _))| format!("{name} {was} -> {now}"))
         .collect();
     let config_arg = config
         .map(|c| format!(" --config {}", c.display()))

@@ -53,6 +53,19 @@ pub struct PolicyConfig {
 }
 
 impl PolicyConfig {
+    /// These settings where given, `base`'s elsewhere (command-line flags over a config file).
+    pub fn over(self, base: PolicyConfig) -> PolicyConfig {
+        PolicyConfig {
+            step_up_max_age_s: self.step_up_max_age_s.or(base.step_up_max_age_s),
+            approval_ttl_s: self.approval_ttl_s.or(base.approval_ttl_s),
+            token_ttl_max_s: self.token_ttl_max_s.or(base.token_ttl_max_s),
+            request_skew_max_s: self.request_skew_max_s.or(base.request_skew_max_s),
+            unauthenticated_recorded_per_s: self
+                .unauthenticated_recorded_per_s
+                .or(base.unauthenticated_recorded_per_s),
+        }
+    }
+
     /// The policy to record when this config asks for settings the chain's policy lacks:
     /// the chain's, with this config's settings, at the next revision. `None` when they agree.
     pub fn wanted(&self, chain: &docket_schemas::PolicySet) -> Option<docket_schemas::PolicySet> {

@@ -15,13 +15,13 @@ use serde::Serialize;
 use crate::admission::{BATCH_EVENTS_MAX, ChainTip, Incoming, Plan, admit};
 use crate::chain::hex;
 use crate::clock::{ClockError, now, now_us};
-use crate::desk::{Desk, Entropy, Introspector, VAULT_BATCH_MAX, read};
+use crate::desk::{Desk, Entropy, Introspector, VAULT_BATCH_MAX, read, write};
 use crate::registry::Registry;
 use crate::state::{Finding, PolicyInForce, VaultState};
 use crate::store::{LedgerIdentity, ProjectionDelta, Store, StoreError};
 use crate::transport::{
-    ACK_QUEUE_MAX, Bus, EVENT_SUBJECT_PREFIX, SUBJECT_APPENDED, SUBJECT_CHECKPOINTS,
-    SUBJECT_FINDINGS, SUBJECT_REJECTED, Source, TransportError, VaultCall,
+    ACK_QUEUE_MAX, Bus, SUBJECT_APPENDED, SUBJECT_CHECKPOINTS, SUBJECT_FINDINGS, SUBJECT_REJECTED,
+    Source, TransportError, VaultCall,
 };
 
 /// Batches read ahead of the append loop at most.
@@ -169,11 +169,7 @@ impl Ledger {
             ts: now()?,
             body: EventBody::PolicySet(PolicySet::DEFAULTS),
         };
-        let item = Incoming {
-            subject: format!("{EVENT_SUBJECT_PREFIX}{}", event.kind()),
-            payload: docket_schemas::seal_event(&event, &self.key).into(),
-            source_seq: crate::admission::LOCAL_SEQ_BIT | 1,
-        };
+        let item = Incoming::sealed(&event, &self.key, crate::admission::LOCAL_SEQ_BIT | 1);
         let plan = self.commit(vec![item]).await?;
         if let Some(q) = plan.quarantined.first() {
             return Err(IngestError::Task(format!(
@@ -336,13 +332,7 @@ impl Ledger {
                 let t = Instant::now();
                 let plan = admit(&mut tip, &items, received_us, |ids| store.contains_ids(ids))?;
                 let delta = {
-                    // A poisoned lock means a panic mid-apply: the projection can't be trusted, stop.
-                    let mut st = match state.write() {
-                        Ok(st) => st,
-                        Err(_) => panic!(
-                            "the projection's lock was poisoned by a panic mid-apply; stopping"
-                        ),
-                    };
+                    let mut st = write(&state);
                     let mut findings = Vec::new();
                     let mut touched = std::collections::BTreeSet::new();
                     for e in &plan.appends {
@@ -369,10 +359,7 @@ impl Ledger {
         self.stats.admit_us += admit_us;
         self.stats.write_us += write_us;
         if plan.registry_changed {
-            match self.registry_shared.write() {
-                Ok(mut shared) => *shared = tip.registry.clone(),
-                Err(_) => panic!("the registry's lock was poisoned by a panic; stopping"),
-            }
+            *write(&self.registry_shared) = tip.registry.clone();
         }
         self.tip = tip;
         self.stats.batches += 1;

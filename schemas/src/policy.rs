@@ -55,16 +55,26 @@ impl PolicySet {
         unauthenticated_recorded_per_s: 50,
     };
 
-    /// The settings as `(field name, value)`, in declaration order (for messages and diffs).
-    pub fn settings(&self) -> [(&'static str, u32); 5] {
+    /// The settings as `(field name, value, largest allowed)`, in declaration order (for
+    /// checks, messages and diffs).
+    pub fn settings(&self) -> [(&'static str, u32, u32); 5] {
         [
-            ("step_up_max_age_s", self.step_up_max_age_s),
-            ("approval_ttl_s", self.approval_ttl_s),
-            ("token_ttl_max_s", self.token_ttl_max_s),
-            ("request_skew_max_s", self.request_skew_max_s),
+            (
+                "step_up_max_age_s",
+                self.step_up_max_age_s,
+                POLICY_SECONDS_MAX,
+            ),
+            ("approval_ttl_s", self.approval_ttl_s, POLICY_SECONDS_MAX),
+            ("token_ttl_max_s", self.token_ttl_max_s, POLICY_SECONDS_MAX),
+            (
+                "request_skew_max_s",
+                self.request_skew_max_s,
+                POLICY_SECONDS_MAX,
+            ),
             (
                 "unauthenticated_recorded_per_s",
                 self.unauthenticated_recorded_per_s,
+                POLICY_RATE_MAX,
             ),
         ]
     }
@@ -79,12 +89,7 @@ impl PolicySet {
         if self.revision == 0 {
             return Err(("revision", "must be at least 1".into()));
         }
-        for (name, value) in self.settings() {
-            let max = if name == "unauthenticated_recorded_per_s" {
-                POLICY_RATE_MAX
-            } else {
-                POLICY_SECONDS_MAX
-            };
+        for (name, value, max) in self.settings() {
             if value == 0 || value > max {
                 return Err((name, format!("{value} is outside 1..={max}")));
             }

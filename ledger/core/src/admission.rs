@@ -31,6 +31,22 @@ pub struct Incoming {
     pub source_seq: u64,
 }
 
+impl Incoming {
+    /// An event the ledger's side signs itself (the genesis policy, the vault's decisions,
+    /// a policy recorded offline), under a local transport sequence (`LOCAL_SEQ_BIT` set).
+    pub fn sealed(event: &Event, key: &ed25519_dalek::SigningKey, source_seq: u64) -> Incoming {
+        Incoming {
+            subject: format!(
+                "{}{}",
+                docket_schemas::notice::EVENT_SUBJECT_PREFIX,
+                event.kind()
+            ),
+            payload: docket_schemas::seal_event(event, key).into(),
+            source_seq,
+        }
+    }
+}
+
 /// Why an envelope was quarantined.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {

@@ -271,11 +271,9 @@ impl Desk {
                 };
                 handled.ids.push(event.id);
                 let source_seq = self.next_local_seq();
-                handled.items.push(Incoming {
-                    subject: format!("{}{}", notice::EVENT_SUBJECT_PREFIX, event.kind()),
-                    payload: seal_event(&event, &self.key).into(),
-                    source_seq,
-                });
+                handled
+                    .items
+                    .push(Incoming::sealed(&event, &self.key, source_seq));
             }
             out.push(handled);
         }
@@ -340,25 +338,24 @@ fn answer_only(answer: Answer) -> Handled {
     }
 }
 
-/// Locks a mutex; a poisoned one means a panic while it was held, so the process stops
+/// A poisoned lock means a panic while it was held (mid-apply, say): the process stops
 /// rather than act on state it cannot trust.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(_) => {
-            panic!("a lock was poisoned by an earlier panic; stopping rather than use its state")
-        }
-    }
+fn poisoned<G, R>(_: G) -> R {
+    panic!("a lock was poisoned by an earlier panic; stopping rather than use its state")
 }
 
-/// Reads behind an `RwLock`, with the same rule as [`lock`].
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(poisoned)
+}
+
+/// Reads behind an `RwLock`, stopping on a poisoned one.
 pub fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    match m.read() {
-        Ok(g) => g,
-        Err(_) => {
-            panic!("a lock was poisoned by an earlier panic; stopping rather than use its state")
-        }
-    }
+    m.read().unwrap_or_else(poisoned)
+}
+
+/// Writes behind an `RwLock`, stopping on a poisoned one.
+pub fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(poisoned)
 }
 
 /// Answers introspections outside the ledger's loop, from the live projection: they append

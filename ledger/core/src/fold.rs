@@ -234,7 +234,7 @@ impl VaultState {
                 break;
             };
             if let Some(t) = self.tokens.get(&id) {
-                self.ix.remove_live(t);
+                self.ix.drop_lookups(t);
             }
         }
     }

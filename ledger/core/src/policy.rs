@@ -33,6 +33,11 @@ fn breach(rule: Rule, why: String, evidence: Vec<u64>) -> Breach {
     }
 }
 
+/// The entry that set the policy in force, as evidence; none while the defaults stand unrecorded.
+fn policy_entry(state: &VaultState) -> Option<u64> {
+    Some(state.policy.set_seq).filter(|s| *s > 0)
+}
+
 /// When an approval requested at `at` expires.
 pub fn approval_expires_at(policy: &Policy, at: Timestamp) -> Timestamp {
     at.plus_seconds(i64::from(policy.approval_ttl_s))
@@ -159,8 +164,7 @@ pub fn judge_token(state: &VaultState, e: &TokenIssued, at: Timestamp) -> Vec<Br
     }
     if e.expires_at > by_policy {
         let mut ev = ev();
-        ev.push(state.policy.set_seq);
-        ev.retain(|s| *s > 0);
+        ev.extend(policy_entry(state));
         out.push(breach(
             Rule::TokenTtlOverPolicy,
             format!(
@@ -224,10 +228,7 @@ pub fn judge_approval_request(
 ) -> Vec<Breach> {
     let longest = approval_expires_at(&state.policy.policy, at);
     if e.expires_at > longest {
-        let ev = vec![state.policy.set_seq]
-            .into_iter()
-            .filter(|s| *s > 0)
-            .collect();
+        let ev = policy_entry(state).into_iter().collect();
         return vec![breach(
             Rule::ApprovalTtlOverPolicy,
             format!(
@@ -435,7 +436,7 @@ pub fn judge_policy(state: &VaultState, p: &PolicySet) -> Option<Breach> {
                 "policy revision {} is not the next after revision {} in force; not applied",
                 p.revision, now.policy.revision
             ),
-            vec![now.set_seq].into_iter().filter(|s| *s > 0).collect(),
+            policy_entry(state).into_iter().collect(),
         )
     })
 }

@@ -148,6 +148,12 @@ impl Registry {
         }
     }
 
+    /// Whether `key_id` is the ledger's own key (registries stored before it was recorded
+    /// have none, and match nothing).
+    fn is_ledger_key(&self, key_id: &str) -> bool {
+        !self.ledger_key_id.is_empty() && key_id == self.ledger_key_id
+    }
+
     pub fn ledger_key(&self) -> Option<VerifyingKey> {
         decode_public_key(&self.ledger_public_key)
             .ok()
@@ -183,7 +189,7 @@ impl Registry {
         if hint == self.admin_key_id {
             return Some(&self.admin_key_id);
         }
-        if hint == self.ledger_key_id && !hint.is_empty() {
+        if self.is_ledger_key(hint) {
             return Some(&self.ledger_key_id);
         }
         if let Some((id, _)) = self.keys.get_key_value(hint) {
@@ -255,7 +261,7 @@ impl Registry {
         signer: &str,
         body: &EventBody,
     ) -> Result<VerifyingKey, AuthError> {
-        if signer == self.ledger_key_id && !signer.is_empty() {
+        if self.is_ledger_key(signer) {
             return match (body, self.ledger_key()) {
                 (EventBody::PolicySet(p), Some(k))
                     if *p == docket_schemas::PolicySet::DEFAULTS && !self.policy_recorded =>

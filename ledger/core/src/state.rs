@@ -389,6 +389,14 @@ impl Indexes {
 
     /// Drops a token from every live index (revoked or expired).
     pub fn remove_live(&mut self, t: &TokenState) {
+        self.live_by_expiry
+            .remove(&(t.expires_at, t.token_id.clone()));
+        self.drop_lookups(t);
+    }
+
+    /// Drops a token from the live lookups, not from the expiry index (the fold pops it from
+    /// there itself when it expires).
+    pub fn drop_lookups(&mut self, t: &TokenState) {
         if self.token_by_hash.get(&t.token_hash) == Some(&t.token_id) {
             self.token_by_hash.remove(&t.token_hash);
         }
@@ -403,7 +411,5 @@ impl Indexes {
                 }
             }
         }
-        self.live_by_expiry
-            .remove(&(t.expires_at, t.token_id.clone()));
     }
 }
