@@ -11,6 +11,8 @@ apt_missing=()
 # RocksDB is C++: both compilers (build-essential brings gcc, g++ and make).
 { command -v cc && command -v c++; } >/dev/null 2>&1 || apt_missing+=(build-essential)
 command -v python3 >/dev/null 2>&1 || apt_missing+=(python3)
+# tests/nats_auth.rs makes its TLS certificates with the openssl command (package openssl).
+command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
 # pip is a separate package on Debian: python3 alone does not bring it.
 python3 -m pip --version >/dev/null 2>&1 || apt_missing+=(python3-pip)
 # RocksDB's Rust bindings are generated with bindgen, which loads libclang

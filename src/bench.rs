@@ -14,7 +14,7 @@ use docket_ledger::publisher::{Publisher, Sink};
 use docket_ledger::store::Store;
 use docket_ledger::transport::{Bus, NatsSettings, NatsSource, Source};
 use docket_ledger::verify;
-use docket_schemas::{Envelope, encode_base64};
+use docket_schemas::{Envelope, Timestamp, encode_base64};
 use docket_testkit::nats_server::NatsServer;
 use docket_testkit::workload::{Published, Workload};
 use futures::StreamExt;
@@ -117,8 +117,15 @@ fn signature_rates(sample: &[Published]) -> (f64, f64) {
     (single, batch)
 }
 
+/// A start time for `n` workload events that keeps every one in the past: the ledger
+/// quarantines events dated further ahead of their receipt than the policy allows.
+fn past_start(n: usize) -> Result<Timestamp> {
+    let span_s = (n as u64 * docket_testkit::workload::STEP_US_MAX_DEFAULT / 1_000_000) as i64;
+    Ok(docket_ledger::clock::now()?.plus_seconds(-span_s - 1))
+}
+
 fn workload(n: usize, seed: u64) -> Result<Vec<Published>> {
-    let mut w = Workload::new(seed, docket_ledger::clock::now()?, 50, 200);
+    let mut w = Workload::new(seed, past_start(n)?, 50, 200);
     let mut out = w.setup();
     out.extend((0..n).map(|_| w.next_envelope()));
     Ok(out)
@@ -173,7 +180,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         url: url.clone(),
         consumer: format!("bench-{}", std::process::id()),
         filter: docket_ledger::transport::STREAM_SUBJECTS.into(),
-        deliver_new: true,
+        auth: Default::default(),
     };
     let source = NatsSource::connect(&settings).await?;
     let client = source.client.clone();
@@ -243,7 +250,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
 
     // Latency: the same pipeline paced at half the measured ingest rate.
     let rate = (ingest_rate / 2.0).max(1_000.0);
-    let mut w = Workload::new(2, docket_ledger::clock::now()?, 50, 200);
+    let mut w = Workload::new(2, past_start(args.latency_events)?, 50, 200);
     w.roles = docket_testkit::workload::Roles::from_seed(1);
     let _ = w.setup(); // same keys, already registered; the agents list is what we need
     let paced: Vec<Published> = (0..args.latency_events)
@@ -374,7 +381,7 @@ fn admit_only(args: AdmitArgs) -> Result<()> {
     let t = Instant::now();
     for batch in items.chunks(BATCH_EVENTS_MAX) {
         let plan = admit(&mut tip, batch, now_us()?, |ids| {
-            Ok::<_, ()>(vec![false; ids.len()])
+            Ok::<_, ()>(vec![None; ids.len()])
         });
         assert!(plan.is_ok_and(|p| p.quarantined.is_empty()));
     }
@@ -389,7 +396,7 @@ fn admit_only(args: AdmitArgs) -> Result<()> {
     let mut tip = fresh();
     let t = Instant::now();
     for batch in items.chunks(BATCH_EVENTS_MAX) {
-        let plan = admit(&mut tip, batch, now_us()?, |ids| store.contains_ids(ids))?;
+        let plan = admit(&mut tip, batch, now_us()?, |ids| store.stored_payloads(ids))?;
         store.commit(&plan, &tip, None)?;
     }
     let rate = items.len() as f64 / t.elapsed().as_secs_f64();
@@ -492,7 +499,7 @@ pub async fn vault(args: VaultArgs) -> Result<()> {
     let t = Instant::now();
     let mut state = VaultState::default();
     for (i, e) in events.iter().enumerate() {
-        state.replay(i as u64 + 1, e);
+        state.replay(i as u64 + 1, e.ts.as_micros(), e);
     }
     let fold_rate = events.len() as f64 / t.elapsed().as_secs_f64();
     println!("replay, fold only (events already decoded), one core: {fold_rate:>10.0} events/s");
@@ -528,13 +535,34 @@ pub async fn vault(args: VaultArgs) -> Result<()> {
         url: server.url(),
         consumer: "bench-vault".into(),
         filter: docket_ledger::transport::STREAM_SUBJECTS.into(),
-        deliver_new: true,
+        auth: Default::default(),
     };
     let source = NatsSource::connect(&settings).await?;
     let client = source.client.clone();
+    // One agent asks for thousands of tokens: lift its per-key budget on the chain, as an
+    // admin would (the default is 100 requests a second per key).
+    let mut ledger = ledger;
+    let policy = ledger.policy().policy;
+    let lifted = docket_schemas::Event {
+        v: docket_schemas::SCHEMA_VERSION,
+        id: docket_schemas::EventId(*uuid::Uuid::now_v7().as_bytes()),
+        ts: docket_ledger::clock::now()?,
+        body: docket_schemas::EventBody::PolicySet(docket_schemas::PolicySet {
+            revision: policy.revision + 1,
+            vault_requests_per_key_per_s: docket_schemas::policy::POLICY_RATE_MAX,
+            ..policy
+        }),
+    };
+    ledger
+        .commit(vec![docket_ledger::admission::Incoming::sealed(
+            &lifted,
+            &roles.admin,
+            docket_ledger::admission::LOCAL_SEQ_BIT | 7,
+        )])
+        .await?;
     let (tx, rx) = tokio::sync::mpsc::channel(docket_ledger::transport::VAULT_INFLIGHT_MAX);
     let mut ledger = ledger.with_vault(
-        docket_ledger::desk::Desk::new(roles.vault.clone(), docket_ledger::clock::now()?),
+        docket_ledger::desk::Desk::new(roles.vault.clone(), docket_ledger::clock::now()?, vec![]),
         rx,
     );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -595,6 +623,7 @@ pub async fn vault(args: VaultArgs) -> Result<()> {
         "grant refused: {reply:?}"
     );
 
+    let reply_key = docket_schemas::seal::ReplyKey::from_bytes(rand::random());
     let token_reqs: Vec<Vec<u8>> = (0..args.tokens)
         .map(|_| -> Result<Vec<u8>> {
             Ok(seal_request(
@@ -605,6 +634,7 @@ pub async fn vault(args: VaultArgs) -> Result<()> {
                     action: "bench".into(),
                     approval_id: None,
                     ttl_s: Some(900),
+                    reply_key: Some(reply_key.public()),
                 })?,
                 &agent_key,
             ))
@@ -615,7 +645,7 @@ pub async fn vault(args: VaultArgs) -> Result<()> {
     let secrets: Vec<String> = replies
         .iter()
         .filter_map(|r| match r {
-            Reply::Outcome(o) => o.token.clone(),
+            Reply::Outcome(o) => o.open_token(&reply_key).ok(),
             Reply::Introspection(_) => None,
         })
         .collect();

@@ -81,7 +81,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 url: url.clone(),
                 consumer: format!("docket-demo-{}", std::process::id()),
                 filter: docket_ledger::transport::STREAM_SUBJECTS.into(),
-                deliver_new: true,
+                auth: Default::default(),
             };
             let source = NatsSource::connect(&settings)
                 .await
@@ -108,7 +108,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!("ledger data: {}", data.display());
     let (vault_tx, vault_rx) = tokio::sync::mpsc::channel(64);
     let mut ledger = ledger.with_vault(
-        docket_ledger::desk::Desk::new(workload.roles.vault.clone(), docket_ledger::clock::now()?),
+        docket_ledger::desk::Desk::new(
+            workload.roles.vault.clone(),
+            docket_ledger::clock::now()?,
+            vec![],
+        ),
         vault_rx,
     );
     let live_state = ledger.state();
@@ -218,10 +222,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     );
 
     let store = Store::open_reader(&crate::db_dir(&data))?;
-    let mut by_code: BTreeMap<String, u64> = BTreeMap::new();
-    for q in store.quarantine()? {
-        *by_code.entry(q.code).or_default() += 1;
-    }
+    let by_code: BTreeMap<String, u64> = store.quarantine_counts()?;
     println!("quarantine by reason (expected from the workload in brackets):");
     for code in by_code
         .keys()

@@ -5,6 +5,7 @@ mod bench_sql;
 mod demo;
 mod measure;
 mod policy_cmd;
+mod query_guard;
 mod sql_cmd;
 mod state_cmd;
 mod vault_cmd;
@@ -48,8 +49,9 @@ enum Command {
     Verify(VerifyArgs),
     /// Print entries as JSON lines.
     Log(LogArgs),
-    /// Print quarantined (rejected) envelopes as JSON lines.
-    Quarantine(DataArgs),
+    /// Print quarantined (rejected) envelopes as JSON lines, or with --counts the number
+    /// refused per reason code.
+    Quarantine(QuarantineArgs),
     /// Export the chain for an independent verifier (JSON lines), or every SQL table as Parquet.
     Export(ExportArgs),
     /// Ask the ledger questions in SQL (read-only): one query, or an interactive shell.
@@ -144,6 +146,8 @@ struct ServeArgs {
     /// NATS server URL.
     #[arg(long, env = "DOCKET_NATS", default_value = "nats://127.0.0.1:4222")]
     nats: String,
+    #[command(flatten)]
+    nats_auth: NatsAuthArgs,
     /// TOML config file (see README).
     #[arg(long, env = "DOCKET_CONFIG")]
     config: Option<PathBuf>,
@@ -156,6 +160,56 @@ struct ServeArgs {
     /// Serve the vault with this key file (overrides the config file).
     #[arg(long, env = "DOCKET_VAULT_KEY")]
     vault_key: Option<PathBuf>,
+    /// The checkpoint key file (overrides the config file; default DIR/ledger.key). Keep
+    /// it outside the data directory so that whoever can write the store cannot re-sign
+    /// it (SECURITY.md).
+    #[arg(long, env = "DOCKET_LEDGER_KEY_FILE")]
+    ledger_key: Option<PathBuf>,
+}
+
+/// How to authenticate to NATS and protect the connection (docs/NATS.md).
+#[derive(Args, Clone, Debug, Default)]
+pub struct NatsAuthArgs {
+    /// NATS credentials file (.creds: a user JWT and its nkey seed).
+    #[arg(long, env = "DOCKET_NATS_CREDS", value_name = "FILE")]
+    nats_creds: Option<PathBuf>,
+    /// File holding this identity's NATS nkey seed.
+    #[arg(long, env = "DOCKET_NATS_NKEY", value_name = "FILE")]
+    nats_nkey: Option<PathBuf>,
+    /// NATS user name (with --nats-password).
+    #[arg(long, env = "DOCKET_NATS_USER")]
+    nats_user: Option<String>,
+    /// NATS password (better given in the environment than on the command line).
+    #[arg(long, env = "DOCKET_NATS_PASSWORD", hide_env_values = true)]
+    nats_password: Option<String>,
+    /// CA certificate (PEM) to check the NATS server's TLS certificate with; TLS is required.
+    #[arg(long, env = "DOCKET_NATS_CA", value_name = "FILE")]
+    nats_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for servers that verify clients (with --nats-client-key).
+    #[arg(long, env = "DOCKET_NATS_CLIENT_CERT", value_name = "FILE")]
+    nats_client_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, env = "DOCKET_NATS_CLIENT_KEY", value_name = "FILE")]
+    nats_client_key: Option<PathBuf>,
+    /// Prefix of this identity's reply subjects (default _INBOX); with per-identity
+    /// permissions each identity may read only its own.
+    #[arg(long, env = "DOCKET_NATS_INBOX_PREFIX")]
+    nats_inbox_prefix: Option<String>,
+}
+
+impl NatsAuthArgs {
+    pub fn auth(&self) -> docket_ledger::transport::NatsAuth {
+        docket_ledger::transport::NatsAuth {
+            creds: self.nats_creds.clone(),
+            nkey: self.nats_nkey.clone(),
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            ca: self.nats_ca.clone(),
+            cert: self.nats_client_cert.clone(),
+            key: self.nats_client_key.clone(),
+            inbox_prefix: self.nats_inbox_prefix.clone(),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -163,6 +217,8 @@ struct PublishArgs {
     /// NATS server URL.
     #[arg(long, env = "DOCKET_NATS", default_value = "nats://127.0.0.1:4222")]
     nats: String,
+    #[command(flatten)]
+    nats_auth: NatsAuthArgs,
     /// After JetStream stores the events, wait up to this many seconds for the ledger's verdict
     /// on each (appended at seq N, duplicate, or quarantined with the reason); exit 1 unless all
     /// were appended.
@@ -189,6 +245,16 @@ struct VerifyArgs {
     /// Trust this checkpoint key (base64) instead of the one recorded in the ledger.
     #[arg(long)]
     ledger_key: Option<String>,
+}
+
+#[derive(Args)]
+struct QuarantineArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Print the count of refusals per reason code instead of the records (records stop
+    /// at 100,000; counts go on).
+    #[arg(long)]
+    counts: bool,
 }
 
 #[derive(Args)]
@@ -285,8 +351,16 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             out.flush()?;
             Ok(ok)
         }
+        Command::Quarantine(args) if args.counts => {
+            let store = Store::open_reader(&db_dir(&args.data.data))?;
+            let mut out = std::io::stdout().lock();
+            for (code, n) in store.quarantine_counts()? {
+                writeln!(out, "{}", serde_json::json!({"code": code, "count": n}))?;
+            }
+            Ok(ok)
+        }
         Command::Quarantine(args) => {
-            let store = Store::open_reader(&db_dir(&args.data))?;
+            let store = Store::open_reader(&db_dir(&args.data.data))?;
             let mut out = std::io::stdout().lock();
             for q in store.quarantine()? {
                 // A closed pipe (`| head`) ends the listing quietly.
@@ -414,6 +488,12 @@ pub fn open_ledger(data: &Path, config: &Config, admin_b64: &str) -> Result<Ledg
         .unwrap_or_else(|| data.join("ledger.key"));
     let key = if key_path.exists() {
         keyfile::read(&key_path)?
+    } else if db_dir(data).join("CURRENT").exists() {
+        bail!(
+            "{}: the ledger's checkpoint key file is missing; a ledger keeps the key it was \
+             created with (give its path with --ledger-key)",
+            key_path.display()
+        );
     } else {
         let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
         keyfile::write(&key_path, &key)?;
@@ -436,6 +516,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(o) = args.origin {
         config.origin = o;
         config.origin_named = true;
+    }
+    if let Some(k) = args.ledger_key {
+        config.ledger_key = Some(k);
     }
     if let Some(k) = args.vault_key {
         config.vault_key = Some(k);
@@ -465,10 +548,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
         url: args.nats.clone(),
         consumer: config.consumer.clone(),
         filter: config.subject_filter.clone(),
-        deliver_new: false,
+        auth: args.nats_auth.auth(),
     };
-    let client =
-        docket_ledger::transport::connect_within(&args.nats, SERVE_CONNECT_PATIENCE).await?;
+    let client = docket_ledger::transport::connect_within(
+        &args.nats,
+        &settings.auth,
+        SERVE_CONNECT_PATIENCE,
+    )
+    .await?;
     let mut source = NatsSource::on(client, &settings).await?;
     let mut ledger = open_ledger(data, &config, &admin)?;
     let chain = ledger.policy();
@@ -495,7 +582,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(path) = &config.vault_key {
         let key = keyfile::read(path)?;
         let (tx, rx) = tokio::sync::mpsc::channel(docket_ledger::transport::VAULT_INFLIGHT_MAX);
-        let desk = docket_ledger::desk::Desk::new(key, docket_ledger::clock::now()?);
+        let now = docket_ledger::clock::now()?;
+        // Request ids the vault accepted within the policy's replay window (twice the
+        // skew): a restart must not let a captured request through again.
+        let window_us = 2 * i64::from(ledger.policy().policy.request_skew_max_s) * 1_000_000;
+        let seen = ledger
+            .store()
+            .remembered_requests(now.as_micros() - window_us)?;
+        let desk = docket_ledger::desk::Desk::new(key, now, seen);
         ledger = ledger.with_vault(desk, rx);
         let client = source.client.clone();
         let introspector = ledger.introspector();
@@ -574,9 +668,14 @@ async fn publish(args: PublishArgs) -> Result<std::process::ExitCode> {
     // With --wait the caller has said how long it will wait: a server still starting within
     // that time is no failure. Without it, a wrong URL fails at once.
     let patience = Duration::from_secs(args.wait.unwrap_or(0));
-    let client = docket_ledger::transport::connect_within(&args.nats, patience).await?;
+    let client =
+        docket_ledger::transport::connect_within(&args.nats, &args.nats_auth.auth(), patience)
+            .await?;
     let js = async_nats::jetstream::new(client.clone());
-    docket_ledger::transport::ensure_stream(&js).await?;
+    // A producer with per-identity permissions may not manage streams: the ledger made it.
+    if let Err(e) = docket_ledger::transport::ensure_stream(&js).await {
+        tracing::warn!("could not check the events stream ({e}); publishing anyway");
+    }
     let mut publisher = Publisher::new(Sink::Nats(js));
     let mut invalid = 0u64;
     let mut sent: Vec<Sent> = Vec::new();

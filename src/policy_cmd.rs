@@ -55,6 +55,12 @@ pub struct SetArgs {
     /// Refusals of unknown or invalid signers recorded per second (1-100000).
     #[arg(long, value_name = "PER_SECOND")]
     unauthenticated_recorded_per_s: Option<u32>,
+    /// How far an event's time may be ahead of the ledger's receipt (1-2592000).
+    #[arg(long, value_name = "SECONDS")]
+    event_ts_ahead_max_s: Option<u32>,
+    /// Vault requests answered per signing key per second (1-100000).
+    #[arg(long, value_name = "PER_SECOND")]
+    vault_requests_per_key_per_s: Option<u32>,
 }
 
 pub async fn run(cmd: PolicyCommand) -> Result<std::process::ExitCode> {
@@ -84,6 +90,8 @@ async fn set(a: SetArgs) -> Result<std::process::ExitCode> {
         token_ttl_max_s: a.token_ttl_max_s,
         request_skew_max_s: a.request_skew_max_s,
         unauthenticated_recorded_per_s: a.unauthenticated_recorded_per_s,
+        event_ts_ahead_max_s: a.event_ts_ahead_max_s,
+        vault_requests_per_key_per_s: a.vault_requests_per_key_per_s,
     };
     config.policy = flags.over(std::mem::take(&mut config.policy));
     let db = crate::db_dir(&a.data.data);

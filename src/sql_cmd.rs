@@ -143,6 +143,7 @@ async fn run_one(
     timing: bool,
 ) -> bool {
     let started = Instant::now();
+    let _watch = crate::query_guard::Watch::arm(session.timeout(), session.memory_limit_bytes());
     let result = async {
         let stream = session.stream(query).await?;
         let timeout = session.timeout();

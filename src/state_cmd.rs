@@ -12,10 +12,14 @@ use serde_json::{Value, json};
 
 #[derive(Subcommand)]
 pub enum StateCommand {
-    /// Replay from genesis and check the result equals the stored projection.
+    /// Replay from genesis and check that the stored projection, findings and key registry
+    /// are what the chain derives (exit 1 when not).
     Rebuild {
         #[command(flatten)]
         data: crate::DataArgs,
+        /// Replace them with what the chain derives (the ledger must not be serving).
+        #[arg(long)]
+        repair: bool,
     },
     /// Grants: user, agent, audience, scopes, expiry, budget, status.
     Grants(ViewArgs),
@@ -54,7 +58,7 @@ pub struct FindingsArgs {
 
 pub fn run(cmd: StateCommand) -> Result<std::process::ExitCode> {
     let (args, kind) = match cmd {
-        StateCommand::Rebuild { data } => return rebuild(&data),
+        StateCommand::Rebuild { data, repair } => return rebuild(&data, repair),
         StateCommand::Grants(a) => (a, View::Grants),
         StateCommand::Tokens(a) => (a, View::Tokens),
         StateCommand::Approvals(a) => (a, View::Approvals),
@@ -247,26 +251,52 @@ fn print_rows(rows: &[Row], format: Format) {
     }
 }
 
-fn rebuild(data: &crate::DataArgs) -> Result<std::process::ExitCode> {
-    let store = Store::open_reader(&crate::db_dir(&data.data))?;
-    let report = rebuild_check(&store)?;
-    if report.equal {
+fn rebuild(data: &crate::DataArgs, repair: bool) -> Result<std::process::ExitCode> {
+    let db = crate::db_dir(&data.data);
+    if repair {
+        let store = docket_ledger::store::Store::open_primary(&db)?;
+        let entries = docket_ledger::projection::repair(&store)?;
         println!(
-            "state matches: {} entries replayed from genesis at {:.0} events/s, digest {}",
-            report.entries, report.events_per_s, report.replayed_digest
+            "replaced the projection, findings and key registry with what {entries} entries derive"
+        );
+    }
+    let store = Store::open_reader(&db)?;
+    let report = rebuild_check(&store)?;
+    if report.agrees() {
+        println!(
+            "state matches: {} entries replayed from genesis at {:.0} events/s, digest {}; \
+             {} findings and the key registry match too",
+            report.entries, report.events_per_s, report.replayed_digest, report.findings_replayed
         );
         return Ok(std::process::ExitCode::SUCCESS);
     }
+    if !report.equal {
+        println!(
+            "STATE DIVERGES from the chain: stored digest {} != replayed {}",
+            report.stored_digest, report.replayed_digest
+        );
+        if let Some(seq) = report.first_divergent_seq {
+            println!("first divergent seq: {seq}");
+        }
+        for o in &report.differing_objects {
+            println!("  differs: {o}");
+        }
+    }
+    if !report.differing_findings.is_empty() {
+        println!(
+            "FINDINGS DIVERGE from the chain: {} stored, {} replayed",
+            report.findings_stored, report.findings_replayed
+        );
+        for f in &report.differing_findings {
+            println!("  {f}");
+        }
+    }
+    if !report.registry_equal {
+        println!("KEY REGISTRY DIVERGES from the chain: the stored copy says other keys may sign");
+    }
     println!(
-        "STATE DIVERGES from the chain: stored digest {} != replayed {}",
-        report.stored_digest, report.replayed_digest
+        "`docket state rebuild --data DIR --repair` replaces them with what the chain derives"
     );
-    if let Some(seq) = report.first_divergent_seq {
-        println!("first divergent seq: {seq}");
-    }
-    for o in &report.differing_objects {
-        println!("  differs: {o}");
-    }
     Ok(std::process::ExitCode::from(1))
 }
 

@@ -17,6 +17,8 @@ pub struct Client {
     /// NATS server URL (the vault answers on docket.vault.>).
     #[arg(long, env = "DOCKET_NATS", default_value = "nats://127.0.0.1:4222")]
     nats: String,
+    #[command(flatten)]
+    nats_auth: crate::NatsAuthArgs,
     /// Your key file: a user's, an agent's, a gateway's or the admin's.
     #[arg(long, env = "DOCKET_KEY")]
     key: PathBuf,
@@ -142,7 +144,7 @@ fn now() -> Result<Timestamp> {
 
 async fn call(client: &Client, op: Op) -> Result<Reply> {
     let key = keyfile::read(&client.key)?;
-    let nats = docket_ledger::transport::connect(&client.nats).await?;
+    let nats = docket_ledger::transport::connect(&client.nats, &client.nats_auth.auth()).await?;
     let subject = format!("docket.vault.{}", op.name());
     let request = Request {
         v: REQUEST_VERSION,
@@ -166,9 +168,14 @@ async fn call(client: &Client, op: Op) -> Result<Reply> {
 }
 
 fn finish(client: &Client, reply: &Reply) -> Result<std::process::ExitCode> {
+    finish_value(client, reply, serde_json::to_value(reply)?)
+}
+
+/// `finish`, printing `shown` (the reply as the user should see it) for `reply`.
+fn finish_value(client: &Client, reply: &Reply, shown: Value) -> Result<std::process::ExitCode> {
     let refused = matches!(reply, Reply::Outcome(o) if !o.ok);
     // --field names a field of the reply as documented; the typed reply is printed as JSON.
-    let reply = serde_json::to_value(reply)?;
+    let reply = shown;
     match &client.field {
         // A refusal has no such field; show the vault's reason instead of an empty line.
         Some(name) if !refused => match reply.get(name.as_str()).unwrap_or(&Value::Null) {
@@ -226,6 +233,8 @@ pub async fn token(a: TokenArgs) -> Result<std::process::ExitCode> {
     let deadline = Instant::now() + Duration::from_secs(a.wait);
     let mut approval_id = a.approval_id.clone();
     loop {
+        // A one-time key per request: the vault seals the token's secret to it.
+        let reply_key = docket_schemas::seal::ReplyKey::from_bytes(rand::random());
         let op = Op::Token {
             agent: a.agent.clone(),
             audience: a.audience.clone(),
@@ -233,6 +242,7 @@ pub async fn token(a: TokenArgs) -> Result<std::process::ExitCode> {
             action: a.action.clone(),
             approval_id: approval_id.clone(),
             ttl_s: a.ttl,
+            reply_key: Some(reply_key.public()),
         };
         let reply = call(&a.client, op).await?;
         let pending = match &reply {
@@ -246,7 +256,7 @@ pub async fn token(a: TokenArgs) -> Result<std::process::ExitCode> {
                      with the user's key); then ask again with --approval-id {id}, or use --wait SECONDS"
                 );
             }
-            return finish(&a.client, &reply);
+            return finish_value(&a.client, &reply, opened(&reply, &reply_key)?);
         }
         approval_id = pending;
         eprintln!(
@@ -313,4 +323,20 @@ pub async fn introspect(a: IntrospectArgs) -> Result<std::process::ExitCode> {
         &a.client,
         &call(&a.client, Op::Introspect { token: a.token }).await?,
     )
+}
+
+/// The reply as the agent sees it: an issued token's secret opened with the request's
+/// one-time key and shown as `token` (what crossed the bus was `sealed_token`).
+fn opened(reply: &Reply, key: &docket_schemas::seal::ReplyKey) -> Result<Value> {
+    let mut shown = serde_json::to_value(reply)?;
+    if let (Reply::Outcome(o), Some(map)) = (reply, shown.as_object_mut())
+        && o.sealed_token.is_some()
+    {
+        let secret = o
+            .open_token(key)
+            .context("the vault's sealed token does not open with this request's key")?;
+        map.remove("sealed_token");
+        map.insert("token".into(), Value::String(secret));
+    }
+    Ok(shown)
 }

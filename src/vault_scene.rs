@@ -112,6 +112,11 @@ fn receipt(o: &Outcome) -> String {
     }
 }
 
+/// The scene's one-time reply key: the vault seals token secrets to it.
+fn reply_key() -> docket_schemas::seal::ReplyKey {
+    docket_schemas::seal::ReplyKey::from_bytes(*blake3::hash(b"docket demo reply key").as_bytes())
+}
+
 fn token_op(scope: &str, approval: Option<String>) -> Op {
     Op::Token {
         agent: "agent-0".into(),
@@ -120,6 +125,7 @@ fn token_op(scope: &str, approval: Option<String>) -> Op {
         action: format!("{scope}: open a pull request on acme/web"),
         approval_id: approval,
         ttl_s: Some(300),
+        reply_key: Some(reply_key().public()),
     }
 }
 
@@ -152,7 +158,9 @@ pub async fn play(tx: &VaultLine, w: &Workload, user: &SigningKey) -> Result<()>
         receipt(&g)
     );
     let t = decide(tx, &agent, token_op("repo:read", None)).await?;
-    let secret = t.token.clone().context("no token for repo:read")?;
+    let secret = t
+        .open_token(&reply_key())
+        .context("no token for repo:read")?;
     println!(
         "  agent-0 asks for repo:read: {} {} (secret {}…, shown once, only its hash is kept){}",
         said(&t),
@@ -202,8 +210,7 @@ pub async fn play(tx: &VaultLine, w: &Workload, user: &SigningKey) -> Result<()>
         receipt(&t2)
     );
     let secret2 = t2
-        .token
-        .clone()
+        .open_token(&reply_key())
         .context("no token for repo:write after approval")?;
     let spoof = decide(tx, &agent_key(1), token_op("repo:read", None)).await?;
     println!(

@@ -29,6 +29,10 @@ struct World {
     a1: SigningKey,
     a2: SigningKey,
     rt: tokio::runtime::Runtime,
+    /// What `restart` needs to start `serve` again as it was.
+    nats_url: String,
+    roles: docket_testkit::workload::Roles,
+    config: std::path::PathBuf,
 }
 
 fn key(n: u8) -> SigningKey {
@@ -80,6 +84,7 @@ impl World {
             let client = async_nats::connect(nats.url()).await.unwrap();
             (client.clone(), jetstream(&nats.url()).await)
         });
+        let nats_url = nats.url();
         let w = World {
             _dir: dir,
             _nats: nats,
@@ -95,6 +100,9 @@ impl World {
             a1,
             a2,
             rt,
+            nats_url,
+            roles: roles.clone(),
+            config: config.clone(),
         };
         let reg = |k: &SigningKey, name: &str, kinds: Vec<Kind>| {
             let pk = k.verifying_key();
@@ -167,6 +175,34 @@ impl World {
         n + 1
     }
 
+    /// Stops `serve` cleanly and starts it again on the same data and config.
+    fn restart(&mut self) {
+        self.serve.stop();
+        self.serve = Serve::start_with(
+            &self.serve.data.clone(),
+            &self.nats_url,
+            &self.roles,
+            &["--config", self.config.to_str().unwrap()],
+        );
+        let (client, js) = self.rt.block_on(async {
+            let client = async_nats::connect(&self.nats_url).await.unwrap();
+            (client.clone(), jetstream(&self.nats_url).await)
+        });
+        self.client = client;
+        self.js = js;
+        // Serving again once the vault answers.
+        self.wait_for("the vault after a restart", || {
+            self.rt.block_on(async {
+                tokio::time::timeout(
+                    Duration::from_millis(500),
+                    self.client.request("docket.vault.introspect", "{}".into()),
+                )
+                .await
+                .is_ok_and(|r| r.is_ok())
+            })
+        });
+    }
+
     fn head(&self) -> u64 {
         head(&self.serve.data).map_or(0, |h| h.0)
     }
@@ -188,7 +224,7 @@ impl World {
         self.rt.block_on(async {
             for e in envelopes {
                 self.js
-                    .publish("docket.events.x", e.into())
+                    .publish(common::subject_of(&e), e.into())
                     .await
                     .unwrap()
                     .await
@@ -317,6 +353,7 @@ fn token(w: &World, k: &SigningKey, agent: &str, scope: &str, approval: Option<&
             action: format!("{scope} on acme/web"),
             approval_id: approval.map(String::from),
             ttl_s: None,
+            reply_key: Some(reply_key().public()),
         },
     )
 }
@@ -325,7 +362,15 @@ fn token(w: &World, k: &SigningKey, agent: &str, scope: &str, approval: Option<&
 #[track_caller]
 fn issued(r: &Reply) -> (String, String) {
     let o = said(r, Status::Issued);
-    (o.token_id.expect("token id"), o.token.expect("token"))
+    let secret = o
+        .open_token(&reply_key())
+        .expect("a token sealed to the request's key");
+    (o.token_id.expect("token id"), secret)
+}
+
+/// The one-time reply key the tests' token requests carry (fixed, so `issued` can open).
+fn reply_key() -> docket_schemas::seal::ReplyKey {
+    docket_schemas::seal::ReplyKey::from_bytes([42; 32])
 }
 
 /// A pending approval's id.
@@ -402,7 +447,7 @@ fn assert_refused(r: &Reply, why: &str) -> Outcome {
         Reply::Outcome(o) if !o.ok => {
             let error = o.error.as_deref().unwrap_or_default();
             assert!(error.contains(why), "expected {why:?}: {error}");
-            assert!(o.token.is_none() && o.grant_id.is_none(), "{o:?}");
+            assert!(o.sealed_token.is_none() && o.grant_id.is_none(), "{o:?}");
             o.clone()
         }
         other => panic!("expected a refusal ({why}): {other:?}"),
@@ -1016,4 +1061,246 @@ fn docket_approve_signs_a_step_up_with_the_step_up_key() {
     assert!(o.status.success(), "{}", stdout(&o));
     assert!(stdout(&o).contains("\"approved\""), "{}", stdout(&o));
     issued(&token(&w, &w.a1, "a1", "repo:delete", Some(&id)));
+}
+
+// Attacks from the security review (SECURITY.md): each performs the attack.
+
+#[test]
+fn a_request_captured_before_a_restart_is_refused_after_it() {
+    let mut w = World::new();
+    grant(&w, "a1");
+    // A request dated into the future, within the skew window, captured on the wire.
+    let req = Request {
+        v: REQUEST_VERSION,
+        id: EventId(*uuid::Uuid::now_v7().as_bytes()),
+        ts: now().plus_seconds(200),
+        op: Op::Token {
+            agent: "a1".into(),
+            audience: "https://api.github.com".into(),
+            scopes: vec!["repo:read".into()],
+            action: "read".into(),
+            approval_id: None,
+            ttl_s: None,
+            reply_key: Some(reply_key().public()),
+        },
+    };
+    let bytes = seal_request(&req, &w.a1);
+    issued(&w.send_to("docket.vault.token", bytes.clone()));
+    w.restart();
+    assert_refused(&w.send_to("docket.vault.token", bytes), "replay");
+}
+
+#[test]
+fn another_users_decision_does_not_veto_the_users_own() {
+    let w = World::new();
+    grant(&w, "a1");
+    let id = pending(&token(&w, &w.a1, "a1", "repo:write", None));
+    // Bob, with his own registered user key, decides alice's approval first.
+    let n = w.head();
+    let veto = event(EventBody::ApprovalDecided(ApprovalDecided {
+        approval_id: id.clone(),
+        user: "bob".into(),
+        decision: Decision::Denied,
+        method: ApprovalMethod::Push,
+        auth_time: None,
+        reason: Some("veto".into()),
+        step_up: None,
+    }));
+    w.publish_raw(vec![seal_event(&veto, &w.bob)]);
+    w.wait_entries(n + 1);
+    assert!(w.rules().contains(&"approval.wrong_decider".to_string()));
+    // Alice's own decision still counts, and the token is issued.
+    said(
+        &approve(&w, &w.alice, &id, Decision::Approved, None),
+        Status::Approved,
+    );
+    issued(&token(&w, &w.a1, "a1", "repo:write", Some(&id)));
+}
+
+#[test]
+fn an_event_dated_far_ahead_is_quarantined_and_expires_nothing() {
+    let w = World::new();
+    grant(&w, "a1");
+    let (token_id, secret) = issued(&token(&w, &w.a1, "a1", "repo:read", None));
+    let mut far = event(EventBody::ApiCalled(ApiCalled {
+        token_id: token_id.clone(),
+        token_hash: None,
+        agent: "a1".into(),
+        audience: "https://api.github.com".into(),
+        method: "GET".into(),
+        operation: "/repos/acme/web".into(),
+        scope: Some("repo:read".into()),
+        status: 200,
+        source: "10.0.0.9".into(),
+    }));
+    far.ts = Timestamp::parse("9999-01-01T00:00:00.000000Z").unwrap();
+    w.publish_raw(vec![seal_event(&far, &w.gateway)]);
+    w.wait_for("the far-future event's quarantine", || {
+        quarantine_codes(&w.serve.data).contains(&"ts_ahead".to_string())
+    });
+    // The token is still live, and the state's clock did not jump.
+    assert!(introspect(&w, &secret).active);
+    let n = w.head();
+    w.call_api(&token_id, "a1");
+    w.wait_entries(n + 1);
+    let o = docket(&[
+        "state",
+        "tokens",
+        "--data",
+        w.serve.data.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert!(stdout(&o).contains("\"active\""), "{}", stdout(&o));
+}
+
+#[test]
+fn one_key_flooding_the_vault_is_refused_past_its_budget_and_recorded_once_a_second() {
+    let w = World::new();
+    grant(&w, "a1");
+    w.set_policy(PolicySet {
+        revision: 2,
+        vault_requests_per_key_per_s: 5,
+        ..PolicySet::DEFAULTS
+    });
+    let before = log(&w).len();
+    // 40 requests at once, from one agent's key.
+    let replies: Vec<Reply> = w.rt.block_on(async {
+        let asks = (0..40).map(|_| {
+            let req = Request {
+                v: REQUEST_VERSION,
+                id: EventId(*uuid::Uuid::now_v7().as_bytes()),
+                ts: now(),
+                op: Op::Token {
+                    agent: "a1".into(),
+                    audience: "https://api.github.com".into(),
+                    scopes: vec!["repo:read".into()],
+                    action: "read".into(),
+                    approval_id: None,
+                    ttl_s: None,
+                    reply_key: Some(reply_key().public()),
+                },
+            };
+            let bytes = seal_request(&req, &w.a1);
+            let client = w.client.clone();
+            async move {
+                let r = client
+                    .request("docket.vault.token", bytes.into())
+                    .await
+                    .unwrap();
+                serde_json::from_slice::<Reply>(&r.payload).unwrap()
+            }
+        });
+        futures::future::join_all(asks).await
+    });
+    let limited = replies
+        .iter()
+        .filter(|r| matches!(r, Reply::Outcome(o) if o.error.as_deref().is_some_and(|e| e.contains("vault_requests_per_key_per_s"))))
+        .count();
+    let served = replies
+        .iter()
+        .filter(|r| matches!(r, Reply::Outcome(o) if o.ok))
+        .count();
+    assert!(limited > 0, "{replies:?}");
+    assert!((5..40).contains(&served), "{served} served");
+    // Recorded: at most one refusal per second of flood, not one per request.
+    std::thread::sleep(Duration::from_millis(500));
+    let recorded = log(&w)[before..]
+        .iter()
+        .filter(|e| kind_of(e) == "request.refused")
+        .count();
+    assert!(
+        recorded >= 1 && recorded < limited,
+        "{recorded} recorded of {limited}"
+    );
+}
+
+#[test]
+fn a_token_for_no_scope_is_refused_with_the_formats_reason() {
+    let w = World::new();
+    grant(&w, "a1");
+    let r = w.ask(
+        &w.a1,
+        Op::Token {
+            agent: "a1".into(),
+            audience: "https://api.github.com".into(),
+            scopes: vec![],
+            action: "nothing".into(),
+            approval_id: None,
+            ttl_s: None,
+            reply_key: Some(reply_key().public()),
+        },
+    );
+    assert_refused(&r, "name at least one scope");
+}
+
+#[test]
+fn an_unverified_request_records_the_key_it_named_as_a_claim() {
+    let w = World::new();
+    let stranger = key(9);
+    let r = token(&w, &stranger, "a1", "repo:read", None);
+    let o = assert_refused(&r, "not registered");
+    assert!(o.receipt.is_some());
+    let refused = log(&w)
+        .into_iter()
+        .rfind(|e| kind_of(e) == "request.refused")
+        .unwrap();
+    assert_eq!(refused["event"]["requester"], "unverified");
+    assert_eq!(
+        refused["event"]["claimed_key_id"],
+        key_id(stranger.verifying_key().as_bytes()).as_str()
+    );
+}
+
+#[test]
+fn a_listener_on_every_subject_never_sees_a_token_secret() {
+    let w = World::new();
+    grant(&w, "a1");
+    // The attacker: a client subscribed to everything, replies included.
+    let (mut all, listener) = w.rt.block_on(async {
+        let c = async_nats::connect(w.nats_url.clone()).await.unwrap();
+        let sub = c.subscribe(">").await.unwrap();
+        c.flush().await.unwrap();
+        (sub, c)
+    });
+    let (_, secret) = issued(&token(&w, &w.a1, "a1", "repo:read", None));
+    let seen: Vec<Vec<u8>> = w.rt.block_on(async {
+        let mut out = Vec::new();
+        while let Ok(Some(m)) = tokio::time::timeout(
+            Duration::from_millis(500),
+            futures::StreamExt::next(&mut all),
+        )
+        .await
+        {
+            out.push(m.payload.to_vec());
+        }
+        out
+    });
+    drop(listener);
+    assert!(
+        seen.iter()
+            .any(|p| String::from_utf8_lossy(p).contains("sealed_token")),
+        "the listener missed the reply, so it proves nothing"
+    );
+    let hex_part = secret.trim_start_matches("dkt_");
+    assert!(
+        !seen
+            .iter()
+            .any(|p| String::from_utf8_lossy(p).contains(hex_part)),
+        "the token secret crossed the bus in clear"
+    );
+    // A token request without a reply key gets no token.
+    let r = w.ask(
+        &w.a1,
+        Op::Token {
+            agent: "a1".into(),
+            audience: "https://api.github.com".into(),
+            scopes: vec!["repo:read".into()],
+            action: "read".into(),
+            approval_id: None,
+            ttl_s: None,
+            reply_key: None,
+        },
+    );
+    assert_refused(&r, "must carry reply_key");
 }

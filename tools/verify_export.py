@@ -6,6 +6,7 @@ Exit 0 and "intact ..." when the export verifies; exit 1 naming the first bad se
 Needs the PyPI packages `blake3` and `cryptography`.
 """
 import base64
+import datetime
 import hashlib
 import json
 import struct
@@ -20,7 +21,56 @@ ADMIN_KINDS = {"key.registered", "key.revoked", "policy.set"}
 # The documented default policy (FORMAT.md section 12): the only event the ledger's key may sign.
 DEFAULT_POLICY = {"revision": 1, "step_up_max_age_s": 300, "approval_ttl_s": 300,
                   "token_ttl_max_s": 300, "request_skew_max_s": 300,
-                  "unauthenticated_recorded_per_s": 50}
+                  "unauthenticated_recorded_per_s": 50, "event_ts_ahead_max_s": 300,
+                  "vault_requests_per_key_per_s": 100}
+# Settings added after the first format: absent from older policy.set events, taking these.
+LATER_POLICY_SETTINGS = {"event_ts_ahead_max_s": 300, "vault_requests_per_key_per_s": 100}
+# Deepest nesting of arrays and objects in any signed document (FORMAT.md section 1).
+JSON_DEPTH_MAX = 16
+
+
+class NotPlain(ValueError):
+    pass
+
+
+def plain_json(data):
+    """Parses UTF-8 JSON that FORMAT.md calls plain: no repeated key, nested at most 16 deep.
+    Raises NotPlain (or ValueError) for anything else, never RecursionError."""
+    text = data.decode("utf-8")  # invalid UTF-8 raises UnicodeDecodeError, a ValueError
+    depth = cur = 0
+    in_str = esc = False
+    for ch in text:  # nesting first, so a deep document never reaches the recursive parser
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            cur += 1
+            depth = max(depth, cur)
+            if depth > JSON_DEPTH_MAX:
+                raise NotPlain("nested deeper than %d" % JSON_DEPTH_MAX)
+        elif ch in "]}":
+            cur -= 1
+
+    def pairs(items):
+        seen = {}
+        for k, v in items:
+            if k in seen:
+                raise NotPlain("duplicate key %r" % k)
+            seen[k] = v
+        return seen
+    return json.loads(text, object_pairs_hook=pairs)
+
+
+def ts_micros(text):
+    """Micros since the epoch of a `ts` (YYYY-MM-DDTHH:MM:SS.ffffffZ)."""
+    t = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
+    return (t - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)) // datetime.timedelta(microseconds=1)
 # Keys one envelope's signature is checked against at most (FORMAT.md section 3).
 SIGNATURE_CHECKS_PER_ENVELOPE_MAX = 2
 
@@ -55,6 +105,7 @@ class Registry:
         self.ledger = ledger
         self.ledger_id = key_id(ledger)
         self.policy_recorded = False
+        self.policy = dict(DEFAULT_POLICY)  # in force; the same succession rule as the ledger's
         self.keys = {}  # key id -> {"pk", "name", "kinds", "seq", "revoked"}
         self.aliases = {securesystemslib_key_id(admin): self.admin_id,
                         securesystemslib_key_id(ledger): self.ledger_id}
@@ -68,6 +119,10 @@ class Registry:
         elif event["kind"] == "key.revoked" and event["key_id"] in self.keys:
             self.keys[event["key_id"]]["revoked"] = True
         elif event["kind"] == "policy.set":
+            body = policy_body(event)
+            if (not self.policy_recorded and body == DEFAULT_POLICY) or \
+                    body.get("revision") == self.policy["revision"] + 1:
+                self.policy = body
             self.policy_recorded = True
 
     def signers(self, hint, event):
@@ -75,8 +130,7 @@ class Registry:
         kind = event["kind"]
         named = hint if hint in (self.admin_id, self.ledger_id) or hint in self.keys else self.aliases.get(hint)
         if named == self.ledger_id:
-            body = {k: v for k, v in event.items() if k not in ("v", "id", "ts", "kind")}
-            if kind != "policy.set" or body != DEFAULT_POLICY or self.policy_recorded:
+            if kind != "policy.set" or policy_body(event) != DEFAULT_POLICY or self.policy_recorded:
                 return "the ledger's key may sign only the default policy, before any other"
             return [self.ledger], "the ledger's key"
         if named == self.admin_id:
@@ -155,6 +209,12 @@ def parse_args(argv):
     return parser.parse_args(argv[1:])
 
 
+def policy_body(event):
+    """A policy.set's settings, the later ones filled with their defaults when absent."""
+    body = {k: v for k, v in event.items() if k not in ("v", "id", "ts", "kind")}
+    return {**LATER_POLICY_SETTINGS, **body}
+
+
 def main(argv):
     args = parse_args(argv)
     path = args.export
@@ -193,11 +253,20 @@ def main(argv):
             bad("prev link broken")
         prev = bytes.fromhex(rec["hash"])
         hashes[seq] = prev
-        env = json.loads(env_bytes)
-        payload = b64(env["payload"])
-        sig = env["signatures"][0]
-        event = json.loads(payload)
-        kind = event["kind"]
+        try:
+            env = plain_json(env_bytes)
+            payload = b64(env["payload"])
+            sig = env["signatures"][0]
+            event = plain_json(payload)
+            kind = event["kind"]
+            ts = ts_micros(event["ts"])
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            bad("unreadable envelope or event: %s" % str(e)[:200])
+            continue
+        if rec["subject"] != "docket.events." + kind:
+            bad("subject %s does not name kind %s" % (rec["subject"][:80], kind))
+        if ts - rec["received_us"] > registry.policy["event_ts_ahead_max_s"] * 1_000_000:
+            bad("dated further ahead of its receipt than the policy allows")
         if event["id"] in seen_ids:
             bad("duplicate event id")
         seen_ids.add(event["id"])

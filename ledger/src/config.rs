@@ -50,6 +50,8 @@ pub struct PolicyConfig {
     pub token_ttl_max_s: Option<u32>,
     pub request_skew_max_s: Option<u32>,
     pub unauthenticated_recorded_per_s: Option<u32>,
+    pub event_ts_ahead_max_s: Option<u32>,
+    pub vault_requests_per_key_per_s: Option<u32>,
 }
 
 impl PolicyConfig {
@@ -63,6 +65,10 @@ impl PolicyConfig {
             unauthenticated_recorded_per_s: self
                 .unauthenticated_recorded_per_s
                 .or(base.unauthenticated_recorded_per_s),
+            event_ts_ahead_max_s: self.event_ts_ahead_max_s.or(base.event_ts_ahead_max_s),
+            vault_requests_per_key_per_s: self
+                .vault_requests_per_key_per_s
+                .or(base.vault_requests_per_key_per_s),
         }
     }
 
@@ -82,6 +88,11 @@ impl PolicyConfig {
         set(
             &mut p.unauthenticated_recorded_per_s,
             self.unauthenticated_recorded_per_s,
+        );
+        set(&mut p.event_ts_ahead_max_s, self.event_ts_ahead_max_s);
+        set(
+            &mut p.vault_requests_per_key_per_s,
+            self.vault_requests_per_key_per_s,
         );
         if p.same_settings(chain) {
             return None;

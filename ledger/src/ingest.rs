@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::admission::{BATCH_EVENTS_MAX, ChainTip, Incoming, Plan, admit};
 use crate::chain::hex;
 use crate::clock::{ClockError, now, now_us};
-use crate::desk::{Desk, Entropy, Introspector, VAULT_BATCH_MAX, read, write};
+use crate::desk::{Desk, Entropy, Introspector, SeenRequest, VAULT_BATCH_MAX, read, write};
 use crate::registry::Registry;
 use crate::state::{Finding, PolicyInForce, VaultState};
 use crate::store::{LedgerIdentity, ProjectionDelta, Store, StoreError};
@@ -109,6 +109,15 @@ impl Ledger {
             })?;
         let tip = store.tip(|| Registry::new(&admin, &key.verifying_key()))?;
         let last_cp = store.last_checkpoint()?.map_or(0, |(s, _)| s);
+        // Nothing stored beside the chain is trusted until the chain agrees with it: a
+        // projection, findings or registry edited on disk would otherwise be served.
+        let check = crate::projection::rebuild_check(&store)?;
+        if !check.agrees() {
+            return Err(StoreError::Diverges {
+                path: store.path().into(),
+                what: check.summary(),
+            });
+        }
         let mut state = store.load_state()?;
         crate::projection::catch_up(&store, &mut state, &tip)?;
         let registry_shared = Arc::new(RwLock::new(tip.registry.clone()));
@@ -197,10 +206,11 @@ impl Ledger {
             .iter()
             .flat_map(|h| h.items.iter().cloned())
             .collect();
-        let plan = if items.is_empty() {
+        let seen: Vec<SeenRequest> = handled.iter().filter_map(|h| h.seen.clone()).collect();
+        let plan = if items.is_empty() && seen.is_empty() {
             Plan::default()
         } else {
-            self.commit(items).await?
+            self.commit_with_requests(items, seen).await?
         };
         let Some((desk, _)) = self.vault.as_ref() else {
             return Ok(());
@@ -323,6 +333,15 @@ impl Ledger {
         &mut self,
         items: Vec<crate::admission::Incoming>,
     ) -> Result<Plan, IngestError> {
+        self.commit_with_requests(items, Vec::new()).await
+    }
+
+    /// `commit`, storing the vault request ids the desk accepted in the same write.
+    async fn commit_with_requests(
+        &mut self,
+        items: Vec<crate::admission::Incoming>,
+        requests_seen: Vec<SeenRequest>,
+    ) -> Result<Plan, IngestError> {
         let store = Arc::clone(&self.store);
         let mut tip = self.tip.clone();
         let received_us = now_us()?;
@@ -330,17 +349,21 @@ impl Ledger {
         let (tip, plan, findings, admit_us, write_us) =
             tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
                 let t = Instant::now();
-                let plan = admit(&mut tip, &items, received_us, |ids| store.contains_ids(ids))?;
+                let plan = admit(&mut tip, &items, received_us, |ids| {
+                    store.stored_payloads(ids)
+                })?;
                 let delta = {
                     let mut st = write(&state);
                     let mut findings = Vec::new();
                     let mut touched = std::collections::BTreeSet::new();
                     for e in &plan.appends {
-                        let (f, t) = st.apply(e.seq, &e.event);
+                        let (f, t) = st.apply(e.seq, e.received_us, &e.event);
                         findings.extend(f);
                         touched.extend(t);
                     }
-                    ProjectionDelta::capture(&st, &touched, findings)?
+                    let mut delta = ProjectionDelta::capture(&st, &touched, findings)?;
+                    delta.requests_seen = requests_seen;
+                    delta
                 };
                 let admit_us = t.elapsed().as_micros() as u64;
                 store.commit(&plan, &tip, Some(&delta))?;

@@ -2,11 +2,12 @@
 
 use std::collections::BTreeSet;
 
-use docket_schemas::{Envelope, HumanTimeError, Timestamp};
+use docket_schemas::{Envelope, HumanTimeError, Kind, Timestamp};
 use serde::Serialize;
 
 use crate::admission::{ChainTip, Plan};
 use crate::chain::hex;
+use crate::registry::Registry;
 use crate::state::{Finding, ObjectKey, VaultState};
 use crate::store::{ProjectionDelta, Store, StoreError, decode_record};
 
@@ -110,6 +111,17 @@ pub fn replay(
     state: &mut VaultState,
     until: Until,
 ) -> Result<Vec<Finding>, StoreError> {
+    replay_with(store, state, until, None)
+}
+
+/// `replay`, also applying the admin events to `registry` when given (deriving it from
+/// the chain rather than trusting the stored copy).
+pub fn replay_with(
+    store: &Store,
+    state: &mut VaultState,
+    until: Until,
+    mut registry: Option<&mut Registry>,
+) -> Result<Vec<Finding>, StoreError> {
     let mut findings = Vec::new();
     for item in store.records(state.seq + 1)? {
         let (seq, record) = item?;
@@ -128,7 +140,17 @@ pub fn replay(
         {
             break;
         }
-        findings.extend(state.replay(seq, &event));
+        if let Some(r) = registry.as_deref_mut()
+            && matches!(
+                event.kind(),
+                Kind::KeyRegistered | Kind::KeyRevoked | Kind::PolicySet
+            )
+        {
+            // What admission refused never reached the chain, and what it admitted applied;
+            // a refusal here means the chain holds what it should not (verify says which).
+            let _ = r.apply(seq, &event.body);
+        }
+        findings.extend(state.replay(seq, entry.received_us, &event));
     }
     Ok(findings)
 }
@@ -177,16 +199,97 @@ pub struct RebuildReport {
     /// The earliest seq at which an object of the two states differs.
     pub first_divergent_seq: Option<u64>,
     pub differing_objects: Vec<String>,
+    /// Findings stored beside the state, and found again by the replay.
+    pub findings_stored: u64,
+    pub findings_replayed: u64,
+    /// Findings on one side only (stored but not found again, or found but not stored).
+    pub differing_findings: Vec<String>,
+    /// Whether the stored registry (who may sign what) is the one the chain derives.
+    pub registry_equal: bool,
     pub events_per_s: f64,
 }
 
-/// Replays from genesis and compares with the stored projection.
+impl RebuildReport {
+    /// Whether everything stored beside the chain is what the chain derives.
+    pub fn agrees(&self) -> bool {
+        self.equal && self.differing_findings.is_empty() && self.registry_equal
+    }
+
+    /// What disagrees, in one line (an error message's body).
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.equal {
+            parts.push(format!(
+                "state objects differ ({}{})",
+                self.differing_objects.join(", "),
+                self.first_divergent_seq
+                    .map(|s| format!("; first at seq {s}"))
+                    .unwrap_or_default()
+            ));
+        }
+        if !self.differing_findings.is_empty() {
+            parts.push(format!(
+                "findings differ ({} stored, {} replayed: {})",
+                self.findings_stored,
+                self.findings_replayed,
+                self.differing_findings.join("; ")
+            ));
+        }
+        if !self.registry_equal {
+            parts.push("the stored key registry is not the chain's".into());
+        }
+        parts.join("; ")
+    }
+}
+
+/// What a finding is, for comparing stored and replayed findings.
+fn finding_line(f: &Finding) -> String {
+    format!("seq {} {}: {}", f.seq, f.rule.as_str(), f.message)
+}
+
+/// Replays from genesis and compares with what is stored beside the chain: the
+/// projection, the findings and the key registry.
 pub fn rebuild_check(store: &Store) -> Result<RebuildReport, StoreError> {
     let stored = store.load_state()?;
     let started = std::time::Instant::now();
     let mut replayed = VaultState::default();
-    replay(store, &mut replayed, Until::Seq(stored.seq))?;
+    let mut registry = store.genesis_registry()?;
+    let mut found = replay_with(
+        store,
+        &mut replayed,
+        Until::Seq(stored.seq),
+        Some(&mut registry),
+    )?;
+    // Findings past the projection's seq (none, unless it lags the chain) are the chain's too.
+    let mut rest = replayed.clone();
+    found.extend(replay_with(
+        store,
+        &mut rest,
+        Until::End,
+        Some(&mut registry),
+    )?);
     let elapsed = started.elapsed().as_secs_f64();
+    let mut stored_findings: Vec<String> = store.findings()?.iter().map(finding_line).collect();
+    let mut replayed_findings: Vec<String> = found.iter().map(finding_line).collect();
+    stored_findings.sort();
+    replayed_findings.sort();
+    let differing_findings: Vec<String> = {
+        let (a, b): (BTreeSet<&String>, BTreeSet<&String>) = (
+            stored_findings.iter().collect(),
+            replayed_findings.iter().collect(),
+        );
+        let missing = b.difference(&a).map(|l| format!("not stored: {l}"));
+        let extra = a.difference(&b).map(|l| format!("not the chain's: {l}"));
+        let mut d: Vec<String> = missing.chain(extra).take(20).collect();
+        if d.is_empty() && stored_findings.len() != replayed_findings.len() {
+            d.push("a finding is stored twice".into());
+        }
+        d
+    };
+    let registry_equal = match store.registry()? {
+        Some(r) => registry_matches(&r, &registry),
+        None => stored.seq == 0,
+    };
     let digest = |s: &VaultState| {
         s.digest().map_err(|source| StoreError::Encode {
             what: "the state (for its digest)",
@@ -242,10 +345,38 @@ pub fn rebuild_check(store: &Store) -> Result<RebuildReport, StoreError> {
             first.or(Some(stored.seq.min(replayed.seq) + 1))
         },
         differing_objects: differing,
+        findings_stored: stored_findings.len() as u64,
+        findings_replayed: replayed_findings.len() as u64,
+        differing_findings,
+        registry_equal,
         events_per_s: if elapsed > 0.0 {
             replayed.seq as f64 / elapsed
         } else {
             0.0
         },
     })
+}
+
+/// Whether a stored registry says what the derived one says (who may sign what).
+fn registry_matches(stored: &Registry, derived: &Registry) -> bool {
+    stored.admin_key_id == derived.admin_key_id
+        && stored.ledger_key_id == derived.ledger_key_id
+        && stored.keys == derived.keys
+        && stored.policy_recorded == derived.policy_recorded
+        && stored.policy == derived.policy
+}
+
+/// Replaces everything stored beside the chain (projection, findings, registry) with what
+/// a replay from genesis derives; returns the entries replayed. The store must be the
+/// primary (no `serve` running).
+pub fn repair(store: &Store) -> Result<u64, StoreError> {
+    let mut state = VaultState::default();
+    let mut registry = store.genesis_registry()?;
+    let findings = replay_with(store, &mut state, Until::End, Some(&mut registry))?;
+    let mut tip = store.tip(|| registry.clone())?;
+    tip.registry = registry;
+    let all = changed_objects(&VaultState::default(), &state);
+    let delta = ProjectionDelta::capture(&state, &all, findings)?;
+    store.replace_derived(&tip, &delta)?;
+    Ok(state.seq)
 }

@@ -16,6 +16,7 @@ use rocksdb::{
 
 use crate::admission::{ChainTip, Plan, Quarantined};
 use crate::chain::{Entry, RecordError};
+use crate::desk::SeenRequest;
 use crate::registry::Registry;
 use crate::state::{Finding, ObjectKey, VaultState};
 
@@ -28,6 +29,9 @@ pub struct ProjectionDelta {
     /// Seq and time of the last entry the projection reflects.
     pub seq: u64,
     pub ts_us: i64,
+    /// Vault request ids the desk accepted in this batch: stored with the decisions they
+    /// led to, so a restarted vault still refuses their replay.
+    pub requests_seen: Vec<SeenRequest>,
 }
 
 impl ProjectionDelta {
@@ -54,6 +58,7 @@ impl ProjectionDelta {
             findings,
             seq: state.seq,
             ts_us: state.ts.map_or(0, |t| t.as_micros()),
+            requests_seen: Vec::new(),
         })
     }
 }
@@ -72,8 +77,11 @@ pub const CF_META: &str = "meta";
 pub const CF_STATE: &str = "state";
 /// Column family: u64be(seq) || u8(index) -> finding (JSON).
 pub const CF_FINDINGS: &str = "findings";
+/// Column family: u64be(seen µs) || request id (16 bytes) -> signing key id (UTF-8).
+/// The vault's replay memory; older than the replay window is pruned at start.
+pub const CF_REQUESTS: &str = "requests";
 
-const ALL_CFS: [&str; 7] = [
+const ALL_CFS: [&str; 8] = [
     CF_ENTRIES,
     CF_EVENT_IDS,
     CF_QUARANTINE,
@@ -81,6 +89,7 @@ const ALL_CFS: [&str; 7] = [
     CF_META,
     CF_STATE,
     CF_FINDINGS,
+    CF_REQUESTS,
 ];
 
 pub const META_FORMAT: &[u8] = b"format";
@@ -92,6 +101,12 @@ pub const META_REGISTRY: &[u8] = b"registry";
 pub const META_SOURCE_SEQ: &[u8] = b"source_seq";
 /// u64be(seq) || i64be(ts micros) of the last entry the projection reflects.
 pub const META_STATE_AT: &[u8] = b"state_at";
+/// u64be: quarantine records stored (they stop at `QUARANTINE_RECORDS_MAX`).
+pub const META_QUARANTINE_STORED: &[u8] = b"quarantine_stored";
+/// Prefix of `quarantine_count/<code>` -> u64be: refusals with that code, stored or not.
+pub const META_QUARANTINE_COUNT_PREFIX: &[u8] = b"quarantine_count/";
+/// Quarantine records kept at most; past it, refusals are counted by code but not stored.
+pub const QUARANTINE_RECORDS_MAX: u64 = 100_000;
 const FORMAT_VERSION: &[u8] = b"1";
 
 /// What went wrong with the store.
@@ -118,6 +133,15 @@ pub enum StoreError {
         found: String,
         expected: String,
     },
+    #[error(
+        "{path}: this ledger's checkpoint key is {found}, but the key given is {expected}; \
+         point ledger_key (config) at the ledger's own key file"
+    )]
+    LedgerKeyMismatch {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
     #[error("{path}: no ledger here (missing or not initialised by `docket serve`)")]
     NotALedger { path: PathBuf },
     #[error("{path}: metadata {key:?} is corrupt")]
@@ -131,6 +155,11 @@ pub enum StoreError {
     },
     #[error("entry {seq} does not decode: {why}")]
     Undecodable { seq: u64, why: String },
+    #[error(
+        "{path}: what is stored beside the chain disagrees with it: {what}. It was edited or \
+         damaged; `docket state rebuild --data DIR --repair` replaces it with what the chain derives"
+    )]
+    Diverges { path: PathBuf, what: String },
 }
 
 /// Static facts about a ledger, fixed when it was created.
@@ -190,22 +219,7 @@ fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
 impl Store {
     /// Opens (creating if needed) the primary store for `serve`, checking it belongs to this ledger.
     pub fn open(path: &Path, identity: &LedgerIdentity) -> Result<Store, StoreError> {
-        let db = DB::open_cf_descriptors(&options(), path, cf_descriptors()).map_err(|e| {
-            // RocksDB reports a held LOCK file as an I/O error; name the likely cause instead.
-            if e.kind() == rocksdb::ErrorKind::IOError && e.to_string().contains("LOCK") {
-                StoreError::Locked { path: path.into() }
-            } else {
-                rocks(path, e)
-            }
-        })?;
-        let mut sync = WriteOptions::default();
-        sync.set_sync(true);
-        let store = Store {
-            db,
-            path: path.to_path_buf(),
-            sync,
-            secondary: None,
-        };
+        let store = Store::open_writable(path)?;
         match store.identity_opt()? {
             None => {
                 let mut b = WriteBatch::default();
@@ -234,9 +248,46 @@ impl Store {
                         expected: identity.admin_public_key.clone(),
                     });
                 }
+                if found.ledger_public_key != identity.ledger_public_key {
+                    return Err(StoreError::LedgerKeyMismatch {
+                        path: path.into(),
+                        found: found.ledger_public_key,
+                        expected: identity.ledger_public_key.clone(),
+                    });
+                }
             }
         }
         Ok(store)
+    }
+
+    /// Opens an existing ledger's store for writing, as its identity stands (for offline
+    /// maintenance while no `serve` holds it).
+    pub fn open_primary(path: &Path) -> Result<Store, StoreError> {
+        if !path.join("CURRENT").exists() {
+            return Err(StoreError::NotALedger { path: path.into() });
+        }
+        let store = Store::open_writable(path)?;
+        store.identity()?;
+        Ok(store)
+    }
+
+    fn open_writable(path: &Path) -> Result<Store, StoreError> {
+        let db = DB::open_cf_descriptors(&options(), path, cf_descriptors()).map_err(|e| {
+            // RocksDB reports a held LOCK file as an I/O error; name the likely cause instead.
+            if e.kind() == rocksdb::ErrorKind::IOError && e.to_string().contains("LOCK") {
+                StoreError::Locked { path: path.into() }
+            } else {
+                rocks(path, e)
+            }
+        })?;
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        Ok(Store {
+            db,
+            path: path.to_path_buf(),
+            sync,
+            secondary: None,
+        })
     }
 
     /// Opens an existing store read-only, as a RocksDB secondary that catches up with a running `serve`.
@@ -286,6 +337,36 @@ impl Store {
         self.db
             .get_cf(self.cf(CF_META)?, key)
             .map_err(|e| rocks(&self.path, e))
+    }
+
+    /// A u64 kept in meta; 0 when absent.
+    fn meta_u64(&self, key: &[u8]) -> Result<u64, StoreError> {
+        match self.meta(key)? {
+            Some(v) => Ok(u64::from_be_bytes(
+                v.as_slice().try_into().map_err(|_| self.corrupt(key))?,
+            )),
+            None => Ok(0),
+        }
+    }
+
+    /// Quarantined messages by reason code, counted since this store began counting
+    /// (the records themselves stop at `QUARANTINE_RECORDS_MAX`; the counts do not).
+    pub fn quarantine_counts(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        let mut out = std::collections::BTreeMap::new();
+        let mode = IteratorMode::From(META_QUARANTINE_COUNT_PREFIX, rocksdb::Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(CF_META)?, mode) {
+            let (k, v) = item.map_err(|e| rocks(&self.path, e))?;
+            let Some(code) = k.strip_prefix(META_QUARANTINE_COUNT_PREFIX) else {
+                break;
+            };
+            let n = u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| self.corrupt(META_QUARANTINE_COUNT_PREFIX))?,
+            );
+            out.insert(String::from_utf8_lossy(code).into_owned(), n);
+        }
+        Ok(out)
     }
 
     fn meta_text(&self, key: &[u8]) -> Result<Option<String>, StoreError> {
@@ -349,6 +430,24 @@ impl Store {
         }
     }
 
+    /// The registry before any entry: the ledger's recorded admin and checkpoint keys.
+    pub fn genesis_registry(&self) -> Result<Registry, StoreError> {
+        let id = self.identity()?;
+        let key = |field: &str, b64: &str| {
+            docket_schemas::decode_public_key(b64)
+                .ok()
+                .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
+                .ok_or_else(|| StoreError::CorruptMeta {
+                    path: self.path.clone(),
+                    key: field.into(),
+                })
+        };
+        Ok(Registry::new(
+            &key("admin_public_key", &id.admin_public_key)?,
+            &key("ledger_public_key", &id.ledger_public_key)?,
+        ))
+    }
+
     /// The chain tip as last committed; an empty chain with a fresh registry when new.
     pub fn tip(&self, fresh: impl FnOnce() -> Registry) -> Result<ChainTip, StoreError> {
         let (seq, head) = self.head()?;
@@ -373,13 +472,39 @@ impl Store {
         }
     }
 
-    /// For each id, whether an entry with that event id exists.
-    pub fn contains_ids(&self, ids: &[EventId]) -> Result<Vec<bool>, StoreError> {
+    /// For each id, the event payload of the entry that holds it, if any (admission tells
+    /// a redelivery from a different event reusing the id). Only taken ids cost a read.
+    pub fn stored_payloads(&self, ids: &[EventId]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         let cf = self.cf(CF_EVENT_IDS)?;
-        self.db
+        let seqs: Vec<Option<Vec<u8>>> = self
+            .db
             .batched_multi_get_cf(cf, ids.iter().map(|id| &id.0), false)
             .into_iter()
-            .map(|r| r.map(|v| v.is_some()).map_err(|e| rocks(&self.path, e)))
+            .map(|r| {
+                r.map(|v| v.map(|v| v.to_vec()))
+                    .map_err(|e| rocks(&self.path, e))
+            })
+            .collect::<Result<_, _>>()?;
+        seqs.into_iter()
+            .map(|v| {
+                let Some(v) = v else { return Ok(None) };
+                let seq = u64::from_be_bytes(
+                    v.get(..8)
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or_else(|| self.corrupt(b"event id -> seq"))?,
+                );
+                let record = self
+                    .record(seq)?
+                    .ok_or_else(|| self.corrupt(b"event id -> entry"))?;
+                let entry = decode_record(seq, &record)?;
+                let envelope = docket_schemas::Envelope::decode(entry.envelope).map_err(|e| {
+                    StoreError::Undecodable {
+                        seq,
+                        why: e.to_string(),
+                    }
+                })?;
+                Ok(Some(envelope.payload))
+            })
             .collect()
     }
 
@@ -391,6 +516,30 @@ impl Store {
         tip: &ChainTip,
         projection: Option<&ProjectionDelta>,
     ) -> Result<(), StoreError> {
+        self.write_batch(plan, tip, projection, false)
+    }
+
+    /// Replaces the whole projection and every finding with `projection`, and the stored
+    /// registry with `tip`'s, in one durable write (`docket state rebuild --repair`).
+    pub fn replace_derived(
+        &self,
+        tip: &ChainTip,
+        projection: &ProjectionDelta,
+    ) -> Result<(), StoreError> {
+        let plan = Plan {
+            registry_changed: true,
+            ..Plan::default()
+        };
+        self.write_batch(&plan, tip, Some(projection), true)
+    }
+
+    fn write_batch(
+        &self,
+        plan: &Plan,
+        tip: &ChainTip,
+        projection: Option<&ProjectionDelta>,
+        replace_derived: bool,
+    ) -> Result<(), StoreError> {
         let (entries, ids, quarantine, meta) = (
             self.cf(CF_ENTRIES)?,
             self.cf(CF_EVENT_IDS)?,
@@ -398,16 +547,41 @@ impl Store {
             self.cf(CF_META)?,
         );
         let mut b = WriteBatch::default();
+        if replace_derived {
+            for name in [CF_STATE, CF_FINDINGS] {
+                let cf = self.cf(name)?;
+                for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+                    let (k, _) = item.map_err(|e| rocks(&self.path, e))?;
+                    b.delete_cf(cf, k);
+                }
+            }
+        }
         for e in &plan.appends {
             b.put_cf(entries, e.seq.to_be_bytes(), e.entry().encode());
             b.put_cf(ids, e.event_id.0, e.seq.to_be_bytes());
         }
-        for q in &plan.quarantined {
-            b.put_cf(
-                quarantine,
-                q.source_seq.to_be_bytes(),
-                encode("a quarantine record", q)?,
-            );
+        if !plan.quarantined.is_empty() {
+            // Every refusal is counted by reason; records (each a sample of the message,
+            // never all of it) are kept up to a bound, so a flood cannot fill the disk.
+            let mut stored = self.meta_u64(META_QUARANTINE_STORED)?;
+            let mut counts = std::collections::BTreeMap::<&str, u64>::new();
+            for q in &plan.quarantined {
+                *counts.entry(q.code.as_str()).or_default() += 1;
+                if stored < QUARANTINE_RECORDS_MAX {
+                    b.put_cf(
+                        quarantine,
+                        q.source_seq.to_be_bytes(),
+                        encode("a quarantine record", q)?,
+                    );
+                    stored += 1;
+                }
+            }
+            b.put_cf(meta, META_QUARANTINE_STORED, stored.to_be_bytes());
+            for (code, n) in counts {
+                let key = [META_QUARANTINE_COUNT_PREFIX, code.as_bytes()].concat();
+                let total = self.meta_u64(&key)?.saturating_add(n);
+                b.put_cf(meta, key, total.to_be_bytes());
+            }
         }
         let mut t = tip.seq.to_be_bytes().to_vec();
         t.extend_from_slice(&tip.head);
@@ -432,6 +606,10 @@ impl Store {
                 *i = i.saturating_add(1);
                 b.put_cf(findings_cf, k, encode("a finding", f)?);
             }
+            let requests = self.cf(CF_REQUESTS)?;
+            for r in &p.requests_seen {
+                b.put_cf(requests, request_key(r.seen_us, &r.id), r.key_id.as_bytes());
+            }
             let mut at = p.seq.to_be_bytes().to_vec();
             at.extend_from_slice(&p.ts_us.to_be_bytes());
             b.put_cf(meta, META_STATE_AT, at);
@@ -439,6 +617,36 @@ impl Store {
         self.db
             .write_opt(b, &self.sync)
             .map_err(|e| rocks(&self.path, e))
+    }
+
+    /// The vault request ids stored as seen at or after `since_us`, oldest first; those
+    /// before it are deleted (outside every replay window, they only take room).
+    pub fn remembered_requests(&self, since_us: i64) -> Result<Vec<SeenRequest>, StoreError> {
+        let cf = self.cf(CF_REQUESTS)?;
+        let from = request_key(since_us, &EventId([0; 16]));
+        self.db
+            .delete_range_cf(cf, &request_key(0, &EventId([0; 16]))[..], &from[..])
+            .map_err(|e| rocks(&self.path, e))?;
+        let mut out = Vec::new();
+        let mode = IteratorMode::From(&from, rocksdb::Direction::Forward);
+        for item in self.db.iterator_cf(cf, mode) {
+            let (k, v) = item.map_err(|e| rocks(&self.path, e))?;
+            let (Some(seen_us), Some(id), Ok(key_id)) = (
+                k.get(..8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .and_then(|b| i64::try_from(u64::from_be_bytes(b)).ok()),
+                k.get(8..24).and_then(|b| <[u8; 16]>::try_from(b).ok()),
+                String::from_utf8(v.into_vec()),
+            ) else {
+                return Err(self.corrupt(CF_REQUESTS.as_bytes()));
+            };
+            out.push(SeenRequest {
+                id: EventId(id),
+                seen_us,
+                key_id,
+            });
+        }
+        Ok(out)
     }
 
     /// Loads the stored projection (objects, seq and time); an empty state when none was stored.
@@ -641,6 +849,13 @@ fn encode<T: serde::Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>,
 }
 
 /// Decodes a record fetched from the store.
+/// The key of a remembered request: its time first, so old ones prune as one range.
+fn request_key(seen_us: i64, id: &EventId) -> Vec<u8> {
+    let mut k = (seen_us.max(0) as u64).to_be_bytes().to_vec();
+    k.extend_from_slice(&id.0);
+    k
+}
+
 pub fn decode_record(seq: u64, record: &[u8]) -> Result<Entry<'_>, StoreError> {
     Entry::decode(seq, record).map_err(|source| StoreError::Record { seq, source })
 }

@@ -5,6 +5,7 @@
 //! bounded: a source never holds more than its pull window unacknowledged.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -126,8 +127,7 @@ pub struct NatsSettings {
     pub consumer: String,
     /// Subject filter within `docket.events.>` this instance consumes.
     pub filter: String,
-    /// Start a new consumer at new messages instead of the stream's beginning (demo runs).
-    pub deliver_new: bool,
+    pub auth: NatsAuth,
 }
 
 impl NatsSource {
@@ -135,7 +135,7 @@ impl NatsSource {
     pub async fn connect(settings: &NatsSettings) -> Result<NatsSource, TransportError> {
         // No retry on the first connect: a wrong URL should fail now, loudly, not hang at INFO.
         // Once connected, the client reconnects by itself when the server restarts.
-        NatsSource::on(connect(&settings.url).await?, settings).await
+        NatsSource::on(connect(&settings.url, &settings.auth).await?, settings).await
     }
 
     /// Ensures the stream and the durable consumer exist on an open connection.
@@ -156,16 +156,20 @@ impl NatsSource {
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     ack_wait: ACK_WAIT,
                     max_ack_pending: ACK_PENDING_MAX as i64,
-                    deliver_policy: if settings.deliver_new {
-                        jetstream::consumer::DeliverPolicy::New
-                    } else {
-                        jetstream::consumer::DeliverPolicy::All
-                    },
+                    // A work queue delivers everything to its one consumer.
+                    deliver_policy: jetstream::consumer::DeliverPolicy::All,
                     ..Default::default()
                 },
             )
             .await
-            .map_err(nats_err)?;
+            .map_err(|e| {
+                TransportError::Nats(format!(
+                    "cannot take the stream's messages as consumer {:?}: {e} (the stream is a work \
+                     queue with one consumer: is another ledger, under another consumer name, already \
+                     taking them from this server?)",
+                    settings.consumer
+                ))
+            })?;
         Ok(NatsSource {
             consumer,
             messages: None,
@@ -188,12 +192,14 @@ impl NatsSource {
         let mut items = Vec::new();
         let mut ackers = Vec::new();
         let mut deadline = None;
+        let mut bytes = 0usize;
         loop {
             if self.messages.is_none() {
                 let m = self
                     .consumer
                     .stream()
                     .max_messages_per_batch(crate::admission::BATCH_EVENTS_MAX)
+                    .max_bytes_per_batch(crate::admission::BATCH_BYTES_MAX)
                     .heartbeat(Duration::from_secs(2))
                     .expires(Duration::from_secs(5))
                     .messages()
@@ -218,13 +224,14 @@ impl NatsSource {
                 Some(Ok(msg)) => {
                     let source_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
                     let (m, acker) = msg.split();
+                    bytes += m.payload.len() + m.subject.len();
                     items.push(Incoming {
                         subject: m.subject.to_string(),
                         payload: m.payload,
                         source_seq,
                     });
                     ackers.push(acker);
-                    if items.len() >= max {
+                    if items.len() >= max || bytes >= crate::admission::BATCH_BYTES_MAX {
                         break;
                     }
                 }
@@ -254,10 +261,72 @@ impl NatsSource {
 /// How long a first connection attempt may take before it is reported as a failure.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How a client proves who it is to NATS and protects the connection. Empty: no
+/// authentication and plain TCP (a server on loopback for one user).
+#[derive(Clone, Debug, Default)]
+pub struct NatsAuth {
+    /// A `.creds` file (a user JWT and its nkey seed), for servers with decentralised auth.
+    pub creds: Option<PathBuf>,
+    /// A file holding an nkey seed (`SU...`), for servers that list users by nkey.
+    pub nkey: Option<PathBuf>,
+    /// User name and password, for servers that list users so.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// The CA certificate (PEM) that signed the server's: connect with TLS and check it.
+    pub ca: Option<PathBuf>,
+    /// A client certificate and its key (PEM), for servers that verify clients (mTLS).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The prefix of this client's reply subjects (default `_INBOX`): with per-identity
+    /// permissions, each identity may subscribe only to its own prefix, so nobody reads
+    /// another's replies.
+    pub inbox_prefix: Option<String>,
+}
+
+impl NatsAuth {
+    async fn options(&self) -> Result<async_nats::ConnectOptions, String> {
+        let mut o = match &self.creds {
+            Some(path) => async_nats::ConnectOptions::new()
+                .credentials_file(path)
+                .await
+                .map_err(|e| format!("credentials file {}: {e}", path.display()))?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        if let Some(path) = &self.nkey {
+            let seed = std::fs::read_to_string(path)
+                .map_err(|e| format!("nkey seed file {}: {e}", path.display()))?;
+            o = o.nkey(seed.trim().to_string());
+        }
+        match (&self.user, &self.password) {
+            (Some(u), Some(p)) => o = o.user_and_password(u.clone(), p.clone()),
+            (None, None) => {}
+            _ => return Err("give both a NATS user and a password, or neither".into()),
+        }
+        if let Some(ca) = &self.ca {
+            o = o.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => o = o.add_client_certificate(c.clone(), k.clone()),
+            (None, None) => {}
+            _ => return Err("give both a client certificate and its key, or neither".into()),
+        }
+        if let Some(prefix) = &self.inbox_prefix {
+            o = o.custom_inbox_prefix(prefix);
+        }
+        Ok(o.connection_timeout(CONNECT_TIMEOUT))
+    }
+}
+
 /// Connects to a NATS server once, with an error that names the URL and what to check.
-pub async fn connect(url: &str) -> Result<async_nats::Client, TransportError> {
-    async_nats::ConnectOptions::new()
-        .connection_timeout(CONNECT_TIMEOUT)
+pub async fn connect(url: &str, auth: &NatsAuth) -> Result<async_nats::Client, TransportError> {
+    let options = auth
+        .options()
+        .await
+        .map_err(|why| TransportError::Connect {
+            url: url.to_string(),
+            why,
+        })?;
+    options
         .connect(url)
         .await
         .map_err(|e| TransportError::Connect {
@@ -271,12 +340,13 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, TransportError> {
 /// listen yet). Any other failure, or the last unreachable one, is returned.
 pub async fn connect_within(
     url: &str,
+    auth: &NatsAuth,
     patience: Duration,
 ) -> Result<async_nats::Client, TransportError> {
     let deadline = tokio::time::Instant::now() + patience;
     let mut warned = false;
     loop {
-        match connect(url).await {
+        match connect(url, auth).await {
             Err(e @ TransportError::Connect { .. }) if tokio::time::Instant::now() < deadline => {
                 if !warned {
                     tracing::warn!("{e}; retrying for up to {} s", patience.as_secs());
@@ -301,17 +371,51 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     inner.to_string()
 }
 
-/// Creates the events stream if absent: file storage, so JetStream survives a restart.
-pub async fn ensure_stream(js: &jetstream::Context) -> Result<stream::Stream, TransportError> {
-    js.get_or_create_stream(stream::Config {
+/// The most the events stream holds, in bytes: the backlog the ledger has not taken yet
+/// (a work queue: what the ledger acknowledged is removed). When it is full, JetStream
+/// refuses new publishes (discard new) rather than drop what it already acknowledged.
+pub const STREAM_BYTES_MAX: i64 = 8 << 30;
+
+/// The events stream's configuration: file storage, so JetStream survives a restart; a
+/// work queue, so it holds only what the ledger has not yet taken; no message above the
+/// envelope limit (JetStream refuses it at publish, before it costs the ledger anything);
+/// at most `STREAM_BYTES_MAX` queued, new publishes refused beyond; no deleting or purging
+/// messages through the API. docs/FORMAT.md, "The events stream", explains each choice.
+pub fn stream_config() -> stream::Config {
+    stream::Config {
         name: STREAM_NAME.to_string(),
         subjects: vec![STREAM_SUBJECTS.to_string()],
         storage: stream::StorageType::File,
         duplicate_window: DUPLICATE_WINDOW,
+        retention: stream::RetentionPolicy::WorkQueue,
+        max_message_size: docket_schemas::limits::ENVELOPE_BYTES_MAX as i32,
+        max_bytes: STREAM_BYTES_MAX,
+        discard: stream::DiscardPolicy::New,
+        deny_delete: true,
+        deny_purge: true,
         ..Default::default()
-    })
-    .await
-    .map_err(|e| TransportError::JetStream(e.to_string()))
+    }
+}
+
+/// Creates the events stream if absent. A stream made by an older Docket (no limits, kept
+/// forever) is used as it is, with a warning that says how to replace it.
+pub async fn ensure_stream(js: &jetstream::Context) -> Result<stream::Stream, TransportError> {
+    let wanted = stream_config();
+    let stream = js
+        .get_or_create_stream(wanted.clone())
+        .await
+        .map_err(|e| TransportError::JetStream(e.to_string()))?;
+    let have = &stream.cached_info().config;
+    if have.retention != wanted.retention || have.max_message_size != wanted.max_message_size {
+        tracing::warn!(
+            "stream {STREAM_NAME} was created without Docket's limits (retention {:?}, max message size {}); \
+             once the ledger has taken everything, delete it (`nats stream rm {STREAM_NAME}`) and restart \
+             to have it made with them",
+            have.retention,
+            have.max_message_size
+        );
+    }
+    Ok(stream)
 }
 
 /// An in-process stand-in for the JetStream stream and its consumer.

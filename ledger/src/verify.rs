@@ -12,7 +12,7 @@ use ed25519_dalek::VerifyingKey;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::admission::{describe, verify_all};
+use crate::admission::{check_arrival, describe, verify_all};
 use crate::chain::{Entry, GENESIS_PREV, hex};
 use crate::registry::{Registry, Signer};
 use crate::store::{Store, StoreError};
@@ -84,7 +84,15 @@ struct Decoded {
     /// (stored hash, stored previous hash), or why the record is unreadable.
     chain: Result<([u8; 32], [u8; 32]), String>,
     hash_ok: bool,
-    event: Result<(Envelope, Event), String>,
+    event: Result<Arrived, String>,
+}
+
+/// A decoded entry's envelope and event, with where and when it arrived.
+struct Arrived {
+    envelope: Envelope,
+    event: Event,
+    subject: String,
+    received_us: i64,
 }
 
 fn decode(seq: u64, record: &[u8]) -> Decoded {
@@ -98,9 +106,15 @@ fn decode(seq: u64, record: &[u8]) -> Decoded {
         Ok(entry) => {
             let event = Envelope::decode(entry.envelope)
                 .map_err(|e| format!("envelope: {e}"))
-                .and_then(|env| {
-                    env.event()
-                        .map(|ev| (env, ev))
+                .and_then(|envelope| {
+                    envelope
+                        .event()
+                        .map(|event| Arrived {
+                            envelope,
+                            event,
+                            subject: entry.subject.to_string(),
+                            received_us: entry.received_us,
+                        })
                         .map_err(|e| format!("event: {e}"))
                 });
             Decoded {
@@ -245,10 +259,9 @@ pub fn verify(
                 }
             }
             match d.event {
-                Ok((envelope, event)) => check_event(
+                Ok(arrived) => check_event(
                     seq,
-                    envelope,
-                    event,
+                    arrived,
                     &mut registry,
                     &mut ids,
                     &mut pending,
@@ -269,6 +282,22 @@ pub fn verify(
                 "chain ends at seq {last_seq} but the ledger's tip records seq {} with head {}",
                 tip.seq,
                 hex(&tip.head)
+            ),
+        );
+    }
+    // What is stored beside the chain (projection, findings, registry) must be what the
+    // chain derives; an edit there would otherwise be served, and reported by nobody. On a
+    // chain that is itself wrong, the derivation means nothing: those problems come first.
+    let derived = match found.total {
+        0 => Some(crate::projection::rebuild_check(store)?),
+        _ => None,
+    };
+    if let Some(derived) = derived.filter(|d| !d.agrees()) {
+        found.add(
+            derived.first_divergent_seq,
+            format!(
+                "stored beside the chain but not what it derives: {}",
+                derived.summary()
             ),
         );
     }
@@ -293,25 +322,38 @@ pub fn verify(
 
 fn check_event(
     seq: u64,
-    envelope: Envelope,
-    event: Event,
+    arrived: Arrived,
     registry: &mut Registry,
     ids: &mut HashSet<[u8; 16]>,
     pending: &mut Vec<Pending>,
     found: &mut Findings,
 ) {
+    let Arrived {
+        envelope,
+        event,
+        subject,
+        received_us,
+    } = arrived;
     if !ids.insert(event.id.0) {
         found.add(
             Some(seq),
             format!("event id {} appears twice in the chain", event.id),
         );
     }
+    if let Err(e) = check_arrival(&subject, received_us, &event, &registry.policy.policy) {
+        // Admission would have quarantined it: it changes nothing, as admission left it.
+        return found.add(Some(seq), format!("should have been quarantined: {e}"));
+    }
     // The same resolution of the envelope's keyid hint, and the same check, as admission.
     let signers = match registry.signers(&envelope.key_id, &event.body) {
         Ok(s) => s,
         Err(e) => return found.add(Some(seq), format!("not authorized at this seq: {e}")),
     };
-    if matches!(event.kind(), Kind::KeyRegistered | Kind::KeyRevoked) {
+    // Events that change the registry are applied in order, as admission does.
+    if matches!(
+        event.kind(),
+        Kind::KeyRegistered | Kind::KeyRevoked | Kind::PolicySet
+    ) {
         settle(pending, found);
         if verify_all(std::iter::once((&envelope, signers.as_slice())))
             .pop()
@@ -320,10 +362,7 @@ fn check_event(
         {
             return found.add(
                 Some(seq),
-                format!(
-                    "signature does not verify against the admin's {}",
-                    describe(&signers)
-                ),
+                format!("signature does not verify against {}", describe(&signers)),
             );
         }
         if let Err(e) = registry.apply(seq, &event.body) {

@@ -287,6 +287,11 @@ impl AuditSession {
         self.options.timeout
     }
 
+    /// The memory limit of a query's operators, in bytes.
+    pub fn memory_limit_bytes(&self) -> u64 {
+        self.options.memory_limit_bytes as u64
+    }
+
     fn load_small_tables(&mut self, names: &[String]) -> Result<(), QueryError> {
         let wanted: Vec<&'static str> = SMALL_TABLES
             .iter()

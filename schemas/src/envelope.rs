@@ -91,6 +91,8 @@ impl Envelope {
         if bytes.len() > ENVELOPE_BYTES_MAX {
             return Err(EnvelopeError::Oversize { len: bytes.len() });
         }
+        // Unknown fields are allowed, but only as plain JSON any verifier can parse.
+        crate::strict_json::check(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
         let wire: EnvelopeWire<'_> =
             serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
         if wire.payload_type != PAYLOAD_TYPE {

@@ -369,8 +369,12 @@ pub struct AgentSuspended {
 pub struct RequestRefused {
     /// The request's own id (a UUIDv7 chosen by the requester).
     pub request_id: String,
-    /// Who asked: an agent, a user, or a key id when the signer is unknown.
+    /// Who asked, as the vault verified it: an agent, a user, a gateway, the admin; or
+    /// `unverified` when the signature was not checked or did not verify.
     pub requester: String,
+    /// The key id an unverified request named: a claim, not an identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_key_id: Option<String>,
     /// The operation asked for (`grant`, `token`, `approve`, `revoke`, `introspect`).
     pub op: String,
     pub reason: String,
@@ -450,6 +454,7 @@ pub enum EventError {
 impl Event {
     /// Decodes and validates an event from the exact payload bytes of an envelope.
     pub fn from_payload(payload: &[u8]) -> Result<Event, EventError> {
+        crate::strict_json::check(payload).map_err(|e| EventError::NotAnObject(e.to_string()))?;
         let mut map: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(payload).map_err(|e| EventError::NotAnObject(e.to_string()))?;
         // Version first: a future version's fields must not be judged by this one's rules.
@@ -525,8 +530,16 @@ impl Event {
 
     /// Checks the named limits and the formats serde cannot express.
     pub fn validate(&self) -> Result<(), EventError> {
+        self.body.validate()
+    }
+}
+
+impl EventBody {
+    /// Checks the named limits and the formats serde cannot express (admission, and the
+    /// vault before it emits anything).
+    pub fn validate(&self) -> Result<(), EventError> {
         use EventBody as B;
-        match &self.body {
+        match self {
             B::AgentRegistered(e) => {
                 id("agent", &e.agent)?;
                 id("user", &e.user)?;
@@ -554,7 +567,7 @@ impl Event {
                 id("grant_id", &e.grant_id)?;
                 id("user", &e.user)?;
                 id("agent", &e.agent)?;
-                text("audience", &e.audience, OPERATION_BYTES_MAX)?;
+                identifier("audience", &e.audience, OPERATION_BYTES_MAX)?;
                 scopes(&e.scopes)?;
                 count("approval", e.approval.len(), APPROVAL_RULES_PER_GRANT_MAX)?;
                 for rule in &e.approval {
@@ -571,7 +584,7 @@ impl Event {
                 id("grant_id", &e.grant_id)?;
                 id("user", &e.user)?;
                 id("agent", &e.agent)?;
-                text("audience", &e.audience, OPERATION_BYTES_MAX)?;
+                identifier("audience", &e.audience, OPERATION_BYTES_MAX)?;
                 scopes(&e.scopes)?;
                 text(
                     "binding_message",
@@ -612,7 +625,7 @@ impl Event {
                 id("grant_id", &e.grant_id)?;
                 id("user", &e.user)?;
                 id("agent", &e.agent)?;
-                text("audience", &e.audience, OPERATION_BYTES_MAX)?;
+                identifier("audience", &e.audience, OPERATION_BYTES_MAX)?;
                 scopes(&e.scopes)?;
                 if let Some(a) = &e.approval_id {
                     id("approval_id", a)?;
@@ -629,7 +642,7 @@ impl Event {
                     token_hash("token_hash", h)?;
                 }
                 id("agent", &e.agent)?;
-                text("audience", &e.audience, OPERATION_BYTES_MAX)?;
+                identifier("audience", &e.audience, OPERATION_BYTES_MAX)?;
                 if e.method.is_empty()
                     || e.method.len() > METHOD_BYTES_MAX
                     || !e.method.bytes().all(|c| c.is_ascii_uppercase())
@@ -659,12 +672,17 @@ impl Event {
             B::RequestRefused(e) => {
                 id("request_id", &e.request_id)?;
                 text("requester", &e.requester, KEY_ID_BYTES_MAX)?;
+                if let Some(k) = &e.claimed_key_id {
+                    text("claimed_key_id", k, KEY_ID_BYTES_MAX)?;
+                }
                 id("op", &e.op)?;
                 text("reason", &e.reason, TEXT_BYTES_MAX)?;
                 if let Some(a) = &e.audience {
-                    text("audience", a, OPERATION_BYTES_MAX)?;
+                    identifier("audience", a, OPERATION_BYTES_MAX)?;
                 }
-                scopes(&e.scopes)?;
+                // What was asked for, which may be nothing (a refusal of an empty request).
+                count("scopes", e.scopes.len(), SCOPES_PER_EVENT_MAX)?;
+                e.scopes.iter().try_for_each(|s| scope(s))?;
             }
             B::PolicySet(p) => {
                 p.check()
@@ -683,23 +701,58 @@ fn text(field: &'static str, value: &str, max: usize) -> Result<(), EventError> 
             max,
         });
     }
-    if value.chars().any(char::is_control) {
+    if let Some(c) = value.chars().find(|c| is_hidden(*c)) {
         return Err(EventError::Invalid {
             field,
-            why: "contains a control character".into(),
+            why: format!(
+                "contains U+{:04X}, a control, format or separator character",
+                c as u32
+            ),
         });
     }
     Ok(())
 }
 
-fn id(field: &'static str, value: &str) -> Result<(), EventError> {
+/// Characters free text may not hold: controls, and the invisible ones that make a
+/// text read differently from what it is (bidirectional controls, zero-width
+/// characters, line and paragraph separators, the byte-order mark).
+pub fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// Characters an identifier, audience or scope may hold: those RFC 3986 allows in a
+/// URI (ASCII letters and digits, `-._~:/?#[]@!$&'()*+,;=` and `%`). ASCII only, so no
+/// identifier can look like another (`agent-7` in Cyrillic) or hide a character.
+pub fn is_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~:/?#[]@!$&'()*+,;=%".contains(c)
+}
+
+/// An identifier-like field: non-empty, at most `max` bytes, only [`is_id_char`]s.
+pub fn identifier(field: &'static str, value: &str, max: usize) -> Result<(), EventError> {
     if value.is_empty() {
         return Err(EventError::Invalid {
             field,
             why: "empty".into(),
         });
     }
-    text(field, value, ID_BYTES_MAX)
+    text(field, value, max)?;
+    if let Some(c) = value.chars().find(|c| !is_id_char(*c)) {
+        return Err(EventError::Invalid {
+            field,
+            why: format!(
+                "{:?} is not allowed: identifiers hold only ASCII letters, digits and -._~:/?#[]@!$&'()*+,;=%",
+                c
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn id(field: &'static str, value: &str) -> Result<(), EventError> {
+    identifier(field, value, ID_BYTES_MAX)
 }
 
 fn count(field: &'static str, len: usize, max: usize) -> Result<(), EventError> {
@@ -709,17 +762,19 @@ fn count(field: &'static str, len: usize, max: usize) -> Result<(), EventError> 
     Ok(())
 }
 
-fn scope(value: &str) -> Result<(), EventError> {
-    if value.is_empty() || value.contains(' ') {
-        return Err(EventError::Invalid {
-            field: "scopes",
-            why: format!("scope {:?} is empty or has a space", truncate(value)),
-        });
-    }
-    text("scopes", value, SCOPE_BYTES_MAX)
+/// One scope: an identifier of at most `SCOPE_BYTES_MAX` bytes.
+pub fn scope(value: &str) -> Result<(), EventError> {
+    identifier("scopes", value, SCOPE_BYTES_MAX)
 }
 
+/// A list of scopes: at least one (a grant, approval or token for nothing is a mistake).
 fn scopes(values: &[String]) -> Result<(), EventError> {
+    if values.is_empty() {
+        return Err(EventError::Invalid {
+            field: "scopes",
+            why: "empty: name at least one scope".into(),
+        });
+    }
     count("scopes", values.len(), SCOPES_PER_EVENT_MAX)?;
     values.iter().try_for_each(|s| scope(s))
 }
@@ -801,5 +856,43 @@ mod tests {
         assert!(reject("[1]").contains("not a JSON object"));
         let long = "x".repeat(ID_BYTES_MAX + 1);
         assert!(reject(&base.replace("agent-1", &long)).contains("over its limit"));
+    }
+
+    #[test]
+    fn a_payload_means_one_thing_to_every_parser() {
+        let base = String::from_utf8(sample().to_payload()).unwrap();
+        // Two `agent`s: one parser would keep the first, another the last.
+        let twice = base.replace(
+            r#""agent":"agent-1""#,
+            r#""agent":"agent-1","agent":"agent-2""#,
+        );
+        assert!(reject(&twice).contains("duplicate key \"agent\""));
+        // Even a repeated header.
+        let ts_twice = base.replacen(r#""ts":"#, r#""ts":"2026-11-22T08:00:00.000000Z","ts":"#, 1);
+        assert!(reject(&ts_twice).contains("duplicate key"));
+    }
+
+    #[test]
+    fn identifiers_hold_only_uri_characters_and_text_hides_nothing() {
+        let base = String::from_utf8(sample().to_payload()).unwrap();
+        // Cyrillic "а" in place of the Latin one: looks the same, is another agent.
+        let lookalike = base.replace("agent-1", "\u{0430}gent-1");
+        assert!(reject(&lookalike).contains("identifiers hold only ASCII"));
+        for hidden in ["\u{202E}", "\u{200B}", "\u{2028}", "\u{FEFF}", " "] {
+            let bad = base.replace("agent-1", &format!("agent{hidden}-1"));
+            assert!(reject(&bad).contains("`agent`"), "{hidden:?}");
+        }
+        // Free text may be any language, but not hide characters.
+        let op = |s: &str| base.replace("/repos/acme/web/issues", s);
+        Event::from_payload(op("/wiki/Ελλάδα").as_bytes()).unwrap();
+        assert!(reject(&op("/a\u{202E}b")).contains("U+202E"));
+        // Scopes too, and a list of none.
+        assert!(reject(&base.replace("issues:read", "issues read")).contains("scopes"));
+        let grant = r#"{"v":1,"id":"01900000-0000-7000-8000-000000000002","ts":"2026-11-22T08:00:00.000000Z","kind":"grant.created","grant_id":"g","user":"u","agent":"a","audience":"x","scopes":[],"expires_at":"2026-11-23T08:00:00.000000Z"}"#;
+        assert!(
+            reject(grant).contains("empty: name at least one scope"),
+            "{}",
+            reject(grant)
+        );
     }
 }

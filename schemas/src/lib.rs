@@ -12,7 +12,9 @@ pub mod keys;
 pub mod limits;
 pub mod notice;
 pub mod policy;
+pub mod seal;
 pub mod step_up;
+pub mod strict_json;
 pub mod time;
 pub mod vault;
 

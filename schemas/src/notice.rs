@@ -45,9 +45,19 @@ pub struct Quarantined {
     pub code: String,
     /// The reason in words.
     pub reason: String,
-    /// Standard base64 of the message exactly as received.
+    /// Standard base64 of the message as received: all of it when it is at most
+    /// `QUARANTINE_SAMPLE_BYTES` long, else its first `QUARANTINE_SAMPLE_BYTES` bytes.
     pub raw: String,
+    /// Length of the whole message, in bytes.
+    #[serde(default)]
+    pub raw_bytes: u64,
+    /// Hex of BLAKE3 over the whole message, so a sample can be matched to the original.
+    #[serde(default)]
+    pub raw_blake3: String,
 }
+
+/// Bytes of a refused message kept in its quarantine record, at most.
+pub const QUARANTINE_SAMPLE_BYTES: usize = 1024;
 
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
@@ -123,7 +133,7 @@ rules! {
     TokenSuspendedAgent = "token.suspended_agent", Critical;
     /// A token was issued under a grant whose call budget was spent.
     TokenBudgetSpent = "token.budget_spent", Medium;
-    /// An approval was decided by someone other than the grant's user.
+    /// An approval was decided by someone other than the grant's user; the decision does not count.
     ApprovalWrongDecider = "approval.wrong_decider", Critical;
     /// A critical approval's step-up was older than the policy allows.
     ApprovalStaleStepUp = "approval.stale_step_up", High;

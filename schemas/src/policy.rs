@@ -42,6 +42,28 @@ pub struct PolicySet {
     /// beyond it they are answered but not appended.
     #[schemars(range(min = 1, max = 100_000))]
     pub unauthenticated_recorded_per_s: u32,
+    /// How far an event's `ts` may be ahead of the ledger's receipt time, in seconds;
+    /// an event dated further ahead is quarantined (`ts_ahead`). Absent on chains
+    /// recorded before it existed, where the default applies.
+    #[serde(default = "defaults::event_ts_ahead_max_s")]
+    #[schemars(range(min = 1, max = 2_592_000))]
+    pub event_ts_ahead_max_s: u32,
+    /// Vault requests (grant, token, approve, revoke) answered per signing key per
+    /// second; beyond it they are refused, and the first refusal of each second is
+    /// recorded. Absent on older chains, where the default applies.
+    #[serde(default = "defaults::vault_requests_per_key_per_s")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub vault_requests_per_key_per_s: u32,
+}
+
+/// Defaults of settings added after the first format, for `policy.set`s that predate them.
+mod defaults {
+    pub fn event_ts_ahead_max_s() -> u32 {
+        super::PolicySet::DEFAULTS.event_ts_ahead_max_s
+    }
+    pub fn vault_requests_per_key_per_s() -> u32 {
+        super::PolicySet::DEFAULTS.vault_requests_per_key_per_s
+    }
 }
 
 impl PolicySet {
@@ -53,11 +75,13 @@ impl PolicySet {
         token_ttl_max_s: 300,
         request_skew_max_s: 300,
         unauthenticated_recorded_per_s: 50,
+        event_ts_ahead_max_s: 300,
+        vault_requests_per_key_per_s: 100,
     };
 
     /// The settings as `(field name, value, largest allowed)`, in declaration order (for
     /// checks, messages and diffs).
-    pub fn settings(&self) -> [(&'static str, u32, u32); 5] {
+    pub fn settings(&self) -> [(&'static str, u32, u32); 7] {
         [
             (
                 "step_up_max_age_s",
@@ -74,6 +98,16 @@ impl PolicySet {
             (
                 "unauthenticated_recorded_per_s",
                 self.unauthenticated_recorded_per_s,
+                POLICY_RATE_MAX,
+            ),
+            (
+                "event_ts_ahead_max_s",
+                self.event_ts_ahead_max_s,
+                POLICY_SECONDS_MAX,
+            ),
+            (
+                "vault_requests_per_key_per_s",
+                self.vault_requests_per_key_per_s,
                 POLICY_RATE_MAX,
             ),
         ]

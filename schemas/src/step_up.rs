@@ -97,6 +97,7 @@ impl StepUpAssertion {
         let bytes: [u8; 64] = decode_base64(&sig.sig)
             .and_then(|b| b.try_into().ok())
             .ok_or(StepUpError::SignatureEncoding)?;
+        crate::strict_json::check(&payload).map_err(|e| StepUpError::Claim(e.to_string()))?;
         let claim: StepUpClaim =
             serde_json::from_slice(&payload).map_err(|e| StepUpError::Claim(e.to_string()))?;
         if claim.v != 1 {

@@ -59,6 +59,11 @@ pub enum Op {
         approval_id: Option<String>,
         #[serde(default)]
         ttl_s: Option<u32>,
+        /// Base64 of a one-time X25519 public key made for this request: an issued
+        /// token's secret comes back sealed to it (docs/FORMAT.md section 10). Required
+        /// for a token to be issued; without it the request is refused.
+        #[serde(default)]
+        reply_key: Option<String>,
     },
     /// A user answers a pending approval request.
     Approve {
@@ -135,9 +140,10 @@ pub struct Outcome {
     pub grant_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_id: Option<String>,
-    /// The issued token's secret: shown once, never recorded (the log keeps a keyed hash).
+    /// The issued token's secret, sealed to the request's `reply_key`: only the requester
+    /// can open it; never recorded (the log keeps a keyed hash).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
+    pub sealed_token: Option<crate::seal::SealedSecret>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_id: Option<String>,
     /// Space-separated scopes of an issued token.
@@ -152,6 +158,18 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The token secret of an `issued` answer, opened with the request's reply key.
+    pub fn open_token(
+        &self,
+        key: &crate::seal::ReplyKey,
+    ) -> Result<String, crate::seal::SealError> {
+        let sealed = self
+            .sealed_token
+            .as_ref()
+            .ok_or(crate::seal::SealError::Open)?;
+        String::from_utf8(key.open(sealed)?).map_err(|_| crate::seal::SealError::Open)
+    }
+
     pub fn refused(error: impl Into<String>) -> Outcome {
         Outcome {
             ok: false,

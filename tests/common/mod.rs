@@ -231,3 +231,27 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The subject an envelope belongs on: its event's kind's (`docket.events.<kind>`), or
+/// `docket.events.unknown` when it does not decode (it is quarantined either way).
+pub fn subject_of(envelope: &[u8]) -> String {
+    let kind = docket_schemas::Envelope::decode(envelope)
+        .ok()
+        .and_then(|e| e.event().ok())
+        .map_or_else(|| "unknown".to_string(), |e| e.kind().to_string());
+    format!("docket.events.{kind}")
+}
+
+/// Waits until `serve` says it is serving; fails with its log if it exits or takes long.
+pub fn wait_serving(serve: &mut Serve) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !serve.log_text().contains("ledger serving") {
+        assert!(
+            serve.child.try_wait().unwrap().is_none(),
+            "{}",
+            serve.log_text()
+        );
+        assert!(Instant::now() < deadline, "{}", serve.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -5,10 +5,13 @@
 //! authorization, dedup and chaining run in stream order, so the result is the
 //! same as checking one envelope at a time.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use bytes::Bytes;
-use docket_schemas::{Envelope, EnvelopeError, Event, EventError, EventId, Kind};
+use docket_schemas::notice::{EVENT_SUBJECT_PREFIX, QUARANTINE_SAMPLE_BYTES};
+use docket_schemas::{
+    Envelope, EnvelopeError, Event, EventError, EventId, Kind, PolicySet, Timestamp,
+};
 use rayon::prelude::*;
 
 use crate::chain::{Entry, SUBJECT_BYTES_MAX, entry_hash};
@@ -16,6 +19,9 @@ use crate::registry::{AuthError, Registry, RegistryError, Signer};
 
 /// Envelopes taken into one batch at most (one WriteBatch, one fsync, one ack).
 pub const BATCH_EVENTS_MAX: usize = 4096;
+/// Bytes of envelopes taken into one batch at most: a batch of large envelopes stops
+/// early, so memory follows this bound, not the count's.
+pub const BATCH_BYTES_MAX: usize = 8 << 20;
 /// Transport sequences with this bit set are the ledger's own (vault) entries, not JetStream's.
 pub const LOCAL_SEQ_BIT: u64 = 1 << 63;
 
@@ -62,6 +68,21 @@ pub enum Rejection {
     Registry(#[from] RegistryError),
     #[error("subject is over {SUBJECT_BYTES_MAX} bytes")]
     Subject,
+    #[error("event id {0} is already on the chain with different content; the first stands")]
+    IdConflict(EventId),
+    #[error(
+        "arrived on subject {subject:?}, but a {kind} event belongs on {EVENT_SUBJECT_PREFIX}{kind}"
+    )]
+    SubjectMismatch { subject: String, kind: Kind },
+    #[error(
+        "dated {ts}, more than {max_s} s ahead of its receipt at {received} (the policy's event_ts_ahead_max_s)"
+    )]
+    TsAhead {
+        ts: Timestamp,
+        /// The receipt time, as text (a clock reading out of the timestamp range shows as µs).
+        received: String,
+        max_s: u32,
+    },
 }
 
 impl Rejection {
@@ -84,8 +105,40 @@ impl Rejection {
             Rejection::BadSignature(_) => "bad_signature",
             Rejection::Registry(_) => "refused_admin_event",
             Rejection::Subject => "oversize",
+            Rejection::SubjectMismatch { .. } => "subject_mismatch",
+            Rejection::IdConflict(_) => "id_conflict",
+            Rejection::TsAhead { .. } => "ts_ahead",
         }
     }
+}
+
+/// Where and when an event arrived, checked by admission and by `verify` alike: its
+/// subject names its kind (so a subscriber filtering by subject sees every event of
+/// that kind), and its `ts` is at most the policy's `event_ts_ahead_max_s` ahead of
+/// the ledger's receipt (so one far-future date cannot make the state's clock jump).
+pub fn check_arrival(
+    subject: &str,
+    received_us: i64,
+    event: &Event,
+    policy: &PolicySet,
+) -> Result<(), Rejection> {
+    let kind = event.kind();
+    if subject.strip_prefix(EVENT_SUBJECT_PREFIX) != Some(kind.as_str()) {
+        return Err(Rejection::SubjectMismatch {
+            subject: subject.chars().take(SUBJECT_BYTES_MAX).collect(),
+            kind,
+        });
+    }
+    let ahead_us = event.ts.as_micros().saturating_sub(received_us);
+    if ahead_us > i64::from(policy.event_ts_ahead_max_s) * 1_000_000 {
+        return Err(Rejection::TsAhead {
+            ts: event.ts,
+            received: Timestamp::from_micros(received_us)
+                .map_or_else(|| format!("{received_us} µs"), |t| t.to_string()),
+            max_s: policy.event_ts_ahead_max_s,
+        });
+    }
+    Ok(())
 }
 
 /// An envelope that will be appended.
@@ -147,14 +200,49 @@ struct Decoded {
     event: Event,
 }
 
+/// Where an event id is already taken: by an entry on the chain (its payload), or by an
+/// envelope appended earlier in this batch (its index).
+enum Taken {
+    Chain(Vec<u8>),
+    Batch(usize),
+}
+
+type Known = HashMap<EventId, Taken>;
+
+/// What to do with a validly signed envelope whose id may be taken.
+enum Seen {
+    New,
+    Duplicate,
+    Conflict,
+}
+
+fn seen(known: &Known, decoded: &[Result<Decoded, Rejection>], d: &Decoded) -> Seen {
+    let payload = |i: usize| {
+        decoded[i]
+            .as_ref()
+            .ok()
+            .map(|d| d.envelope.payload.as_slice())
+    };
+    match known.get(&d.event.id) {
+        None => Seen::New,
+        Some(Taken::Chain(p)) if *p == d.envelope.payload => Seen::Duplicate,
+        Some(Taken::Batch(i)) if payload(*i) == Some(d.envelope.payload.as_slice()) => {
+            Seen::Duplicate
+        }
+        Some(_) => Seen::Conflict,
+    }
+}
+
 /// Decides the fate of each envelope of a batch, in order, and advances `tip`.
 ///
-/// `already_appended` answers, for each event id, whether the chain already holds it.
+/// `already_appended` answers, for each event id, the payload of the entry on the chain
+/// that holds it, if any: the same id again is a duplicate when the payload is the
+/// same (a redelivery) and an `id_conflict` when it is not.
 pub fn admit<E>(
     tip: &mut ChainTip,
     batch: &[Incoming],
     received_us: i64,
-    already_appended: impl FnOnce(&[EventId]) -> Result<Vec<bool>, E>,
+    already_appended: impl FnOnce(&[EventId]) -> Result<Vec<Option<Vec<u8>>>, E>,
 ) -> Result<Plan, E> {
     let decoded: Vec<Result<Decoded, Rejection>> = batch.par_iter().map(decode).collect();
     let ids: Vec<EventId> = decoded
@@ -162,12 +250,11 @@ pub fn admit<E>(
         .filter_map(|d| d.as_ref().ok().map(|d| d.event.id))
         .collect();
     let known_list = already_appended(&ids)?;
-    let mut known = ids
+    let mut known: Known = ids
         .iter()
         .zip(known_list)
-        .filter(|(_, k)| *k)
-        .map(|(id, _)| *id)
-        .collect::<HashSet<_>>();
+        .filter_map(|(id, payload)| Some((*id, Taken::Chain(payload?))))
+        .collect();
 
     let mut plan = Plan::default();
     tip.source_seq = batch
@@ -183,7 +270,11 @@ pub fn admit<E>(
             subject: batch[i].subject.chars().take(SUBJECT_BYTES_MAX).collect(),
             code: why.code().to_string(),
             reason: why.to_string(),
-            raw: docket_schemas::encode_base64(&batch[i].payload),
+            raw: docket_schemas::encode_base64(
+                &batch[i].payload[..batch[i].payload.len().min(QUARANTINE_SAMPLE_BYTES)],
+            ),
+            raw_bytes: batch[i].payload.len() as u64,
+            raw_blake3: blake3::hash(&batch[i].payload).to_hex().to_string(),
         });
     };
 
@@ -196,6 +287,11 @@ pub fn admit<E>(
             }
         };
         let kind = d.event.kind();
+        let policy = &tip.registry.policy.policy;
+        if let Err(why) = check_arrival(&batch[i].subject, received_us, &d.event, policy) {
+            reject(&mut plan, i, why);
+            continue;
+        }
         let signers = match tip.registry.signers(&d.envelope.key_id, &d.event.body) {
             Ok(s) => s,
             Err(why) => {
@@ -231,9 +327,16 @@ pub fn admit<E>(
             reject(&mut plan, i, Rejection::BadSignature(describe(&signers)));
             continue;
         };
-        if known.contains(&d.event.id) {
-            plan.duplicates += 1;
-            continue;
+        match seen(&known, &decoded, d) {
+            Seen::New => {}
+            Seen::Duplicate => {
+                plan.duplicates += 1;
+                continue;
+            }
+            Seen::Conflict => {
+                reject(&mut plan, i, Rejection::IdConflict(d.event.id));
+                continue;
+            }
         }
         let mut next = tip.registry.clone();
         if let Err(why) = next.apply(tip.seq + 1, &d.event.body) {
@@ -244,7 +347,7 @@ pub fn admit<E>(
         plan.registry_changed = true;
         append(
             tip,
-            &batch[i],
+            (i, &batch[i]),
             d,
             signer,
             received_us,
@@ -280,7 +383,7 @@ fn settle(
     batch: &[Incoming],
     decoded: &[Result<Decoded, Rejection>],
     pending: &mut Vec<(usize, Vec<Signer>)>,
-    known: &mut HashSet<EventId>,
+    known: &mut Known,
     received_us: i64,
     plan: &mut Plan,
     reject: &impl Fn(&mut Plan, usize, Rejection),
@@ -295,12 +398,16 @@ fn settle(
     }));
     for ((i, signers), ok) in pending.drain(..).zip(valid) {
         let Ok(d) = &decoded[i] else { continue };
-        match ok {
-            None => reject(plan, i, Rejection::BadSignature(describe(&signers))),
-            Some(_) if known.contains(&d.event.id) => plan.duplicates += 1,
-            Some(at) => {
+        let Some(at) = ok else {
+            reject(plan, i, Rejection::BadSignature(describe(&signers)));
+            continue;
+        };
+        match seen(known, decoded, d) {
+            Seen::Duplicate => plan.duplicates += 1,
+            Seen::Conflict => reject(plan, i, Rejection::IdConflict(d.event.id)),
+            Seen::New => {
                 let signer = signers[at].key_id.clone();
-                append(tip, &batch[i], d, signer, received_us, known, plan);
+                append(tip, (i, &batch[i]), d, signer, received_us, known, plan);
             }
         }
     }
@@ -308,11 +415,11 @@ fn settle(
 
 fn append(
     tip: &mut ChainTip,
-    incoming: &Incoming,
+    (index, incoming): (usize, &Incoming),
     d: &Decoded,
     signer: String,
     received_us: i64,
-    known: &mut HashSet<EventId>,
+    known: &mut Known,
     plan: &mut Plan,
 ) {
     let seq = tip.seq + 1;
@@ -335,7 +442,7 @@ fn append(
         key_id: signer,
         event: d.event.clone(),
     });
-    known.insert(d.event.id);
+    known.insert(d.event.id, Taken::Batch(index));
     tip.seq = seq;
     tip.head = hash;
 }
@@ -473,8 +580,9 @@ mod tests {
 
         /// Admits a batch; returns the quarantine codes, in order.
         fn admit(&mut self, batch: &[Incoming]) -> (usize, Vec<String>) {
-            let plan = admit(&mut self.tip, batch, 1, |ids| {
-                Ok::<_, ()>(vec![false; ids.len()])
+            let received = Timestamp::parse("2026-11-22T08:00:00.000000Z").unwrap();
+            let plan = admit(&mut self.tip, batch, received.as_micros(), |ids| {
+                Ok::<_, ()>(vec![None; ids.len()])
             })
             .unwrap();
             let codes = plan.quarantined.iter().map(|q| q.code.clone()).collect();
@@ -548,5 +656,161 @@ mod tests {
         assert_eq!(codes, vec!["bad_signature", "unauthorized_kind"]);
         assert_eq!(c.tip.seq, 1);
         assert!(c.tip.registry.keys.len() == 1);
+    }
+
+    /// An envelope sealed with a given id, date and subject (the harness picks the rest).
+    fn sealed_as(
+        id: u8,
+        ts: &str,
+        body: EventBody,
+        signer: &SigningKey,
+        subject: Option<&str>,
+    ) -> Incoming {
+        let mut raw = [id; 16];
+        raw[6] = 0x70;
+        raw[8] = 0x80;
+        let event = Event {
+            v: SCHEMA_VERSION,
+            id: EventId(raw),
+            ts: Timestamp::parse(ts).unwrap(),
+            body,
+        };
+        Incoming {
+            subject: subject
+                .map_or_else(|| format!("docket.events.{}", event.kind()), String::from),
+            payload: docket_schemas::seal_event(&event, signer).into(),
+            source_seq: u64::from(id),
+        }
+    }
+
+    #[test]
+    fn an_id_reused_with_other_content_is_quarantined_not_dropped() {
+        let mut c = Chain::new();
+        let t = "2026-11-22T08:00:00.000000Z";
+        let first = sealed_as(200, t, registration(&key(3)), &key(1), None);
+        let same = first.clone();
+        let other = sealed_as(200, t, registration(&key(4)), &key(1), None);
+        // Within one batch, and against the chain in a later one.
+        assert_eq!(
+            c.admit(&[first, same.clone(), other.clone()]),
+            (1, vec!["id_conflict".into()])
+        );
+        let mut c2 = Chain::new();
+        assert_eq!(c2.admit(std::slice::from_ref(&same)), (1, vec![]));
+        let stored = docket_schemas::Envelope::decode(&same.payload)
+            .unwrap()
+            .payload;
+        let plan = admit(
+            &mut c2.tip,
+            &[same, other],
+            Timestamp::parse(t).unwrap().as_micros(),
+            |ids| Ok::<_, ()>(ids.iter().map(|_| Some(stored.clone())).collect()),
+        )
+        .unwrap();
+        assert_eq!(
+            plan.duplicates, 1,
+            "the identical redelivery is a duplicate"
+        );
+        let codes: Vec<&str> = plan.quarantined.iter().map(|q| q.code.as_str()).collect();
+        assert_eq!(codes, vec!["id_conflict"]);
+    }
+
+    #[test]
+    fn the_subject_must_name_the_kind_and_ts_may_not_run_far_ahead() {
+        let mut c = Chain::new();
+        // The harness receives at 08:00:00; the policy allows 300 s ahead.
+        let ok = sealed_as(
+            201,
+            "2026-11-22T08:05:00.000000Z",
+            registration(&key(3)),
+            &key(1),
+            None,
+        );
+        let ahead = sealed_as(
+            202,
+            "2026-11-22T08:05:00.000001Z",
+            registration(&key(4)),
+            &key(1),
+            None,
+        );
+        let far = sealed_as(
+            203,
+            "9999-01-01T00:00:00.000000Z",
+            registration(&key(5)),
+            &key(1),
+            None,
+        );
+        let astray = sealed_as(
+            204,
+            "2026-11-22T08:00:00.000000Z",
+            registration(&key(6)),
+            &key(1),
+            Some("docket.events.api.called"),
+        );
+        let (appended, codes) = c.admit(&[ok, ahead, far, astray]);
+        assert_eq!(appended, 1);
+        assert_eq!(codes, vec!["ts_ahead", "ts_ahead", "subject_mismatch"]);
+        // The bound is the policy's: a wider one recorded by the admin applies from the next entry.
+        let wider = PolicySet {
+            revision: 2,
+            event_ts_ahead_max_s: 3_600,
+            ..PolicySet::DEFAULTS
+        };
+        let later = sealed_as(
+            206,
+            "2026-11-22T08:30:00.000000Z",
+            registration(&key(7)),
+            &key(1),
+            None,
+        );
+        let set = sealed_as(
+            205,
+            "2026-11-22T08:00:00.000000Z",
+            EventBody::PolicySet(PolicySet {
+                revision: 1,
+                ..PolicySet::DEFAULTS
+            }),
+            &key(1),
+            None,
+        );
+        let set2 = sealed_as(
+            207,
+            "2026-11-22T08:00:00.000000Z",
+            EventBody::PolicySet(wider),
+            &key(1),
+            None,
+        );
+        assert_eq!(c.admit(&[set, set2, later]), (3, vec![]));
+    }
+
+    #[test]
+    fn envelopes_that_are_not_plain_json_are_refused() {
+        let mut c = Chain::new();
+        let good = c.envelope(registration(&key(3)), &key(1));
+        let text = std::str::from_utf8(&good.payload).unwrap();
+        let with = |extra: &str| Incoming {
+            payload: format!("{}{extra}}}", &text[..text.len() - 1])
+                .into_bytes()
+                .into(),
+            ..good.clone()
+        };
+        let deep = with(&format!(
+            ",\"x\":{}{}",
+            "[".repeat(30_000),
+            "]".repeat(30_000)
+        ));
+        let repeated = with(",\"payloadType\":\"application/vnd.docket.event+json\"");
+        let mut bad_utf8 = with(",\"x\":\"..\"");
+        let mut bytes = bad_utf8.payload.to_vec();
+        let n = bytes.len();
+        bytes[n - 3] = 0xff;
+        bad_utf8.payload = bytes.into();
+        let plain = with(",\"x\":{\"note\":[1,2]}");
+        let (appended, codes) = c.admit(&[deep, repeated, bad_utf8, plain]);
+        assert_eq!(
+            appended, 1,
+            "unknown fields that are plain JSON are allowed"
+        );
+        assert_eq!(codes, vec!["malformed_envelope"; 3]);
     }
 }

@@ -6,7 +6,7 @@
 //! replies `settle` gives it: a decision that was not appended is never
 //! answered with a token (fail closed).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
@@ -18,7 +18,10 @@ use crate::admission::{Incoming, LOCAL_SEQ_BIT, Plan};
 use crate::chain::hex;
 use crate::registry::Registry;
 use crate::state::VaultState;
-use crate::vault::{Fresh, Op, Refusal, Request, SEEN_REQUESTS_MAX, authenticate, decide, refused};
+use crate::vault::{
+    Fresh, Op, Refusal, Request, SEEN_REQUESTS_MAX, SEEN_REQUESTS_PER_KEY_MAX, authenticate,
+    decide, refused, refused_unverified,
+};
 
 /// Vault requests answered together in one commit at most.
 pub const VAULT_BATCH_MAX: usize = 256;
@@ -31,41 +34,76 @@ pub trait Entropy {
     fn secret(&mut self) -> [u8; 32];
 }
 
+/// A request id the guard remembers: when it was seen (µs) and the key that signed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenRequest {
+    pub id: EventId,
+    pub seen_us: i64,
+    pub key_id: String,
+}
+
 /// Request ids seen within the replay window, shared by the desk and the introspector.
+///
+/// The desk's sightings are stored with the decisions they led to (same commit) and
+/// handed back on start, so a captured request cannot be replayed after a restart.
+/// Each signing key holds at most `SEEN_REQUESTS_PER_KEY_MAX` ids, so no one client
+/// can fill the guard for everyone.
 #[derive(Debug)]
 pub struct ReplayGuard {
     seen: HashSet<EventId>,
-    /// Oldest first, with the time each was seen.
-    seen_order: VecDeque<(EventId, i64)>,
-    /// Requests dated before this were sent before this vault started: their ids were not
-    /// remembered, so they are refused rather than risk a replay.
+    /// Oldest first.
+    seen_order: VecDeque<SeenRequest>,
+    per_key: HashMap<String, usize>,
+    /// Requests dated before this were sent before this vault started and are refused:
+    /// introspections are not stored, so their ids from before are not known.
     started: Timestamp,
 }
 
 impl ReplayGuard {
-    pub fn new(started: Timestamp) -> ReplayGuard {
-        ReplayGuard {
+    /// A guard that starts at `started` remembering `stored` (oldest first).
+    pub fn new(started: Timestamp, stored: Vec<SeenRequest>) -> ReplayGuard {
+        let mut g = ReplayGuard {
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
+            per_key: HashMap::new(),
             started,
+        };
+        for r in stored {
+            g.remember(r);
+        }
+        g
+    }
+
+    fn remember(&mut self, r: SeenRequest) {
+        if self.seen.insert(r.id) {
+            *self.per_key.entry(r.key_id.clone()).or_default() += 1;
+            self.seen_order.push_back(r);
         }
     }
 
     /// Accepts a request id once within the replay window (twice the policy's skew, so an
-    /// id cannot come back while its `ts` is still acceptable).
+    /// id cannot come back while its `ts` is still acceptable); returns what to store.
     pub fn sighting(
         &mut self,
         req: &Request,
+        key_id: &str,
         now: Timestamp,
         window_s: u32,
-    ) -> Result<(), Refusal> {
+    ) -> Result<SeenRequest, Refusal> {
         let window_us = i64::from(window_s) * 1_000_000;
-        while let Some((id, ts)) = self.seen_order.front().copied() {
-            if ts >= now.as_micros() - 2 * window_us {
+        while let Some(r) = self.seen_order.front() {
+            if r.seen_us >= now.as_micros() - 2 * window_us {
                 break;
             }
-            self.seen_order.pop_front();
-            self.seen.remove(&id);
+            if let Some(r) = self.seen_order.pop_front() {
+                self.seen.remove(&r.id);
+                if let Some(n) = self.per_key.get_mut(&r.key_id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.per_key.remove(&r.key_id);
+                    }
+                }
+            }
         }
         if req.ts < self.started {
             return Err(Refusal::Stale(req.ts, window_s));
@@ -73,14 +111,56 @@ impl ReplayGuard {
         if self.seen.contains(&req.id) {
             return Err(Refusal::Replayed(req.id.to_string()));
         }
+        if self.per_key.get(key_id).copied().unwrap_or(0) >= SEEN_REQUESTS_PER_KEY_MAX {
+            return Err(Refusal::TooManyPending(key_id.to_string()));
+        }
         if self.seen.len() >= SEEN_REQUESTS_MAX {
             return Err(Refusal::Malformed(
                 "too many requests in the replay window; try again".into(),
             ));
         }
-        self.seen.insert(req.id);
-        self.seen_order.push_back((req.id, now.as_micros()));
-        Ok(())
+        let r = SeenRequest {
+            id: req.id,
+            seen_us: now.as_micros(),
+            key_id: key_id.to_string(),
+        };
+        self.remember(r.clone());
+        Ok(r)
+    }
+}
+
+/// Vault requests per signing key in the current second, against the policy's budget.
+#[derive(Debug, Default)]
+pub struct KeyBudgets {
+    second: i64,
+    used: HashMap<String, u32>,
+}
+
+/// Whether a request fits its key's budget this second.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Spent {
+    Within,
+    /// The first request over the budget this second: refused and recorded.
+    FirstOver,
+    /// Later ones: refused, not recorded (the first already is).
+    Over,
+}
+
+impl KeyBudgets {
+    pub fn take(&mut self, key_id: &str, now: Timestamp, per_s: u32) -> Spent {
+        let second = now.as_micros().div_euclid(1_000_000);
+        if second != self.second {
+            // Only this second's counts matter: the map never outgrows one second's keys.
+            self.second = second;
+            self.used.clear();
+        }
+        let n = self.used.entry(key_id.to_string()).or_default();
+        *n = n.saturating_add(1);
+        match (*n).cmp(&per_s.saturating_add(1)) {
+            std::cmp::Ordering::Less => Spent::Within,
+            std::cmp::Ordering::Equal => Spent::FirstOver,
+            std::cmp::Ordering::Greater => Spent::Over,
+        }
     }
 }
 
@@ -125,6 +205,8 @@ pub struct Handled {
     pub ids: Vec<EventId>,
     pub items: Vec<Incoming>,
     pub notify: Option<(String, ApprovalNotice)>,
+    /// The request's sighting, to store in the same commit as its events.
+    pub seen: Option<SeenRequest>,
 }
 
 /// The vault's keys and its memory of requests.
@@ -133,6 +215,7 @@ pub struct Desk {
     hash_key: [u8; 32],
     guard: Arc<Mutex<ReplayGuard>>,
     unauthenticated: RateBudget,
+    budgets: KeyBudgets,
     local_seq: u64,
 }
 
@@ -142,12 +225,14 @@ pub fn token_hash_key(key: &SigningKey) -> [u8; 32] {
 }
 
 impl Desk {
-    pub fn new(key: SigningKey, started: Timestamp) -> Desk {
+    /// A desk started at `started`, remembering the request ids stored by earlier runs.
+    pub fn new(key: SigningKey, started: Timestamp, seen: Vec<SeenRequest>) -> Desk {
         Desk {
             hash_key: token_hash_key(&key),
             key,
-            guard: Arc::new(Mutex::new(ReplayGuard::new(started))),
+            guard: Arc::new(Mutex::new(ReplayGuard::new(started, seen))),
             unauthenticated: RateBudget::new(),
+            budgets: KeyBudgets::default(),
             // Local entries take transport sequences with the top bit set, unique per start.
             local_seq: LOCAL_SEQ_BIT | ((started.as_micros().unsigned_abs()) << 12),
         }
@@ -197,6 +282,7 @@ impl Desk {
         let mut used_approvals = HashSet::new();
         let mut out = Vec::with_capacity(requests.len());
         for checked in checked {
+            let mut sighted = None;
             let outcome = match checked {
                 Err(e) => {
                     let (req, key_id, why) = *e;
@@ -208,7 +294,7 @@ impl Desk {
                                 .unauthenticated
                                 .take(now, policy.unauthenticated_recorded_per_s) =>
                         {
-                            refused(&req, &key_id, &why, None, vec![])
+                            refused_unverified(&req, &key_id, &why)
                         }
                         _ => {
                             out.push(answer_only(Answer::refused(why.to_string())));
@@ -217,21 +303,43 @@ impl Desk {
                     }
                 }
                 Ok(auth) => {
-                    let seen =
-                        lock(&self.guard).sighting(&auth.request, now, policy.request_skew_max_s);
+                    let budget =
+                        self.budgets
+                            .take(&auth.key_id, now, policy.vault_requests_per_key_per_s);
+                    let over = || {
+                        Refusal::RateLimited(
+                            auth.key_id.clone(),
+                            policy.vault_requests_per_key_per_s,
+                        )
+                    };
+                    let seen = match budget {
+                        Spent::Within => lock(&self.guard).sighting(
+                            &auth.request,
+                            &auth.key_id,
+                            now,
+                            policy.request_skew_max_s,
+                        ),
+                        Spent::FirstOver => Err(over()),
+                        Spent::Over => {
+                            out.push(answer_only(Answer::refused(over().to_string())));
+                            continue;
+                        }
+                    };
                     match seen {
                         Err(why) => {
                             refused(&auth.request, &auth.requester.name(), &why, None, vec![])
                         }
-                        Ok(()) => {
-                            let secret = match auth.request.op {
-                                Op::Token { .. } => entropy.secret(),
-                                _ => [0; 32],
+                        Ok(sighting) => {
+                            sighted = Some(sighting);
+                            let (secret, seal_ephemeral) = match auth.request.op {
+                                Op::Token { .. } => (entropy.secret(), entropy.secret()),
+                                _ => ([0; 32], [0; 32]),
                             };
                             let fresh = Fresh {
                                 now,
                                 id: hex(&entropy.uuid_v7()),
                                 token_secret: format!("dkt_{}", hex(&secret)),
+                                seal_ephemeral,
                                 hash_key: &self.hash_key,
                             };
                             let outcome = decide(state, &auth, &fresh);
@@ -261,6 +369,7 @@ impl Desk {
                 ids: Vec::new(),
                 items: Vec::new(),
                 notify: outcome.notify,
+                seen: sighted.take(),
             };
             for body in outcome.events {
                 let event = Event {
@@ -335,6 +444,7 @@ fn answer_only(answer: Answer) -> Handled {
         ids: Vec::new(),
         items: Vec::new(),
         notify: None,
+        seen: None,
     }
 }
 
@@ -382,6 +492,7 @@ impl Introspector {
             now,
             id: String::new(),
             token_secret: String::new(),
+            seal_ephemeral: [0; 32],
             hash_key: &self.hash_key,
         };
         let outcome = decide(&state, &auth, &fresh);
@@ -389,8 +500,10 @@ impl Introspector {
             return None;
         }
         let window = state.policy.policy.request_skew_max_s;
+        // Introspections append nothing and return no secret, so their sightings are
+        // kept in memory only; the guard's start time refuses older ones after a restart.
         lock(&self.guard)
-            .sighting(&auth.request, now, window)
+            .sighting(&auth.request, &auth.key_id, now, window)
             .ok()?;
         Some(outcome.reply)
     }
@@ -436,19 +549,84 @@ mod tests {
 
     #[test]
     fn a_request_id_is_accepted_once_and_only_after_the_vault_started() {
-        let mut g = ReplayGuard::new(at(0));
+        let mut g = ReplayGuard::new(at(0), vec![]);
         assert_eq!(
-            g.sighting(&request(1, at(-1)), at(0), 300),
+            g.sighting(&request(1, at(-1)), "k", at(0), 300),
             Err(Refusal::Stale(at(-1), 300))
         );
-        assert_eq!(g.sighting(&request(1, at(1)), at(1), 300), Ok(()));
+        assert!(g.sighting(&request(1, at(1)), "k", at(1), 300).is_ok());
         assert!(matches!(
-            g.sighting(&request(1, at(1)), at(2), 300),
+            g.sighting(&request(1, at(1)), "k", at(2), 300),
             Err(Refusal::Replayed(_))
         ));
         // Forgotten only after twice the window, when its time is stale anyway.
-        assert!(g.sighting(&request(1, at(1)), at(500), 300).is_err());
-        assert_eq!(g.sighting(&request(1, at(1)), at(700), 300), Ok(()));
+        assert!(g.sighting(&request(1, at(1)), "k", at(500), 300).is_err());
+        assert!(g.sighting(&request(1, at(1)), "k", at(700), 300).is_ok());
+    }
+
+    #[test]
+    fn a_restarted_guard_remembers_what_was_stored_before() {
+        // The attack: a request dated into the future (within the skew window) is
+        // captured, the vault restarts, the request is sent again.
+        let mut before = ReplayGuard::new(at(0), vec![]);
+        let future = request(1, at(250));
+        let stored = before.sighting(&future, "k", at(10), 300).unwrap();
+        let mut after = ReplayGuard::new(at(20), vec![stored]);
+        assert!(matches!(
+            after.sighting(&future, "k", at(30), 300),
+            Err(Refusal::Replayed(_))
+        ));
+    }
+
+    #[test]
+    fn one_key_cannot_fill_the_guard_for_everyone() {
+        let mut g = ReplayGuard::new(at(0), vec![]);
+        let id = |n: usize| {
+            let mut b = [0u8; 16];
+            b[8..].copy_from_slice(&(n as u64).to_be_bytes());
+            b[6] = 0x70;
+            b[8] = 0x80;
+            EventId(b)
+        };
+        for n in 0..SEEN_REQUESTS_PER_KEY_MAX {
+            g.remember(SeenRequest {
+                id: id(n),
+                seen_us: at(1).as_micros(),
+                key_id: "flood".into(),
+            });
+        }
+        let mut next = request(9, at(1));
+        next.id = id(SEEN_REQUESTS_PER_KEY_MAX + 1);
+        assert!(matches!(
+            g.sighting(&next, "flood", at(1), 300),
+            Err(Refusal::TooManyPending(_))
+        ));
+        assert!(
+            g.sighting(&request(9, at(1)), "someone-else", at(1), 300)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_keys_requests_beyond_its_budget_are_refused_and_the_first_recorded() {
+        let mut b = KeyBudgets::default();
+        let spent: Vec<Spent> = (0..5).map(|_| b.take("k", at(0), 3)).collect();
+        assert_eq!(
+            spent,
+            vec![
+                Spent::Within,
+                Spent::Within,
+                Spent::Within,
+                Spent::FirstOver,
+                Spent::Over
+            ]
+        );
+        assert_eq!(b.take("other", at(0), 3), Spent::Within);
+        assert_eq!(
+            b.take("k", at(1), 3),
+            Spent::Within,
+            "a new second, a new budget"
+        );
     }
 
     #[test]
@@ -465,7 +643,7 @@ mod tests {
         let ledger = SigningKey::from_bytes(&[2; 32]);
         let registry = Registry::new(&admin.verifying_key(), &ledger.verifying_key());
         let state = VaultState::default();
-        let mut desk = Desk::new(SigningKey::from_bytes(&[3; 32]), at(0));
+        let mut desk = Desk::new(SigningKey::from_bytes(&[3; 32]), at(0), vec![]);
         let stranger = SigningKey::from_bytes(&[4; 32]);
         let per_s = state.policy.policy.unauthenticated_recorded_per_s as usize;
         let requests: Vec<Bytes> = (0..per_s + 5)
@@ -500,10 +678,14 @@ mod tests {
 
     #[test]
     fn a_decision_the_ledger_did_not_append_is_answered_with_an_error_and_no_token() {
-        let desk = Desk::new(SigningKey::from_bytes(&[3; 32]), at(0));
+        let desk = Desk::new(SigningKey::from_bytes(&[3; 32]), at(0), vec![]);
         let handled = Handled {
             reply: Reply::Outcome(Answer {
-                token: Some("dkt_secret".into()),
+                sealed_token: Some(docket_schemas::seal::SealedSecret {
+                    alg: docket_schemas::seal::SEAL_ALG.into(),
+                    epk: String::new(),
+                    ct: String::new(),
+                }),
                 ..Answer::done(Status::Issued)
             }),
             ids: vec![EventId([7; 16])],
@@ -513,10 +695,11 @@ mod tests {
                 source_seq: LOCAL_SEQ_BIT | 1,
             }],
             notify: None,
+            seen: None,
         };
         match desk.settle(handled, &Plan::default()) {
             Reply::Outcome(o) => {
-                assert!(!o.ok && o.token.is_none(), "{o:?}");
+                assert!(!o.ok && o.sealed_token.is_none(), "{o:?}");
                 assert!(o.error.unwrap().contains("did not record"));
             }
             other => panic!("{other:?}"),

@@ -16,19 +16,26 @@ use crate::state::*;
 use crate::step_up::follow_key_event;
 
 impl VaultState {
-    /// Applies one entry; returns the findings and the objects it changed.
-    pub fn apply(&mut self, seq: u64, event: &Event) -> (Vec<Finding>, Vec<ObjectKey>) {
-        self.apply_inner(seq, event, true)
+    /// Applies one entry, received by the ledger at `received_us`; returns the findings
+    /// and the objects it changed.
+    pub fn apply(
+        &mut self,
+        seq: u64,
+        received_us: i64,
+        event: &Event,
+    ) -> (Vec<Finding>, Vec<ObjectKey>) {
+        self.apply_inner(seq, received_us, event, true)
     }
 
     /// Applies one entry without reporting which objects changed (replays that persist nothing).
-    pub fn replay(&mut self, seq: u64, event: &Event) -> Vec<Finding> {
-        self.apply_inner(seq, event, false).0
+    pub fn replay(&mut self, seq: u64, received_us: i64, event: &Event) -> Vec<Finding> {
+        self.apply_inner(seq, received_us, event, false).0
     }
 
     fn apply_inner(
         &mut self,
         seq: u64,
+        received_us: i64,
         event: &Event,
         track: bool,
     ) -> (Vec<Finding>, Vec<ObjectKey>) {
@@ -39,7 +46,15 @@ impl VaultState {
             touched: track.then(Vec::new),
         };
         self.seq = seq;
-        let now = self.ts.map_or(event.ts, |t| t.max(event.ts));
+        // The state's clock follows the events' own times, but never runs backwards and
+        // never passes the ledger's receipt: a producer's far-future date cannot expire
+        // everything (admission bounds how far ahead `ts` may be; this bounds the clock).
+        let claimed = if event.ts.as_micros() > received_us {
+            Timestamp::from_micros(received_us).unwrap_or(event.ts)
+        } else {
+            event.ts
+        };
+        let now = self.ts.map_or(claimed, |t| t.max(claimed));
         self.ts = Some(now);
         self.retire_expired(now, &mut cx);
         match &event.body {
@@ -433,7 +448,7 @@ mod tests {
                 ts: self.ts,
                 body,
             };
-            let (f, _) = self.state.apply(self.seq, &e);
+            let (f, _) = self.state.apply(self.seq, e.ts.as_micros(), &e);
             self.findings.extend(f.clone());
             f
         }
@@ -907,13 +922,77 @@ mod tests {
     }
 
     #[test]
+    fn another_users_decision_cannot_veto_the_users_own() {
+        // The attack: bob decides alice's approval first ("the first decision stands").
+        let mut l = Log::new();
+        l.add(requested("p1", "repo:write", Risk::High));
+        let veto = decided("p1", "bob", ApprovalMethod::Push, None, &l);
+        let f = l.add(veto);
+        assert_eq!(Log::rules(&f), vec![Rule::ApprovalWrongDecider]);
+        assert_eq!(
+            l.state.approvals["p1"].decided_seq, None,
+            "bob's does not count"
+        );
+        let own = decided("p1", "alice", ApprovalMethod::Push, None, &l);
+        assert!(l.add(own).is_empty());
+        let a = &l.state.approvals["p1"];
+        assert_eq!(a.decided_by.as_deref(), Some("alice"));
+        assert_eq!(a.status(l.ts), ApprovalStatus::Approved);
+        // A token on alice's approval is sound.
+        let t = token("t9", "g1", "a1", vec!["repo:write"], 60, Some("p1"));
+        assert!(l.add(t).is_empty());
+    }
+
+    #[test]
+    fn a_far_future_date_cannot_push_the_state_clock_past_the_receipt() {
+        let mut state = VaultState::default();
+        let at = Timestamp::parse("2026-11-22T08:00:00.000000Z").unwrap();
+        let event = |ts: Timestamp, body: EventBody| Event {
+            v: SCHEMA_VERSION,
+            id: EventId([7; 16]),
+            ts,
+            body,
+        };
+        let far = Timestamp::parse("9999-01-01T00:00:00.000000Z").unwrap();
+        let received = at.as_micros();
+        state.apply(
+            1,
+            received,
+            &event(
+                far,
+                EventBody::AgentSuspended(AgentSuspended {
+                    agent: "nobody".into(),
+                    by: "x".into(),
+                    reason: "r".into(),
+                }),
+            ),
+        );
+        assert_eq!(state.ts, Some(at), "clamped to the receipt time");
+        // And it never runs backwards.
+        let earlier = at.plus_seconds(-60);
+        state.apply(
+            2,
+            earlier.as_micros(),
+            &event(
+                earlier,
+                EventBody::AgentSuspended(AgentSuspended {
+                    agent: "nobody".into(),
+                    by: "x".into(),
+                    reason: "r".into(),
+                }),
+            ),
+        );
+        assert_eq!(state.ts, Some(at));
+    }
+
+    #[test]
     fn the_clean_workload_breaks_no_rule_and_misbehaviour_is_found() {
         let (events, _) = workload_events(11, 30_000, 0);
         let mut state = VaultState::default();
         let findings: Vec<Finding> = events
             .iter()
             .enumerate()
-            .flat_map(|(i, e)| state.apply(i as u64 + 1, e).0)
+            .flat_map(|(i, e)| state.apply(i as u64 + 1, e.ts.as_micros(), e).0)
             .collect();
         assert!(
             findings.is_empty(),
@@ -926,7 +1005,7 @@ mod tests {
         let flagged: BTreeSet<u64> = events
             .iter()
             .enumerate()
-            .flat_map(|(i, e)| state.apply(i as u64 + 1, e).0)
+            .flat_map(|(i, e)| state.apply(i as u64 + 1, e.ts.as_micros(), e).0)
             .map(|f| f.seq)
             .collect();
         assert!(misbehaved > 100);
@@ -945,7 +1024,7 @@ mod tests {
             let (events, _) = workload_events(seed, 3_000, 30);
             let mut whole = VaultState::default();
             for (i, e) in events.iter().enumerate() {
-                whole.apply(i as u64 + 1, e);
+                whole.apply(i as u64 + 1, e.ts.as_micros(), e);
             }
             let mut parts = VaultState::default();
             for (i, e) in events.iter().enumerate() {
@@ -954,7 +1033,7 @@ mod tests {
                     parts = serde_json::from_slice(&json).unwrap();
                     parts.reindex();
                 }
-                parts.apply(i as u64 + 1, e);
+                parts.apply(i as u64 + 1, e.ts.as_micros(), e);
             }
             prop_assert_eq!(parts.digest().unwrap(), whole.digest().unwrap());
         }

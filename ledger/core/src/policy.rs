@@ -267,6 +267,22 @@ pub fn judge_decision(state: &VaultState, e: &ApprovalDecided, at: Timestamp) ->
             step_up_key: None,
         };
     };
+    if e.user != a.user {
+        // Only the request's user decides it: a decision by anyone else is a finding and
+        // nothing more, so it cannot take "the first decision stands" from the user (a veto).
+        return DecisionVerdict {
+            breaches: vec![breach(
+                Rule::ApprovalWrongDecider,
+                format!(
+                    "approval {} for {}'s grant was decided by {}; not counted",
+                    a.approval_id, a.user, e.user
+                ),
+                vec![a.requested_seq],
+            )],
+            recorded: false,
+            step_up_key: None,
+        };
+    }
     if let Some(first) = a.decided_seq {
         // The first decision stands: a later one must not turn a denial into an approval.
         return DecisionVerdict {
@@ -284,16 +300,6 @@ pub fn judge_decision(state: &VaultState, e: &ApprovalDecided, at: Timestamp) ->
     }
     let mut breaches = Vec::new();
     let ev = vec![a.requested_seq];
-    if e.user != a.user {
-        breaches.push(breach(
-            Rule::ApprovalWrongDecider,
-            format!(
-                "approval {} for {}'s grant was decided by {}",
-                a.approval_id, a.user, e.user
-            ),
-            ev.clone(),
-        ));
-    }
     if at >= a.expires_at {
         breaches.push(breach(
             Rule::ApprovalDecidedLate,
@@ -427,9 +433,7 @@ pub fn call_breaches(
 /// that could jump ahead would let one typo freeze the policy for good.
 pub fn judge_policy(state: &VaultState, p: &PolicySet) -> Option<Breach> {
     let now = &state.policy;
-    let records_defaults = now.set_seq == 0 && *p == PolicySet::DEFAULTS;
-    let next = now.policy.revision.checked_add(1);
-    (Some(p.revision) != next && !records_defaults).then(|| {
+    (!now.admits(p)).then(|| {
         breach(
             Rule::PolicyRevisionNotNext,
             format!(

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::state::PolicyInForce;
 use docket_schemas::limits::SIGNATURE_CHECKS_PER_ENVELOPE_MAX;
 use docket_schemas::{
     EventBody, Kind, check_producer_key, decode_public_key, key_id, securesystemslib_key_id,
@@ -49,6 +50,10 @@ pub struct Registry {
     /// Whether a `policy.set` is on the chain (after it, the ledger's key may emit nothing).
     #[serde(default)]
     pub policy_recorded: bool,
+    /// The policy in force, for the settings admission applies (how far ahead of its
+    /// receipt an event may be dated); the same succession rule as the state's.
+    #[serde(default)]
+    pub policy: PolicyInForce,
     pub keys: BTreeMap<String, ProducerKey>,
     #[serde(skip)]
     verifying: BTreeMap<String, VerifyingKey>,
@@ -143,6 +148,7 @@ impl Registry {
             ledger_key_id,
             ledger_public_key: docket_schemas::encode_base64(ledger.as_bytes()),
             policy_recorded: false,
+            policy: PolicyInForce::default(),
             keys: BTreeMap::new(),
             verifying: BTreeMap::new(),
         }
@@ -378,8 +384,15 @@ impl Registry {
                 Some(_) => Err(RegistryError::Revoked(e.key_id.clone())),
                 None => Err(RegistryError::Unknown(e.key_id.clone())),
             },
-            EventBody::PolicySet(_) => {
+            EventBody::PolicySet(p) => {
                 self.policy_recorded = true;
+                // One not applied is still on the chain (and flagged by the fold).
+                if self.policy.admits(p) {
+                    self.policy = PolicyInForce {
+                        policy: p.clone(),
+                        set_seq: seq,
+                    };
+                }
                 Ok(())
             }
             _ => Ok(()),

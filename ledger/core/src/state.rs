@@ -39,6 +39,16 @@ pub struct PolicyInForce {
     pub set_seq: u64,
 }
 
+impl PolicyInForce {
+    /// Whether `next` may follow this policy: it carries the next revision, or it is the
+    /// documented defaults recorded as the first policy. The fold and the registry both
+    /// apply a `policy.set` only when this says so.
+    pub fn admits(&self, next: &PolicySet) -> bool {
+        (self.set_seq == 0 && *next == PolicySet::DEFAULTS)
+            || self.policy.revision.checked_add(1) == Some(next.revision)
+    }
+}
+
 impl Default for PolicyInForce {
     fn default() -> Self {
         PolicyInForce {

@@ -18,7 +18,10 @@ use crate::registry::Registry;
 use crate::state::{ApprovalStatus, Status, VaultState};
 
 /// Request ids remembered for replay detection (older ones fall outside the window anyway).
-pub const SEEN_REQUESTS_MAX: usize = 200_000;
+pub const SEEN_REQUESTS_MAX: usize = 1_000_000;
+/// Of those, the most one signing key may hold, so no one client can fill the guard
+/// and have everyone else refused.
+pub const SEEN_REQUESTS_PER_KEY_MAX: usize = SEEN_REQUESTS_MAX / 8;
 pub use crate::registry::USER_KEY_PREFIX;
 
 /// Who signed a request, as the log knows them.
@@ -99,6 +102,14 @@ pub enum Refusal {
     NotFound(String),
     #[error("refused: it would break rule {0} ({1})")]
     Breaks(&'static str, String),
+    #[error(
+        "key {0} (the caller's) made more than {1} vault requests this second (the policy's vault_requests_per_key_per_s); try again"
+    )]
+    RateLimited(String, u32),
+    #[error(
+        "key {0} (the caller's) holds {SEEN_REQUESTS_PER_KEY_MAX} request ids in the replay window; try again later"
+    )]
+    TooManyPending(String),
 }
 
 /// A decoded, authenticated request.
@@ -127,6 +138,7 @@ fn authenticate_inner(
     state: &VaultState,
 ) -> Result<Authenticated, Unauthenticated> {
     let malformed = |key_id: &str, why: String| (None, key_id.to_string(), Refusal::Malformed(why));
+    docket_schemas::strict_json::check(bytes).map_err(|e| malformed("", e.to_string()))?;
     let wire: EnvelopeWire<'_> =
         serde_json::from_slice(bytes).map_err(|e| malformed("", e.to_string()))?;
     if wire.payload_type != REQUEST_PAYLOAD_TYPE || wire.signatures.len() != 1 {
@@ -138,6 +150,7 @@ fn authenticate_inner(
     let payload = decode_base64(&wire.payload)
         .ok_or_else(|| malformed("", "payload is not base64".into()))?;
     let key_id = wire.signatures[0].keyid.clone();
+    docket_schemas::strict_json::check(&payload).map_err(|e| malformed(&key_id, e.to_string()))?;
     let request: Request =
         serde_json::from_slice(&payload).map_err(|e| malformed(&key_id, e.to_string()))?;
     if request.v != REQUEST_VERSION {
@@ -262,6 +275,8 @@ pub struct Fresh<'a> {
     pub now: Timestamp,
     pub id: String,
     pub token_secret: String,
+    /// The vault's one-time X25519 secret that seals `token_secret` to the requester.
+    pub seal_ephemeral: [u8; 32],
     pub hash_key: &'a [u8; 32],
 }
 
@@ -287,17 +302,16 @@ pub fn refused(
         events: vec![EventBody::RequestRefused(RequestRefused {
             request_id: req.id.to_string(),
             requester: clean(who, limits::KEY_ID_BYTES_MAX),
+            claimed_key_id: None,
             op: req.op.name().into(),
             reason: clean(&why.to_string(), limits::TEXT_BYTES_MAX),
-            audience: audience.map(|a| clean(&a, limits::OPERATION_BYTES_MAX)),
+            // What the event format would refuse is left out, never recorded half-valid.
+            audience: audience.filter(|a| {
+                docket_schemas::identifier("audience", a, limits::OPERATION_BYTES_MAX).is_ok()
+            }),
             scopes: scopes
                 .into_iter()
-                .filter(|s| {
-                    !s.is_empty()
-                        && s.len() <= limits::SCOPE_BYTES_MAX
-                        && !s.contains(' ')
-                        && !s.chars().any(char::is_control)
-                })
+                .filter(|s| docket_schemas::scope(s).is_ok())
                 .take(limits::SCOPES_PER_EVENT_MAX)
                 .collect(),
         })],
@@ -305,10 +319,29 @@ pub fn refused(
     }
 }
 
-/// Text cut to at most `max` bytes on a character boundary, control characters replaced.
+/// The `requester` of a refusal whose signer was not verified.
+pub const UNVERIFIED_REQUESTER: &str = "unverified";
+
+/// A refusal of a request whose signature was not verified: the key id it named is
+/// recorded as a claim (`claimed_key_id`), never as who asked.
+pub fn refused_unverified(req: &Request, claimed_key_id: &str, why: &Refusal) -> Outcome {
+    let mut out = refused(req, UNVERIFIED_REQUESTER, why, None, vec![]);
+    for e in &mut out.events {
+        if let EventBody::RequestRefused(r) = e {
+            r.claimed_key_id =
+                Some(clean(claimed_key_id, limits::KEY_ID_BYTES_MAX)).filter(|k| !k.is_empty());
+        }
+    }
+    out
+}
+
+/// Text cut to at most `max` bytes on a character boundary, hidden characters replaced.
 fn clean(text: &str, max: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max));
-    for c in text.chars().map(|c| if c.is_control() { '?' } else { c }) {
+    for c in text
+        .chars()
+        .map(|c| if docket_schemas::is_hidden(c) { '?' } else { c })
+    {
         if out.len() + c.len_utf8() > max {
             break;
         }
@@ -319,6 +352,23 @@ fn clean(text: &str, max: usize) -> String {
 
 /// Decides an authenticated request. Introspection appends nothing; everything else appends at least one event.
 pub fn decide(state: &VaultState, auth: &Authenticated, fresh: &Fresh<'_>) -> Outcome {
+    let out = decide_unchecked(state, auth, fresh);
+    // The vault never emits what admission would quarantine: a request whose fields
+    // cannot make a valid event (an empty scope list, an identifier with a space) is
+    // refused with the format's own reason, by the same check admission makes.
+    match out.events.iter().find_map(|e| e.validate().err()) {
+        Some(why) => refused(
+            &auth.request,
+            &auth.requester.name(),
+            &Refusal::Malformed(why.to_string()),
+            None,
+            vec![],
+        ),
+        None => out,
+    }
+}
+
+fn decide_unchecked(state: &VaultState, auth: &Authenticated, fresh: &Fresh<'_>) -> Outcome {
     let req = &auth.request;
     let who = auth.requester.name();
     let window_s = state.policy.policy.request_skew_max_s;
@@ -412,6 +462,7 @@ pub fn decide(state: &VaultState, auth: &Authenticated, fresh: &Fresh<'_>) -> Ou
             action,
             approval_id,
             ttl_s,
+            reply_key,
         } => token(
             state,
             req,
@@ -423,6 +474,7 @@ pub fn decide(state: &VaultState, auth: &Authenticated, fresh: &Fresh<'_>) -> Ou
                 action,
                 approval_id.as_deref(),
                 *ttl_s,
+                reply_key.as_deref(),
             ),
             fresh,
         ),
@@ -588,6 +640,7 @@ type TokenAsk<'a> = (
     &'a String,
     Option<&'a str>,
     Option<u32>,
+    Option<&'a str>,
 );
 
 fn token(
@@ -597,10 +650,23 @@ fn token(
     ask: TokenAsk<'_>,
     fresh: &Fresh<'_>,
 ) -> Outcome {
-    let (agent, audience, scopes, action, approval_id, ttl_s) = ask;
+    let (agent, audience, scopes, action, approval_id, ttl_s, reply_key) = ask;
     let who = requester.name();
     let policy = &state.policy.policy;
     let refuse = |why: Refusal| refused(req, &who, &why, Some(audience.clone()), scopes.clone());
+    // A secret is only ever sent sealed: no usable reply key, no token (and no approval
+    // request, which would end in a token nobody could receive).
+    let reply_key = match reply_key.map(|k| (k, docket_schemas::seal::check_reply_key(k))) {
+        Some((k, Ok(()))) => k,
+        Some((_, Err(why))) => return refuse(Refusal::Malformed(why.to_string())),
+        None => {
+            return refuse(Refusal::Malformed(
+                "a token request must carry reply_key, a one-time X25519 public key (base64): \
+                 token secrets are sent only sealed to it"
+                    .into(),
+            ));
+        }
+    };
     if *requester != Requester::Agent(agent.clone()) {
         return refuse(Refusal::Forbidden(
             who.clone(),
@@ -728,9 +794,19 @@ fn token(
     if let Some(b) = judge_token(state, &issued, fresh.now).first() {
         return refuse(Refusal::Breaks(b.rule.as_str(), b.why.clone()));
     }
+    // Sealed to the requester's one-time key: whoever reads the reply on the bus sees
+    // ciphertext. The key was checked before anything was decided.
+    let sealed = match docket_schemas::seal::seal_secret(
+        fresh.token_secret.as_bytes(),
+        reply_key,
+        fresh.seal_ephemeral,
+    ) {
+        Ok(sealed) => sealed,
+        Err(why) => return refuse(Refusal::Malformed(why.to_string())),
+    };
     Outcome::answer(
         Answer {
-            token: Some(fresh.token_secret.clone()),
+            sealed_token: Some(sealed),
             token_id: Some(issued.token_id.clone()),
             expires_at: Some(expires_at),
             scope: Some(scopes.join(" ")),

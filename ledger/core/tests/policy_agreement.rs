@@ -76,7 +76,7 @@ impl Sim {
                 source_seq: 0,
             },
             state: VaultState::default(),
-            desk: Desk::new(vault.clone(), now.plus_seconds(-1)),
+            desk: Desk::new(vault.clone(), now.plus_seconds(-1), vec![]),
             now,
             entropy: Counter(0),
             gateway: key(4),
@@ -151,7 +151,7 @@ impl Sim {
     /// Admits sealed envelopes and folds what is appended; returns the findings.
     fn commit(&mut self, items: Vec<Incoming>) -> (docket_core::admission::Plan, Vec<String>) {
         let plan = admit(&mut self.tip, &items, self.now.as_micros(), |ids| {
-            Ok::<_, ()>(vec![false; ids.len()])
+            Ok::<_, ()>(vec![None; ids.len()])
         })
         .unwrap();
         assert!(
@@ -161,7 +161,7 @@ impl Sim {
         );
         let mut found = Vec::new();
         for e in &plan.appends {
-            let (f, _) = self.state.apply(e.seq, &e.event);
+            let (f, _) = self.state.apply(e.seq, e.received_us, &e.event);
             found.extend(
                 f.into_iter()
                     .map(|f| format!("{}: {}", f.rule.as_str(), f.message)),
@@ -179,7 +179,7 @@ impl Sim {
             body,
         };
         let item = Incoming {
-            subject: "docket.events.x".into(),
+            subject: format!("docket.events.{}", event.kind()),
             payload: seal_event(&event, k).into(),
             source_seq: self.tip.source_seq + 1,
         };
@@ -224,7 +224,7 @@ impl Sim {
                 ts: self.now,
                 body: forced.clone(),
             };
-            let (flagged, _) = copy.apply(before.seq + 1, &at);
+            let (flagged, _) = copy.apply(before.seq + 1, at.ts.as_micros(), &at);
             assert!(
                 !flagged.is_empty(),
                 "the vault refused ({:?}) but the fold flags nothing in {forced:?}",
@@ -410,6 +410,7 @@ fn play(sim: &mut Sim, s: &Step) {
                     action: "test".into(),
                     approval_id,
                     ttl_s: (s.flag.is_multiple_of(2)).then_some(u32::from(s.advance_s) * 5),
+                    reply_key: Some(reply_key().public()),
                 },
             );
         }
@@ -615,6 +616,7 @@ fn a_token_on_an_approval_decided_late_and_a_second_token_on_one_approval_are_fl
                 action: "push".into(),
                 approval_id: None,
                 ttl_s: None,
+                reply_key: Some(reply_key().public()),
             },
         );
         ok(&r)
@@ -687,9 +689,10 @@ fn a_token_on_an_approval_decided_late_and_a_second_token_on_one_approval_are_fl
             action: "push".into(),
             approval_id: Some(id.clone()),
             ttl_s: None,
+            reply_key: Some(reply_key().public()),
         },
     );
-    assert!(ok(&first).token.is_some());
+    assert!(ok(&first).open_token(&reply_key()).is_ok());
     let found = mint(&mut sim, "tok-second", &id);
     assert_eq!(
         found
@@ -705,4 +708,9 @@ fn a_token_on_an_approval_decided_late_and_a_second_token_on_one_approval_are_fl
             .map(|t| t.token_id.as_str()),
         ok(&first).token_id.as_deref()
     );
+}
+
+/// The one-time reply key these sessions' token requests carry.
+fn reply_key() -> docket_schemas::seal::ReplyKey {
+    docket_schemas::seal::ReplyKey::from_bytes([42; 32])
 }

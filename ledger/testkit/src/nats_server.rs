@@ -27,15 +27,31 @@ pub struct NatsServer {
     /// 0 until the first start has reported its port.
     pub port: u16,
     pub store_dir: PathBuf,
+    /// A configuration file (users, permissions, TLS), when started with one.
+    pub config: Option<PathBuf>,
+    env: Vec<(String, String)>,
 }
 
 impl NatsServer {
     /// Starts a server with JetStream storing in `store_dir`, on a port of its choosing.
     pub fn start(store_dir: &Path) -> Result<NatsServer, NatsServerError> {
+        NatsServer::start_configured(store_dir, None, &[])
+    }
+
+    /// Starts a server as `start` does, reading `config` (nats-server's own format) too:
+    /// the command line's JetStream, address, port and store settings win over the file's.
+    /// `env` is what `$NAME` values in the file resolve to.
+    pub fn start_configured(
+        store_dir: &Path,
+        config: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<NatsServer, NatsServerError> {
         let mut s = NatsServer {
             child: None,
             port: 0,
             store_dir: store_dir.to_path_buf(),
+            config: config.map(Path::to_path_buf),
+            env: env.to_vec(),
         };
         s.spawn()?;
         Ok(s)
@@ -43,6 +59,11 @@ impl NatsServer {
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The URL with the `tls://` scheme, for a server configured with TLS.
+    pub fn tls_url(&self) -> String {
+        format!("tls://127.0.0.1:{}", self.port)
     }
 
     fn spawn(&mut self) -> Result<(), NatsServerError> {
@@ -55,7 +76,12 @@ impl NatsServer {
         } else {
             self.port.to_string()
         };
-        let child = Command::new("nats-server")
+        let mut cmd = Command::new("nats-server");
+        if let Some(config) = &self.config {
+            cmd.arg("-c").arg(config);
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        let child = cmd
             .args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"])
             .arg(&self.store_dir)
             .arg("--ports_file_dir")
