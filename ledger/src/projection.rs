@@ -261,14 +261,30 @@ pub fn rebuild_check(store: &Store) -> Result<RebuildReport, StoreError> {
         Some(&mut registry),
     )?;
     // Findings past the projection's seq (none, unless it lags the chain) are the chain's too.
-    let mut rest = replayed.clone();
-    found.extend(replay_with(
-        store,
-        &mut rest,
-        Until::End,
-        Some(&mut registry),
-    )?);
+    if stored.seq < store.head()?.0 {
+        let mut rest = replayed.clone();
+        found.extend(replay_with(
+            store,
+            &mut rest,
+            Until::End,
+            Some(&mut registry),
+        )?);
+    }
     let elapsed = started.elapsed().as_secs_f64();
+    compare(store, &stored, &replayed, &found, &registry, elapsed)
+}
+
+/// Compares what is stored beside the chain with a replay of the chain: `replayed` as of
+/// the stored projection's seq, `found` the findings of every entry, `registry` after the
+/// last entry. `verify` calls it with the replay it makes on its own pass.
+pub fn compare(
+    store: &Store,
+    stored: &VaultState,
+    replayed: &VaultState,
+    found: &[Finding],
+    registry: &Registry,
+    elapsed: f64,
+) -> Result<RebuildReport, StoreError> {
     let mut stored_findings: Vec<String> = store.findings()?.iter().map(finding_line).collect();
     let mut replayed_findings: Vec<String> = found.iter().map(finding_line).collect();
     stored_findings.sort();
@@ -287,7 +303,7 @@ pub fn rebuild_check(store: &Store) -> Result<RebuildReport, StoreError> {
         d
     };
     let registry_equal = match store.registry()? {
-        Some(r) => registry_matches(&r, &registry),
+        Some(r) => registry_matches(&r, registry),
         None => stored.seq == 0,
     };
     let digest = |s: &VaultState| {
@@ -296,7 +312,7 @@ pub fn rebuild_check(store: &Store) -> Result<RebuildReport, StoreError> {
             source,
         })
     };
-    let (a, b) = (digest(&stored)?, digest(&replayed)?);
+    let (a, b) = (digest(stored)?, digest(replayed)?);
     let mut differing = Vec::new();
     let mut first: Option<u64> = None;
     let mut note = |key: String, seqs: [Option<u64>; 2]| {

@@ -6,6 +6,7 @@
 //! payloads and vault requests pass this check first, with their unknown fields
 //! too: whatever the chain holds, a verifier in any language can parse.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -93,16 +94,64 @@ impl<'de> Visitor<'de> for Value {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut seen: HashSet<String> = HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if seen.contains(&key) {
+        // Most objects have a few keys: a list is faster than hashing them; a big one
+        // moves to a set, so a crafted object with thousands of keys stays linear.
+        let mut few: Vec<Cow<'de, str>> = Vec::new();
+        let mut many: HashSet<Cow<'de, str>> = HashSet::new();
+        while let Some(Key(key)) = map.next_key_seed(KeySeed)? {
+            let repeated = if many.is_empty() && few.len() < KEYS_LISTED_MAX {
+                let r = few.contains(&key);
+                few.push(key.clone());
+                r
+            } else {
+                many.extend(few.drain(..));
+                !many.insert(key.clone())
+            };
+            if repeated {
                 let shown: String = key.chars().take(KEY_SHOWN_CHARS).collect();
                 return Err(A::Error::custom(format!("duplicate key {shown:?}")));
             }
-            seen.insert(key);
             map.next_value_seed(self.inner()?)?;
         }
         Ok(())
+    }
+}
+
+/// Keys of one object compared as a list before they go into a set.
+const KEYS_LISTED_MAX: usize = 16;
+
+/// An object key, borrowed from the input when it has no escapes.
+struct Key<'de>(Cow<'de, str>);
+
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Key<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Key<'de>, D::Error> {
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Key<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(v.to_string())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(v)))
     }
 }
 
@@ -125,6 +174,22 @@ mod tests {
         assert!(check(br#"{"x":[{"k":1,"j":2,"k":3}]}"#).is_err());
         // The same key in sibling objects is not a repeat.
         check(br#"{"x":[{"k":1},{"k":2}]}"#).unwrap();
+    }
+
+    #[test]
+    fn a_repeat_among_many_keys_is_found_too() {
+        let keys: Vec<String> = (0..100).map(|i| format!("\"k{i}\":{i}")).collect();
+        let ok = format!("{{{}}}", keys.join(","));
+        check(ok.as_bytes()).unwrap();
+        let twice = format!("{{{},\"k57\":0}}", keys.join(","));
+        assert!(
+            check(twice.as_bytes())
+                .unwrap_err()
+                .to_string()
+                .contains("\"k57\"")
+        );
+        // An escaped key is the same key as its plain spelling.
+        assert!(check(br#"{"a":1,"\u0061":2}"#).is_err());
     }
 
     #[test]
