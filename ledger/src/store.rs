@@ -135,7 +135,7 @@ pub enum StoreError {
     },
     #[error(
         "{path}: this ledger's checkpoint key is {found}, but the key given is {expected}; \
-         point ledger_key (config) at the ledger's own key file"
+         give the ledger's own key file with --ledger-key (or ledger_key in the config)"
     )]
     LedgerKeyMismatch {
         path: PathBuf,

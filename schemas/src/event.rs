@@ -719,8 +719,11 @@ fn text(field: &'static str, value: &str, max: usize) -> Result<(), EventError> 
 pub fn is_hidden(c: char) -> bool {
     c.is_control()
         || matches!(c,
-            '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
-            | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+            '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}'
+            | '\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{2800}' | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E007F}' | '\u{E0100}'..='\u{E01EF}')
 }
 
 /// Characters an identifier, audience or scope may hold: those RFC 3986 allows in a
@@ -882,7 +885,18 @@ mod tests {
         // Cyrillic "а" in place of the Latin one: looks the same, is another agent.
         let lookalike = base.replace("agent-1", "\u{0430}gent-1");
         assert!(reject(&lookalike).contains("identifiers hold only ASCII"));
-        for hidden in ["\u{202E}", "\u{200B}", "\u{2028}", "\u{FEFF}", " "] {
+        for hidden in [
+            "\u{202E}",
+            "\u{200B}",
+            "\u{2028}",
+            "\u{FEFF}",
+            " ",
+            "\u{00AD}",
+            "\u{E0041}",
+            "\u{3164}",
+            "\u{FE0F}",
+            "\u{180E}",
+        ] {
             let bad = base.replace("agent-1", &format!("agent{hidden}-1"));
             assert!(reject(&bad).contains("`agent`"), "{hidden:?}");
         }
@@ -890,6 +904,7 @@ mod tests {
         let op = |s: &str| base.replace("/repos/acme/web/issues", s);
         Event::from_payload(op("/wiki/Ελλάδα").as_bytes()).unwrap();
         assert!(reject(&op("/a\u{202E}b")).contains("U+202E"));
+        assert!(reject(&op("/a\u{E0041}b")).contains("U+E0041"));
         // Scopes too, and a list of none.
         assert!(reject(&base.replace("issues:read", "issues read")).contains("scopes"));
         let grant = r#"{"v":1,"id":"01900000-0000-7000-8000-000000000002","ts":"2026-11-22T08:00:00.000000Z","kind":"grant.created","grant_id":"g","user":"u","agent":"a","audience":"x","scopes":[],"expires_at":"2026-11-23T08:00:00.000000Z"}"#;

@@ -41,6 +41,10 @@ pub struct SealedSecret {
 pub enum SealError {
     #[error("reply_key is not base64 of a 32-byte X25519 public key")]
     ReplyKey,
+    #[error(
+        "reply_key is a point of small order: the secret sealed to it could be opened by anyone"
+    )]
+    WeakReplyKey,
     #[error("alg {0:?} is not {SEAL_ALG:?}")]
     Alg(String),
     #[error("epk is not base64 of a 32-byte X25519 public key")]
@@ -64,9 +68,19 @@ fn cipher(shared: &[u8; 32], epk: &PublicKey, reply: &PublicKey) -> ChaCha20Poly
     ChaCha20Poly1305::new(Key::from_slice(&key))
 }
 
-/// Checks a request's `reply_key` before anything is decided with it.
+/// Checks a request's `reply_key` before anything is decided with it: 32 bytes, and not
+/// a point of small order (with one, the shared secret is all zeros whatever the vault's
+/// key, and anyone who reads the reply could open it; RFC 7748 section 6.1).
 pub fn check_reply_key(reply_key: &str) -> Result<(), SealError> {
-    public_key(reply_key).map(|_| ()).ok_or(SealError::ReplyKey)
+    let key = public_key(reply_key).ok_or(SealError::ReplyKey)?;
+    // A clamped scalar is a multiple of the cofactor, so it sends every small-order point
+    // to the identity: any fixed secret tells them apart.
+    let probe = StaticSecret::from([1; 32]).diffie_hellman(&key);
+    if probe.was_contributory() {
+        Ok(())
+    } else {
+        Err(SealError::WeakReplyKey)
+    }
 }
 
 /// Seals `secret` to `reply_key` with the vault's one-time X25519 secret `ephemeral`
@@ -80,6 +94,9 @@ pub fn seal_secret(
     let esk = StaticSecret::from(ephemeral);
     let epk = PublicKey::from(&esk);
     let shared = esk.diffie_hellman(&reply);
+    if !shared.was_contributory() {
+        return Err(SealError::WeakReplyKey);
+    }
     let ct = cipher(shared.as_bytes(), &epk, &reply)
         .encrypt(
             Nonce::from_slice(&[0; 12]),
@@ -154,6 +171,30 @@ mod tests {
             seal_secret(b"x", "not a key", [2; 32]),
             Err(SealError::ReplyKey)
         );
+    }
+
+    #[test]
+    fn a_small_order_reply_key_is_refused() {
+        // Zero, one, p-1 and an order-8 point: each makes the shared secret all zeros.
+        let mut p_minus_1 = [0xff; 32];
+        p_minus_1[0] = 0xec;
+        p_minus_1[31] = 0x7f;
+        let order_8: [u8; 32] = [
+            0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f,
+            0xc4, 0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16,
+            0x5f, 0x49, 0xb8, 0x00,
+        ];
+        let mut one = [0; 32];
+        one[0] = 1;
+        for weak in [[0; 32], one, p_minus_1, order_8] {
+            let b64 = encode_base64(&weak);
+            assert_eq!(check_reply_key(&b64), Err(SealError::WeakReplyKey));
+            assert_eq!(
+                seal_secret(b"x", &b64, [2; 32]),
+                Err(SealError::WeakReplyKey)
+            );
+        }
+        check_reply_key(&ReplyKey::from_bytes([1; 32]).public()).unwrap();
     }
 
     #[test]

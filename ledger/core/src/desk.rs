@@ -106,7 +106,7 @@ impl ReplayGuard {
             }
         }
         if req.ts < self.started {
-            return Err(Refusal::Stale(req.ts, window_s));
+            return Err(Refusal::BeforeStart(req.ts, self.started));
         }
         if self.seen.contains(&req.id) {
             return Err(Refusal::Replayed(req.id.to_string()));
@@ -552,7 +552,7 @@ mod tests {
         let mut g = ReplayGuard::new(at(0), vec![]);
         assert_eq!(
             g.sighting(&request(1, at(-1)), "k", at(0), 300),
-            Err(Refusal::Stale(at(-1), 300))
+            Err(Refusal::BeforeStart(at(-1), at(0)))
         );
         assert!(g.sighting(&request(1, at(1)), "k", at(1), 300).is_ok());
         assert!(matches!(

@@ -82,6 +82,10 @@ pub enum Refusal {
     Replayed(String),
     #[error("request time {0} is outside the {1}-second window")]
     Stale(Timestamp, u32),
+    #[error(
+        "request time {0} is before this vault started ({1}): requests from before a restart are refused; send a new one"
+    )]
+    BeforeStart(Timestamp, Timestamp),
     #[error("{0} may not do this: {1}")]
     Forbidden(String, String),
     #[error("no active grant lets {agent} use {scopes:?} on {audience}")]
