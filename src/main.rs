@@ -509,6 +509,7 @@ pub fn open_ledger(data: &Path, config: &Config, admin_b64: &str) -> Result<Ledg
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
+    let shutdown = shutdown_signal();
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
@@ -617,7 +618,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let stop_sealing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sealer = sql_cmd::spawn_sealer(data.clone(), stop_sealing.clone());
     let result = ledger
-        .run(Source::Nats(Box::new(source)), bus, shutdown_signal())
+        .run(Source::Nats(Box::new(source)), bus, shutdown)
         .await;
     stop_sealing.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = sealer.join();
@@ -630,22 +631,26 @@ async fn serve(args: ServeArgs) -> Result<()> {
 /// may not listen yet); past it, `serve` fails and says what to check.
 const SERVE_CONNECT_PATIENCE: Duration = Duration::from_secs(10);
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Registers for SIGINT and SIGTERM at once and returns what resolves on either: a signal
+/// that arrives while `serve` is still starting is kept for the loop (a clean stop), not
+/// left to the default action that would kill the process mid-start.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
+    let registered = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        if let (Some(mut int), Some(mut term)) = registered {
+            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+            return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 /// One event `publish` sent, and what JetStream said of it.
