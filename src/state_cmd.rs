@@ -46,6 +46,10 @@ pub struct ViewArgs {
     as_of: Option<String>,
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+    /// Show the stored state without first checking it against a replay of the chain
+    /// (faster on a large ledger; an edited store would then be shown as it is).
+    #[arg(long)]
+    unchecked: bool,
 }
 
 #[derive(Args)]
@@ -54,6 +58,24 @@ pub struct FindingsArgs {
     data: crate::DataArgs,
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+    /// Show the stored findings without first checking them against a replay of the chain.
+    #[arg(long)]
+    unchecked: bool,
+}
+
+/// Refuses to show what is stored beside the chain when it is not what the chain derives
+/// (SECURITY.md, row 3): an auditor reading offline must not be shown an edited store.
+fn checked(store: &Store) -> Result<()> {
+    let report = rebuild_check(store)?;
+    if !report.agrees() {
+        anyhow::bail!(
+            "the stored state is not what the chain derives: {}. It was edited or damaged: \
+             `docket verify` reports it, `docket state rebuild --repair` (with serve stopped) \
+             replaces it; --as-of shows a replay",
+            report.summary()
+        );
+    }
+    Ok(())
 }
 
 pub fn run(cmd: StateCommand) -> Result<std::process::ExitCode> {
@@ -69,6 +91,10 @@ pub fn run(cmd: StateCommand) -> Result<std::process::ExitCode> {
         None => Until::End,
         Some(text) => Until::parse(text)?,
     };
+    // The head's state is the stored projection; a point in the past is a replay already.
+    if until == Until::End && !args.unchecked {
+        checked(&store)?;
+    }
     let point = state_at(&store, until)?;
     if let Some(note) = point.note() {
         eprintln!("{note}");
@@ -302,6 +328,9 @@ fn rebuild(data: &crate::DataArgs, repair: bool) -> Result<std::process::ExitCod
 
 pub fn findings(args: FindingsArgs) -> Result<std::process::ExitCode> {
     let store = Store::open_reader(&crate::db_dir(&args.data.data))?;
+    if !args.unchecked {
+        checked(&store)?;
+    }
     let rows: Vec<Row> = store
         .findings()?
         .into_iter()

@@ -125,6 +125,18 @@ fn an_insider_editing_state_findings_or_registry_is_caught_at_start_and_by_verif
     let log = serve_refuses(&s);
     assert!(log.contains("disagrees with it"), "{log}");
     assert!(log.contains("state objects differ"), "{log}");
+    // Offline readers refuse to show it too (unless told not to check).
+    let data = s.data.to_str().unwrap();
+    let o = docket(&["state", "tokens", "--data", data]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not what the chain derives"), "{err}");
+    assert!(docket(&["findings", "--data", data]).status.code() != Some(0));
+    assert!(
+        docket(&["state", "tokens", "--data", data, "--unchecked"])
+            .status
+            .success()
+    );
     let (code, out) = verify(&s.data);
     assert_ne!(code, 0, "verify called an edited projection intact: {out}");
     assert!(out.contains("not what it derives"), "{out}");
