@@ -344,18 +344,30 @@ fn grant(w: &World, agent: &str) -> String {
 }
 
 fn token(w: &World, k: &SigningKey, agent: &str, scope: &str, approval: Option<&str>) -> Reply {
-    w.ask(
-        k,
-        Op::Token {
-            agent: agent.into(),
-            audience: "https://api.github.com".into(),
-            scopes: vec![scope.into()],
-            action: format!("{scope} on acme/web"),
-            approval_id: approval.map(String::from),
-            ttl_s: None,
-            reply_key: Some(reply_key().public()),
-        },
-    )
+    w.ask(k, token_op(agent, scope, approval))
+}
+
+/// A token request for `scope` on the tests' audience, carrying the tests' reply key.
+fn token_op(agent: &str, scope: &str, approval: Option<&str>) -> Op {
+    Op::Token {
+        agent: agent.into(),
+        audience: "https://api.github.com".into(),
+        scopes: vec![scope.into()],
+        action: format!("{scope} on acme/web"),
+        approval_id: approval.map(String::from),
+        ttl_s: None,
+        reply_key: Some(reply_key().public()),
+    }
+}
+
+/// a1's request for a `repo:read` token, dated `ts`, as it would be sealed and sent.
+fn a1_read_request(ts: Timestamp) -> Request {
+    Request {
+        v: REQUEST_VERSION,
+        id: EventId(*uuid::Uuid::now_v7().as_bytes()),
+        ts,
+        op: token_op("a1", "repo:read", None),
+    }
 }
 
 /// An issued token's (token id, secret).
@@ -1070,21 +1082,7 @@ fn a_request_captured_before_a_restart_is_refused_after_it() {
     let mut w = World::new();
     grant(&w, "a1");
     // A request dated into the future, within the skew window, captured on the wire.
-    let req = Request {
-        v: REQUEST_VERSION,
-        id: EventId(*uuid::Uuid::now_v7().as_bytes()),
-        ts: now().plus_seconds(200),
-        op: Op::Token {
-            agent: "a1".into(),
-            audience: "https://api.github.com".into(),
-            scopes: vec!["repo:read".into()],
-            action: "read".into(),
-            approval_id: None,
-            ttl_s: None,
-            reply_key: Some(reply_key().public()),
-        },
-    };
-    let bytes = seal_request(&req, &w.a1);
+    let bytes = seal_request(&a1_read_request(now().plus_seconds(200)), &w.a1);
     issued(&w.send_to("docket.vault.token", bytes.clone()));
     w.restart();
     assert_refused(&w.send_to("docket.vault.token", bytes), "replay");
@@ -1167,21 +1165,7 @@ fn one_key_flooding_the_vault_is_refused_past_its_budget_and_recorded_once_a_sec
     // 40 requests at once, from one agent's key.
     let replies: Vec<Reply> = w.rt.block_on(async {
         let asks = (0..40).map(|_| {
-            let req = Request {
-                v: REQUEST_VERSION,
-                id: EventId(*uuid::Uuid::now_v7().as_bytes()),
-                ts: now(),
-                op: Op::Token {
-                    agent: "a1".into(),
-                    audience: "https://api.github.com".into(),
-                    scopes: vec!["repo:read".into()],
-                    action: "read".into(),
-                    approval_id: None,
-                    ttl_s: None,
-                    reply_key: Some(reply_key().public()),
-                },
-            };
-            let bytes = seal_request(&req, &w.a1);
+            let bytes = seal_request(&a1_read_request(now()), &w.a1);
             let client = w.client.clone();
             async move {
                 let r = client

@@ -192,7 +192,8 @@ pub fn verify(
     // The state and findings the chain derives, folded on this same pass (one decode of
     // each entry), to compare with what is stored beside the chain at the end.
     let mut fold_us = 0u128;
-    let stored_seq = store.load_state()?.seq;
+    let stored = store.load_state()?;
+    let stored_seq = stored.seq;
     let mut derived = VaultState::default();
     let mut derived_at_stored = (stored_seq == 0).then(VaultState::default);
     let mut derived_findings = Vec::new();
@@ -309,7 +310,7 @@ pub fn verify(
     let derived = match (found.total, &derived_at_stored) {
         (0, Some(at_stored)) => Some(crate::projection::compare(
             store,
-            &store.load_state()?,
+            &stored,
             at_stored,
             &derived_findings,
             &registry,
