@@ -158,7 +158,10 @@ async fn call(client: &Client, op: Op) -> Result<Reply> {
     )
     .await
     .context("the vault did not answer within 10 s")?
-    .context("no vault is serving (start `docket serve` with --vault-key)")?;
+    .context(
+        "no answer from the vault: is `docket serve --vault-key` running, and may this NATS \
+         identity read its own replies (--nats-inbox-prefix)?",
+    )?;
     serde_json::from_slice(&reply.payload).with_context(|| {
         format!(
             "the answer is not a vault reply (docs/FORMAT.md, \"Vault requests\"): {}",

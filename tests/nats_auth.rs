@@ -290,6 +290,19 @@ fn each_identity_does_only_its_own_part_over_tls() {
         )
         .await;
         assert!(plain.is_err(), "a plaintext connection was accepted");
+        // A reply prefix nobody could listen on is refused before anything is sent.
+        let wildcard = docket_ledger::transport::connect(
+            &d.nats.tls_url(),
+            &docket_ledger::transport::NatsAuth {
+                inbox_prefix: Some(">".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert!(
+            wildcard.is_err_and(|e| e.to_string().contains("inbox prefix")),
+            "a wildcard inbox prefix was accepted"
+        );
         // The agent connects by nkey, and may ask the vault only for tokens.
         let seed = d.dir.path().join("agent.nk");
         std::fs::write(&seed, &d.agent_seed).unwrap();

@@ -54,6 +54,8 @@ pub enum TransportError {
     JetStream(String),
     #[error("transport closed")]
     Closed,
+    #[error("NATS client settings: {0}")]
+    Settings(String),
 }
 
 fn nats_err(e: impl std::fmt::Display) -> TransportError {
@@ -311,6 +313,19 @@ impl NatsAuth {
             _ => return Err("give both a client certificate and its key, or neither".into()),
         }
         if let Some(prefix) = &self.inbox_prefix {
+            // Replies go to `<prefix>.<id>`: a wildcard, an empty token or a space there
+            // would send them where nobody listens (the vault would still issue a token).
+            let plain = |t: &str| {
+                !t.is_empty()
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            };
+            if !prefix.split('.').all(plain) {
+                return Err(format!(
+                    "inbox prefix {prefix:?}: give dot-separated tokens of letters, digits, _ and - \
+                     (for example _INBOX.gateway)"
+                ));
+            }
             o = o.custom_inbox_prefix(prefix);
         }
         Ok(o.connection_timeout(CONNECT_TIMEOUT))
@@ -319,13 +334,8 @@ impl NatsAuth {
 
 /// Connects to a NATS server once, with an error that names the URL and what to check.
 pub async fn connect(url: &str, auth: &NatsAuth) -> Result<async_nats::Client, TransportError> {
-    let options = auth
-        .options()
-        .await
-        .map_err(|why| TransportError::Connect {
-            url: url.to_string(),
-            why,
-        })?;
+    // A settings mistake is the caller's, not an unreachable server: no retry, no hint.
+    let options = auth.options().await.map_err(TransportError::Settings)?;
     options
         .connect(url)
         .await
