@@ -83,10 +83,12 @@ pub async fn run(args: SqlBenchArgs) -> Result<()> {
     // The columnar copy, derived from scratch.
     let store = docket_ledger::store::Store::open_reader(&crate::db_dir(&data))?;
     let t = Instant::now();
+    let key = docket_ledger::keyfile::read(&data.join(crate::sql_cmd::LEDGER_KEY_FILE))?;
     let report = segment::rebuild(
         &store,
         &columnar_dir(&data),
         segment::SEGMENT_ENTRIES,
+        &key,
         &|_| {},
     )?;
     let secs = t.elapsed().as_secs_f64();
@@ -128,23 +130,20 @@ pub async fn run(args: SqlBenchArgs) -> Result<()> {
         .transpose()?
         .unwrap_or_else(|| "agent-0".into());
     println!("selective query: {agent} (the busiest agent on {from})");
-    let mut ours = Vec::new();
-    for (name, sql) in queries(&agent) {
-        let mut times = Vec::new();
-        let mut rows = 0;
-        for _ in 0..args.runs.max(1) {
-            let t = Instant::now();
-            let batches = session.query(&sql).await?;
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-            rows = batches.iter().map(|b| b.num_rows()).sum::<usize>();
-        }
-        let med = median(&mut times);
+    let ours = time_queries(&mut session, &agent, args.runs).await?;
+    // The cost of checking every byte read against the segments' seals: the same queries in the
+    // same session, its reads switched to the plain file system (a benchmark-only swap).
+    session.context().register_object_store(
+        docket_query::seal::store_url().as_ref(),
+        std::sync::Arc::new(docket_query::LocalFileSystem::new()),
+    );
+    println!("the same queries with reads not checked against the seals:");
+    let unchecked = time_queries(&mut session, &agent, args.runs).await?;
+    for ((name, checked, _), (_, plain, _)) in ours.iter().zip(&unchecked) {
         println!(
-            "  {name:<45} {med:>9.1} ms median of {} (min {:.1}), {rows} rows",
-            times.len(),
-            times.first().copied().unwrap_or(f64::NAN)
+            "  {name:<45} checked {checked:>8.1} ms, unchecked {plain:>8.1} ms: seals cost {:+.1}%",
+            (checked / plain - 1.0) * 100.0
         );
-        ours.push((name, med, rows));
     }
     drop(session);
 
@@ -202,6 +201,33 @@ pub async fn run(args: SqlBenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs each benchmark query `runs` times in `session`: its name, median milliseconds and row count.
+async fn time_queries(
+    session: &mut AuditSession,
+    agent: &str,
+    runs: usize,
+) -> Result<Vec<(&'static str, f64, usize)>> {
+    let mut out = Vec::new();
+    for (name, sql) in queries(agent) {
+        let mut times = Vec::new();
+        let mut rows = 0;
+        for _ in 0..runs.max(1) {
+            let t = Instant::now();
+            let batches = session.query(&sql).await?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            rows = batches.iter().map(|b| b.num_rows()).sum::<usize>();
+        }
+        let med = median(&mut times);
+        println!(
+            "  {name:<45} {med:>9.1} ms median of {} (min {:.1}), {rows} rows",
+            times.len(),
+            times.first().copied().unwrap_or(f64::NAN)
+        );
+        out.push((name, med, rows));
+    }
+    Ok(out)
 }
 
 fn median(times: &mut [f64]) -> f64 {

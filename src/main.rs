@@ -477,15 +477,20 @@ pub fn db_dir(data: &Path) -> PathBuf {
     data.join("db")
 }
 
+/// Where the checkpoint key file is: the config's (or `--ledger-key`), else beside the database.
+fn ledger_key_path(data: &Path, config: &Config) -> PathBuf {
+    config
+        .ledger_key
+        .clone()
+        .unwrap_or_else(|| data.join(sql_cmd::LEDGER_KEY_FILE))
+}
+
 /// Opens (creating) a ledger in `data`, with its checkpoint key beside the database.
 pub fn open_ledger(data: &Path, config: &Config, admin_b64: &str) -> Result<Ledger> {
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let admin = docket_schemas::decode_public_key(admin_b64).context("admin public key")?;
     docket_schemas::check_producer_key(&admin).context("admin public key")?;
-    let key_path = config
-        .ledger_key
-        .clone()
-        .unwrap_or_else(|| data.join("ledger.key"));
+    let key_path = ledger_key_path(data, config);
     let key = if key_path.exists() {
         keyfile::read(&key_path)?
     } else if db_dir(data).join("CURRENT").exists() {
@@ -616,7 +621,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         });
     }
     let stop_sealing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sealer = sql_cmd::spawn_sealer(data.clone(), stop_sealing.clone());
+    // The checkpoint key also seals the columnar copy, so that SQL can tell edited segments.
+    let sealing_key = keyfile::read(&ledger_key_path(data, &config))?;
+    let sealer = sql_cmd::spawn_sealer(data.clone(), sealing_key, stop_sealing.clone());
     let result = ledger
         .run(Source::Nats(Box::new(source)), bus, shutdown)
         .await;

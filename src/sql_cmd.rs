@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use docket_ledger::keyfile::{self, KeyFileError};
 use docket_query::render::{self, Format};
 use docket_query::segment::{self, columnar_dir};
 use docket_query::tables::AsOf;
 use docket_query::{AuditSession, QueryError, SessionOptions};
+use ed25519_dalek::SigningKey;
 
 #[derive(Args)]
 pub struct SqlArgs {
@@ -40,6 +42,10 @@ pub struct SqlArgs {
     /// Write nothing, not even missing segments: decode unsealed entries in memory instead.
     #[arg(long)]
     no_seal: bool,
+    /// The ledger's checkpoint key file, to seal missing segments with (default DIR/ledger.key
+    /// when readable). Without it, segments sealed before are used and the rest is decoded.
+    #[arg(long, env = "DOCKET_LEDGER_KEY_FILE", value_name = "FILE")]
+    ledger_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -56,7 +62,38 @@ pub enum ColumnarCommand {
 pub struct ColumnarArgs {
     #[arg(long, env = "DOCKET_DATA")]
     data: PathBuf,
+    /// The ledger's checkpoint key file, which seals segments (default DIR/ledger.key).
+    #[arg(long, env = "DOCKET_LEDGER_KEY_FILE", value_name = "FILE")]
+    ledger_key: Option<PathBuf>,
 }
+
+/// The key segments are sealed with: the file given (which must be readable), else
+/// `DIR/ledger.key` if this user can read it, else none (a reader without the key).
+pub fn sealing_key(data: &Path, given: Option<&Path>) -> Result<Option<SigningKey>> {
+    match given {
+        Some(path) => {
+            Ok(Some(keyfile::read(path).with_context(|| {
+                format!("--ledger-key {}", path.display())
+            })?))
+        }
+        None => match keyfile::read(&data.join(LEDGER_KEY_FILE)) {
+            Ok(key) => Ok(Some(key)),
+            // A reader without the key (kept elsewhere, or not this user's to read) seals nothing.
+            Err(KeyFileError::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        },
+    }
+}
+
+/// The checkpoint key's file name inside a data directory, when it is kept there.
+pub const LEDGER_KEY_FILE: &str = "ledger.key";
 
 /// Entries per sealed segment: `DOCKET_SEGMENT_ENTRIES` (for tests and tiny ledgers) or the default.
 pub fn segment_entries() -> u64 {
@@ -76,6 +113,11 @@ fn options(args: &SqlArgs) -> Result<SessionOptions> {
         },
         segment_entries: segment_entries(),
         seal: !args.no_seal,
+        sealer: if args.no_seal {
+            None
+        } else {
+            sealing_key(&args.data, args.ledger_key.as_deref())?
+        },
         ..SessionOptions::default()
     })
 }
@@ -107,8 +149,15 @@ pub async fn sql(args: SqlArgs) -> Result<ExitCode> {
     let cov = session.coverage().clone();
     if let Some(why) = &cov.seal_skipped {
         eprintln!(
-            "warning: could not extend the columnar copy ({why}); {} entries are decoded in memory",
+            "warning: could not extend the columnar copy ({why}; give the checkpoint key file with \
+             --ledger-key); {} entries are decoded in memory",
             cov.tail_rows
+        );
+    }
+    if let Some(seq) = cov.unsealed_from {
+        eprintln!(
+            "note: the segment from seq {seq} has no seal from the ledger key, so it and later \
+             entries were decoded from the chain"
         );
     }
     if args.timing {
@@ -388,6 +437,13 @@ pub fn columnar(cmd: ColumnarCommand) -> Result<ExitCode> {
     };
     let store = docket_ledger::store::Store::open_reader(&crate::db_dir(&args.data))?;
     let dir = columnar_dir(&args.data);
+    let Some(key) = sealing_key(&args.data, args.ledger_key.as_deref())? else {
+        bail!(
+            "sealing needs the ledger's checkpoint key: {} is not readable here; give the key file \
+             with --ledger-key FILE",
+            args.data.join(LEDGER_KEY_FILE).display()
+        );
+    };
     let started = Instant::now();
     let progress = |n: u64| {
         if std::io::stderr().is_terminal() {
@@ -395,9 +451,9 @@ pub fn columnar(cmd: ColumnarCommand) -> Result<ExitCode> {
         }
     };
     let report = if rebuild {
-        segment::rebuild(&store, &dir, segment_entries(), &progress)?
+        segment::rebuild(&store, &dir, segment_entries(), &key, &progress)?
     } else {
-        segment::seal(&store, &dir, segment_entries(), &progress)?
+        segment::seal(&store, &dir, segment_entries(), &key, &progress)?
     };
     if std::io::stderr().is_terminal() {
         eprintln!();
@@ -455,6 +511,7 @@ const SEAL_INTERVAL: Duration = Duration::from_secs(2);
 /// `docket sql` seals (or decodes) whatever is missing on its own.
 pub fn spawn_sealer(
     data: PathBuf,
+    key: SigningKey,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
@@ -471,7 +528,7 @@ pub fn spawn_sealer(
                 if let Some(s) = &store {
                     s.catch_up()?;
                     let report =
-                        segment::seal(s, &columnar_dir(&data), segment_entries(), &|_| {})?;
+                        segment::seal(s, &columnar_dir(&data), segment_entries(), &key, &|_| {})?;
                     if report.sealed > 0 {
                         tracing::info!(
                             segments = report.sealed,
@@ -502,6 +559,7 @@ pub fn spawn_sealer(
 pub async fn export_parquet(data: &Path, out: &Path) -> Result<()> {
     let options = SessionOptions {
         segment_entries: segment_entries(),
+        sealer: sealing_key(data, None)?,
         timeout: Duration::from_secs(24 * 3600),
         ..SessionOptions::default()
     };

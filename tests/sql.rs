@@ -40,7 +40,10 @@ fn segments(data: &Path) -> usize {
     std::fs::read_dir(data.join("columnar"))
         .map(|d| {
             d.filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().starts_with("events-"))
+                .filter(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.starts_with("events-") && name.ends_with(".parquet")
+                })
                 .count()
         })
         .unwrap_or(0)
@@ -288,6 +291,37 @@ fn sql_answers_beside_a_running_serve_in_every_format() {
         !fresh.join("columnar").exists(),
         "--no-seal wrote the columnar copy"
     );
+
+    // A segment edited in place (an agent's name changed, same length): `docket sql` refuses it.
+    let edited = dir.path().join("edited-copy");
+    copy_dir(&data, &edited);
+    let victim = std::fs::read_dir(edited.join("columnar"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .unwrap();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let at = bytes
+        .windows(7)
+        .position(|w| w.starts_with(b"agent-") && w[6].is_ascii_digit())
+        .expect("an agent name in the segment");
+    bytes[at + 6] = if bytes[at + 6] == b'1' { b'2' } else { b'1' };
+    std::fs::write(&victim, &bytes).unwrap();
+    let o = sql(
+        &edited,
+        &[
+            "--format",
+            "csv",
+            "SELECT agent, count(*) FROM events GROUP BY agent",
+        ],
+    );
+    assert!(!o.status.success(), "{}", stdout(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("changed after the ledger sealed it"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// A ledger of workload events (with misbehaviour) committed in process, no NATS needed:
@@ -309,6 +343,8 @@ fn small_ledger(dir: &Path, events: usize) -> (std::path::PathBuf, Vec<docket_sc
         ledger_public_key: docket_schemas::encode_base64(key.verifying_key().as_bytes()),
     };
     let store = docket_ledger::store::Store::open(&data.join("db"), &identity).unwrap();
+    // Where `serve` keeps it by default, so that `docket sql` can seal segments.
+    docket_ledger::keyfile::write(&data.join("ledger.key"), &key).unwrap();
     let mut items = w.setup();
     while items.len() < events {
         items.push(w.next_envelope());

@@ -8,6 +8,7 @@
 pub mod export;
 pub mod render;
 pub mod rows;
+pub mod seal;
 pub mod segment;
 pub mod session;
 pub mod tables;
@@ -19,6 +20,8 @@ use datafusion::error::DataFusionError;
 use docket_ledger::store::StoreError;
 
 pub use datafusion::arrow;
+/// The plain local file store, for a benchmark that compares checked and unchecked reads.
+pub use datafusion::object_store::local::LocalFileSystem;
 pub use session::{AuditSession, SessionOptions};
 
 /// Everything that can go wrong answering a question.
@@ -53,6 +56,8 @@ pub enum QueryError {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error(transparent)]
     AsOf(#[from] docket_ledger::projection::PointError),
+    #[error("ledger key: {0}")]
+    LedgerKey(String),
     #[error("a segment worker panicked")]
     WorkerPanicked,
 }

@@ -4,8 +4,9 @@
 //! holds the `N` entries after the last sealed one, so two writers (a running
 //! `serve` and a `docket sql`) with the same `N` that seal the same segment
 //! write the same rows, and the atomic rename lets either win. Each file is
-//! stamped with its seq range and the entry hash at its end; opening checks
-//! the stamps against the chain, `check` re-derives every row.
+//! stamped with its seq range and the entry hash at its end, and sealed by
+//! the ledger key (`seal.rs`); opening checks the stamps against the chain and
+//! the seals' signatures, reading checks the bytes, `check` re-derives every row.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::concat_batches;
 use docket_ledger::chain::hex;
 use docket_ledger::store::{Store, decode_record};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Compression;
@@ -24,6 +26,7 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 
 use crate::QueryError;
 use crate::rows::{EVENTS_SCHEMA, EventRows};
+use crate::seal::{CheckedSeal, SegmentSeal, seal_path};
 
 /// Entries per sealed segment by default: the unit of pruning, and the most the unsealed tail holds once sealing keeps up.
 pub const SEGMENT_ENTRIES: u64 = 65_536;
@@ -232,6 +235,53 @@ pub fn check_stamps(store: &Store, segments: &[Segment]) -> Vec<SegmentProblem> 
     problems
 }
 
+/// The run of segments a reader may trust: each with a seal the ledger key signed, up to the first without one.
+pub struct SealedRun {
+    pub segments: Vec<(Segment, Arc<CheckedSeal>)>,
+    /// First seq of the first segment that has no seal (its entries are decoded from the chain).
+    pub unsealed_from: Option<u64>,
+}
+
+/// Checks the seals of `segments` (already checked against the chain) with the ledger key.
+///
+/// A missing seal ends the run (a crash between the two renames, or a copy
+/// from before seals); a seal that does not verify, or a file whose size
+/// differs from it, is a problem: someone changed the columnar copy.
+pub fn sealed_run(segments: &[Segment], key: &VerifyingKey) -> Result<SealedRun, SegmentProblem> {
+    let mut run = SealedRun {
+        segments: Vec::with_capacity(segments.len()),
+        unsealed_from: None,
+    };
+    for s in segments {
+        let problem = |why: String| SegmentProblem {
+            path: s.path.clone(),
+            first_seq: s.first_seq,
+            why,
+        };
+        let seal = match SegmentSeal::read(&s.path).map_err(problem)? {
+            Some(seal) => seal,
+            None => {
+                run.unsealed_from = Some(s.first_seq);
+                break;
+            }
+        };
+        let checked = seal
+            .check(s.first_seq, s.last_seq, &s.last_entry_hash, key)
+            .map_err(problem)?;
+        let len = std::fs::metadata(&s.path)
+            .map_err(|e| problem(e.to_string()))?
+            .len();
+        if len != seal.file_bytes {
+            return Err(problem(format!(
+                "it is {len} bytes but was sealed at {}: changed after the ledger sealed it",
+                seal.file_bytes
+            )));
+        }
+        run.segments.push((s.clone(), Arc::new(checked)));
+    }
+    Ok(run)
+}
+
 /// Re-derives every segment's rows from the chain and compares them with the file: catches any edited row.
 ///
 /// Also compares each file's bytes with a fresh encoding of those rows, so
@@ -241,6 +291,7 @@ pub fn check(store: &Store, dir: &Path) -> Result<Vec<SegmentProblem>, QueryErro
     let (head, _) = store.head()?;
     let all = list(dir)?;
     let segments = usable(&all, head);
+    let key = crate::seal::ledger_key(store, None)?;
     let mut problems = check_stamps(store, &segments);
     let next = segments.last().map_or(1, |s| s.last_seq + 1);
     if let Some(after) = all
@@ -272,7 +323,9 @@ pub fn check(store: &Store, dir: &Path) -> Result<Vec<SegmentProblem>, QueryErro
                         .to_string()
                 })
             }),
-        };
+        }
+        // Rows and bytes equal to the chain's: what is left to be wrong is the seal itself.
+        .or_else(|| seal_problem(s, &key));
         if let Some(why) = why {
             problems.push(SegmentProblem {
                 path: s.path.clone(),
@@ -283,6 +336,24 @@ pub fn check(store: &Store, dir: &Path) -> Result<Vec<SegmentProblem>, QueryErro
     }
     problems.sort_by_key(|p| p.first_seq);
     Ok(problems)
+}
+
+/// What is wrong with a segment's seal, read whole: missing, not the ledger key's, or not these bytes.
+fn seal_problem(s: &Segment, key: &VerifyingKey) -> Option<String> {
+    let seal = match SegmentSeal::read(&s.path) {
+        Err(why) => return Some(why),
+        Ok(None) => {
+            return Some(
+                "it has no seal, so SQL decodes its entries from the chain instead \
+                 (`docket columnar seal` seals it with the ledger key)"
+                    .into(),
+            );
+        }
+        Ok(Some(seal)) => seal,
+    };
+    seal.check(s.first_seq, s.last_seq, &s.last_entry_hash, key)
+        .and_then(|checked| checked.check_file(&s.path))
+        .err()
 }
 
 fn first_difference(expected: &RecordBatch, found: &RecordBatch) -> Option<String> {
@@ -380,9 +451,11 @@ pub fn seal(
     store: &Store,
     dir: &Path,
     segment_entries: u64,
+    key: &SigningKey,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<SealReport, QueryError> {
     let n = segment_entries.max(SEGMENT_ENTRIES_MIN);
+    let verifying = crate::seal::ledger_key(store, Some(key))?;
     let (head, _) = store.head()?;
     let segments = usable(&list(dir)?, head);
     if let Some(p) = check_stamps(store, &segments).first() {
@@ -391,7 +464,12 @@ pub fn seal(
             why: p.why.clone(),
         });
     }
-    let sealed_through = segments.last().map_or(0, |s| s.last_seq);
+    // Segments after the first unsealed one are written again, seals and all.
+    let run = sealed_run(&segments, &verifying).map_err(|p| QueryError::SegmentMismatch {
+        path: p.path,
+        why: p.why,
+    })?;
+    let sealed_through = run.segments.last().map_or(0, |(s, _)| s.last_seq);
     let whole = sealed_through + (head.saturating_sub(sealed_through)) / n * n;
     let mut report = SealReport {
         sealed_through,
@@ -421,7 +499,7 @@ pub fn seal(
                             Err(_) => return Ok(n),
                         };
                         let Ok(chunk) = chunk else { return Ok(n) };
-                        write_segment(dir, &chunk)?;
+                        write_segment(dir, &chunk, key)?;
                         n += 1;
                         let total = done
                             .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed)
@@ -467,8 +545,15 @@ pub fn seal(
     Ok(report)
 }
 
-/// Writes one segment: to a temporary name, synced, then renamed into place.
-fn write_segment(dir: &Path, records: &[(u64, Vec<u8>)]) -> Result<(), QueryError> {
+/// Writes one segment and then its seal, each to a temporary name, synced, then renamed into place.
+///
+/// The seal goes last: a crash between the two leaves a segment without a
+/// seal, which readers skip and the next sealing writes again.
+fn write_segment(
+    dir: &Path,
+    records: &[(u64, Vec<u8>)],
+    key: &SigningKey,
+) -> Result<(), QueryError> {
     let mut rows = EventRows::with_capacity(records.len());
     for (seq, record) in records {
         rows.push(&decode_record(*seq, record)?)?;
@@ -478,15 +563,28 @@ fn write_segment(dir: &Path, records: &[(u64, Vec<u8>)]) -> Result<(), QueryErro
         _ => return Ok(()),
     };
     let batch = rows.finish()?;
-    let bytes = encode(&batch, first, last, &hex(&hash))?;
-    let name = file_name(first, last);
-    let path = dir.join(&name);
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let last_hash = hex(&hash);
+    let bytes = encode(&batch, first, last, &last_hash)?;
+    let path = dir.join(file_name(first, last));
+    let seal = SegmentSeal::make(&bytes, first, last, &last_hash, key);
+    let seal_bytes = serde_json::to_vec_pretty(&seal).map_err(|e| QueryError::BadSegment {
+        path: seal_path(&path),
+        why: e.to_string(),
+    })?;
+    write_atomically(&path, &bytes)?;
+    write_atomically(&seal_path(&path), &seal_bytes)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), QueryError> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("segment");
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     let mut file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    std::io::Write::write_all(&mut file, &bytes).map_err(|e| io(&tmp, e))?;
+    std::io::Write::write_all(&mut file, bytes).map_err(|e| io(&tmp, e))?;
     file.sync_all().map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
-    Ok(())
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
 }
 
 /// A segment's exact bytes: the same rows and stamp always encode the same way.
@@ -528,16 +626,24 @@ pub fn rebuild(
     store: &Store,
     dir: &Path,
     segment_entries: u64,
+    key: &SigningKey,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<SealReport, QueryError> {
+    // Refuse a wrong key before anything is removed.
+    crate::seal::ledger_key(store, Some(key))?;
     remove_segments(dir)?;
-    seal(store, dir, segment_entries, progress)
+    seal(store, dir, segment_entries, key, progress)
 }
 
 fn remove_segments(dir: &Path) -> Result<usize, QueryError> {
     let files = segment_files(dir)?;
     for path in &files {
         std::fs::remove_file(path).map_err(|e| io(path, e))?;
+        match std::fs::remove_file(seal_path(path)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&seal_path(path), e)),
+        }
     }
     Ok(files.len())
 }

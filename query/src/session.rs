@@ -6,7 +6,7 @@
 //! segment sealed by a running `serve` meanwhile is neither missed nor counted
 //! twice. The small tables are built only when a query names them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,10 +26,12 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, col};
 use datafusion::sql::parser::Statement;
 use datafusion::sql::sqlparser::ast::Statement as Ast;
 use docket_ledger::store::Store;
+use ed25519_dalek::SigningKey;
 
 use crate::QueryError;
 use crate::render::{cast_batch, retype_strings};
 use crate::rows::EVENTS_SCHEMA;
+use crate::seal::{self, CheckedSeal, SealedFiles};
 use crate::segment::{self, Segment};
 use crate::tables::{self, AsOf, SMALL_TABLES};
 
@@ -81,8 +83,11 @@ pub struct SessionOptions {
     pub memory_limit_bytes: usize,
     pub timeout: Duration,
     pub as_of: AsOf,
-    /// Seal whole segments the columnar copy lacks before answering (skipped, with a warning, on a read-only directory).
+    /// Seal whole segments the columnar copy lacks before answering (skipped, with a warning, on a
+    /// read-only directory or without `sealer`).
     pub seal: bool,
+    /// The ledger's checkpoint key, to seal with; without it only segments sealed before are used.
+    pub sealer: Option<SigningKey>,
     /// Threads a query runs on; 0 means one per core.
     pub partitions: usize,
     /// Entries per segment when sealing.
@@ -96,6 +101,7 @@ impl Default for SessionOptions {
             timeout: QUERY_TIMEOUT_DEFAULT,
             as_of: AsOf::Now,
             seal: true,
+            sealer: None,
             partitions: 0,
             segment_entries: segment::SEGMENT_ENTRIES,
         }
@@ -109,8 +115,10 @@ pub struct Coverage {
     pub sealed_through: u64,
     pub tail_rows: u64,
     pub head: u64,
-    /// Why sealing was skipped, when it was.
+    /// Why sealing was skipped, when it was and whole segments were left to decode.
     pub seal_skipped: Option<String>,
+    /// First seq of a segment on disk that has no seal and was decoded from the chain instead.
+    pub unsealed_from: Option<u64>,
 }
 
 pub struct AuditSession {
@@ -142,13 +150,19 @@ impl AuditSession {
     ) -> Result<AuditSession, QueryError> {
         let store = Store::open_reader(&data.join("db"))?;
         let dir = segment::columnar_dir(data);
+        let ledger_key = seal::ledger_key(&store, options.sealer.as_ref())?;
         let mut seal_skipped = None;
-        if options.seal {
-            match segment::seal(&store, &dir, options.segment_entries, progress) {
-                Ok(_) => {}
-                Err(e @ QueryError::SegmentMismatch { .. }) => return Err(e),
-                // Sealing only saves decoding: a read-only or full disk must not stop a question.
-                Err(e) => seal_skipped = Some(e.to_string()),
+        let mut no_key = false;
+        match (&options.sealer, options.seal) {
+            (_, false) => {}
+            (None, true) => no_key = true,
+            (Some(key), true) => {
+                match segment::seal(&store, &dir, options.segment_entries, key, progress) {
+                    Ok(_) => {}
+                    Err(e @ QueryError::SegmentMismatch { .. }) => return Err(e),
+                    // Sealing only saves decoding: a read-only or full disk must not stop a question.
+                    Err(e) => seal_skipped = Some(e.to_string()),
+                }
             }
         }
         // The head first: segments a running `serve` seals after this snapshot are left to the tail.
@@ -162,7 +176,13 @@ impl AuditSession {
                 why: p.why,
             });
         }
-        let sealed_through = segments.last().map_or(0, |s| s.last_seq);
+        let run = segment::sealed_run(&segments, &ledger_key).map_err(|p| {
+            QueryError::SegmentMismatch {
+                path: p.path,
+                why: p.why,
+            }
+        })?;
+        let sealed_through = run.segments.last().map_or(0, |(s, _)| s.last_seq);
         let tail = segment::tail(&store, sealed_through + 1)?;
         let partitions = match options.partitions {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -185,6 +205,9 @@ impl AuditSession {
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         let schema = query_schema(&EVENTS_SCHEMA);
         let tail_rows = tail.iter().map(|b| b.num_rows() as u64).sum();
+        if no_key && tail_rows >= options.segment_entries {
+            seal_skipped = Some("no ledger key to seal with".to_string());
+        }
         let tail = tail
             .iter()
             .map(|b| cast_batch(b, &schema))
@@ -201,7 +224,9 @@ impl AuditSession {
         let tail_table = MemTable::try_new(schema.clone(), parts)?
             .with_sort_order(vec![vec![col("seq").sort(true, false)]]);
         ctx.register_table("tail_events", Arc::new(tail_table))?;
-        ctx.register_table("sealed_events", sealed_table(&segments, &schema)?)?;
+        let (sealed, files) = sealed_table(&run.segments, &schema)?;
+        ctx.register_object_store(seal::store_url().as_ref(), Arc::new(files));
+        ctx.register_table("sealed_events", sealed)?;
         ctx.sql(
             "CREATE VIEW events AS SELECT * FROM sealed_events UNION ALL SELECT * FROM tail_events",
         )
@@ -216,7 +241,8 @@ impl AuditSession {
             loaded: BTreeSet::new(),
             notes: Vec::new(),
             coverage: Coverage {
-                segments: segments.len(),
+                segments: run.segments.len(),
+                unsealed_from: run.unsealed_from,
                 sealed_through,
                 tail_rows,
                 head,
@@ -329,25 +355,33 @@ impl AuditSession {
     }
 }
 
-/// The sealed segments as one Parquet table, its file list pinned, declared sorted by seq.
+/// The sealed segments as one Parquet table, its file list pinned, declared sorted by seq, with
+/// the store that checks every byte read from them against their seals.
 fn sealed_table(
-    segments: &[Segment],
+    segments: &[(Segment, Arc<CheckedSeal>)],
     schema: &SchemaRef,
-) -> Result<Arc<dyn datafusion::catalog::TableProvider>, QueryError> {
-    if segments.is_empty() {
-        return Ok(Arc::new(MemTable::try_new(schema.clone(), vec![vec![]])?));
+) -> Result<(Arc<dyn datafusion::catalog::TableProvider>, SealedFiles), QueryError> {
+    let mut urls = Vec::with_capacity(segments.len());
+    let mut files = HashMap::with_capacity(segments.len());
+    for (s, seal) in segments {
+        let url = file_url(&s.path)?;
+        files.insert(url.prefix().clone(), (s.path.clone(), Arc::clone(seal)));
+        urls.push(url);
     }
-    let urls = segments
-        .iter()
-        .map(|s| file_url(&s.path))
-        .collect::<Result<Vec<_>, _>>()?;
+    let files = SealedFiles::new(files);
+    if segments.is_empty() {
+        return Ok((
+            Arc::new(MemTable::try_new(schema.clone(), vec![vec![]])?),
+            files,
+        ));
+    }
     let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
         .with_file_extension(".parquet")
         .with_file_sort_order(vec![vec![col("seq").sort(true, false)]]);
     let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
         .with_schema(schema.clone());
-    Ok(Arc::new(ListingTable::try_new(config)?))
+    Ok((Arc::new(ListingTable::try_new(config)?), files))
 }
 
 fn file_url(path: &Path) -> Result<ListingTableUrl, QueryError> {

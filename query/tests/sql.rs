@@ -161,7 +161,7 @@ async fn ledger_with(
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("ledger");
     let roles = Roles::from_seed(1);
-    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let key = ledger_key();
     let identity = LedgerIdentity {
         origin: "sql.test".into(),
         admin_public_key: encode_base64(roles.admin.verifying_key().as_bytes()),
@@ -217,9 +217,15 @@ fn read_log(data: &Path) -> Vec<(u64, Event)> {
         .collect()
 }
 
+/// The fixture ledger's checkpoint key, which also seals its segments.
+fn ledger_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[9; 32])
+}
+
 fn options() -> SessionOptions {
     SessionOptions {
         segment_entries: SEGMENT,
+        sealer: Some(ledger_key()),
         ..SessionOptions::default()
     }
 }
@@ -730,14 +736,30 @@ async fn the_columnar_copy_stays_equal_to_the_chain_and_a_disagreeing_segment_is
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert_eq!(problems[0].first_seq, victim.first_seq);
     assert!(problems[0].why.contains("`agent`"), "{}", problems[0].why);
+    // ... and by every session, from its seal, before any row is served.
+    let err = AuditSession::open(
+        &f.data,
+        SessionOptions {
+            seal: false,
+            ..options()
+        },
+    )
+    .await
+    .err()
+    .expect("an edited segment is refused");
+    assert!(
+        err.to_string()
+            .contains("changed after the ledger sealed it"),
+        "{err}"
+    );
 
     // A segment from another chain (its stamp's hash disagrees): every session refuses to answer.
-    segment::rebuild(&store, &dir, SEGMENT, &|_| {}).expect("rebuild");
+    segment::rebuild(&store, &dir, SEGMENT, &ledger_key(), &|_| {}).expect("rebuild");
     assert_eq!(segment::check(&store, &dir).expect("check"), vec![]);
     let other = ledger(3_000).await;
     let other_store = Store::open_reader(&other.data.join("db")).expect("reader");
     let foreign_dir = columnar_dir(&other.data);
-    segment::seal(&other_store, &foreign_dir, SEGMENT, &|_| {}).expect("seal other");
+    segment::seal(&other_store, &foreign_dir, SEGMENT, &ledger_key(), &|_| {}).expect("seal other");
     let foreign = segment::list(&foreign_dir).expect("list")[1].clone();
     std::fs::copy(
         &foreign.path,
@@ -758,7 +780,7 @@ async fn the_columnar_copy_stays_equal_to_the_chain_and_a_disagreeing_segment_is
     assert!(err.to_string().contains("docket columnar rebuild"), "{err}");
 
     // The same rows re-encoded with other statistics: only the byte comparison can tell.
-    segment::rebuild(&store, &dir, SEGMENT, &|_| {}).expect("rebuild");
+    segment::rebuild(&store, &dir, SEGMENT, &ledger_key(), &|_| {}).expect("rebuild");
     let victim = segment::list(&dir).expect("list")[3].clone();
     let rows = segment::read_segment(&victim.path).expect("read");
     rewrite_keeping_stamp(&victim.path, &rows);
@@ -772,7 +794,7 @@ async fn the_columnar_copy_stays_equal_to_the_chain_and_a_disagreeing_segment_is
 
     // A missing segment (a gap): `check` reports it, a session still answers every entry once
     // (the rest is decoded as tail), and sealing fills the gap.
-    segment::rebuild(&store, &dir, SEGMENT, &|_| {}).expect("rebuild");
+    segment::rebuild(&store, &dir, SEGMENT, &ledger_key(), &|_| {}).expect("rebuild");
     let removed = segment::list(&dir).expect("list")[1].clone();
     std::fs::remove_file(&removed.path).expect("remove");
     let problems = segment::check(&store, &dir).expect("check");
@@ -810,6 +832,112 @@ async fn count(session: &mut AuditSession) -> Vec<Vec<String>> {
 }
 
 /// Writes `batch` over a segment with the original footer metadata, as a careful forger would.
+/// Rows in a segment edited in place (same length, stamp untouched), a seal forged with
+/// another key, and a seal removed: SQL answers only what the chain holds, or refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_answers_only_from_segments_the_ledger_key_sealed() {
+    let f = ledger(5_000).await;
+    let dir = columnar_dir(&f.data);
+    let by_agent = "SELECT agent, count(*) AS n FROM events GROUP BY agent ORDER BY agent";
+    let truth = {
+        let mut session = AuditSession::open(&f.data, options()).await.expect("open");
+        assert_eq!(session.coverage().segments, 5);
+        table(
+            &session.query(by_agent).await.expect("query"),
+            &["agent", "n"],
+        )
+    };
+    let victim = segment::list(&dir).expect("list")[2].clone();
+    let original = std::fs::read(&victim.path).expect("read");
+
+    // Each agent name in the file (data pages and statistics alike) becomes another agent's:
+    // the same length, so the stamp and the size still match.
+    let mut edited = original.clone();
+    let mut changed = 0;
+    for i in 0..edited.len().saturating_sub(7) {
+        if &edited[i..i + 6] == b"agent-" && edited[i + 6].is_ascii_digit() {
+            edited[i + 6] = if edited[i + 6] == b'1' { b'2' } else { b'1' };
+            changed += 1;
+        }
+    }
+    assert!(changed > 0, "the segment holds agent names in plain bytes");
+    std::fs::write(&victim.path, &edited).expect("edit");
+    let without_sealing = || SessionOptions {
+        seal: false,
+        ..options()
+    };
+    let mut session = AuditSession::open(&f.data, without_sealing())
+        .await
+        .expect("the stamp and the seal's signature still hold at open");
+    let err = session
+        .query(by_agent)
+        .await
+        .expect_err("the edited bytes are refused when read");
+    assert!(
+        err.to_string()
+            .contains("were changed after the ledger sealed it"),
+        "{err}"
+    );
+    drop(session);
+
+    // The attacker seals the edited file with a key of their own: refused at open.
+    let stolen = ed25519_dalek::SigningKey::from_bytes(&[66; 32]);
+    let forged = docket_query::seal::SegmentSeal::make(
+        &edited,
+        victim.first_seq,
+        victim.last_seq,
+        &victim.last_entry_hash,
+        &stolen,
+    );
+    let seal_file = docket_query::seal::seal_path(&victim.path);
+    std::fs::write(&seal_file, serde_json::to_vec(&forged).expect("json")).expect("forge");
+    let err = AuditSession::open(&f.data, without_sealing())
+        .await
+        .err()
+        .expect("a seal by another key is refused");
+    assert!(matches!(err, QueryError::SegmentMismatch { .. }), "{err}");
+    assert!(
+        err.to_string().contains("not signed by the ledger key"),
+        "{err}"
+    );
+    // Nor can a reader holding another key seal over it.
+    let err = AuditSession::open(
+        &f.data,
+        SessionOptions {
+            sealer: Some(stolen),
+            ..options()
+        },
+    )
+    .await
+    .err()
+    .expect("a sealing key that is not the ledger's is refused");
+    assert!(matches!(err, QueryError::LedgerKey(_)), "{err}");
+
+    // The seal removed: the segment and those after it are decoded from the chain, so the
+    // answer is the chain's, and sealing with the ledger key writes the segment again.
+    std::fs::remove_file(&seal_file).expect("remove seal");
+    let mut session = AuditSession::open(&f.data, without_sealing())
+        .await
+        .expect("open without the seal");
+    assert_eq!(session.coverage().segments, 2);
+    assert_eq!(session.coverage().unsealed_from, Some(victim.first_seq));
+    assert_eq!(
+        table(
+            &session.query(by_agent).await.expect("query"),
+            &["agent", "n"]
+        ),
+        truth
+    );
+    drop(session);
+    let session = AuditSession::open(&f.data, options())
+        .await
+        .expect("reseal");
+    assert_eq!(session.coverage().segments, 5);
+    assert_eq!(std::fs::read(&victim.path).expect("read"), original);
+    let store = Store::open_reader(&f.data.join("db")).expect("reader");
+    assert_eq!(segment::check(&store, &dir).expect("check"), vec![]);
+}
+
 fn rewrite_keeping_stamp(path: &Path, batch: &RecordBatch) {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let kv = SerializedFileReader::new(std::fs::File::open(path).expect("open"))
