@@ -3,6 +3,7 @@
 mod bench;
 mod bench_sql;
 mod demo;
+mod detect_cmd;
 mod measure;
 mod policy_cmd;
 mod query_guard;
@@ -59,6 +60,11 @@ enum Command {
     /// The columnar copy of the chain that SQL reads: seal, check against the chain, rebuild.
     #[command(subcommand)]
     Columnar(sql_cmd::ColumnarCommand),
+    /// Run the detection rules (built-in and --rules DIR) over the ledger and print what they see.
+    Detect(detect_cmd::DetectArgs),
+    /// Detection rule files: list them, check that they parse and plan.
+    #[command(subcommand)]
+    Rules(detect_cmd::RulesCommand),
     /// The vault's state derived from the log: grants, tokens, approvals, agents; rebuild checks.
     #[command(subcommand)]
     State(state_cmd::StateCommand),
@@ -379,6 +385,8 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Command::Sql(args) => sql_cmd::sql(args).await,
         Command::Columnar(cmd) => sql_cmd::columnar(cmd),
+        Command::Detect(args) => detect_cmd::detect(args).await,
+        Command::Rules(cmd) => detect_cmd::rules(cmd).await,
         Command::Export(args) => {
             let store = Store::open_reader(&db_dir(&args.data.data))?;
             let file = std::fs::File::create(&args.out)

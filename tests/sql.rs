@@ -707,3 +707,68 @@ fn a_new_users_first_hour_with_state_findings_times_csv_and_the_shell() {
         stdout(&o)
     );
 }
+
+#[test]
+fn detect_and_rules_check_name_each_problem_and_run_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = small_ledger(dir.path(), 2_000);
+    let d = data.to_str().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(
+        rules.join("deletes.yml"),
+        "title: Any delete\nid: 9a9c3a6f-1b2d-4c5e-8f90-a1b2c3d4e5f6\nlevel: low\n\
+         logsource:\n  product: docket\n  service: api.called\n\
+         detection:\n  sel:\n    method: DELETE\n  condition: sel\n",
+    )
+    .unwrap();
+    std::fs::write(
+        rules.join("broken.yml"),
+        "title: broken\nid: 9a9c3a6f-1b2d-4c5e-8f90-a1b2c3d4e5f7\nlevel: severe\ndocket:\n  sql: SELECT 1\n",
+    )
+    .unwrap();
+    let r = rules.to_str().unwrap();
+    let o = docket(&["rules", "check", "--data", d, "--rules", r]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("broken.yml:3: level \"severe\""), "{err}");
+    assert!(
+        stdout(&o).contains("7 of 8 rules load and plan"),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = docket(&[
+        "detect",
+        "--data",
+        d,
+        "--rules",
+        r,
+        "--no-built-in",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("broken.yml:3"), "{}", stderr(&o));
+    let store = docket_ledger::store::Store::open_reader(&data.join("db")).unwrap();
+    let mut deletes = Vec::new();
+    for item in store.records(1).unwrap() {
+        let (seq, record) = item.unwrap();
+        let entry = docket_ledger::store::decode_record(seq, &record).unwrap();
+        let event = Envelope::decode(entry.envelope).unwrap().event().unwrap();
+        if let docket_schemas::EventBody::ApiCalled(c) = &event.body
+            && c.method == "DELETE"
+        {
+            deletes.push(seq);
+        }
+    }
+    let seen: Vec<u64> = stdout(&o)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(!deletes.is_empty(), "the workload deletes something");
+    assert_eq!(seen, deletes);
+}

@@ -5,12 +5,14 @@
 //! rows (`rows`) and derived state into tables (`tables`), and runs auditors'
 //! read-only SQL over them under a memory limit and a timeout (`session`).
 
+pub mod detect;
 pub mod export;
 pub mod render;
 pub mod rows;
 pub mod seal;
 pub mod segment;
 pub mod session;
+pub mod sigma;
 pub mod tables;
 
 use std::path::PathBuf;

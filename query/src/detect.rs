@@ -1,0 +1,538 @@
+//! Detection rules: files in Sigma's vocabulary with a SQL body, run over a window of seqs.
+//!
+//! A rule reports the entries in a window `(from_seq, to_seq]` that look
+//! unusual against what came before them. Its SQL sees the audit tables of a
+//! session (docs/QUERIES.md) and four numbers substituted as literals:
+//! `${from_seq}`, `${to_seq}`, `${learning_us}` and `${lookback_us}`. Each row it
+//! returns is one detection, keyed by the seq that triggered it. A rule that
+//! looks only at entries up to its trigger gives the same detections whether
+//! the log is run in one window or many (tested for every built-in rule), so
+//! detections are a function of the log and the rule set. The format is in
+//! docs/DETECTION.md.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, UInt64Type};
+use serde::Deserialize;
+
+use crate::QueryError;
+use crate::session::AuditSession;
+use crate::sigma;
+
+/// Sigma's levels, lowest first.
+pub const LEVELS: &[&str] = &["informational", "low", "medium", "high", "critical"];
+/// Sigma's statuses.
+pub const STATUSES: &[&str] = &[
+    "stable",
+    "test",
+    "experimental",
+    "deprecated",
+    "unsupported",
+];
+/// Columns a rule's SQL must return, with what each holds.
+pub const OUTPUT_COLUMNS: &[(&str, &str)] = &[
+    ("seq", "the entry that triggered the detection"),
+    ("agent", "the agent it is about"),
+    ("observed", "what was seen, in words and numbers"),
+    ("baseline", "what the agent's history shows instead"),
+    ("evidence", "the seqs the detection rests on (a list)"),
+];
+/// Largest rule file read.
+pub const RULE_FILE_BYTES_MAX: u64 = 256 * 1024;
+/// Most detections one rule may report in one window: past it the rule is reported as too noisy.
+pub const DETECTIONS_PER_RULE_MAX: usize = 10_000;
+/// The built-in rules, shipped in the binary (the files in `rules/`).
+pub const BUILT_IN: &[(&str, &str)] = &[
+    (
+        "unfamiliar_audience.yml",
+        include_str!("../../rules/unfamiliar_audience.yml"),
+    ),
+    (
+        "unfamiliar_operation.yml",
+        include_str!("../../rules/unfamiliar_operation.yml"),
+    ),
+    (
+        "new_source_address.yml",
+        include_str!("../../rules/new_source_address.yml"),
+    ),
+    (
+        "token_two_sources.yml",
+        include_str!("../../rules/token_two_sources.yml"),
+    ),
+    (
+        "probing_burst.yml",
+        include_str!("../../rules/probing_burst.yml"),
+    ),
+    (
+        "approval_fatigue.yml",
+        include_str!("../../rules/approval_fatigue.yml"),
+    ),
+];
+
+/// A rule file as written: Sigma's metadata, and either Docket's SQL body or a Sigma detection.
+///
+/// Sigma fields Docket accepts but does not use (`modified`, `references`, `fields`, ...)
+/// are read so that a Sigma file is not refused for holding them.
+#[derive(Clone, Debug, Deserialize)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    title: String,
+    id: String,
+    status: Option<String>,
+    level: String,
+    description: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    falsepositives: Vec<String>,
+    author: Option<String>,
+    date: Option<String>,
+    modified: Option<String>,
+    #[serde(default)]
+    references: Vec<String>,
+    docket: Option<DocketPart>,
+    logsource: Option<serde_yaml::Value>,
+    detection: Option<serde_yaml::Value>,
+    correlation: Option<serde_yaml::Value>,
+    name: Option<String>,
+    #[serde(default)]
+    fields: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DocketPart {
+    sql: String,
+    /// How long an agent is observed before this rule may fire for it.
+    learning: Option<String>,
+    /// How far back its baseline reaches.
+    lookback: Option<String>,
+}
+
+/// A rule ready to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub id: String,
+    pub title: String,
+    pub level: String,
+    pub status: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub falsepositives: Vec<String>,
+    pub author: String,
+    pub date: String,
+    /// Where it came from: a file path, or `built-in:<name>`.
+    pub origin: String,
+    /// The SQL run for each window (placeholders not yet substituted).
+    pub sql: String,
+    pub learning_us: i64,
+    pub lookback_us: i64,
+    /// BLAKE3 of the file's bytes: which version of the rule ran.
+    pub content_hash: String,
+}
+
+/// One thing a rule saw.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Detection {
+    pub seq: u64,
+    pub rule_id: String,
+    pub title: String,
+    pub level: String,
+    pub agent: String,
+    pub observed: String,
+    pub baseline: String,
+    pub evidence: Vec<u64>,
+}
+
+/// A rule that could not be loaded or run, with where and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleProblem {
+    pub origin: String,
+    /// 1-based line in the file, when the problem has one.
+    pub line: Option<usize>,
+    pub why: String,
+}
+
+impl std::fmt::Display for RuleProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: {}", self.origin, self.why),
+            None => write!(f, "{}: {}", self.origin, self.why),
+        }
+    }
+}
+
+/// Reads a duration as rules write it: a number and a unit (`s`, `m`, `h`, `d`), e.g. `30d`.
+pub fn parse_duration_us(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let unit_at = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(unit_at);
+    let n: i64 = n.parse().ok()?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(secs)?.checked_mul(1_000_000)
+}
+
+fn line_of(text: &str, needle: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| l.trim_start().starts_with(needle))
+        .map(|i| i + 1)
+}
+
+/// Parses one rule file; `origin` names it in problems.
+pub fn parse_rule(origin: &str, text: &str) -> Result<Rule, RuleProblem> {
+    let problem = |line: Option<usize>, why: String| RuleProblem {
+        origin: origin.to_string(),
+        line,
+        why,
+    };
+    let file: RuleFile = serde_yaml::from_str(text).map_err(|e| {
+        problem(
+            e.location().map(|l| l.line()),
+            format!("not a rule file: {e}"),
+        )
+    })?;
+    let at = |field: &str| line_of(text, &format!("{field}:"));
+    if uuid_parts(&file.id).is_none() {
+        return Err(problem(at("id"), format!("id {:?} is not a UUID", file.id)));
+    }
+    if !LEVELS.contains(&file.level.as_str()) {
+        return Err(problem(
+            at("level"),
+            format!("level {:?} is not one of {}", file.level, LEVELS.join(", ")),
+        ));
+    }
+    let status = file.status.clone().unwrap_or_else(|| "experimental".into());
+    if !STATUSES.contains(&status.as_str()) {
+        return Err(problem(
+            at("status"),
+            format!("status {status:?} is not one of {}", STATUSES.join(", ")),
+        ));
+    }
+    let duration = |field: &str, value: &Option<String>, default: i64| match value {
+        None => Ok(default),
+        Some(v) => parse_duration_us(v).ok_or_else(|| {
+            problem(
+                at(field),
+                format!("{field} {v:?} is not a duration such as 30m, 24h or 7d"),
+            )
+        }),
+    };
+    let (sql, learning_us, lookback_us) = match (&file.docket, &file.detection, &file.correlation) {
+        (Some(d), None, None) => (
+            d.sql.clone(),
+            duration("learning", &d.learning, 0)?,
+            duration("lookback", &d.lookback, 30 * 86_400 * 1_000_000)?,
+        ),
+        (None, Some(_), _) | (None, None, Some(_)) => {
+            let sql = sigma::compile(&file_value(text).map_err(|e| problem(None, e))?)
+                .map_err(|e| problem(at(e.field()), e.to_string()))?;
+            (sql, 0, 0)
+        }
+        (Some(_), _, _) => {
+            return Err(problem(
+                at("docket"),
+                "a rule has either a `docket` SQL body or a Sigma `detection`, not both".into(),
+            ));
+        }
+        (None, None, None) => {
+            return Err(problem(
+                None,
+                "a rule needs a `docket` block with `sql`, or a Sigma `detection`".into(),
+            ));
+        }
+    };
+    Ok(Rule {
+        id: file.id.to_ascii_lowercase(),
+        title: file.title,
+        level: file.level,
+        status,
+        description: file.description.unwrap_or_default(),
+        tags: file.tags,
+        falsepositives: file.falsepositives,
+        author: file.author.unwrap_or_default(),
+        date: file.date.unwrap_or_default(),
+        origin: origin.to_string(),
+        sql,
+        learning_us,
+        lookback_us,
+        content_hash: blake3::hash(text.as_bytes()).to_hex().to_string(),
+    })
+}
+
+fn file_value(text: &str) -> Result<serde_yaml::Value, String> {
+    serde_yaml::from_str(text).map_err(|e| e.to_string())
+}
+
+/// The five groups of a UUID's hex digits, if `text` is one.
+fn uuid_parts(text: &str) -> Option<()> {
+    let lens = [8, 4, 4, 4, 12];
+    let parts: Vec<&str> = text.split('-').collect();
+    (parts.len() == 5
+        && parts
+            .iter()
+            .zip(lens)
+            .all(|(p, n)| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit())))
+    .then_some(())
+}
+
+/// The rule set: the built-in rules, then every `*.yml`/`*.yaml` in `dir` (sorted by name), and
+/// what could not be loaded. Two rules with one id: the later is a problem, the first stays.
+pub fn load(dir: Option<&Path>, built_in: bool) -> (Vec<Rule>, Vec<RuleProblem>) {
+    let mut texts: Vec<(String, Result<String, String>)> = Vec::new();
+    if built_in {
+        for (name, text) in BUILT_IN {
+            texts.push((format!("built-in:{name}"), Ok((*text).to_string())));
+        }
+    }
+    let mut problems = Vec::new();
+    if let Some(dir) = dir {
+        match rule_files(dir) {
+            Ok(files) => {
+                for path in files {
+                    texts.push((path.display().to_string(), read_rule_file(&path)));
+                }
+            }
+            Err(why) => problems.push(RuleProblem {
+                origin: dir.display().to_string(),
+                line: None,
+                why,
+            }),
+        }
+    }
+    let mut rules: Vec<Rule> = Vec::new();
+    for (origin, text) in texts {
+        let parsed = text
+            .map_err(|why| RuleProblem {
+                origin: origin.clone(),
+                line: None,
+                why,
+            })
+            .and_then(|t| parse_rule(&origin, &t));
+        match parsed {
+            Ok(rule) => match rules.iter().find(|r| r.id == rule.id) {
+                Some(first) => problems.push(RuleProblem {
+                    origin,
+                    line: None,
+                    why: format!("id {} is already the id of {}", rule.id, first.origin),
+                }),
+                None => rules.push(rule),
+            },
+            Err(p) => problems.push(p),
+        }
+    }
+    (rules, problems)
+}
+
+fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let read =
+        std::fs::read_dir(dir).map_err(|e| format!("cannot read the rules directory: {e}"))?;
+    let mut out = Vec::new();
+    for item in read {
+        let path = item.map_err(|e| e.to_string())?.path();
+        if path.extension().is_some_and(|x| x == "yml" || x == "yaml") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn read_rule_file(path: &Path) -> Result<String, String> {
+    let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    if len > RULE_FILE_BYTES_MAX {
+        return Err(format!(
+            "{len} bytes, more than the {RULE_FILE_BYTES_MAX} a rule file may be"
+        ));
+    }
+    std::fs::read_to_string(path).map_err(|e| e.to_string())
+}
+
+impl Rule {
+    /// The SQL for one window, numbers substituted.
+    pub fn sql_for(&self, from_seq: u64, to_seq: u64) -> String {
+        let body = self
+            .sql
+            .replace("${from_seq}", &from_seq.to_string())
+            .replace("${to_seq}", &to_seq.to_string())
+            .replace("${learning_us}", &self.learning_us.to_string())
+            .replace("${lookback_us}", &self.lookback_us.to_string());
+        // Whatever the body does, only triggers inside the window are reported, once each.
+        format!(
+            "SELECT * FROM ({body}) AS detections WHERE seq > {from_seq} AND seq <= {to_seq} ORDER BY seq"
+        )
+    }
+
+    /// Runs the rule over `(from_seq, to_seq]`.
+    pub async fn run(
+        &self,
+        session: &mut AuditSession,
+        from_seq: u64,
+        to_seq: u64,
+    ) -> Result<Vec<Detection>, RuleProblem> {
+        let problem = |why: String| RuleProblem {
+            origin: self.origin.clone(),
+            line: None,
+            why,
+        };
+        let batches = session
+            .query(&self.sql_for(from_seq, to_seq))
+            .await
+            .map_err(|e| problem(e.to_string()))?;
+        let mut out = Vec::new();
+        for b in &batches {
+            self.read_rows(b, &mut out).map_err(problem)?;
+            if out.len() > DETECTIONS_PER_RULE_MAX {
+                return Err(problem(format!(
+                    "more than {DETECTIONS_PER_RULE_MAX} detections in one window: too noisy to report"
+                )));
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_rows(&self, b: &RecordBatch, out: &mut Vec<Detection>) -> Result<(), String> {
+        let column = |name: &str| {
+            b.column_by_name(name).ok_or_else(|| {
+                format!(
+                    "its SQL returns no `{name}` column (it must return {})",
+                    OUTPUT_COLUMNS
+                        .iter()
+                        .map(|(c, _)| *c)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+        };
+        let seq = column("seq")?;
+        let seq = seq
+            .as_primitive_opt::<UInt64Type>()
+            .ok_or("its `seq` column is not an unsigned integer")?;
+        let text = |name: &str| -> Result<Vec<String>, String> {
+            let col = column(name)?;
+            let col = datafusion::arrow::compute::cast(col, &DataType::Utf8)
+                .map_err(|e| format!("`{name}`: {e}"))?;
+            let col = col.as_string::<i32>();
+            Ok((0..col.len())
+                .map(|i| {
+                    if col.is_null(i) {
+                        String::new()
+                    } else {
+                        col.value(i).to_string()
+                    }
+                })
+                .collect())
+        };
+        let (agent, observed, baseline) = (text("agent")?, text("observed")?, text("baseline")?);
+        let evidence = column("evidence")?;
+        let evidence = evidence
+            .as_list_opt::<i32>()
+            .ok_or("its `evidence` column is not a list of seqs")?;
+        for i in 0..b.num_rows() {
+            if seq.is_null(i) {
+                return Err("its `seq` column holds a null".into());
+            }
+            let list = evidence.value(i);
+            let list = datafusion::arrow::compute::cast(&list, &DataType::UInt64)
+                .map_err(|e| format!("`evidence`: {e}"))?;
+            let list = list
+                .as_primitive_opt::<UInt64Type>()
+                .ok_or("its `evidence` column is not a list of seqs")?;
+            let mut seqs: BTreeSet<u64> = list.iter().flatten().collect();
+            seqs.insert(seq.value(i));
+            out.push(Detection {
+                seq: seq.value(i),
+                rule_id: self.id.clone(),
+                title: self.title.clone(),
+                level: self.level.clone(),
+                agent: agent[i].clone(),
+                observed: observed[i].clone(),
+                baseline: baseline[i].clone(),
+                evidence: seqs.into_iter().collect(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Runs every rule over `(from_seq, to_seq]`: the detections in seq order, and the rules that failed.
+pub async fn run_all(
+    rules: &[Rule],
+    session: &mut AuditSession,
+    from_seq: u64,
+    to_seq: u64,
+) -> (Vec<Detection>, Vec<RuleProblem>) {
+    let mut found = Vec::new();
+    let mut problems = Vec::new();
+    for rule in rules {
+        match rule.run(session, from_seq, to_seq).await {
+            Ok(d) => found.extend(d),
+            Err(p) => problems.push(p),
+        }
+    }
+    found.sort();
+    (found, problems)
+}
+
+/// Plans every rule without running it: a rule whose SQL does not plan is a problem now, not at its first window.
+pub async fn check_all(rules: &[Rule], session: &mut AuditSession) -> Vec<RuleProblem> {
+    let mut problems = Vec::new();
+    for rule in rules {
+        if let Err(e) = session.plan(&rule.sql_for(0, 0)).await {
+            problems.push(RuleProblem {
+                origin: rule.origin.clone(),
+                line: None,
+                why: format!("its SQL does not plan: {}", first_line(&e)),
+            });
+        }
+    }
+    problems
+}
+
+fn first_line(e: &QueryError) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_built_in_rule_parses() {
+        let (rules, problems) = load(None, true);
+        assert_eq!(problems, vec![]);
+        assert_eq!(rules.len(), BUILT_IN.len());
+    }
+
+    #[test]
+    fn a_broken_rule_is_named_with_its_line() {
+        let text = "title: x\nid: 7d5f9f0e-0000-4000-8000-000000000001\nlevel: loud\ndocket:\n  sql: SELECT 1\n";
+        let p = parse_rule("r.yml", text).expect_err("bad level");
+        assert_eq!(p.line, Some(3));
+        assert!(p.why.contains("level \"loud\""), "{}", p.why);
+        let p = parse_rule("r.yml", "title: x\nid: nope\nlevel: low\n").expect_err("bad id");
+        assert_eq!(p.line, Some(2));
+        let p = parse_rule("r.yml", "title: [x\n").expect_err("bad yaml");
+        assert!(p.line.is_some(), "{p}");
+        let text = "title: x\nid: 7d5f9f0e-0000-4000-8000-000000000001\nlevel: low\ndocket:\n  sql: SELECT 1\n  learning: 3 weeks\n";
+        let p = parse_rule("r.yml", text).expect_err("bad duration");
+        assert_eq!(p.line, Some(6));
+    }
+
+    #[test]
+    fn durations_read_as_written() {
+        assert_eq!(parse_duration_us("30m"), Some(1_800_000_000));
+        assert_eq!(parse_duration_us("7d"), Some(604_800_000_000));
+        assert_eq!(parse_duration_us("7"), None);
+        assert_eq!(parse_duration_us("d"), None);
+        assert_eq!(parse_duration_us("99999999999999999d"), None);
+    }
+}
