@@ -69,6 +69,26 @@ pub const BUILT_IN: &[(&str, &str)] = &[
         "approval_fatigue.yml",
         include_str!("../../rules/approval_fatigue.yml"),
     ),
+    (
+        "call_rate_spike.yml",
+        include_str!("../../rules/call_rate_spike.yml"),
+    ),
+    (
+        "unusual_hour.yml",
+        include_str!("../../rules/unusual_hour.yml"),
+    ),
+    (
+        "token_burst.yml",
+        include_str!("../../rules/token_burst.yml"),
+    ),
+    (
+        "scope_escalation.yml",
+        include_str!("../../rules/scope_escalation.yml"),
+    ),
+    (
+        "denials_then_approval.yml",
+        include_str!("../../rules/denials_then_approval.yml"),
+    ),
 ];
 
 /// A rule file as written: Sigma's metadata, and either Docket's SQL body or a Sigma detection.
@@ -194,12 +214,18 @@ pub fn parse_rule(origin: &str, text: &str) -> Result<Rule, RuleProblem> {
         line,
         why,
     };
-    let file: RuleFile = serde_yaml::from_str(text).map_err(|e| {
+    let not_a_rule = |e: serde_yaml::Error| {
         problem(
             e.location().map(|l| l.line()),
             format!("not a rule file: {e}"),
         )
-    })?;
+    };
+    let docs = documents(text).map_err(not_a_rule)?;
+    // One document is the rule; in a Sigma correlation file, the correlation document is.
+    let file: RuleFile = match docs.iter().find(|d| d.get("correlation").is_some()) {
+        Some(c) if docs.len() > 1 => RuleFile::deserialize(c.clone()).map_err(not_a_rule)?,
+        _ => serde_yaml::from_str(text).map_err(not_a_rule)?,
+    };
     let at = |field: &str| line_of(text, &format!("{field}:"));
     if uuid_parts(&file.id).is_none() {
         return Err(problem(at("id"), format!("id {:?} is not a UUID", file.id)));
@@ -233,8 +259,8 @@ pub fn parse_rule(origin: &str, text: &str) -> Result<Rule, RuleProblem> {
             duration("lookback", &d.lookback, 30 * 86_400 * 1_000_000)?,
         ),
         (None, Some(_), _) | (None, None, Some(_)) => {
-            let sql = sigma::compile(&file_value(text).map_err(|e| problem(None, e))?)
-                .map_err(|e| problem(at(e.field()), e.to_string()))?;
+            let sql =
+                sigma::compile_file(&docs).map_err(|e| problem(at(e.field()), e.to_string()))?;
             (sql, 0, 0)
         }
         (Some(_), _, _) => {
@@ -268,8 +294,11 @@ pub fn parse_rule(origin: &str, text: &str) -> Result<Rule, RuleProblem> {
     })
 }
 
-fn file_value(text: &str) -> Result<serde_yaml::Value, String> {
-    serde_yaml::from_str(text).map_err(|e| e.to_string())
+/// Every YAML document of a file (`---` between them).
+fn documents(text: &str) -> Result<Vec<serde_yaml::Value>, serde_yaml::Error> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(serde_yaml::Value::deserialize)
+        .collect()
 }
 
 /// The five groups of a UUID's hex digits, if `text` is one.

@@ -6,8 +6,10 @@
 //! Supported: selections as maps or lists of maps, value lists (OR), the
 //! modifiers `contains`, `startswith`, `endswith`, `re`, `cidr` (IPv4), `all`,
 //! `gt`, `gte`, `lt`, `lte`, `cased`, and conditions with `and`, `or`, `not`,
-//! parentheses, `1 of X*`, `all of X*`, `1 of them`, `all of them`. Matching
-//! is case-insensitive as Sigma's is, except `re` and `cased`. Anything else is
+//! parentheses, `1 of X*`, `all of X*`, `1 of them`, `all of them`; and
+//! correlation rules (`event_count`, `value_count`, `temporal`, with
+//! `group-by` and `timespan`) over base rules in the same file. Matching is
+//! case-insensitive as Sigma's is, except `re` and `cased`. Anything else is
 //! refused with the construct named, never approximated.
 
 use std::collections::BTreeMap;
@@ -62,14 +64,44 @@ fn err(field: &'static str, what: impl Into<String>) -> SigmaError {
     }
 }
 
-/// Compiles a Sigma rule (the whole YAML document) to a Docket rule's SQL.
+/// Compiles a Sigma rule file to a Docket rule's SQL: one detection rule, or a correlation
+/// rule with the base rules it names, all documents of the one file (`---` between them).
+pub fn compile_file(documents: &[Value]) -> Result<String, SigmaError> {
+    let correlations: Vec<&Value> = documents
+        .iter()
+        .filter(|d| d.get("correlation").is_some())
+        .collect();
+    match (correlations.as_slice(), documents) {
+        ([], [one]) => compile(one),
+        ([], _) => Err(err(
+            "detection",
+            "several detection rules in one file: a file holds one rule, or one correlation and its base rules",
+        )),
+        ([c], _) => correlation(c, documents),
+        _ => Err(err(
+            "correlation",
+            "a file holds at most one correlation rule",
+        )),
+    }
+}
+
+/// Compiles one Sigma detection rule (a whole YAML document) to a Docket rule's SQL.
 pub fn compile(rule: &Value) -> Result<String, SigmaError> {
     if rule.get("correlation").is_some() {
-        return Err(err(
-            "correlation",
-            "correlation rules (event_count, value_count, temporal) are not compiled yet",
-        ));
+        return compile_file(std::slice::from_ref(rule));
     }
+    let (service, expr) = matcher(rule)?;
+    Ok(format!(
+        "SELECT seq, agent, concat('{kind} matched: ', coalesce(operation, kind)) AS observed, \
+         'a Sigma rule' AS baseline, make_array(seq) AS evidence FROM events \
+         WHERE kind = {kind_lit} AND seq > ${{from_seq}} AND seq <= ${{to_seq}} AND ({expr})",
+        kind = service.replace('\'', "''"),
+        kind_lit = literal(&service),
+    ))
+}
+
+/// A detection rule's event kind and its condition as a SQL boolean expression.
+fn matcher(rule: &Value) -> Result<(String, String), SigmaError> {
     let service = logsource(rule)?;
     let detection = rule
         .get("detection")
@@ -96,13 +128,210 @@ pub fn compile(rule: &Value) -> Result<String, SigmaError> {
     }
     let condition = condition.ok_or_else(|| err("detection", "`detection` has no `condition`"))?;
     let expr = Condition::new(&condition, &selections)?.parse()?;
+    Ok((service, expr))
+}
+
+/// A correlation rule: `event_count`, `value_count` or `temporal` over its base rules, per
+/// `group-by`, within `timespan`. It fires once, on the event that makes its condition true
+/// (the count reaching the threshold, a new value reaching it, the last base rule matching).
+fn correlation(rule: &Value, documents: &[Value]) -> Result<String, SigmaError> {
+    let c = rule
+        .get("correlation")
+        .ok_or_else(|| err("correlation", "no `correlation`"))?;
+    let kind = c
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| err("correlation", "a correlation needs a `type`"))?;
+    let names: Vec<&str> = match c.get("rules") {
+        Some(Value::Sequence(v)) => v.iter().filter_map(Value::as_str).collect(),
+        Some(Value::String(s)) => vec![s.as_str()],
+        _ => {
+            return Err(err(
+                "correlation",
+                "a correlation needs `rules`: the base rules' names or ids",
+            ));
+        }
+    };
+    if names.is_empty() {
+        return Err(err("correlation", "`rules` names no base rule"));
+    }
+    let group: Vec<String> = match c.get("group-by") {
+        None => Vec::new(),
+        Some(Value::Sequence(v)) => v
+            .iter()
+            .map(|f| {
+                f.as_str()
+                    .filter(|f| FIELDS.contains(f) && *f != "scopes")
+                    .map(str::to_string)
+                    .ok_or_else(|| {
+                        err(
+                            "correlation",
+                            format!("group-by field {f:?} is not a column of events"),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(err("correlation", "`group-by` must be a list of fields")),
+    };
+    let span_text = c
+        .get("timespan")
+        .and_then(Value::as_str)
+        .ok_or_else(|| err("correlation", "a correlation needs a `timespan` such as 5m"))?;
+    let span = crate::detect::parse_duration_us(span_text).ok_or_else(|| {
+        err(
+            "correlation",
+            format!("timespan {span_text:?} is not a duration such as 30s, 5m, 1h or 1d"),
+        )
+    })?;
+    if c.get("aliases").is_some() {
+        return Err(err(
+            "correlation",
+            "correlation `aliases` are not supported",
+        ));
+    }
+    if c.get("generate").and_then(Value::as_bool) == Some(true) {
+        return Err(err(
+            "correlation",
+            "`generate: true` is not supported: base rules only feed the correlation",
+        ));
+    }
+    let mut branches = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let base = documents
+            .iter()
+            .find(|d| {
+                d.get("correlation").is_none()
+                    && (d.get("name").and_then(Value::as_str) == Some(name)
+                        || d.get("id").and_then(Value::as_str) == Some(name))
+            })
+            .ok_or_else(|| {
+                err(
+                    "correlation",
+                    format!("base rule {name:?} is not in this file (by name or id)"),
+                )
+            })?;
+        let (service, expr) = matcher(base)?;
+        branches.push(format!(
+            "SELECT seq, ts, {i} AS base, * EXCLUDE (seq, ts) FROM events WHERE kind = {} AND ({expr})",
+            literal(&service)
+        ));
+    }
+    let matched = branches.join(" UNION ALL ");
+    let mut join = vec![
+        "h.seq <= n.seq".to_string(),
+        format!("CAST(h.ts AS BIGINT) >= CAST(n.ts AS BIGINT) - {span}"),
+    ];
+    join.extend(
+        group
+            .iter()
+            .map(|g| format!("h.\"{g}\" IS NOT DISTINCT FROM n.\"{g}\"")),
+    );
+    let by = if group.is_empty() {
+        String::new()
+    } else {
+        format!(" by {}", group.join(", "))
+    };
+    let condition = c.get("condition");
+    let (observed, having) = match kind {
+        "event_count" => {
+            let n = threshold(condition)?;
+            (
+                format!("concat(count(h.seq), ' matching events within {span_text}{by}')"),
+                format!("count(h.seq) = {n}"),
+            )
+        }
+        "value_count" => {
+            let n = threshold(condition)?;
+            let field = condition
+                .and_then(|c| c.get("field"))
+                .and_then(Value::as_str)
+                .filter(|f| FIELDS.contains(f) && *f != "scopes")
+                .ok_or_else(|| {
+                    err(
+                        "correlation",
+                        "value_count needs `condition.field`, a column of events",
+                    )
+                })?;
+            (
+                format!(
+                    "concat(count(DISTINCT h.\"{field}\"), ' distinct {field} values within {span_text}{by}')"
+                ),
+                format!(
+                    "count(DISTINCT h.\"{field}\") = {n} AND sum(CASE WHEN h.seq < n.seq AND h.\"{field}\" IS NOT DISTINCT FROM n.\"{field}\" THEN 1 ELSE 0 END) = 0"
+                ),
+            )
+        }
+        "temporal" => {
+            if condition.is_some() {
+                return Err(err(
+                    "correlation",
+                    "a temporal correlation takes no `condition`",
+                ));
+            }
+            (
+                format!(
+                    "concat('all {} base rules matched within {span_text}{by}')",
+                    names.len()
+                ),
+                format!(
+                    "count(DISTINCT h.base) = {} AND sum(CASE WHEN h.seq < n.seq AND h.base = n.base THEN 1 ELSE 0 END) = 0",
+                    names.len()
+                ),
+            )
+        }
+        other => {
+            return Err(err(
+                "correlation",
+                format!(
+                    "correlation type `{other}` is not supported (event_count, value_count, temporal are)"
+                ),
+            ));
+        }
+    };
     Ok(format!(
-        "SELECT seq, agent, concat('{kind} matched: ', coalesce(operation, kind)) AS observed, \
-         'a Sigma rule' AS baseline, make_array(seq) AS evidence FROM events \
-         WHERE kind = {kind_lit} AND seq > ${{from_seq}} AND seq <= ${{to_seq}} AND ({expr})",
-        kind = service.replace('\'', "''"),
-        kind_lit = literal(&service),
+        "WITH m AS ({matched}) \
+         SELECT n.seq, n.agent, {observed} AS observed, \
+         'the correlation''s threshold' AS baseline, array_agg(h.seq) AS evidence \
+         FROM m n JOIN m h ON {} \
+         WHERE n.seq > ${{from_seq}} AND n.seq <= ${{to_seq}} \
+         GROUP BY n.seq, n.agent, n.base, n.\"{}\" HAVING {having}",
+        join.join(" AND "),
+        // Grouping by the value field too lets HAVING compare with the trigger's own value.
+        value_field(kind, condition).unwrap_or("seq"),
     ))
+}
+
+fn value_field<'v>(kind: &str, condition: Option<&'v Value>) -> Option<&'v str> {
+    (kind == "value_count")
+        .then(|| condition?.get("field")?.as_str())
+        .flatten()
+}
+
+/// A correlation's threshold: the count at which it fires (`gte: N`, `gt: N`, `eq: N`).
+fn threshold(condition: Option<&Value>) -> Result<u64, SigmaError> {
+    let c = condition.ok_or_else(|| {
+        err(
+            "correlation",
+            "a count correlation needs a `condition` such as gte: 10",
+        )
+    })?;
+    let num = |k: &str| c.get(k).and_then(Value::as_u64);
+    if let Some(op) = ["lt", "lte"].iter().find(|k| c.get(**k).is_some()) {
+        return Err(err(
+            "correlation",
+            format!(
+                "condition `{op}` is not supported: a correlation fires when a count rises to a threshold"
+            ),
+        ));
+    }
+    match (num("gte"), num("gt"), num("eq")) {
+        (Some(n), None, None) | (None, None, Some(n)) if n > 0 => Ok(n),
+        (None, Some(n), None) => Ok(n + 1),
+        _ => Err(err(
+            "correlation",
+            "condition needs one of gte, gt or eq with a positive count",
+        )),
+    }
 }
 
 fn logsource(rule: &Value) -> Result<String, SigmaError> {

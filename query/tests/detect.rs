@@ -10,7 +10,8 @@ use docket_ledger::store::{LedgerIdentity, Store};
 use docket_query::detect::{self, Detection};
 use docket_query::{AuditSession, SessionOptions};
 use docket_schemas::{
-    ApiCalled, ApprovalRequested, Event, EventBody, EventId, Risk, Timestamp, encode_base64,
+    ApiCalled, ApprovalDecided, ApprovalMethod, ApprovalRequested, Decision, Event, EventBody,
+    EventId, Risk, Timestamp, TokenIssued, encode_base64,
 };
 use docket_testkit::workload::{Expect, Published, Roles, Workload};
 
@@ -20,7 +21,7 @@ struct Fleet {
     _dir: tempfile::TempDir,
     data: PathBuf,
     /// The seq each planted behaviour landed at, by the rule that must see it.
-    planted: Vec<(&'static str, u64)>,
+    planted: Vec<(&'static str, std::ops::RangeInclusive<u64>)>,
 }
 
 /// Builds events with increasing ids, signed by the given role.
@@ -77,7 +78,50 @@ fn call(
     })
 }
 
-/// Three agents with steady habits for three days, then (when `plant`) one behaviour per built-in rule.
+fn token(agent: &str, n: &str, scopes: &[&str], ts: Timestamp) -> EventBody {
+    EventBody::TokenIssued(TokenIssued {
+        token_id: format!("tok-{agent}-{n}"),
+        token_hash: blake3::hash(format!("{agent}{n}").as_bytes())
+            .to_hex()
+            .to_string(),
+        grant_id: format!("grant-{agent}"),
+        user: "user-2".into(),
+        agent: agent.into(),
+        audience: "github".into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        expires_at: ts.plus_seconds(3600),
+        approval_id: None,
+    })
+}
+
+fn approval_request(id: &str, user: &str, agent: &str, ts: Timestamp) -> EventBody {
+    EventBody::ApprovalRequested(ApprovalRequested {
+        approval_id: id.into(),
+        grant_id: format!("grant-{agent}"),
+        user: user.into(),
+        agent: agent.into(),
+        audience: "crm".into(),
+        scopes: vec!["contacts:delete".into()],
+        risk: Risk::High,
+        binding_message: format!("{agent} wants contacts:delete on crm ({id})"),
+        expires_at: ts.plus_seconds(3600),
+    })
+}
+
+fn decision(id: &str, user: &str, decision: Decision) -> EventBody {
+    EventBody::ApprovalDecided(ApprovalDecided {
+        approval_id: id.into(),
+        user: user.into(),
+        decision,
+        method: ApprovalMethod::Push,
+        auth_time: None,
+        reason: None,
+        step_up: None,
+    })
+}
+
+/// Three agents with steady habits for three days (agent-c works 00:00-18:00 UTC only; each
+/// agent gets one token a day), then (when `plant`) one behaviour per built-in rule.
 async fn fleet(plant: bool) -> Fleet {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("ledger");
@@ -94,10 +138,13 @@ async fn fleet(plant: bool) -> Fleet {
     let start = Timestamp::parse(START).expect("start");
     let mut w = Workload::new(3, start, 3, 3);
     let mut all = w.setup();
-    let (gw, vault) = (w.roles.gateway.clone(), w.roles.vault.clone());
+    let (gw, vault, approver) = (
+        w.roles.gateway.clone(),
+        w.roles.vault.clone(),
+        w.roles.approvals.clone(),
+    );
     let mut m = Maker { serial: 0 };
     // Every ten minutes each agent makes its usual call; agent-a alternates two hosts and two operations.
-    let ten_min = 600;
     let mut t = start;
     for i in 0..(3 * 144) {
         let (src_a, op_a) = if i % 2 == 0 {
@@ -118,26 +165,44 @@ async fn fleet(plant: bool) -> Fleet {
             ),
             &gw,
         ));
-        all.push(m.event(
-            t.plus_seconds(2),
-            call("agent-c", "crm", "GET", "/contacts", "10.1.0.3", 200),
-            &gw,
-        ));
-        t = t.plus_seconds(ten_min);
+        if i % 144 < 108 {
+            all.push(m.event(
+                t.plus_seconds(2),
+                call("agent-c", "crm", "GET", "/contacts", "10.1.0.3", 200),
+                &gw,
+            ));
+        }
+        if i % 144 == 6 {
+            let day = (i / 144).to_string();
+            for (agent, scope) in [
+                ("agent-a", "repo:read"),
+                ("agent-b", "chat:write"),
+                ("agent-c", "contacts:read"),
+            ] {
+                all.push(m.event(t.plus_seconds(3), token(agent, &day, &[scope], t), &vault));
+            }
+        }
+        t = t.plus_seconds(600);
     }
     let mut planted = Vec::new();
     if plant {
-        let mut at = |all: &mut Vec<Published>, name: &'static str| {
-            planted.push((name, (all.len()) as u64));
+        let at = |all: &mut Vec<Published>,
+                  planted: &mut Vec<(&'static str, std::ops::RangeInclusive<u64>)>,
+                  name: &'static str| {
+            planted.push((name, all.len() as u64..=all.len() as u64));
         };
-        // Seqs are positions + 1 (genesis entries come first); fixed up below.
+        // Positions count from 1 in `all`; seqs are fixed up below.
         let t = t.plus_seconds(120);
         all.push(m.event(
             t,
             call("agent-a", "slack", "GET", "/chat.history", "10.1.0.1", 200),
             &gw,
         ));
-        at(&mut all, "Agent calls an audience it has never called");
+        at(
+            &mut all,
+            &mut planted,
+            "Agent calls an audience it has never called",
+        );
         all.push(m.event(
             t.plus_seconds(30),
             call(
@@ -152,6 +217,7 @@ async fn fleet(plant: bool) -> Fleet {
         ));
         at(
             &mut all,
+            &mut planted,
             "Agent performs an operation it has never performed",
         );
         all.push(m.event(
@@ -161,6 +227,7 @@ async fn fleet(plant: bool) -> Fleet {
         ));
         at(
             &mut all,
+            &mut planted,
             "Agent calls from a source address it has never used",
         );
         all.push(m.event(
@@ -173,7 +240,11 @@ async fn fleet(plant: bool) -> Fleet {
             call("agent-a", "github", "GET", "/issues", "10.1.0.11", 200),
             &gw,
         ));
-        at(&mut all, "One token used from two source addresses at once");
+        at(
+            &mut all,
+            &mut planted,
+            "One token used from two source addresses at once",
+        );
         for k in 0..12 {
             all.push(m.event(
                 t.plus_seconds(150 + k * 5),
@@ -190,30 +261,91 @@ async fn fleet(plant: bool) -> Fleet {
             if k == 9 {
                 at(
                     &mut all,
+                    &mut planted,
                     "Burst of refused or missing-resource answers (probing)",
                 );
             }
         }
         for k in 0..6 {
-            let body = EventBody::ApprovalRequested(ApprovalRequested {
-                approval_id: format!("appr-fatigue-{k}"),
-                grant_id: "grant-c".into(),
-                user: "user-1".into(),
-                agent: "agent-c".into(),
-                audience: "crm".into(),
-                scopes: vec!["contacts:delete".into()],
-                risk: Risk::High,
-                binding_message: format!("agent-c wants contacts:delete on crm ({k})"),
-                expires_at: t.plus_seconds(3600),
-            });
-            all.push(m.event(t.plus_seconds(240 + k * 30), body, &vault));
+            all.push(m.event(
+                t.plus_seconds(240 + k * 30),
+                approval_request(&format!("appr-fatigue-{k}"), "user-1", "agent-c", t),
+                &vault,
+            ));
             if k == 4 {
                 at(
                     &mut all,
+                    &mut planted,
                     "Approval fatigue - many approval requests to one user",
                 );
             }
         }
+        for k in 0..5 {
+            all.push(m.event(
+                t.plus_seconds(420 + k * 20),
+                token("agent-b", &format!("burst-{k}"), &["chat:write"], t),
+                &vault,
+            ));
+        }
+        at(
+            &mut all,
+            &mut planted,
+            "Tokens issued to one agent in a burst",
+        );
+        all.push(m.event(
+            t.plus_seconds(540),
+            token("agent-a", "wide", &["repo:read", "admin:org"], t),
+            &vault,
+        ));
+        at(
+            &mut all,
+            &mut planted,
+            "Token for a scope beyond the agent's history (escalation)",
+        );
+        for k in 0..4 {
+            let id = format!("appr-worn-{k}");
+            let when = t.plus_seconds(600 + k * 60);
+            all.push(m.event(
+                when,
+                approval_request(&id, "user-2", "agent-a", when),
+                &vault,
+            ));
+            let d = if k < 3 {
+                Decision::Denied
+            } else {
+                Decision::Approved
+            };
+            all.push(m.event(when.plus_seconds(10), decision(&id, "user-2", d), &approver));
+        }
+        at(
+            &mut all,
+            &mut planted,
+            "A run of denials followed by an approval",
+        );
+        // Sixty calls in ten minutes from agent-a: the spike fires once, somewhere in the run.
+        let first = all.len() as u64 + 1;
+        for k in 0..60 {
+            all.push(m.event(
+                t.plus_seconds(900 + k * 10),
+                call("agent-a", "github", "GET", "/repos", "10.1.0.1", 200),
+                &gw,
+            ));
+        }
+        planted.push((
+            "Agent calls far above its own hourly rate",
+            first..=all.len() as u64,
+        ));
+        // agent-c, which works 00:00-18:00, calls at 20:00.
+        all.push(m.event(
+            t.plus_seconds(20 * 3600),
+            call("agent-c", "crm", "GET", "/contacts", "10.1.0.3", 200),
+            &gw,
+        ));
+        at(
+            &mut all,
+            &mut planted,
+            "Agent active at an hour it has never been active",
+        );
     }
     for (i, chunk) in all.chunks(BATCH_EVENTS_MAX).enumerate() {
         let items = chunk
@@ -233,7 +365,7 @@ async fn fleet(plant: bool) -> Fleet {
     let offset = head - all.len() as u64;
     let planted = planted
         .into_iter()
-        .map(|(n, pos)| (n, pos + offset))
+        .map(|(n, r)| (n, r.start() + offset..=r.end() + offset))
         .collect();
     Fleet {
         _dir: dir,
@@ -282,10 +414,14 @@ async fn each_built_in_rule_sees_its_planted_behaviour_and_nothing_in_a_calm_fle
 
     let f = fleet(true).await;
     let found = detect_all(&f, &[]).await;
-    let seen: Vec<(&str, u64)> = found.iter().map(|d| (d.title.as_str(), d.seq)).collect();
+    let seen: Vec<&str> = found.iter().map(|d| d.title.as_str()).collect();
     let mut want = f.planted.clone();
-    want.sort_by_key(|(_, seq)| *seq);
-    assert_eq!(seen, want, "{found:#?}");
+    want.sort_by_key(|(_, r)| *r.start());
+    let want_titles: Vec<&str> = want.iter().map(|(n, _)| *n).collect();
+    assert_eq!(seen, want_titles, "{found:#?}");
+    for (d, (_, range)) in found.iter().zip(&want) {
+        assert!(range.contains(&d.seq), "{d:?} outside {range:?}");
+    }
     assert_eq!(
         want.len(),
         detect::BUILT_IN.len(),
@@ -321,7 +457,12 @@ async fn running_in_windows_gives_what_one_run_gives() {
     let f = fleet(true).await;
     let whole = detect_all(&f, &[]).await;
     assert!(!whole.is_empty());
-    let first = f.planted.first().map(|(_, s)| *s).expect("planted");
+    let first = f
+        .planted
+        .iter()
+        .map(|(_, r)| *r.start())
+        .min()
+        .expect("planted");
     for windows in [
         vec![first - 1, first + 1, first + 7, first + 20],
         (1..(first + 40)).step_by(97).collect::<Vec<_>>(),
@@ -364,6 +505,41 @@ async fn sigma_rules_run_and_a_broken_rule_stops_nothing_else() {
         "title: bad sql\nid: 0e7c3a6f-1b2d-4c5e-8f90-a1b2c3d4e5f9\nlevel: low\ndocket:\n  sql: SELECT seq FROM no_such_table\n",
     )
     .expect("write");
+    // Correlations: each names base rules in its own file, and fires once, on the event that
+    // makes it true.
+    let correlation = |file: &str, id: &str, title: &str, body: &str, bases: &str| {
+        std::fs::write(
+            rules_dir.path().join(file),
+            format!("title: {title}\nid: {id}\nlevel: high\ncorrelation:\n{body}---\n{bases}"),
+        )
+        .expect("write");
+    };
+    correlation(
+        "corr_count.yml",
+        "1e7c3a6f-1b2d-4c5e-8f90-a1b2c3d4e501",
+        "Ten refusals in five minutes",
+        "  type: event_count\n  rules: [refused]\n  group-by: [agent]\n  timespan: 5m\n  condition:\n    gte: 10\n",
+        "title: refused\nname: refused\nlogsource:\n  product: docket\n  service: api.called\n\
+         detection:\n  sel:\n    status: 403\n  condition: sel\n",
+    );
+    correlation(
+        "corr_values.yml",
+        "1e7c3a6f-1b2d-4c5e-8f90-a1b2c3d4e502",
+        "Two sources for one token within a minute",
+        "  type: value_count\n  rules: [calls]\n  group-by: [token_id]\n  timespan: 1m\n  condition:\n    field: source\n    gte: 2\n",
+        "title: calls\nname: calls\nlogsource:\n  product: docket\n  service: api.called\n\
+         detection:\n  sel:\n    agent|startswith: agent-\n  condition: sel\n",
+    );
+    correlation(
+        "corr_temporal.yml",
+        "1e7c3a6f-1b2d-4c5e-8f90-a1b2c3d4e503",
+        "Admin token and repository calls within half an hour",
+        "  type: temporal\n  rules: [admin_token, repo_call]\n  group-by: [agent]\n  timespan: 30m\n",
+        "title: admin token\nname: admin_token\nlogsource:\n  product: docket\n  service: token.issued\n\
+         detection:\n  sel:\n    scopes|contains: admin\n  condition: sel\n---\n\
+         title: repo call\nname: repo_call\nlogsource:\n  product: docket\n  service: api.called\n\
+         detection:\n  sel:\n    operation: /repos\n  condition: sel\n",
+    );
     let (rules, problems) = detect::load(Some(rules_dir.path()), false);
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(
@@ -372,7 +548,7 @@ async fn sigma_rules_run_and_a_broken_rule_stops_nothing_else() {
         problems[0]
     );
     assert_eq!(problems[0].line, Some(3), "{}", problems[0]);
-    assert_eq!(rules.len(), 3);
+    assert_eq!(rules.len(), 6);
     let mut s = session(&f).await;
     let planned = detect::check_all(&rules, &mut s).await;
     assert_eq!(planned.len(), 1, "{planned:?}");
@@ -392,9 +568,12 @@ async fn sigma_rules_run_and_a_broken_rule_stops_nothing_else() {
         f.planted
             .iter()
             .find(|(n, _)| n.starts_with(name))
-            .map(|(_, s)| *s)
+            .map(|(_, r)| *r.start())
             .expect(name)
     };
+    assert_eq!(by("Ten refusals"), vec![planted("Burst of refused")]);
+    assert_eq!(by("Two sources"), vec![planted("One token used")]);
+    assert_eq!(by("Admin token"), vec![planted("Token for a scope")]);
     assert_eq!(by("Deleting"), vec![planted("Agent performs")]);
     assert_eq!(by("Calls from outside"), vec![planted("Agent calls from")]);
 }
