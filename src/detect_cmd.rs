@@ -25,7 +25,23 @@ pub struct DetectArgs {
     /// Print one JSON object per detection instead of a table.
     #[arg(long)]
     json: bool,
+    /// Show only detections of this level or above (informational, low, medium, high, critical).
+    #[arg(long)]
+    level: Option<String>,
+    /// Show only detections about this agent.
+    #[arg(long)]
+    agent: Option<String>,
+    /// How long a new agent is observed before rules below `high` may fire about it (`0s` for never).
+    #[arg(long, default_value = "1d")]
+    learning: String,
+    /// Seqs per run of the rules: each run's triggers are this many entries (their history is
+    /// everything before), which bounds a run's memory. The detections do not depend on it.
+    #[arg(long, default_value_t = DETECT_WINDOW_ENTRIES)]
+    window: u64,
 }
+
+/// Entries per run of the rules by default: one columnar segment's worth.
+const DETECT_WINDOW_ENTRIES: u64 = 65_536;
 
 #[derive(Subcommand)]
 pub enum RulesCommand {
@@ -73,13 +89,51 @@ async fn open(data: &std::path::Path) -> Result<AuditSession> {
 }
 
 pub async fn detect(args: DetectArgs) -> Result<ExitCode> {
+    let floor = match &args.level {
+        None => 0,
+        Some(l) => detect::LEVELS.iter().position(|x| x == l).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--level {l:?}: expected one of {}",
+                detect::LEVELS.join(", ")
+            )
+        })?,
+    };
+    let learning_us = detect::parse_duration_us(&args.learning).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--learning {:?}: expected a duration such as 12h or 7d",
+            args.learning
+        )
+    })?;
     let (rules, _) = load(args.rules.as_deref(), args.no_built_in);
     let mut session = open(&args.data).await?;
     let head = session.coverage().head;
-    let (found, failed) = detect::run_all(&rules, &mut session, args.after_seq, head).await;
+    let mut found = Vec::new();
+    let mut failed: Vec<detect::RuleProblem> = Vec::new();
+    let mut from = args.after_seq;
+    while from < head {
+        let to = head.min(from.saturating_add(args.window.max(1)));
+        // A rule that failed once is not run again: its problem is reported once.
+        let live: Vec<Rule> = rules
+            .iter()
+            .filter(|r| !failed.iter().any(|p| p.origin == r.origin))
+            .cloned()
+            .collect();
+        let (mut f, p) = detect::run_all(&live, &mut session, from, to, learning_us).await;
+        found.append(&mut f);
+        failed.extend(p);
+        from = to;
+    }
     for p in &failed {
         eprintln!("rule failed: {p}");
     }
+    found.retain(|d| {
+        detect::LEVELS
+            .iter()
+            .position(|x| *x == d.level)
+            .unwrap_or(0)
+            >= floor
+            && args.agent.as_ref().is_none_or(|a| *a == d.agent)
+    });
     if args.json {
         for d in &found {
             println!("{}", serde_json::to_string(&detection_json(d))?);

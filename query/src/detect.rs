@@ -39,6 +39,10 @@ pub const OUTPUT_COLUMNS: &[(&str, &str)] = &[
     ("baseline", "what the agent's history shows instead"),
     ("evidence", "the seqs the detection rests on (a list)"),
 ];
+/// How long a new agent is observed before rules below `high` may fire about it, unless told otherwise.
+pub const LEARNING_DEFAULT_US: i64 = 86_400 * 1_000_000;
+/// Rank of `high` in [`LEVELS`]: detections at or above it are raised during a learning period.
+const HIGH_RANK: usize = 3;
 /// Largest rule file read.
 pub const RULE_FILE_BYTES_MAX: u64 = 256 * 1024;
 /// Most detections one rule may report in one window: past it the rule is reported as too noisy.
@@ -386,8 +390,10 @@ fn read_rule_file(path: &Path) -> Result<String, String> {
 }
 
 impl Rule {
-    /// The SQL for one window, numbers substituted.
-    pub fn sql_for(&self, from_seq: u64, to_seq: u64) -> String {
+    /// The SQL for one window, numbers substituted. Below `high`, a detection about an agent
+    /// whose first entry is less than `fleet_learning_us` older than the trigger is dropped: a
+    /// new agent builds its baseline and raises only high and critical detections meanwhile.
+    pub fn sql_for(&self, from_seq: u64, to_seq: u64, fleet_learning_us: i64) -> String {
         let body = self
             .sql
             .replace("${from_seq}", &from_seq.to_string())
@@ -395,9 +401,27 @@ impl Rule {
             .replace("${learning_us}", &self.learning_us.to_string())
             .replace("${lookback_us}", &self.lookback_us.to_string());
         // Whatever the body does, only triggers inside the window are reported, once each.
+        if self.level_rank() >= HIGH_RANK || fleet_learning_us <= 0 {
+            return format!(
+                "SELECT * FROM ({body}) AS detections WHERE seq > {from_seq} AND seq <= {to_seq} ORDER BY seq"
+            );
+        }
+        // An agent's first entry is its least seq, which no later append can change (a least
+        // `ts` could, with a late arrival dated earlier), so the period is the same live and in replay.
         format!(
-            "SELECT * FROM ({body}) AS detections WHERE seq > {from_seq} AND seq <= {to_seq} ORDER BY seq"
+            "SELECT d.* FROM ({body}) AS d \
+             JOIN events t ON t.seq = d.seq \
+             JOIN (SELECT agent, min(seq) AS first_seq FROM events WHERE agent IS NOT NULL GROUP BY agent) a \
+               ON a.agent = d.agent \
+             JOIN events f ON f.seq = a.first_seq \
+             WHERE d.seq > {from_seq} AND d.seq <= {to_seq} \
+               AND CAST(t.ts AS BIGINT) - CAST(f.ts AS BIGINT) >= {fleet_learning_us} \
+             ORDER BY d.seq"
         )
+    }
+
+    fn level_rank(&self) -> usize {
+        LEVELS.iter().position(|l| *l == self.level).unwrap_or(0)
     }
 
     /// Runs the rule over `(from_seq, to_seq]`.
@@ -406,6 +430,7 @@ impl Rule {
         session: &mut AuditSession,
         from_seq: u64,
         to_seq: u64,
+        fleet_learning_us: i64,
     ) -> Result<Vec<Detection>, RuleProblem> {
         let problem = |why: String| RuleProblem {
             origin: self.origin.clone(),
@@ -413,7 +438,7 @@ impl Rule {
             why,
         };
         let batches = session
-            .query(&self.sql_for(from_seq, to_seq))
+            .query(&self.sql_for(from_seq, to_seq, fleet_learning_us))
             .await
             .map_err(|e| problem(e.to_string()))?;
         let mut out = Vec::new();
@@ -498,11 +523,12 @@ pub async fn run_all(
     session: &mut AuditSession,
     from_seq: u64,
     to_seq: u64,
+    fleet_learning_us: i64,
 ) -> (Vec<Detection>, Vec<RuleProblem>) {
     let mut found = Vec::new();
     let mut problems = Vec::new();
     for rule in rules {
-        match rule.run(session, from_seq, to_seq).await {
+        match rule.run(session, from_seq, to_seq, fleet_learning_us).await {
             Ok(d) => found.extend(d),
             Err(p) => problems.push(p),
         }
@@ -515,7 +541,7 @@ pub async fn run_all(
 pub async fn check_all(rules: &[Rule], session: &mut AuditSession) -> Vec<RuleProblem> {
     let mut problems = Vec::new();
     for rule in rules {
-        if let Err(e) = session.plan(&rule.sql_for(0, 0)).await {
+        if let Err(e) = session.plan(&rule.sql_for(0, 0, LEARNING_DEFAULT_US)).await {
             problems.push(RuleProblem {
                 origin: rule.origin.clone(),
                 line: None,

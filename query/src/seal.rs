@@ -138,21 +138,34 @@ impl SegmentSeal {
     /// Reads the seal beside `segment`; `None` when there is none.
     pub fn read(segment: &Path) -> Result<Option<SegmentSeal>, String> {
         let path = seal_path(segment);
-        let file = match std::fs::File::open(&path) {
-            Ok(f) => f,
+        // Looked at before opening: opening a FIFO would block, and a device has no length.
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
-        let len = file
-            .metadata()
-            .map_err(|e| format!("{}: {e}", path.display()))?
-            .len();
-        if len > SEAL_FILE_BYTES_MAX {
+        if !meta.is_file() {
+            return Err(format!("its seal {} is not a regular file", path.display()));
+        }
+        if meta.len() > SEAL_FILE_BYTES_MAX {
             return Err(format!(
-                "its seal is {len} bytes, more than the {SEAL_FILE_BYTES_MAX} a seal may be"
+                "its seal is {} bytes, more than the {SEAL_FILE_BYTES_MAX} a seal may be",
+                meta.len()
             ));
         }
-        let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // Bounded again while reading: the file may have grown since it was looked at.
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(file, SEAL_FILE_BYTES_MAX + 1),
+            &mut text,
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+        if text.len() as u64 > SEAL_FILE_BYTES_MAX {
+            return Err(format!(
+                "its seal is more than the {SEAL_FILE_BYTES_MAX} bytes a seal may be"
+            ));
+        }
         serde_json::from_slice(&text)
             .map(Some)
             .map_err(|e| format!("its seal is not a seal ({e})"))

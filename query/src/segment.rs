@@ -97,7 +97,15 @@ pub fn list(dir: &Path) -> Result<Vec<Segment>, QueryError> {
         .iter()
         .map(|p| read_stamp(p))
         .collect::<Result<Vec<_>, _>>()?;
-    out.sort_by_key(|s| s.first_seq);
+    // Where two files start at one seq (a stale one, or one put there), the one with a seal
+    // comes first, so that an unsealed file cannot push a sealed segment out of the run.
+    out.sort_by_key(|s| {
+        (
+            s.first_seq,
+            !crate::seal::seal_path(&s.path).is_file(),
+            s.last_seq,
+        )
+    });
     Ok(out)
 }
 
@@ -111,15 +119,35 @@ fn segment_files(dir: &Path) -> Result<Vec<PathBuf>, QueryError> {
     let mut out = Vec::new();
     for item in read {
         let path = item.map_err(|e| io(dir, e))?.path();
+        // Only names sealing writes, and only regular files: a FIFO or a device would block or never end.
         let is_segment = path
             .file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("events-") && n.ends_with(".parquet"));
+            .is_some_and(is_segment_name)
+            && std::fs::metadata(&path).is_ok_and(|m| m.is_file());
         if is_segment {
             out.push(path);
         }
     }
     Ok(out)
+}
+
+/// `events-<20 digits>-<20 digits>.parquet`, exactly.
+fn is_segment_name(name: &str) -> bool {
+    let Some(seqs) = name
+        .strip_prefix("events-")
+        .and_then(|n| n.strip_suffix(".parquet"))
+    else {
+        return false;
+    };
+    seqs.len() == 41
+        && seqs.bytes().enumerate().all(|(i, b)| {
+            if i == 20 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        })
 }
 
 /// Reads a segment's stamp from its Parquet footer.
@@ -646,4 +674,23 @@ fn remove_segments(dir: &Path) -> Result<usize, QueryError> {
         }
     }
     Ok(files.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_names_sealing_writes_are_segments() {
+        assert!(is_segment_name(&file_name(1, 65_536)));
+        for name in [
+            "events-1-2.parquet",
+            "events-00000000000000000001-0000000000000000000a.parquet",
+            "events-00000000000000000001-00000000000000065536.parquet.tmp",
+            "events-new\nline.parquet",
+            "x-00000000000000000001-00000000000000065536.parquet",
+        ] {
+            assert!(!is_segment_name(name), "{name:?}");
+        }
+    }
 }

@@ -22,6 +22,8 @@ struct Fleet {
     data: PathBuf,
     /// The seq each planted behaviour landed at, by the rule that must see it.
     planted: Vec<(&'static str, std::ops::RangeInclusive<u64>)>,
+    /// Seqs of a new agent's calls: one from outside the network, one DELETE on an admin path.
+    newcomer: Vec<u64>,
 }
 
 /// Builds events with increasing ids, signed by the given role.
@@ -185,6 +187,7 @@ async fn fleet(plant: bool) -> Fleet {
         t = t.plus_seconds(600);
     }
     let mut planted = Vec::new();
+    let mut newcomer = Vec::new();
     if plant {
         let at = |all: &mut Vec<Published>,
                   planted: &mut Vec<(&'static str, std::ops::RangeInclusive<u64>)>,
@@ -335,6 +338,26 @@ async fn fleet(plant: bool) -> Fleet {
             "Agent calls far above its own hourly rate",
             first..=all.len() as u64,
         ));
+        // A new agent, still learning: only high detections may be raised about it.
+        all.push(m.event(
+            t.plus_seconds(1500),
+            call("agent-n", "crm", "GET", "/contacts", "198.51.100.1", 200),
+            &gw,
+        ));
+        newcomer.push(all.len() as u64);
+        all.push(m.event(
+            t.plus_seconds(1510),
+            call(
+                "agent-n",
+                "crm",
+                "DELETE",
+                "/admin/contacts",
+                "198.51.100.1",
+                200,
+            ),
+            &gw,
+        ));
+        newcomer.push(all.len() as u64);
         // agent-c, which works 00:00-18:00, calls at 20:00.
         all.push(m.event(
             t.plus_seconds(20 * 3600),
@@ -367,10 +390,12 @@ async fn fleet(plant: bool) -> Fleet {
         .into_iter()
         .map(|(n, r)| (n, r.start() + offset..=r.end() + offset))
         .collect();
+    let newcomer = newcomer.into_iter().map(|p| p + offset).collect();
     Fleet {
         _dir: dir,
         data,
         planted,
+        newcomer,
     }
 }
 
@@ -394,7 +419,8 @@ async fn detect_all(f: &Fleet, windows: &[u64]) -> Vec<Detection> {
     let mut out = Vec::new();
     let mut from = 0;
     for to in windows.iter().copied().chain([head]) {
-        let (found, problems) = detect::run_all(&rules, &mut s, from, to).await;
+        let (found, problems) =
+            detect::run_all(&rules, &mut s, from, to, detect::LEARNING_DEFAULT_US).await;
         assert_eq!(problems, vec![], "rules failed");
         out.extend(found);
         from = to;
@@ -555,7 +581,8 @@ async fn sigma_rules_run_and_a_broken_rule_stops_nothing_else() {
     assert!(planned[0].origin.ends_with("bad_sql.yml"), "{}", planned[0]);
     assert!(planned[0].why.contains("no_such_table"), "{}", planned[0]);
     let head = s.coverage().head;
-    let (found, failed) = detect::run_all(&rules, &mut s, 0, head).await;
+    let (found, failed) =
+        detect::run_all(&rules, &mut s, 0, head, detect::LEARNING_DEFAULT_US).await;
     assert_eq!(failed.len(), 1, "the bad SQL fails alone: {failed:?}");
     let by = |title: &str| -> Vec<u64> {
         found
@@ -574,6 +601,22 @@ async fn sigma_rules_run_and_a_broken_rule_stops_nothing_else() {
     assert_eq!(by("Ten refusals"), vec![planted("Burst of refused")]);
     assert_eq!(by("Two sources"), vec![planted("One token used")]);
     assert_eq!(by("Admin token"), vec![planted("Token for a scope")]);
-    assert_eq!(by("Deleting"), vec![planted("Agent performs")]);
+    // The newcomer's DELETE is high and raised while it learns; its call from outside the
+    // network is medium and is not.
+    assert_eq!(
+        by("Deleting"),
+        vec![planted("Agent performs"), f.newcomer[1]]
+    );
     assert_eq!(by("Calls from outside"), vec![planted("Agent calls from")]);
+    let (all_found, _) = detect::run_all(&rules, &mut s, 0, head, 0).await;
+    let outside: Vec<u64> = all_found
+        .iter()
+        .filter(|d| d.title.starts_with("Calls from outside"))
+        .map(|d| d.seq)
+        .collect();
+    assert_eq!(
+        outside,
+        vec![planted("Agent calls from"), f.newcomer[0], f.newcomer[1]],
+        "without a learning period the newcomer is reported"
+    );
 }

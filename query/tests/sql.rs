@@ -936,6 +936,44 @@ async fn sql_answers_only_from_segments_the_ledger_key_sealed() {
     assert_eq!(std::fs::read(&victim.path).expect("read"), original);
     let store = Store::open_reader(&f.data.join("db")).expect("reader");
     assert_eq!(segment::check(&store, &dir).expect("check"), vec![]);
+
+    // An unsealed file stamped over the first two segments, whatever order the directory
+    // lists it in, does not push the sealed segments out of the run.
+    let segments = segment::list(&dir).expect("list");
+    let (one, two) = (segments[0].clone(), segments[1].clone());
+    let both = datafusion::arrow::compute::concat_batches(
+        &segment::read_segment(&one.path).expect("read").schema(),
+        &[
+            segment::read_segment(&one.path).expect("read"),
+            segment::read_segment(&two.path).expect("read"),
+        ],
+    )
+    .expect("concat");
+    let wide = dir.join(format!("events-{:020}-{:020}.parquet", 1, two.last_seq));
+    std::fs::copy(&two.path, &wide).expect("copy");
+    rewrite_keeping_stamp(&wide, &both);
+    let listed = segment::list(&dir).expect("list");
+    assert_eq!(listed[0].path, one.path, "the sealed segment comes first");
+    let session = AuditSession::open(&f.data, without_sealing())
+        .await
+        .expect("open beside the wide file");
+    assert_eq!(session.coverage().segments, 5);
+    drop(session);
+    std::fs::remove_file(&wide).expect("remove");
+
+    // A seal that is a FIFO (opening it would block) or a device is refused, not read.
+    let third = docket_query::seal::seal_path(&segments[3].path);
+    std::fs::remove_file(&third).expect("remove seal");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&third)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let err = AuditSession::open(&f.data, without_sealing())
+        .await
+        .err()
+        .expect("a FIFO seal is refused");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
 }
 
 fn rewrite_keeping_stamp(path: &Path, batch: &RecordBatch) {
