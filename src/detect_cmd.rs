@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use docket_query::detect::{self, Detection, Rule};
+use docket_query::detect::{self, Detection, Rule, Triage};
 use docket_query::{AuditSession, SessionOptions};
 
 #[derive(Args)]
@@ -31,6 +31,9 @@ pub struct DetectArgs {
     /// Show only detections about this agent.
     #[arg(long)]
     agent: Option<String>,
+    /// Show only open detections: never triaged (or reopened) and not suppressed.
+    #[arg(long)]
+    open: bool,
     /// How long a new agent is observed before rules below `high` may fire about it (`0s` for never).
     #[arg(long, default_value = "1d")]
     learning: String,
@@ -126,17 +129,28 @@ pub async fn detect(args: DetectArgs) -> Result<ExitCode> {
     for p in &failed {
         eprintln!("rule failed: {p}");
     }
-    found.retain(|d| {
-        detect::LEVELS
-            .iter()
-            .position(|x| *x == d.level)
-            .unwrap_or(0)
-            >= floor
-            && args.agent.as_ref().is_none_or(|a| *a == d.agent)
-    });
+    let triage = detect::TriageLog::read(&mut session, head).await?;
+    let mut found: Vec<(Detection, Triage)> = found
+        .into_iter()
+        .filter(|d| {
+            detect::LEVELS
+                .iter()
+                .position(|x| *x == d.level)
+                .unwrap_or(0)
+                >= floor
+                && args.agent.as_ref().is_none_or(|a| *a == d.agent)
+        })
+        .map(|d| {
+            let t = triage.state(&d);
+            (d, t)
+        })
+        .collect();
+    if args.open {
+        found.retain(|(_, t)| t.is_open());
+    }
     if args.json {
-        for d in &found {
-            println!("{}", serde_json::to_string(&detection_json(d))?);
+        for (d, t) in &found {
+            println!("{}", serde_json::to_string(&detection_json(d, t))?);
         }
     } else {
         print_table(&found);
@@ -155,9 +169,15 @@ pub async fn detect(args: DetectArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn detection_json(d: &Detection) -> serde_json::Value {
+fn detection_json(d: &Detection, t: &Triage) -> serde_json::Value {
     serde_json::json!({
+        "id": d.id(),
         "seq": d.seq,
+        "ts": d.ts.to_string(),
+        "status": t.status,
+        "reason": t.reason,
+        "triaged_by": t.by,
+        "suppressed_by_seq": t.suppressed_by,
         "rule_id": d.rule_id,
         "title": d.title,
         "level": d.level,
@@ -168,12 +188,30 @@ fn detection_json(d: &Detection) -> serde_json::Value {
     })
 }
 
-fn print_table(found: &[Detection]) {
-    println!("{:>8}  {:<13}  {:<12}  detection", "seq", "level", "agent");
-    for d in found {
+fn print_table(found: &[(Detection, Triage)]) {
+    println!(
+        "{:>8}  {:<13}  {:<12}  {:<24}  detection",
+        "seq", "level", "agent", "status"
+    );
+    for (d, t) in found {
+        let mut status = t.status.clone();
+        if let Some(r) = &t.reason {
+            status = format!("{status}: {r}");
+        }
+        if t.suppressed_by.is_some() {
+            status = format!("{status} (suppressed)");
+        }
         println!(
-            "{:>8}  {:<13}  {:<12}  {}: {} (baseline: {}; evidence {:?})",
-            d.seq, d.level, d.agent, d.title, d.observed, d.baseline, d.evidence
+            "{:>8}  {:<13}  {:<12}  {:<24}  {}: {} (baseline: {}; evidence {:?}; id {})",
+            d.seq,
+            d.level,
+            d.agent,
+            status,
+            d.title,
+            d.observed,
+            d.baseline,
+            d.evidence,
+            d.id()
         );
     }
 }

@@ -10,11 +10,12 @@
 //! detections are a function of the log and the rule set. The format is in
 //! docs/DETECTION.md.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, UInt64Type};
+use docket_schemas::{Event, EventBody, FindingSuppressed, FindingTriaged, Timestamp};
 use serde::Deserialize;
 
 use crate::QueryError;
@@ -43,6 +44,8 @@ pub const OUTPUT_COLUMNS: &[(&str, &str)] = &[
 pub const LEARNING_DEFAULT_US: i64 = 86_400 * 1_000_000;
 /// Rank of `high` in [`LEVELS`]: detections at or above it are raised during a learning period.
 const HIGH_RANK: usize = 3;
+/// The column the engine adds to a rule's rows: its trigger's `ts`.
+const TRIGGER_TS: &str = "docket_trigger_ts";
 /// Largest rule file read.
 pub const RULE_FILE_BYTES_MAX: u64 = 256 * 1024;
 /// Most detections one rule may report in one window: past it the rule is reported as too noisy.
@@ -162,6 +165,8 @@ pub struct Rule {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Detection {
     pub seq: u64,
+    /// The trigger's own `ts`.
+    pub ts: Timestamp,
     pub rule_id: String,
     pub title: String,
     pub level: String,
@@ -403,13 +408,14 @@ impl Rule {
         // Whatever the body does, only triggers inside the window are reported, once each.
         if self.level_rank() >= HIGH_RANK || fleet_learning_us <= 0 {
             return format!(
-                "SELECT * FROM ({body}) AS detections WHERE seq > {from_seq} AND seq <= {to_seq} ORDER BY seq"
+                "SELECT d.*, t.ts AS {TRIGGER_TS} FROM ({body}) AS d JOIN events t ON t.seq = d.seq \
+                 WHERE d.seq > {from_seq} AND d.seq <= {to_seq} ORDER BY d.seq"
             );
         }
         // An agent's first entry is its least seq, which no later append can change (a least
         // `ts` could, with a late arrival dated earlier), so the period is the same live and in replay.
         format!(
-            "SELECT d.* FROM ({body}) AS d \
+            "SELECT d.*, t.ts AS {TRIGGER_TS} FROM ({body}) AS d \
              JOIN events t ON t.seq = d.seq \
              JOIN (SELECT agent, min(seq) AS first_seq FROM events WHERE agent IS NOT NULL GROUP BY agent) a \
                ON a.agent = d.agent \
@@ -486,6 +492,12 @@ impl Rule {
                 .collect())
         };
         let (agent, observed, baseline) = (text("agent")?, text("observed")?, text("baseline")?);
+        let ts = column(TRIGGER_TS)?;
+        let ts = datafusion::arrow::compute::cast(ts, &DataType::Int64)
+            .map_err(|e| format!("trigger time: {e}"))?;
+        let ts = ts
+            .as_primitive_opt::<datafusion::arrow::datatypes::Int64Type>()
+            .ok_or("trigger time is not a timestamp")?;
         let evidence = column("evidence")?;
         let evidence = evidence
             .as_list_opt::<i32>()
@@ -502,8 +514,11 @@ impl Rule {
                 .ok_or("its `evidence` column is not a list of seqs")?;
             let mut seqs: BTreeSet<u64> = list.iter().flatten().collect();
             seqs.insert(seq.value(i));
+            let at = Timestamp::from_micros(ts.value(i))
+                .ok_or_else(|| format!("trigger time of seq {} is out of range", seq.value(i)))?;
             out.push(Detection {
                 seq: seq.value(i),
+                ts: at,
                 rule_id: self.id.clone(),
                 title: self.title.clone(),
                 level: self.level.clone(),
@@ -514,6 +529,100 @@ impl Rule {
             });
         }
         Ok(())
+    }
+}
+
+impl Detection {
+    /// How triage events name it: `<rule id>@<seq>`.
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.rule_id, self.seq)
+    }
+}
+
+/// Where a detection stands, from the triage events on the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Triage {
+    /// `open`, or the status of the last `finding.triaged` about it.
+    pub status: String,
+    pub reason: Option<String>,
+    pub by: Option<String>,
+    /// The seq of the decision that set the status.
+    pub decided_seq: Option<u64>,
+    /// The seq of a `finding.suppressed` that covers it.
+    pub suppressed_by: Option<u64>,
+}
+
+impl Triage {
+    /// Open (never triaged, or reopened) and not suppressed.
+    pub fn is_open(&self) -> bool {
+        (self.status == "open" || self.status == "reopened") && self.suppressed_by.is_none()
+    }
+}
+
+/// The triage and suppression events of a log, read from its `events` table.
+#[derive(Clone, Debug, Default)]
+pub struct TriageLog {
+    /// The last decision per detection id.
+    decisions: BTreeMap<String, (u64, FindingTriaged)>,
+    suppressions: Vec<(u64, FindingSuppressed)>,
+}
+
+impl TriageLog {
+    /// Reads every `finding.triaged` and `finding.suppressed` up to `to_seq`, in seq order.
+    pub async fn read(session: &mut AuditSession, to_seq: u64) -> Result<TriageLog, QueryError> {
+        let batches = session
+            .query(&format!(
+                "SELECT seq, payload FROM events WHERE kind IN ('finding.triaged', 'finding.suppressed') \
+                 AND seq <= {to_seq} ORDER BY seq"
+            ))
+            .await?;
+        let mut log = TriageLog::default();
+        for b in &batches {
+            let seqs = datafusion::arrow::compute::cast(b.column(0), &DataType::UInt64)?;
+            let seqs = seqs.as_primitive::<UInt64Type>();
+            let payloads = datafusion::arrow::compute::cast(b.column(1), &DataType::Utf8)?;
+            let payloads = payloads.as_string::<i32>();
+            for i in 0..b.num_rows() {
+                let seq = seqs.value(i);
+                let event = Event::from_payload(payloads.value(i).as_bytes()).map_err(|e| {
+                    QueryError::Undecodable {
+                        seq,
+                        why: e.to_string(),
+                    }
+                })?;
+                match event.body {
+                    EventBody::FindingTriaged(t) => {
+                        log.decisions.insert(t.finding.clone(), (seq, t));
+                    }
+                    EventBody::FindingSuppressed(s) => log.suppressions.push((seq, s)),
+                    _ => {}
+                }
+            }
+        }
+        Ok(log)
+    }
+
+    /// Where `d` stands: the last decision about it, and whether a suppression covers it
+    /// (same rule, same agent or any, triggered no later than `until`).
+    pub fn state(&self, d: &Detection) -> Triage {
+        let decided = self.decisions.get(&d.id());
+        Triage {
+            status: decided
+                .map_or("open", |(_, t)| t.status.as_str())
+                .to_string(),
+            reason: decided.and_then(|(_, t)| t.reason.map(|r| r.as_str().to_string())),
+            by: decided.map(|(_, t)| t.by.clone()),
+            decided_seq: decided.map(|(seq, _)| *seq),
+            suppressed_by: self
+                .suppressions
+                .iter()
+                .find(|(_, s)| {
+                    s.rule_id.eq_ignore_ascii_case(&d.rule_id)
+                        && s.agent.as_ref().is_none_or(|a| *a == d.agent)
+                        && d.ts <= s.until
+                })
+                .map(|(seq, _)| *seq),
+        }
     }
 }
 

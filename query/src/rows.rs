@@ -225,6 +225,21 @@ fn fields(body: &EventBody) -> Fields<'_> {
         },
         // Its settings are in the row's JSON payload; no column of their own.
         EventBody::PolicySet(_) => Fields::default(),
+        // The detection it is about (`finding`) and the note are in the payload.
+        EventBody::FindingTriaged(e) => Fields {
+            decision: Some(e.status.as_str()),
+            reason: e.reason.map(|r| r.as_str()),
+            actor: Some(&e.by),
+            ..Fields::default()
+        },
+        // The rule id is in the payload.
+        EventBody::FindingSuppressed(e) => Fields {
+            agent: e.agent.as_deref(),
+            reason: Some(&e.reason),
+            actor: Some(&e.by),
+            expires_at: Some(e.until.as_micros()),
+            ..Fields::default()
+        },
         EventBody::AgentSuspended(e) => Fields {
             agent: Some(&e.agent),
             actor: Some(&e.by),

@@ -10,8 +10,9 @@ use docket_ledger::store::{LedgerIdentity, Store};
 use docket_query::detect::{self, Detection};
 use docket_query::{AuditSession, SessionOptions};
 use docket_schemas::{
-    ApiCalled, ApprovalDecided, ApprovalMethod, ApprovalRequested, Decision, Event, EventBody,
-    EventId, Risk, Timestamp, TokenIssued, encode_base64,
+    ApiCalled, ApprovalDecided, ApprovalMethod, ApprovalRequested, CloseReason, Decision, Event,
+    EventBody, EventId, FindingSuppressed, FindingTriaged, KeyRegistered, Kind, Risk, Timestamp,
+    TokenIssued, TriageStatus, encode_base64,
 };
 use docket_testkit::workload::{Expect, Published, Roles, Workload};
 
@@ -619,4 +620,143 @@ async fn sigma_rules_run_and_a_broken_rule_stops_nothing_else() {
         vec![planted("Agent calls from"), f.newcomer[0], f.newcomer[1]],
         "without a learning period the newcomer is reported"
     );
+}
+
+/// Appends `events` to the fleet's ledger, as a restarted ledger would.
+async fn append(f: &Fleet, events: Vec<Published>) {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    let store = Store::open_reader(&f.data.join("db")).expect("reader");
+    let identity = store.identity().expect("identity");
+    drop(store);
+    let store = Store::open(&f.data.join("db"), &identity).expect("store");
+    let mut ledger =
+        Ledger::new(store, key, Config::default().checkpoint_policy()).expect("ledger");
+    let first = ledger.store().last_source_seq().expect("source seq") + 1;
+    let items = events
+        .iter()
+        .enumerate()
+        .map(|(j, p)| Incoming {
+            subject: p.subject.clone(),
+            payload: p.envelope.clone().into(),
+            source_seq: first + j as u64,
+        })
+        .collect();
+    let head = ledger.tip().seq;
+    ledger.commit(items).await.expect("commit");
+    assert_eq!(
+        ledger.tip().seq,
+        head + events.len() as u64,
+        "every triage event appended"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triage_and_suppression_on_the_record_mark_detections_and_change_nothing_else() {
+    let f = fleet(true).await;
+    let before = detect_all(&f, &[]).await;
+    let find = |title: &str| {
+        before
+            .iter()
+            .find(|d| d.title.starts_with(title))
+            .cloned()
+            .expect(title)
+    };
+    let (audience, probing, hour) = (
+        find("Agent calls an audience"),
+        find("Burst of refused"),
+        find("Agent active at an hour"),
+    );
+    // An analyst's key, registered by the admin for the two triage kinds only.
+    let roles = Roles::from_seed(3);
+    let analyst = ed25519_dalek::SigningKey::from_bytes(&[77; 32]);
+    let pk = analyst.verifying_key();
+    let mut m = Maker { serial: 1 << 40 };
+    let at = hour.ts.plus_seconds(60);
+    let triaged = |finding: String, status: TriageStatus, reason: Option<CloseReason>| {
+        EventBody::FindingTriaged(FindingTriaged {
+            finding,
+            status,
+            reason,
+            note: Some("looked at it".into()),
+            by: "analyst-1".into(),
+        })
+    };
+    append(
+        &f,
+        vec![
+            m.event(
+                at,
+                EventBody::KeyRegistered(KeyRegistered {
+                    key_id: docket_schemas::key_id(pk.as_bytes()),
+                    public_key: encode_base64(pk.as_bytes()),
+                    name: "analyst".into(),
+                    kinds: vec![Kind::FindingTriaged, Kind::FindingSuppressed],
+                }),
+                &roles.admin,
+            ),
+            m.event(
+                at.plus_seconds(1),
+                triaged(audience.id(), TriageStatus::Acknowledged, None),
+                &analyst,
+            ),
+            m.event(
+                at.plus_seconds(2),
+                triaged(
+                    audience.id(),
+                    TriageStatus::Closed,
+                    Some(CloseReason::FalsePositive),
+                ),
+                &analyst,
+            ),
+            m.event(
+                at.plus_seconds(3),
+                triaged(probing.id(), TriageStatus::Escalated, None),
+                &analyst,
+            ),
+            m.event(
+                at.plus_seconds(4),
+                EventBody::FindingSuppressed(FindingSuppressed {
+                    rule_id: hour.rule_id.clone(),
+                    agent: Some(hour.agent.clone()),
+                    until: at.plus_seconds(86_400),
+                    reason: "agent-c moved to a night shift".into(),
+                    by: "analyst-1".into(),
+                }),
+                &analyst,
+            ),
+        ],
+    )
+    .await;
+    let after = detect_all(&f, &[]).await;
+    assert_eq!(after, before, "triage changes no detection");
+    let mut s = session(&f).await;
+    let head = s.coverage().head;
+    let log = detect::TriageLog::read(&mut s, head).await.expect("triage");
+    let state = |d: &Detection| log.state(d);
+    let a = state(&audience);
+    assert_eq!(
+        (a.status.as_str(), a.reason.as_deref(), a.by.as_deref()),
+        ("closed", Some("false_positive"), Some("analyst-1"))
+    );
+    assert!(!a.is_open());
+    assert_eq!(state(&probing).status, "escalated");
+    let h = state(&hour);
+    assert_eq!(h.status, "open");
+    assert!(h.suppressed_by.is_some() && !h.is_open(), "{h:?}");
+    let open: Vec<&str> = after
+        .iter()
+        .filter(|d| state(d).is_open())
+        .map(|d| d.title.as_str())
+        .collect();
+    assert_eq!(open.len(), after.len() - 3, "{open:?}");
+    // The decisions are rows of the audit tables too.
+    let rows = s
+        .query("SELECT decision, reason, actor FROM events WHERE kind = 'finding.triaged' ORDER BY seq")
+        .await
+        .expect("query");
+    let n: usize = rows.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(n, 3);
+    // A close without a reason is not an event.
+    let bad = triaged(audience.id(), TriageStatus::Closed, None);
+    assert!(bad.validate().is_err(), "closed needs a reason");
 }

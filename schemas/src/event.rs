@@ -147,6 +147,8 @@ kinds! {
     AgentSuspended = "agent.suspended",
     RequestRefused = "request.refused",
     PolicySet = "policy.set",
+    FindingTriaged = "finding.triaged",
+    FindingSuppressed = "finding.suppressed",
 }
 
 const _: () = assert!(Kind::ALL.len() <= KINDS_PER_KEY_MAX);
@@ -384,6 +386,82 @@ pub struct RequestRefused {
     pub scopes: Vec<String>,
 }
 
+/// Where an analyst has taken a detection.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum TriageStatus {
+    Acknowledged,
+    Escalated,
+    Closed,
+    /// Open again after a close.
+    Reopened,
+}
+
+impl TriageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriageStatus::Acknowledged => "acknowledged",
+            TriageStatus::Escalated => "escalated",
+            TriageStatus::Closed => "closed",
+            TriageStatus::Reopened => "reopened",
+        }
+    }
+}
+
+/// Why a detection was closed.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    FalsePositive,
+    Benign,
+    Resolved,
+    Duplicate,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::FalsePositive => "false_positive",
+            CloseReason::Benign => "benign",
+            CloseReason::Resolved => "resolved",
+            CloseReason::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// `finding.triaged`: an analyst's decision about a detection, on the record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FindingTriaged {
+    /// The detection: `<rule id>@<seq of its trigger>` (docs/DETECTION.md).
+    pub finding: String,
+    pub status: TriageStatus,
+    /// Why it was closed; given exactly when `status` is `closed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<CloseReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Who decided.
+    pub by: String,
+}
+
+/// `finding.suppressed`: detections of one rule (about one agent, or any) triggered after this
+/// entry and before `until` are marked suppressed; they are still reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FindingSuppressed {
+    pub rule_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    pub until: Timestamp,
+    pub reason: String,
+    pub by: String,
+}
+
 /// The kind-specific part of an event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind")]
@@ -414,6 +492,10 @@ pub enum EventBody {
     RequestRefused(RequestRefused),
     #[serde(rename = "policy.set")]
     PolicySet(PolicySet),
+    #[serde(rename = "finding.triaged")]
+    FindingTriaged(FindingTriaged),
+    #[serde(rename = "finding.suppressed")]
+    FindingSuppressed(FindingSuppressed),
 }
 
 /// One event: the header and its kind's fields.
@@ -687,6 +769,27 @@ impl EventBody {
             B::PolicySet(p) => {
                 p.check()
                     .map_err(|(field, why)| EventError::Invalid { field, why })?;
+            }
+            B::FindingTriaged(e) => {
+                id("finding", &e.finding)?;
+                id("by", &e.by)?;
+                if let Some(n) = &e.note {
+                    text("note", n, TEXT_BYTES_MAX)?;
+                }
+                if (e.status == TriageStatus::Closed) != e.reason.is_some() {
+                    return Err(EventError::Invalid {
+                        field: "reason",
+                        why: "a reason is given exactly when the status is closed".into(),
+                    });
+                }
+            }
+            B::FindingSuppressed(e) => {
+                id("rule_id", &e.rule_id)?;
+                if let Some(a) = &e.agent {
+                    id("agent", a)?;
+                }
+                text("reason", &e.reason, TEXT_BYTES_MAX)?;
+                id("by", &e.by)?;
             }
         }
         Ok(())

@@ -114,6 +114,8 @@ fn kind_schema(kind: Kind) -> String {
         Kind::AgentSuspended => root::<AgentSuspended>(),
         Kind::RequestRefused => root::<RequestRefused>(),
         Kind::PolicySet => root::<PolicySet>(),
+        Kind::FindingTriaged => root::<FindingTriaged>(),
+        Kind::FindingSuppressed => root::<FindingSuppressed>(),
     }
     .to_value();
     let mut generator = SchemaGenerator::default();

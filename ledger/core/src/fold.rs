@@ -181,7 +181,10 @@ impl VaultState {
                     cx.touch(|| ObjectKey::Policy);
                 }
             },
-            EventBody::RequestRefused(_) => {}
+            // Triage is read by detection (query/src/detect.rs); the vault's state does not change.
+            EventBody::RequestRefused(_)
+            | EventBody::FindingTriaged(_)
+            | EventBody::FindingSuppressed(_) => {}
         }
         cx.findings.truncate(FINDINGS_PER_ENTRY_MAX);
         let mut touched = cx.touched.unwrap_or_default();
