@@ -96,6 +96,10 @@ pub const BUILT_IN: &[(&str, &str)] = &[
         "denials_then_approval.yml",
         include_str!("../../rules/denials_then_approval.yml"),
     ),
+    (
+        "dormant_grant.yml",
+        include_str!("../../rules/dormant_grant.yml"),
+    ),
 ];
 
 /// A rule file as written: Sigma's metadata, and either Docket's SQL body or a Sigma detection.

@@ -11,8 +11,8 @@ use docket_query::detect::{self, Detection};
 use docket_query::{AuditSession, SessionOptions};
 use docket_schemas::{
     ApiCalled, ApprovalDecided, ApprovalMethod, ApprovalRequested, CloseReason, Decision, Event,
-    EventBody, EventId, FindingSuppressed, FindingTriaged, KeyRegistered, Kind, Risk, Timestamp,
-    TokenIssued, TriageStatus, encode_base64,
+    EventBody, EventId, FindingSuppressed, FindingTriaged, GrantCreated, KeyRegistered, Kind, Risk,
+    Timestamp, TokenIssued, TriageStatus, encode_base64,
 };
 use docket_testkit::workload::{Expect, Published, Roles, Workload};
 
@@ -147,6 +147,39 @@ async fn fleet(plant: bool) -> Fleet {
         w.roles.approvals.clone(),
     );
     let mut m = Maker { serial: 0 };
+    // agent-d holds a grant it used once, on the first day.
+    all.push(m.event(
+        start,
+        EventBody::GrantCreated(GrantCreated {
+            grant_id: "grant-dormant".into(),
+            user: "user-2".into(),
+            agent: "agent-d".into(),
+            audience: "crm".into(),
+            scopes: vec!["contacts:read".into()],
+            expires_at: start.plus_seconds(30 * 86_400),
+            max_calls: None,
+            max_token_ttl_s: None,
+            approval: Vec::new(),
+        }),
+        &vault,
+    ));
+    let mut dormant = |m: &mut Maker, ts: Timestamp, n: &str| {
+        let mut t = token("agent-d", n, &["contacts:read"], ts);
+        if let EventBody::TokenIssued(k) = &mut t {
+            k.grant_id = "grant-dormant".into();
+            k.audience = "crm".into();
+        }
+        m.event(ts, t, &vault)
+    };
+    all.push(dormant(&mut m, start.plus_seconds(200), "0"));
+    let dormant_call = |token_id: &str| {
+        let mut c = call("agent-d", "crm", "GET", "/contacts", "10.1.0.4", 200);
+        if let EventBody::ApiCalled(a) = &mut c {
+            a.token_id = token_id.into();
+        }
+        c
+    };
+    all.push(m.event(start.plus_seconds(300), dormant_call("tok-agent-d-0"), &gw));
     // Every ten minutes each agent makes its usual call; agent-a alternates two hosts and two operations.
     let mut t = start;
     for i in 0..(3 * 144) {
@@ -339,6 +372,20 @@ async fn fleet(plant: bool) -> Fleet {
             "Agent calls far above its own hourly rate",
             first..=all.len() as u64,
         ));
+        // agent-d's grant, unused for three days, takes ten calls in ten minutes.
+        all.push(dormant(&mut m, t.plus_seconds(1200), "1"));
+        for k in 0..10 {
+            all.push(m.event(
+                t.plus_seconds(1210 + k * 30),
+                dormant_call("tok-agent-d-1"),
+                &gw,
+            ));
+        }
+        at(
+            &mut all,
+            &mut planted,
+            "A dormant grant suddenly used heavily",
+        );
         // A new agent, still learning: only high detections may be raised about it.
         all.push(m.event(
             t.plus_seconds(1500),
