@@ -163,7 +163,7 @@ async fn fleet(plant: bool) -> Fleet {
         }),
         &vault,
     ));
-    let mut dormant = |m: &mut Maker, ts: Timestamp, n: &str| {
+    let dormant = |m: &mut Maker, ts: Timestamp, n: &str| {
         let mut t = token("agent-d", n, &["contacts:read"], ts);
         if let EventBody::TokenIssued(k) = &mut t {
             k.grant_id = "grant-dormant".into();
