@@ -389,13 +389,30 @@ fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
 }
 
 fn read_rule_file(path: &Path) -> Result<String, String> {
-    let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
-    if len > RULE_FILE_BYTES_MAX {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    // Looked at before opening: a FIFO would block, a device never end.
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > RULE_FILE_BYTES_MAX {
         return Err(format!(
-            "{len} bytes, more than the {RULE_FILE_BYTES_MAX} a rule file may be"
+            "{} bytes, more than the {RULE_FILE_BYTES_MAX} a rule file may be",
+            meta.len()
         ));
     }
-    std::fs::read_to_string(path).map_err(|e| e.to_string())
+    let mut text = String::new();
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(file, RULE_FILE_BYTES_MAX + 1),
+        &mut text,
+    )
+    .map_err(|e| e.to_string())?;
+    if text.len() as u64 > RULE_FILE_BYTES_MAX {
+        return Err(format!(
+            "more than the {RULE_FILE_BYTES_MAX} bytes a rule file may be"
+        ));
+    }
+    Ok(text)
 }
 
 impl Rule {

@@ -614,8 +614,21 @@ async fn sigma_rules_run_and_a_broken_rule_stops_nothing_else() {
          title: repo call\nname: repo_call\nlogsource:\n  product: docket\n  service: api.called\n\
          detection:\n  sel:\n    operation: /repos\n  condition: sel\n",
     );
+    // A FIFO named like a rule would block whoever opens it: refused without opening.
+    let fifo = rules_dir.path().join("pipe.yml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
     let (rules, problems) = detect::load(Some(rules_dir.path()), false);
-    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems[1].origin.ends_with("pipe.yml"), "{}", problems[1]);
+    assert!(
+        problems[1].why.contains("not a regular file"),
+        "{}",
+        problems[1]
+    );
     assert!(
         problems[0].origin.ends_with("broken.yml"),
         "{}",
