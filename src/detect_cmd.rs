@@ -22,7 +22,8 @@ pub struct DetectArgs {
     /// Report only what came after this seq (the rules still look back at everything before it).
     #[arg(long, default_value_t = 0)]
     after_seq: u64,
-    /// Print one JSON object per detection instead of a table.
+    /// Print one JSON object per detection instead of a table. The exit code is 1 when a rule
+    /// did not load or did not run (the others' detections are still printed).
     #[arg(long)]
     json: bool,
     /// Show only detections of this level or above (informational, low, medium, high, critical).
@@ -107,7 +108,7 @@ pub async fn detect(args: DetectArgs) -> Result<ExitCode> {
             args.learning
         )
     })?;
-    let (rules, _) = load(args.rules.as_deref(), args.no_built_in);
+    let (rules, not_loaded) = load(args.rules.as_deref(), args.no_built_in);
     let mut session = open(&args.data).await?;
     let head = session.coverage().head;
     let mut found = Vec::new();
@@ -166,7 +167,13 @@ pub async fn detect(args: DetectArgs) -> Result<ExitCode> {
             format!("; {} rules failed", failed.len())
         }
     );
-    Ok(ExitCode::SUCCESS)
+    // The detections of the rules that ran are printed either way; a script must still be
+    // able to tell that some rules did not run.
+    Ok(if failed.is_empty() && not_loaded.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn detection_json(d: &Detection, t: &Triage) -> serde_json::Value {

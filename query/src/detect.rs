@@ -467,7 +467,15 @@ impl Rule {
         let batches = session
             .query(&self.sql_for(from_seq, to_seq, fleet_learning_us))
             .await
-            .map_err(|e| problem(e.to_string()))?;
+            .map_err(|e| {
+                let hint = if matches!(&e, QueryError::DataFusion(d) if d.to_string().contains("Resources exhausted"))
+                {
+                    " (the rule needs more memory than a query may hold: run it over fewer entries at once, `docket detect --window`)"
+                } else {
+                    ""
+                };
+                problem(format!("{e}{hint}"))
+            })?;
         let mut out = Vec::new();
         for b in &batches {
             self.read_rows(b, &mut out).map_err(problem)?;
@@ -671,19 +679,34 @@ pub async fn run_all(
 pub async fn check_all(rules: &[Rule], session: &mut AuditSession) -> Vec<RuleProblem> {
     let mut problems = Vec::new();
     for rule in rules {
-        if let Err(e) = session.plan(&rule.sql_for(0, 0, LEARNING_DEFAULT_US)).await {
-            problems.push(RuleProblem {
-                origin: rule.origin.clone(),
-                line: None,
-                why: format!("its SQL does not plan: {}", first_line(&e)),
-            });
+        let problem = |why: String| RuleProblem {
+            origin: rule.origin.clone(),
+            line: None,
+            why,
+        };
+        match session.plan(&rule.sql_for(0, 0, LEARNING_DEFAULT_US)).await {
+            Err(e) => problems.push(problem(format!("its SQL does not plan: {e}"))),
+            Ok(df) => {
+                let missing: Vec<&str> = OUTPUT_COLUMNS
+                    .iter()
+                    .map(|(c, _)| *c)
+                    .filter(|c| df.schema().field_with_unqualified_name(c).is_err())
+                    .collect();
+                if !missing.is_empty() {
+                    problems.push(problem(format!(
+                        "its SQL returns no {} column (it must return {})",
+                        missing.join(", "),
+                        OUTPUT_COLUMNS
+                            .iter()
+                            .map(|(c, _)| *c)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            }
         }
     }
     problems
-}
-
-fn first_line(e: &QueryError) -> String {
-    e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
 #[cfg(test)]

@@ -575,6 +575,11 @@ async fn sigma_rules_run_and_a_broken_rule_stops_nothing_else() {
     )
     .expect("write");
     std::fs::write(
+        rules_dir.path().join("few_columns.yml"),
+        "title: few columns\nid: 0e7c3a6f-1b2d-4c5e-8f90-a1b2c3d4e5fa\nlevel: low\ndocket:\n  sql: SELECT seq, agent FROM api_calls\n",
+    )
+    .expect("write");
+    std::fs::write(
         rules_dir.path().join("bad_sql.yml"),
         "title: bad sql\nid: 0e7c3a6f-1b2d-4c5e-8f90-a1b2c3d4e5f9\nlevel: low\ndocket:\n  sql: SELECT seq FROM no_such_table\n",
     )
@@ -635,16 +640,28 @@ async fn sigma_rules_run_and_a_broken_rule_stops_nothing_else() {
         problems[0]
     );
     assert_eq!(problems[0].line, Some(3), "{}", problems[0]);
-    assert_eq!(rules.len(), 6);
+    assert_eq!(rules.len(), 7);
     let mut s = session(&f).await;
     let planned = detect::check_all(&rules, &mut s).await;
-    assert_eq!(planned.len(), 1, "{planned:?}");
+    assert_eq!(planned.len(), 2, "{planned:?}");
     assert!(planned[0].origin.ends_with("bad_sql.yml"), "{}", planned[0]);
     assert!(planned[0].why.contains("no_such_table"), "{}", planned[0]);
+    assert!(
+        planned[1].origin.ends_with("few_columns.yml"),
+        "{}",
+        planned[1]
+    );
+    assert!(
+        planned[1]
+            .why
+            .contains("no observed, baseline, evidence column"),
+        "{}",
+        planned[1]
+    );
     let head = s.coverage().head;
     let (found, failed) =
         detect::run_all(&rules, &mut s, 0, head, detect::LEARNING_DEFAULT_US).await;
-    assert_eq!(failed.len(), 1, "the bad SQL fails alone: {failed:?}");
+    assert_eq!(failed.len(), 2, "the bad rules fail alone: {failed:?}");
     let by = |title: &str| -> Vec<u64> {
         found
             .iter()
