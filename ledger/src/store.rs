@@ -433,19 +433,30 @@ impl Store {
     /// The registry before any entry: the ledger's recorded admin and checkpoint keys.
     pub fn genesis_registry(&self) -> Result<Registry, StoreError> {
         let id = self.identity()?;
-        let key = |field: &str, b64: &str| {
-            docket_schemas::decode_public_key(b64)
-                .ok()
-                .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
-                .ok_or_else(|| StoreError::CorruptMeta {
-                    path: self.path.clone(),
-                    key: field.into(),
-                })
-        };
         Ok(Registry::new(
-            &key("admin_public_key", &id.admin_public_key)?,
-            &key("ledger_public_key", &id.ledger_public_key)?,
+            &self.recorded_key("admin_public_key", &id.admin_public_key)?,
+            &self.recorded_key("ledger_public_key", &id.ledger_public_key)?,
         ))
+    }
+
+    /// The ledger's recorded checkpoint key (which also seals the columnar copy).
+    pub fn ledger_key(&self) -> Result<ed25519_dalek::VerifyingKey, StoreError> {
+        let id = self.identity()?;
+        self.recorded_key("ledger_public_key", &id.ledger_public_key)
+    }
+
+    fn recorded_key(
+        &self,
+        field: &str,
+        b64: &str,
+    ) -> Result<ed25519_dalek::VerifyingKey, StoreError> {
+        docket_schemas::decode_public_key(b64)
+            .ok()
+            .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
+            .ok_or_else(|| StoreError::CorruptMeta {
+                path: self.path.clone(),
+                key: field.into(),
+            })
     }
 
     /// The chain tip as last committed; an empty chain with a fresh registry when new.

@@ -25,7 +25,7 @@ use datafusion::object_store::{
 };
 use docket_ledger::chain::hex;
 use docket_ledger::store::Store;
-use docket_schemas::{decode_base64, decode_public_key, encode_base64, key_id};
+use docket_schemas::{decode_base64, encode_base64, key_id};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use futures::stream::{self, BoxStream, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -308,15 +308,7 @@ impl CheckedSeal {
 
 /// The ledger key seals are checked with: the one the store records, which a sealing key must match.
 pub fn ledger_key(store: &Store, sealer: Option<&SigningKey>) -> Result<VerifyingKey, QueryError> {
-    let identity = store.identity()?;
-    let recorded = decode_public_key(&identity.ledger_public_key)
-        .ok()
-        .and_then(|b| VerifyingKey::from_bytes(&b).ok())
-        .ok_or_else(|| {
-            QueryError::LedgerKey(
-                "the ledger's recorded checkpoint key is not an ed25519 key".into(),
-            )
-        })?;
+    let recorded = store.ledger_key()?;
     if let Some(key) = sealer.filter(|k| k.verifying_key() != recorded) {
         return Err(QueryError::LedgerKey(format!(
             "the given ledger key is {} but this ledger's checkpoint key is {}",

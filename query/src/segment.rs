@@ -99,7 +99,7 @@ pub fn list(dir: &Path) -> Result<Vec<Segment>, QueryError> {
         .collect::<Result<Vec<_>, _>>()?;
     // Where two files start at one seq (a stale one, or one put there), the one with a seal
     // comes first, so that an unsealed file cannot push a sealed segment out of the run.
-    out.sort_by_key(|s| {
+    out.sort_by_cached_key(|s| {
         (
             s.first_seq,
             !crate::seal::seal_path(&s.path).is_file(),

@@ -418,18 +418,7 @@ async fn fleet(plant: bool) -> Fleet {
             "Agent active at an hour it has never been active",
         );
     }
-    for (i, chunk) in all.chunks(BATCH_EVENTS_MAX).enumerate() {
-        let items = chunk
-            .iter()
-            .enumerate()
-            .map(|(j, p)| Incoming {
-                subject: p.subject.clone(),
-                payload: p.envelope.clone().into(),
-                source_seq: (i * BATCH_EVENTS_MAX + j + 1) as u64,
-            })
-            .collect();
-        ledger.commit(items).await.expect("commit");
-    }
+    commit(&mut ledger, &all, 1).await;
     let head = ledger.tip().seq;
     drop(ledger);
     // Every published event was appended after the genesis entries: position n is seq head - len + n.
@@ -699,6 +688,22 @@ async fn sigma_rules_run_and_a_broken_rule_stops_nothing_else() {
     );
 }
 
+/// Commits `events` in batches as ingest would, their stream seqs counting from `first_source_seq`.
+async fn commit(ledger: &mut Ledger, events: &[Published], first_source_seq: u64) {
+    for (i, chunk) in events.chunks(BATCH_EVENTS_MAX).enumerate() {
+        let items = chunk
+            .iter()
+            .enumerate()
+            .map(|(j, p)| Incoming {
+                subject: p.subject.clone(),
+                payload: p.envelope.clone().into(),
+                source_seq: first_source_seq + (i * BATCH_EVENTS_MAX + j) as u64,
+            })
+            .collect();
+        ledger.commit(items).await.expect("commit");
+    }
+}
+
 /// Appends `events` to the fleet's ledger, as a restarted ledger would.
 async fn append(f: &Fleet, events: Vec<Published>) {
     let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
@@ -709,17 +714,8 @@ async fn append(f: &Fleet, events: Vec<Published>) {
     let mut ledger =
         Ledger::new(store, key, Config::default().checkpoint_policy()).expect("ledger");
     let first = ledger.store().last_source_seq().expect("source seq") + 1;
-    let items = events
-        .iter()
-        .enumerate()
-        .map(|(j, p)| Incoming {
-            subject: p.subject.clone(),
-            payload: p.envelope.clone().into(),
-            source_seq: first + j as u64,
-        })
-        .collect();
     let head = ledger.tip().seq;
-    ledger.commit(items).await.expect("commit");
+    commit(&mut ledger, &events, first).await;
     assert_eq!(
         ledger.tip().seq,
         head + events.len() as u64,
