@@ -46,6 +46,8 @@ pub const LEARNING_DEFAULT_US: i64 = 86_400 * 1_000_000;
 const HIGH_RANK: usize = 3;
 /// The column the engine adds to a rule's rows: its trigger's `ts`.
 const TRIGGER_TS: &str = "docket_trigger_ts";
+/// Most characters of a parser's message shown in a problem.
+const PROBLEM_QUOTE_CHARS: usize = 160;
 /// Largest rule file read.
 pub const RULE_FILE_BYTES_MAX: u64 = 256 * 1024;
 /// Most detections one rule may report in one window: past it the rule is reported as too noisy.
@@ -228,9 +230,12 @@ pub fn parse_rule(origin: &str, text: &str) -> Result<Rule, RuleProblem> {
         why,
     };
     let not_a_rule = |e: serde_yaml::Error| {
+        // The parser quotes what it read: cut short, so a file that is not a rule (a link to
+        // some other file) is not printed whole.
+        let why: String = e.to_string().chars().take(PROBLEM_QUOTE_CHARS).collect();
         problem(
             e.location().map(|l| l.line()),
-            format!("not a rule file: {e}"),
+            format!("not a rule file: {why}"),
         )
     };
     let docs = documents(text).map_err(not_a_rule)?;
@@ -733,6 +738,13 @@ mod tests {
         let text = "title: x\nid: 7d5f9f0e-0000-4000-8000-000000000001\nlevel: low\ndocket:\n  sql: SELECT 1\n  learning: 3 weeks\n";
         let p = parse_rule("r.yml", text).expect_err("bad duration");
         assert_eq!(p.line, Some(6));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_rule_is_not_printed_whole() {
+        let secret = format!("root:x:0:0:{}", "s".repeat(2_000));
+        let p = parse_rule("passwd", &secret).expect_err("not a rule");
+        assert!(p.why.len() < 300, "{}", p.why);
     }
 
     #[test]
