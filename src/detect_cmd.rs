@@ -261,3 +261,37 @@ pub async fn rules(cmd: RulesCommand) -> Result<ExitCode> {
         }
     }
 }
+
+/// Starts `serve`'s detector: loads the rules (a rule that does not load is reported with its
+/// file and line, the others run) and runs them live until `stop` is set.
+pub fn spawn_live(
+    data: &std::path::Path,
+    config: &docket_ledger::config::DetectionConfig,
+    learning_us: i64,
+    key: ed25519_dalek::SigningKey,
+    client: &async_nats::Client,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let (rules, problems) = detect::load(config.rules_dir.as_deref(), config.built_in);
+    for p in &problems {
+        tracing::error!(problem = %p, "a detection rule did not load; the others run");
+    }
+    let detector = docket_query::live::LiveDetector {
+        data: data.to_path_buf(),
+        rules,
+        learning_us,
+        key,
+        sink: docket_ledger::publisher::Sink::Nats(async_nats::jetstream::new(client.clone())),
+        bus: docket_ledger::transport::Bus::Nats(client.clone()),
+        window: docket_query::live::DETECT_WINDOW_MAX,
+        session: SessionOptions::default(),
+    };
+    let stats = std::sync::Arc::new(std::sync::Mutex::new(
+        docket_query::live::LiveStats::default(),
+    ));
+    tokio::spawn(async move {
+        if let Err(e) = detector.run(stop, stats).await {
+            tracing::error!(error = %e, "detection stopped; the ledger goes on without it");
+        }
+    })
+}

@@ -4,6 +4,7 @@ mod bench;
 mod bench_sql;
 mod demo;
 mod detect_cmd;
+mod findings_cmd;
 mod measure;
 mod policy_cmd;
 mod query_guard;
@@ -78,8 +79,9 @@ enum Command {
     Revoke(vault_cmd::RevokeArgs),
     /// Vault: ask whether a token is active (RFC 7662), as a gateway.
     Introspect(vault_cmd::IntrospectArgs),
-    /// Policy violations found while deriving the state.
-    Findings(state_cmd::FindingsArgs),
+    /// Findings: policy violations and recorded detections with their triage; `triage` and
+    /// `suppress` record an analyst's decision.
+    Findings(findings_cmd::FindingsArgs),
     /// The policy on the chain (the settings every decision and finding follows): show it, or record a change.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
@@ -171,6 +173,17 @@ struct ServeArgs {
     /// it (SECURITY.md).
     #[arg(long, env = "DOCKET_LEDGER_KEY_FILE")]
     ledger_key: Option<PathBuf>,
+    /// A directory of detection rule files run beside the built-in ones (overrides the
+    /// config's [detection] rules_dir; docs/DETECTION.md).
+    #[arg(long, value_name = "DIR")]
+    rules: Option<PathBuf>,
+    /// Run no detection rules.
+    #[arg(long)]
+    no_detect: bool,
+    /// How long a new agent is observed before rules below high may fire about it
+    /// (`30m`, `24h`, `7d`; overrides the config; recorded on the chain with the rules).
+    #[arg(long, value_name = "DURATION")]
+    learning: Option<String>,
 }
 
 /// How to authenticate to NATS and protect the connection (docs/NATS.md).
@@ -397,7 +410,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             Ok(ok)
         }
         Command::State(cmd) => state_cmd::run(cmd),
-        Command::Findings(args) => state_cmd::findings(args),
+        Command::Findings(args) => findings_cmd::run(args).await,
         Command::Policy(cmd) => policy_cmd::run(cmd).await,
         Command::Grant(a) => vault_cmd::grant(a).await,
         Command::Token(a) => vault_cmd::token(a).await,
@@ -537,6 +550,22 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(k) = args.vault_key {
         config.vault_key = Some(k);
     }
+    if let Some(d) = args.rules {
+        config.detection.rules_dir = Some(d);
+    }
+    if args.no_detect {
+        config.detection.enabled = false;
+    }
+    if let Some(l) = args.learning {
+        config.detection.learning = l;
+    }
+    let learning_us = docket_query::detect::parse_duration_us(&config.detection.learning)
+        .with_context(|| {
+            format!(
+                "[detection] learning {:?} is not a duration such as 30m, 24h or 7d",
+                config.detection.learning
+            )
+        })?;
     let data = &args.data.data;
     // A ledger records its origin and admin key when it is created; a restart needs no reminder.
     let recorded = if db_dir(data).join("CURRENT").exists() {
@@ -631,12 +660,27 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let stop_sealing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // The checkpoint key also seals the columnar copy, so that SQL can tell edited segments.
     let sealing_key = keyfile::read(&ledger_key_path(data, &config))?;
-    let sealer = sql_cmd::spawn_sealer(data.clone(), sealing_key, stop_sealing.clone());
+    let sealer = sql_cmd::spawn_sealer(data.clone(), sealing_key.clone(), stop_sealing.clone());
+    let detector = if config.detection.enabled {
+        Some(detect_cmd::spawn_live(
+            data,
+            &config.detection,
+            learning_us,
+            sealing_key,
+            &source.client,
+            stop_sealing.clone(),
+        ))
+    } else {
+        None
+    };
     let result = ledger
         .run(Source::Nats(Box::new(source)), bus, shutdown)
         .await;
     stop_sealing.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = sealer.join();
+    if let Some(d) = detector {
+        let _ = d.await;
+    }
     result?;
     tracing::info!(seq = ledger.tip().seq, stats = ?ledger.stats, "ledger stopped cleanly");
     Ok(())
@@ -685,12 +729,23 @@ async fn publish(args: PublishArgs) -> Result<std::process::ExitCode> {
             std::fs::File::open(&args.input).with_context(|| format!("opening {}", args.input))?;
         Box::new(std::io::BufReader::new(f))
     };
+    publish_lines(&args.nats, &args.nats_auth, args.wait, &key, reader.lines()).await
+}
+
+/// Signs and publishes unsigned events, one JSON object per line; with `wait`, reports the
+/// ledger's verdict on each (`docket publish`, `docket findings triage`).
+pub async fn publish_lines(
+    nats: &str,
+    nats_auth: &NatsAuthArgs,
+    wait: Option<u64>,
+    key: &ed25519_dalek::SigningKey,
+    lines: impl Iterator<Item = std::io::Result<String>>,
+) -> Result<std::process::ExitCode> {
     // With --wait the caller has said how long it will wait: a server still starting within
     // that time is no failure. Without it, a wrong URL fails at once.
-    let patience = Duration::from_secs(args.wait.unwrap_or(0));
+    let patience = Duration::from_secs(wait.unwrap_or(0));
     let client =
-        docket_ledger::transport::connect_within(&args.nats, &args.nats_auth.auth(), patience)
-            .await?;
+        docket_ledger::transport::connect_within(nats, &nats_auth.auth(), patience).await?;
     let js = async_nats::jetstream::new(client.clone());
     // A producer with per-identity permissions may not manage streams: the ledger made it.
     if let Err(e) = docket_ledger::transport::ensure_stream(&js).await {
@@ -706,14 +761,14 @@ async fn publish(args: PublishArgs) -> Result<std::process::ExitCode> {
         }
         acks.push((index, r));
     };
-    for (n, line) in reader.lines().enumerate() {
+    for (n, line) in lines.enumerate() {
         let line = line.context("reading input")?;
         if line.trim().is_empty() {
             continue;
         }
         let now = docket_ledger::clock::now()?;
         let id = EventId(*uuid::Uuid::now_v7().as_bytes());
-        match prepare(&line, &key, now, id) {
+        match prepare(&line, key, now, id) {
             Ok((subject, envelope, id)) => {
                 let kind = subject
                     .strip_prefix(docket_ledger::transport::EVENT_SUBJECT_PREFIX)
@@ -743,7 +798,7 @@ async fn publish(args: PublishArgs) -> Result<std::process::ExitCode> {
     }
     let st = &publisher.stats;
     let not_published = st.failed + invalid;
-    if args.wait.is_none() {
+    if wait.is_none() {
         // JetStream's ack is not the ledger's verdict: say so, every time.
         println!(
             "published {}: JetStream stored {} ({} already within its duplicate window), failed {}, invalid {invalid}",
@@ -758,7 +813,7 @@ async fn publish(args: PublishArgs) -> Result<std::process::ExitCode> {
         }
         return Ok(std::process::ExitCode::SUCCESS);
     }
-    let wait = Duration::from_secs(args.wait.unwrap_or(0));
+    let wait = Duration::from_secs(wait.unwrap_or(0));
     let fates = wait_for_fates(&client, &sent, wait).await?;
     let (mut appended, mut duplicates, mut quarantined, mut pending) = (0u64, 0u64, 0u64, 0u64);
     let mut out = std::io::stdout().lock();

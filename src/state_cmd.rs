@@ -1,4 +1,4 @@
-//! `docket state` and `docket findings`: the derived state as tables or JSON, now or as of a seq or time.
+//! `docket state`: the derived state as tables or JSON, now or as of a seq or time.
 
 use std::io::Write;
 
@@ -52,20 +52,9 @@ pub struct ViewArgs {
     unchecked: bool,
 }
 
-#[derive(Args)]
-pub struct FindingsArgs {
-    #[command(flatten)]
-    data: crate::DataArgs,
-    #[arg(long, value_enum, default_value = "table")]
-    format: Format,
-    /// Show the stored findings without first checking them against a replay of the chain.
-    #[arg(long)]
-    unchecked: bool,
-}
-
 /// Refuses to show what is stored beside the chain when it is not what the chain derives
 /// (SECURITY.md, row 3): an auditor reading offline must not be shown an edited store.
-fn checked(store: &Store) -> Result<()> {
+pub fn checked(store: &Store) -> Result<()> {
     let report = rebuild_check(store)?;
     if !report.agrees() {
         anyhow::bail!(
@@ -120,7 +109,7 @@ fn in_order<'a, T: 'a>(values: impl Iterator<Item = &'a T>, seq: impl Fn(&T) -> 
 
 /// One row: its columns in the order a table shows them. Each view names its columns here,
 /// so the table and the JSON carry the same fields and no view borrows another's layout.
-type Row = Vec<(&'static str, Value)>;
+pub type Row = Vec<(&'static str, Value)>;
 
 fn rows(state: &VaultState, view: View, at: Timestamp) -> Vec<Row> {
     let scopes =
@@ -257,7 +246,7 @@ fn table(rows: &[Row]) -> Vec<String> {
 }
 
 /// Prints rows as JSON lines or as an aligned table.
-fn print_rows(rows: &[Row], format: Format) {
+pub fn print_rows(rows: &[Row], format: Format) {
     let mut out = std::io::stdout().lock();
     let lines: Vec<String> = match format {
         Format::Json => rows
@@ -324,32 +313,6 @@ fn rebuild(data: &crate::DataArgs, repair: bool) -> Result<std::process::ExitCod
         "`docket state rebuild --data DIR --repair` replaces them with what the chain derives"
     );
     Ok(std::process::ExitCode::from(1))
-}
-
-pub fn findings(args: FindingsArgs) -> Result<std::process::ExitCode> {
-    let store = Store::open_reader(&crate::db_dir(&args.data.data))?;
-    if !args.unchecked {
-        checked(&store)?;
-    }
-    let rows: Vec<Row> = store
-        .findings()?
-        .into_iter()
-        .map(|f| {
-            vec![
-                ("seq", json!(f.seq)),
-                ("ts", json!(f.ts.to_string())),
-                ("severity", json!(f.severity)),
-                ("rule", json!(f.rule)),
-                ("agent", json!(f.agent)),
-                // A list of seqs in JSON, as docs/QUERIES.md says; comma-separated in a table.
-                ("evidence", json!(f.evidence)),
-                // Last, so a table never cuts it.
-                ("message", json!(f.message)),
-            ]
-        })
-        .collect();
-    print_rows(&rows, args.format);
-    Ok(std::process::ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

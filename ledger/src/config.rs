@@ -39,6 +39,46 @@ pub struct Config {
     /// printing the command that records this one.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// `[detection]`: which rules `serve` runs live (docs/DETECTION.md).
+    #[serde(default)]
+    pub detection: DetectionConfig,
+}
+
+/// `[detection]`: the rules `serve` runs. What it runs is recorded on the chain (`rules.set`)
+/// when it starts; this file only says what to put there.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DetectionConfig {
+    /// Run detection inside `serve`.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A directory of the deployment's own rule files (`*.yml`), run beside the built-in ones.
+    #[serde(default)]
+    pub rules_dir: Option<PathBuf>,
+    /// Run the built-in rules.
+    #[serde(default = "default_true")]
+    pub built_in: bool,
+    /// How long a new agent is observed before rules below `high` may fire about it (`30m`, `24h`, `7d`).
+    #[serde(default = "default_learning")]
+    pub learning: String,
+}
+
+impl Default for DetectionConfig {
+    fn default() -> Self {
+        DetectionConfig {
+            enabled: true,
+            rules_dir: None,
+            built_in: true,
+            learning: default_learning(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_learning() -> String {
+    "1d".into()
 }
 
 /// `[policy]`: settings the operator expects; unset ones take the chain's.
@@ -131,6 +171,7 @@ impl Default for Config {
             consumer: default_consumer(),
             vault_key: None,
             policy: PolicyConfig::default(),
+            detection: DetectionConfig::default(),
         }
     }
 }

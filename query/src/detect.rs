@@ -15,7 +15,11 @@ use std::path::{Path, PathBuf};
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, UInt64Type};
-use docket_schemas::{Event, EventBody, FindingSuppressed, FindingTriaged, Timestamp};
+use docket_schemas::limits::{EVIDENCE_PER_FINDING_MAX, RULE_TITLE_BYTES_MAX, TEXT_BYTES_MAX};
+use docket_schemas::{
+    Event, EventBody, EventId, FindingRaised, FindingSuppressed, FindingTriaged, Level,
+    RuleVersion, RulesSet, SCHEMA_VERSION, Timestamp,
+};
 use serde::Deserialize;
 
 use crate::QueryError;
@@ -44,8 +48,16 @@ pub const OUTPUT_COLUMNS: &[(&str, &str)] = &[
 pub const LEARNING_DEFAULT_US: i64 = 86_400 * 1_000_000;
 /// Rank of `high` in [`LEVELS`]: detections at or above it are raised during a learning period.
 const HIGH_RANK: usize = 3;
-/// The column the engine adds to a rule's rows: its trigger's `ts`.
+/// The columns the engine adds to a rule's rows: its trigger's `ts`, user and audience.
 const TRIGGER_TS: &str = "docket_trigger_ts";
+const TRIGGER_USER: &str = "docket_trigger_user";
+const TRIGGER_AUDIENCE: &str = "docket_trigger_audience";
+/// What the engine joins to a rule's rows: its trigger entry, and the user the agent was first
+/// registered for before it (an `api.called` names no user).
+const TRIGGER_JOIN: &str = "JOIN events t ON t.seq = d.seq \
+     LEFT JOIN (SELECT agent, first_value(\"user\" ORDER BY seq) AS \"user\", min(seq) AS registered_seq \
+       FROM events WHERE kind = 'agent.registered' GROUP BY agent) u \
+       ON u.agent = d.agent AND u.registered_seq < d.seq";
 /// Most characters of a parser's message shown in a problem.
 const PROBLEM_QUOTE_CHARS: usize = 160;
 /// Largest rule file read.
@@ -177,9 +189,15 @@ pub struct Detection {
     pub title: String,
     pub level: String,
     pub agent: String,
+    /// The trigger's user (for an API call, the user its agent was registered for), if any.
+    pub user: Option<String>,
+    /// The trigger's audience, if it has one.
+    pub audience: Option<String>,
     pub observed: String,
     pub baseline: String,
     pub evidence: Vec<u64>,
+    /// The `content_hash` of the rule that saw it.
+    pub rule_hash: String,
 }
 
 /// A rule that could not be loaded or run, with where and why.
@@ -432,17 +450,19 @@ impl Rule {
             .replace("${learning_us}", &self.learning_us.to_string())
             .replace("${lookback_us}", &self.lookback_us.to_string());
         // Whatever the body does, only triggers inside the window are reported, once each.
+        let select = format!(
+            "SELECT d.*, t.ts AS {TRIGGER_TS}, COALESCE(t.\"user\", u.\"user\") AS {TRIGGER_USER}, \
+             t.audience AS {TRIGGER_AUDIENCE} FROM ({body}) AS d {TRIGGER_JOIN}"
+        );
         if self.level_rank() >= HIGH_RANK || fleet_learning_us <= 0 {
             return format!(
-                "SELECT d.*, t.ts AS {TRIGGER_TS} FROM ({body}) AS d JOIN events t ON t.seq = d.seq \
-                 WHERE d.seq > {from_seq} AND d.seq <= {to_seq} ORDER BY d.seq"
+                "{select} WHERE d.seq > {from_seq} AND d.seq <= {to_seq} ORDER BY d.seq"
             );
         }
         // An agent's first entry is its least seq, which no later append can change (a least
         // `ts` could, with a late arrival dated earlier), so the period is the same live and in replay.
         format!(
-            "SELECT d.*, t.ts AS {TRIGGER_TS} FROM ({body}) AS d \
-             JOIN events t ON t.seq = d.seq \
+            "{select} \
              JOIN (SELECT agent, min(seq) AS first_seq FROM events WHERE agent IS NOT NULL GROUP BY agent) a \
                ON a.agent = d.agent \
              JOIN events f ON f.seq = a.first_seq \
@@ -526,6 +546,8 @@ impl Rule {
                 .collect())
         };
         let (agent, observed, baseline) = (text("agent")?, text("observed")?, text("baseline")?);
+        let (user, audience) = (text(TRIGGER_USER)?, text(TRIGGER_AUDIENCE)?);
+        let some = |v: &str| (!v.is_empty()).then(|| v.to_string());
         let ts = column(TRIGGER_TS)?;
         let ts = datafusion::arrow::compute::cast(ts, &DataType::Int64)
             .map_err(|e| format!("trigger time: {e}"))?;
@@ -557,9 +579,12 @@ impl Rule {
                 title: self.title.clone(),
                 level: self.level.clone(),
                 agent: agent[i].clone(),
+                user: some(&user[i]),
+                audience: some(&audience[i]),
                 observed: observed[i].clone(),
                 baseline: baseline[i].clone(),
                 evidence: seqs.into_iter().collect(),
+                rule_hash: self.content_hash.clone(),
             });
         }
         Ok(())
@@ -571,6 +596,234 @@ impl Detection {
     pub fn id(&self) -> String {
         format!("{}@{}", self.rule_id, self.seq)
     }
+
+    /// The `finding.raised` event that records it. Its `ts` is the trigger's and its id is
+    /// derived from the rule version and the seq, so deriving it again gives the same event.
+    /// Texts are cut to their limit and evidence keeps the trigger and the earliest others.
+    pub fn to_event(&self) -> Result<Event, String> {
+        let level = Level::parse(&self.level)
+            .ok_or_else(|| format!("level {:?} is not a Sigma level", self.level))?;
+        let mut evidence = self.evidence.clone();
+        if evidence.len() > EVIDENCE_PER_FINDING_MAX {
+            evidence.retain(|s| *s != self.seq);
+            evidence.truncate(EVIDENCE_PER_FINDING_MAX - 1);
+            evidence.push(self.seq);
+            evidence.sort_unstable();
+        }
+        let body = FindingRaised {
+            finding: self.id(),
+            rule_id: self.rule_id.clone(),
+            rule_hash: self.rule_hash.clone(),
+            title: cut(&self.title, TEXT_BYTES_MAX),
+            level,
+            seq: self.seq,
+            agent: (!self.agent.is_empty()).then(|| self.agent.clone()),
+            user: self.user.clone(),
+            audience: self.audience.clone(),
+            observed: cut(&self.observed, TEXT_BYTES_MAX),
+            baseline: cut(&self.baseline, TEXT_BYTES_MAX),
+            evidence,
+        };
+        let digest = blake3::hash(
+            format!("docket finding.raised\n{}\n{}", self.rule_hash, self.seq).as_bytes(),
+        );
+        let mut bits = [0u8; 16];
+        bits.copy_from_slice(&digest.as_bytes()[..16]);
+        let ms = u64::try_from(self.ts.as_micros() / 1000)
+            .map_err(|_| format!("trigger time {} is before 1970", self.ts))?;
+        let event = Event {
+            v: SCHEMA_VERSION,
+            id: EventId::derived(ms, bits),
+            ts: self.ts,
+            body: EventBody::FindingRaised(body),
+        };
+        event
+            .validate()
+            .map_err(|e| format!("{}: {e}", self.id()))?;
+        Ok(event)
+    }
+}
+
+impl Detection {
+    /// A detection as a `finding.raised` recorded it, the event's `ts` being the trigger's.
+    pub fn from_record(ts: Timestamp, f: &FindingRaised) -> Detection {
+        Detection {
+            seq: f.seq,
+            ts,
+            rule_id: f.rule_id.clone(),
+            title: f.title.clone(),
+            level: f.level.as_str().to_string(),
+            agent: f.agent.clone().unwrap_or_default(),
+            user: f.user.clone(),
+            audience: f.audience.clone(),
+            observed: f.observed.clone(),
+            baseline: f.baseline.clone(),
+            evidence: f.evidence.clone(),
+            rule_hash: f.rule_hash.clone(),
+        }
+    }
+}
+
+/// The detections recorded on the chain up to `to_seq` (`finding.raised`), each with the seq of
+/// its record, in record order.
+pub async fn recorded(
+    session: &AuditSession,
+    to_seq: u64,
+) -> Result<Vec<(u64, Detection)>, QueryError> {
+    Ok(read_events(session, &["finding.raised"], 0, to_seq)
+        .await?
+        .into_iter()
+        .filter_map(|(seq, e)| match &e.body {
+            EventBody::FindingRaised(f) => Some((seq, Detection::from_record(e.ts, f))),
+            _ => None,
+        })
+        .collect())
+}
+
+/// `text` cut at a character boundary to at most `max` bytes.
+fn cut(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+impl Rule {
+    /// How a `rules.set` names this version of the rule.
+    pub fn version(&self) -> Result<RuleVersion, String> {
+        Ok(RuleVersion {
+            id: self.id.clone(),
+            title: cut(&self.title, RULE_TITLE_BYTES_MAX),
+            level: Level::parse(&self.level)
+                .ok_or_else(|| format!("level {:?} is not a Sigma level", self.level))?,
+            content_hash: self.content_hash.clone(),
+        })
+    }
+}
+
+/// The `rules.set` that puts `rules` in force with a learning period of `learning_us`.
+pub fn rules_set(rules: &[Rule], learning_us: i64) -> Result<RulesSet, String> {
+    let learning_s = u64::try_from(learning_us / 1_000_000)
+        .map_err(|_| "a learning period is not negative".to_string())?;
+    Ok(RulesSet {
+        rules: rules.iter().map(Rule::version).collect::<Result<_, _>>()?,
+        learning_s,
+    })
+}
+
+/// Every event of `kinds` in `(from_seq, to_seq]`, decoded, in seq order.
+/// Reads `events` directly (no small table is needed), so building the `findings` table can call it.
+pub async fn read_events(
+    session: &AuditSession,
+    kinds: &[&str],
+    from_seq: u64,
+    to_seq: u64,
+) -> Result<Vec<(u64, Event)>, QueryError> {
+    let kinds: Vec<String> = kinds.iter().map(|k| format!("'{k}'")).collect();
+    let sql = format!(
+        "SELECT seq, payload FROM events WHERE kind IN ({}) \
+         AND seq > {from_seq} AND seq <= {to_seq} ORDER BY seq",
+        kinds.join(", ")
+    );
+    let timeout = session.timeout();
+    let batches = tokio::time::timeout(timeout, async {
+        session.context().sql(&sql).await?.collect().await
+    })
+    .await
+    .map_err(|_| QueryError::Timeout(timeout))??;
+    let mut out = Vec::new();
+    for b in &batches {
+        let seqs = datafusion::arrow::compute::cast(b.column(0), &DataType::UInt64)?;
+        let seqs = seqs.as_primitive::<UInt64Type>();
+        let payloads = datafusion::arrow::compute::cast(b.column(1), &DataType::Utf8)?;
+        let payloads = payloads.as_string::<i32>();
+        for i in 0..b.num_rows() {
+            let seq = seqs.value(i);
+            let event = Event::from_payload(payloads.value(i).as_bytes()).map_err(|e| {
+                QueryError::Undecodable {
+                    seq,
+                    why: e.to_string(),
+                }
+            })?;
+            out.push((seq, event));
+        }
+    }
+    Ok(out)
+}
+
+/// Every `rules.set` up to `to_seq`, in seq order.
+pub async fn rule_sets(
+    session: &AuditSession,
+    to_seq: u64,
+) -> Result<Vec<(u64, RulesSet)>, QueryError> {
+    Ok(read_events(session, &["rules.set"], 0, to_seq)
+        .await?
+        .into_iter()
+        .filter_map(|(seq, e)| match e.body {
+            EventBody::RulesSet(r) => Some((seq, r)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// What running the recorded rule sets over a stretch of the log gave.
+#[derive(Debug, Default)]
+pub struct RecordedRun {
+    pub detections: Vec<Detection>,
+    pub problems: Vec<RuleProblem>,
+    /// Rule versions in force that were not among the rules given, each with the stretch of
+    /// seqs it was not run over.
+    pub missing: Vec<(RuleVersion, u64, u64)>,
+}
+
+/// Runs over `(from_seq, to_seq]` the rules in force at each trigger, from `sets` (the log's
+/// `rules.set` entries in seq order): a set recorded at seq R governs the entries after R up
+/// to the next set. Before the first set no rule is in force. Serve's detector and a
+/// replay (`docket findings --check`) both call this, so they cannot disagree on which rule
+/// judged which entry.
+pub async fn run_recorded(
+    available: &[Rule],
+    sets: &[(u64, RulesSet)],
+    session: &mut AuditSession,
+    from_seq: u64,
+    to_seq: u64,
+) -> RecordedRun {
+    let mut cuts = vec![from_seq];
+    cuts.extend(
+        sets.iter()
+            .map(|(s, _)| *s)
+            .filter(|s| *s > from_seq && *s < to_seq),
+    );
+    cuts.push(to_seq);
+    let mut out = RecordedRun::default();
+    for piece in cuts.windows(2) {
+        let (a, b) = (piece[0], piece[1]);
+        if a >= b {
+            continue;
+        }
+        let Some((_, set)) = sets.iter().rev().find(|(s, _)| *s <= a) else {
+            continue;
+        };
+        let mut rules = Vec::new();
+        for v in &set.rules {
+            match available
+                .iter()
+                .find(|r| r.id == v.id && r.content_hash == v.content_hash)
+            {
+                Some(r) => rules.push(r.clone()),
+                None => out.missing.push((v.clone(), a, b)),
+            }
+        }
+        let learning_us = i64::try_from(set.learning_s)
+            .unwrap_or(i64::MAX / 1_000_000)
+            .saturating_mul(1_000_000);
+        let (found, problems) = run_all(&rules, session, a, b, learning_us).await;
+        out.detections.extend(found);
+        out.problems.extend(problems);
+    }
+    out.detections.sort();
+    out
 }
 
 /// Where a detection stands, from the triage events on the chain.
@@ -589,7 +842,12 @@ pub struct Triage {
 impl Triage {
     /// Open (never triaged, or reopened) and not suppressed.
     pub fn is_open(&self) -> bool {
-        (self.status == "open" || self.status == "reopened") && self.suppressed_by.is_none()
+        self.is_open_status() && self.suppressed_by.is_none()
+    }
+
+    /// Never triaged, or reopened (whether or not a suppression covers it).
+    pub fn is_open_status(&self) -> bool {
+        self.status == "open" || self.status == "reopened"
     }
 }
 
@@ -603,34 +861,22 @@ pub struct TriageLog {
 
 impl TriageLog {
     /// Reads every `finding.triaged` and `finding.suppressed` up to `to_seq`, in seq order.
-    pub async fn read(session: &mut AuditSession, to_seq: u64) -> Result<TriageLog, QueryError> {
-        let batches = session
-            .query(&format!(
-                "SELECT seq, payload FROM events WHERE kind IN ('finding.triaged', 'finding.suppressed') \
-                 AND seq <= {to_seq} ORDER BY seq"
-            ))
-            .await?;
+    pub async fn read(session: &AuditSession, to_seq: u64) -> Result<TriageLog, QueryError> {
         let mut log = TriageLog::default();
-        for b in &batches {
-            let seqs = datafusion::arrow::compute::cast(b.column(0), &DataType::UInt64)?;
-            let seqs = seqs.as_primitive::<UInt64Type>();
-            let payloads = datafusion::arrow::compute::cast(b.column(1), &DataType::Utf8)?;
-            let payloads = payloads.as_string::<i32>();
-            for i in 0..b.num_rows() {
-                let seq = seqs.value(i);
-                let event = Event::from_payload(payloads.value(i).as_bytes()).map_err(|e| {
-                    QueryError::Undecodable {
-                        seq,
-                        why: e.to_string(),
-                    }
-                })?;
-                match event.body {
-                    EventBody::FindingTriaged(t) => {
-                        log.decisions.insert(t.finding.clone(), (seq, t));
-                    }
-                    EventBody::FindingSuppressed(s) => log.suppressions.push((seq, s)),
-                    _ => {}
+        let events = read_events(
+            session,
+            &["finding.triaged", "finding.suppressed"],
+            0,
+            to_seq,
+        )
+        .await?;
+        for (seq, event) in events {
+            match event.body {
+                EventBody::FindingTriaged(t) => {
+                    log.decisions.insert(t.finding.clone(), (seq, t));
                 }
+                EventBody::FindingSuppressed(s) => log.suppressions.push((seq, s)),
+                _ => {}
             }
         }
         Ok(log)
@@ -639,7 +885,12 @@ impl TriageLog {
     /// Where `d` stands: the last decision about it, and whether a suppression covers it
     /// (same rule, same agent or any, triggered no later than `until`).
     pub fn state(&self, d: &Detection) -> Triage {
-        let decided = self.decisions.get(&d.id());
+        self.state_of(&d.id(), &d.rule_id, &d.agent, d.ts)
+    }
+
+    /// Where the finding `id` of `rule_id` about `agent`, triggered at `ts`, stands.
+    pub fn state_of(&self, id: &str, rule_id: &str, agent: &str, ts: Timestamp) -> Triage {
+        let decided = self.decisions.get(id);
         Triage {
             status: decided
                 .map_or("open", |(_, t)| t.status.as_str())
@@ -651,9 +902,9 @@ impl TriageLog {
                 .suppressions
                 .iter()
                 .find(|(_, s)| {
-                    s.rule_id.eq_ignore_ascii_case(&d.rule_id)
-                        && s.agent.as_ref().is_none_or(|a| *a == d.agent)
-                        && d.ts <= s.until
+                    s.rule_id.eq_ignore_ascii_case(rule_id)
+                        && s.agent.as_ref().is_none_or(|a| a == agent)
+                        && ts <= s.until
                 })
                 .map(|(seq, _)| *seq),
         }

@@ -7,6 +7,7 @@
 
 pub mod detect;
 pub mod export;
+pub mod live;
 pub mod render;
 pub mod rows;
 pub mod seal;

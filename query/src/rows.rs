@@ -240,6 +240,15 @@ fn fields(body: &EventBody) -> Fields<'_> {
             expires_at: Some(e.until.as_micros()),
             ..Fields::default()
         },
+        // The rule list is in the payload.
+        EventBody::RulesSet(_) => Fields::default(),
+        // The rule, level, observed and baseline are in the payload and the `findings` table.
+        EventBody::FindingRaised(e) => Fields {
+            agent: e.agent.as_deref(),
+            user: e.user.as_deref(),
+            audience: e.audience.as_deref(),
+            ..Fields::default()
+        },
         EventBody::AgentSuspended(e) => Fields {
             agent: Some(&e.agent),
             actor: Some(&e.by),

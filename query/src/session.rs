@@ -29,6 +29,7 @@ use docket_ledger::store::Store;
 use ed25519_dalek::SigningKey;
 
 use crate::QueryError;
+use crate::detect;
 use crate::render::{cast_batch, retype_strings};
 use crate::rows::EVENTS_SCHEMA;
 use crate::seal::{self, CheckedSeal, SealedFiles};
@@ -283,7 +284,7 @@ impl AuditSession {
             .iter()
             .map(|r| r.table().to_string())
             .collect();
-        self.load_small_tables(&names)?;
+        self.load_small_tables(&names).await?;
         let plan = self.ctx.state().statement_to_plan(statement).await?;
         SQLOptions::new()
             .with_allow_ddl(false)
@@ -318,7 +319,7 @@ impl AuditSession {
         self.options.memory_limit_bytes as u64
     }
 
-    fn load_small_tables(&mut self, names: &[String]) -> Result<(), QueryError> {
+    async fn load_small_tables(&mut self, names: &[String]) -> Result<(), QueryError> {
         let wanted: Vec<&'static str> = SMALL_TABLES
             .iter()
             .copied()
@@ -335,7 +336,12 @@ impl AuditSession {
         }
         for t in &wanted {
             match *t {
-                "findings" => built.push((t, tables::findings(&self.store)?)),
+                "findings" => {
+                    let head = self.coverage.head;
+                    let detections = detect::recorded(self, head).await?;
+                    let triage = detect::TriageLog::read(self, head).await?;
+                    built.push((t, tables::findings(&self.store, &detections, &triage)?));
+                }
                 "rejections" => built.push((t, tables::rejections(&self.store)?)),
                 "checkpoints" => built.push((t, tables::checkpoints(&self.store)?)),
                 _ => {}

@@ -17,6 +17,7 @@ use docket_schemas::Timestamp;
 use serde_json::{Value, json};
 
 use crate::QueryError;
+use crate::detect::{Detection, Triage, TriageLog};
 
 /// The tables this module builds, by name.
 pub const SMALL_TABLES: &[&str] = &[
@@ -165,6 +166,18 @@ static FINDINGS: LazyLock<SchemaRef> = LazyLock::new(|| {
         ("message", Text, false),
         ("evidence", Ints, false),
         ("agent", Text, true),
+        ("finding", Text, false),
+        ("source", Text, false),
+        ("title", Text, true),
+        ("user", Text, true),
+        ("audience", Text, true),
+        ("observed", Text, true),
+        ("baseline", Text, true),
+        ("recorded_seq", Int, true),
+        ("triage", Text, false),
+        ("triage_reason", Text, true),
+        ("triaged_seq", Int, true),
+        ("suppressed_seq", Int, true),
     ])
 });
 
@@ -265,17 +278,51 @@ pub fn state_tables(
     ])
 }
 
-/// Every finding the ledger recorded, in seq order.
-pub fn findings(store: &Store) -> Result<RecordBatch, QueryError> {
-    let rows: Vec<Value> = store
-        .findings()?
-        .iter()
-        .map(|f| {
-            json!({"seq": f.seq, "ts": f.ts.to_string(), "rule": f.rule.as_str(),
-            "severity": f.severity, "message": f.message, "evidence": f.evidence, "agent": f.agent})
-        })
-        .collect();
+/// Every finding: the policy violations the fold found and the detections recorded on the
+/// chain, each with where triage has taken it, in the order of the entry that triggered it.
+pub fn findings(
+    store: &Store,
+    detections: &[(u64, Detection)],
+    triage: &TriageLog,
+) -> Result<RecordBatch, QueryError> {
+    let mut rows: Vec<(u64, Value)> = Vec::new();
+    for f in store.findings()? {
+        let id = format!("{}@{}", f.rule.as_str(), f.seq);
+        let agent = f.agent.clone().unwrap_or_default();
+        let t = triage.state_of(&id, f.rule.as_str(), &agent, f.ts);
+        let mut row = json!({"seq": f.seq, "ts": f.ts.to_string(), "rule": f.rule.as_str(),
+            "severity": f.severity, "message": f.message, "evidence": f.evidence, "agent": f.agent,
+            "finding": id, "source": "policy"});
+        triage_columns(&mut row, &t);
+        rows.push((f.seq, row));
+    }
+    for (recorded_seq, d) in detections {
+        let t = triage.state(d);
+        let agent = (!d.agent.is_empty()).then_some(&d.agent);
+        let message = format!("{}: {} (baseline: {})", d.title, d.observed, d.baseline);
+        let mut row = json!({"seq": d.seq, "ts": d.ts.to_string(), "rule": d.rule_id,
+            "severity": d.level, "message": message, "evidence": d.evidence, "agent": agent,
+            "finding": d.id(), "source": "detection", "title": d.title, "user": d.user,
+            "audience": d.audience, "observed": d.observed, "baseline": d.baseline,
+            "recorded_seq": recorded_seq});
+        triage_columns(&mut row, &t);
+        rows.push((d.seq, row));
+    }
+    rows.sort_by_key(|(seq, _)| *seq);
+    let rows: Vec<Value> = rows.into_iter().map(|(_, r)| r).collect();
     batch(&FINDINGS, &rows)
+}
+
+fn triage_columns(row: &mut Value, t: &Triage) {
+    let status = if t.suppressed_by.is_some() && t.is_open_status() {
+        "suppressed"
+    } else {
+        t.status.as_str()
+    };
+    row["triage"] = json!(status);
+    row["triage_reason"] = json!(t.reason);
+    row["triaged_seq"] = json!(t.decided_seq);
+    row["suppressed_seq"] = json!(t.suppressed_by);
 }
 
 /// The quarantine: every envelope refused at the door, with its reason.

@@ -46,6 +46,16 @@ impl EventId {
         Ok(EventId(out))
     }
 
+    /// A UUIDv7 for `unix_ms` whose other bits come from `bits`: an event derived from the log
+    /// (a `finding.raised`) gets the same id each time it is derived, so the ledger keeps one.
+    pub fn derived(unix_ms: u64, bits: [u8; 16]) -> EventId {
+        let mut out = bits;
+        out[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
+        out[6] = 0x70 | (out[6] & 0x0f);
+        out[8] = 0x80 | (out[8] & 0x3f);
+        EventId(out)
+    }
+
     /// Milliseconds since the epoch that a UUIDv7 carries in its first 48 bits.
     pub fn unix_millis(&self) -> u64 {
         self.0[..6]
@@ -149,6 +159,8 @@ kinds! {
     PolicySet = "policy.set",
     FindingTriaged = "finding.triaged",
     FindingSuppressed = "finding.suppressed",
+    RulesSet = "rules.set",
+    FindingRaised = "finding.raised",
 }
 
 const _: () = assert!(Kind::ALL.len() <= KINDS_PER_KEY_MAX);
@@ -462,6 +474,94 @@ pub struct FindingSuppressed {
     pub by: String,
 }
 
+/// How bad a detection rule says what it saw is (Sigma's `level`).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    Informational,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Level {
+    pub const ALL: &'static [Level] = &[
+        Level::Informational,
+        Level::Low,
+        Level::Medium,
+        Level::High,
+        Level::Critical,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Informational => "informational",
+            Level::Low => "low",
+            Level::Medium => "medium",
+            Level::High => "high",
+            Level::Critical => "critical",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Level> {
+        Level::ALL.iter().copied().find(|l| l.as_str() == text)
+    }
+}
+
+/// One rule of a `rules.set`: which rule, which version of its file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleVersion {
+    /// The rule's `id` (a UUID, as in Sigma).
+    pub id: String,
+    pub title: String,
+    pub level: Level,
+    /// BLAKE3 of the rule file's bytes, 64 lowercase hex digits.
+    pub content_hash: String,
+}
+
+/// `rules.set`: the detection rules in force for every entry after this one, and how long a
+/// new agent is observed before rules below `high` may raise findings about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RulesSet {
+    pub rules: Vec<RuleVersion>,
+    /// The learning period, in seconds, counted from an agent's first entry.
+    pub learning_s: u64,
+}
+
+/// `finding.raised`: what a detection rule in force saw at one entry (docs/DETECTION.md).
+/// The event's `ts` is the trigger's, and its id is derived from `rule_hash` and `seq`, so
+/// running the rule again publishes the same event and the ledger keeps one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FindingRaised {
+    /// `<rule id>@<seq>`: how triage names it.
+    pub finding: String,
+    pub rule_id: String,
+    /// The `content_hash` of the rule version that ran, as in the `rules.set` in force.
+    pub rule_hash: String,
+    pub title: String,
+    pub level: Level,
+    /// The entry that triggered it.
+    pub seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// What was seen, in words and numbers.
+    pub observed: String,
+    /// What the agent's history says is usual, in words and numbers.
+    pub baseline: String,
+    /// Seqs of the entries that show it, `seq` among them, ascending.
+    pub evidence: Vec<u64>,
+}
+
 /// The kind-specific part of an event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind")]
@@ -496,6 +596,10 @@ pub enum EventBody {
     FindingTriaged(FindingTriaged),
     #[serde(rename = "finding.suppressed")]
     FindingSuppressed(FindingSuppressed),
+    #[serde(rename = "rules.set")]
+    RulesSet(RulesSet),
+    #[serde(rename = "finding.raised")]
+    FindingRaised(FindingRaised),
 }
 
 /// One event: the header and its kind's fields.
@@ -791,6 +895,50 @@ impl EventBody {
                 text("reason", &e.reason, TEXT_BYTES_MAX)?;
                 id("by", &e.by)?;
             }
+            B::RulesSet(e) => {
+                count("rules", e.rules.len(), RULES_PER_SET_MAX)?;
+                let mut ids = std::collections::BTreeSet::new();
+                for r in &e.rules {
+                    id("rules[].id", &r.id)?;
+                    text("rules[].title", &r.title, RULE_TITLE_BYTES_MAX)?;
+                    content_hash("rules[].content_hash", &r.content_hash)?;
+                    if !ids.insert(r.id.as_str()) {
+                        return Err(EventError::Invalid {
+                            field: "rules",
+                            why: format!("rule {:?} is listed twice", truncate(&r.id)),
+                        });
+                    }
+                }
+            }
+            B::FindingRaised(e) => {
+                id("finding", &e.finding)?;
+                id("rule_id", &e.rule_id)?;
+                content_hash("rule_hash", &e.rule_hash)?;
+                text("title", &e.title, TEXT_BYTES_MAX)?;
+                if e.finding != format!("{}@{}", e.rule_id, e.seq) {
+                    return Err(EventError::Invalid {
+                        field: "finding",
+                        why: "not `<rule_id>@<seq>`".into(),
+                    });
+                }
+                for (field, v) in [("agent", &e.agent), ("user", &e.user)] {
+                    if let Some(v) = v {
+                        id(field, v)?;
+                    }
+                }
+                if let Some(a) = &e.audience {
+                    identifier("audience", a, OPERATION_BYTES_MAX)?;
+                }
+                text("observed", &e.observed, TEXT_BYTES_MAX)?;
+                text("baseline", &e.baseline, TEXT_BYTES_MAX)?;
+                count("evidence", e.evidence.len(), EVIDENCE_PER_FINDING_MAX)?;
+                if !e.evidence.windows(2).all(|w| w[0] < w[1]) || !e.evidence.contains(&e.seq) {
+                    return Err(EventError::Invalid {
+                        field: "evidence",
+                        why: "seqs must ascend without repeats and include `seq`".into(),
+                    });
+                }
+            }
         }
         Ok(())
     }
@@ -863,6 +1011,21 @@ pub fn identifier(field: &'static str, value: &str, max: usize) -> Result<(), Ev
 
 fn id(field: &'static str, value: &str) -> Result<(), EventError> {
     identifier(field, value, ID_BYTES_MAX)
+}
+
+/// 64 lowercase hex digits: a BLAKE3 or SHA-256 digest.
+fn content_hash(field: &'static str, value: &str) -> Result<(), EventError> {
+    if value.len() == 64
+        && value
+            .bytes()
+            .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Ok(());
+    }
+    Err(EventError::Invalid {
+        field,
+        why: "not 64 lowercase hex digits".into(),
+    })
 }
 
 fn count(field: &'static str, len: usize, max: usize) -> Result<(), EventError> {

@@ -48,6 +48,10 @@ pub fn files() -> Vec<(String, String)> {
             "findings.notice",
             contract::<crate::notice::Finding>("findings.notice"),
         ),
+        (
+            "detection.notice",
+            contract::<crate::notice::DetectionNotice>("detection.notice"),
+        ),
     ];
     for (name, text) in contracts {
         out.push((format!("{name}.schema.json"), text));
@@ -116,6 +120,8 @@ fn kind_schema(kind: Kind) -> String {
         Kind::PolicySet => root::<PolicySet>(),
         Kind::FindingTriaged => root::<FindingTriaged>(),
         Kind::FindingSuppressed => root::<FindingSuppressed>(),
+        Kind::RulesSet => root::<RulesSet>(),
+        Kind::FindingRaised => root::<FindingRaised>(),
     }
     .to_value();
     let mut generator = SchemaGenerator::default();

@@ -31,13 +31,22 @@ pub const SCOPE_BYTES_MAX: usize = 128;
 /// Scopes named by one event.
 pub const SCOPES_PER_EVENT_MAX: usize = 64;
 /// Kinds a producer key may be allowed to emit (there are only this many kinds).
-pub const KINDS_PER_KEY_MAX: usize = 16;
+pub const KINDS_PER_KEY_MAX: usize = 32;
 /// Approval rules attached to one grant.
 pub const APPROVAL_RULES_PER_GRANT_MAX: usize = 64;
 /// Length of an HTTP method, in bytes.
 pub const METHOD_BYTES_MAX: usize = 16;
 
+/// Rules one `rules.set` may list.
+pub const RULES_PER_SET_MAX: usize = 100;
+/// Bytes of a rule's title in a `rules.set` (a longer title is cut there).
+pub const RULE_TITLE_BYTES_MAX: usize = 160;
+/// Evidence seqs one `finding.raised` may carry (a detection with more keeps its first ones).
+pub const EVIDENCE_PER_FINDING_MAX: usize = 64;
 const _: () = assert!(PAYLOAD_BYTES_MAX < ENVELOPE_BYTES_MAX);
+// A rule entry: id, title, level, hash and JSON punctuation.
+const _: () =
+    assert!(RULES_PER_SET_MAX * (ID_BYTES_MAX + RULE_TITLE_BYTES_MAX + 128) < PAYLOAD_BYTES_MAX);
 const _: () = assert!(SIGNATURE_CHECKS_PER_ENVELOPE_MAX >= 1);
 const _: () = assert!(STEP_UP_PAYLOAD_BYTES_MAX < PAYLOAD_BYTES_MAX);
 const _: () = assert!(SCOPES_PER_EVENT_MAX * SCOPE_BYTES_MAX < PAYLOAD_BYTES_MAX);

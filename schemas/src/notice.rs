@@ -85,6 +85,18 @@ pub struct Finding {
     pub agent: Option<String>,
 }
 
+/// A detection (`docket.findings`, beside the policy findings): `serve`'s detector publishes one
+/// once JetStream holds its `finding.raised` event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DetectionNotice {
+    /// The `finding.raised` event's id (the chain's entry for it has this `event_id`).
+    pub event_id: String,
+    /// The trigger's `ts`.
+    pub ts: Timestamp,
+    pub detection: crate::event::FindingRaised,
+}
+
 macro_rules! rules {
     ($($(#[doc = $doc:literal])* $variant:ident = $name:literal, $sev:ident;)*) => {
         /// The rules the fold checks on every entry: the one list (docs/FORMAT.md, "Rules").

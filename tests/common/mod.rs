@@ -62,7 +62,25 @@ impl Serve {
         Serve::start_env(data, nats_url, roles, extra, &[])
     }
 
+    /// Started without detection, whose `rules.set` and findings would add entries the
+    /// tests do not publish (tests of detection use [`Serve::start_detecting`]).
     pub fn start_env(
+        data: &Path,
+        nats_url: &str,
+        roles: &Roles,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Serve {
+        Serve::start_detecting(
+            data,
+            nats_url,
+            roles,
+            &[extra, &["--no-detect"]].concat(),
+            env,
+        )
+    }
+
+    pub fn start_detecting(
         data: &Path,
         nats_url: &str,
         roles: &Roles,

@@ -181,10 +181,12 @@ impl VaultState {
                     cx.touch(|| ObjectKey::Policy);
                 }
             },
-            // Triage is read by detection (query/src/detect.rs); the vault's state does not change.
+            // Detection and triage are read by query/src/detect.rs; the vault's state does not change.
             EventBody::RequestRefused(_)
             | EventBody::FindingTriaged(_)
-            | EventBody::FindingSuppressed(_) => {}
+            | EventBody::FindingSuppressed(_)
+            | EventBody::RulesSet(_)
+            | EventBody::FindingRaised(_) => {}
         }
         cx.findings.truncate(FINDINGS_PER_ENTRY_MAX);
         let mut touched = cx.touched.unwrap_or_default();

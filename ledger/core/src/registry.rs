@@ -2,8 +2,9 @@
 //!
 //! Pure. The admin key (from the ledger's config) is the root of trust: it alone
 //! may emit `key.registered`, `key.revoked` and `policy.set`, and nothing else.
-//! The ledger's own key may emit one event: the documented default policy, as the
-//! first policy on the chain (`authorize_event`).
+//! The ledger's own key may emit the documented default policy, as the first policy on
+//! the chain, and what `serve`'s detector records: `rules.set` and `finding.raised`
+//! (`authorize_event`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -89,7 +90,8 @@ pub enum AuthError {
     #[error("only the admin key may emit {0}")]
     NotAdmin(Kind),
     #[error(
-        "the ledger's key may emit only the documented default policy, as the first policy.set"
+        "the ledger's key may emit only the documented default policy (as the first policy.set), \
+         rules.set and finding.raised"
     )]
     NotGenesisPolicy,
     #[error("key {key_id} belongs to user {user} and may not speak for {claimed}")]
@@ -274,6 +276,8 @@ impl Registry {
                 {
                     Ok(k)
                 }
+                // The detector inside `serve` holds the ledger's key.
+                (EventBody::RulesSet(_) | EventBody::FindingRaised(_), Some(k)) => Ok(k),
                 _ => Err(AuthError::NotGenesisPolicy),
             };
         }
