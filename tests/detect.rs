@@ -223,6 +223,114 @@ fn serve_detects_live_records_its_rules_and_a_replay_agrees() {
     assert_eq!(n as usize, recorded.len());
     drop(session);
 
+    // An analyst closes one finding through the CLI; the listing and the check follow.
+    let d = data.to_str().unwrap();
+    let admin_key = dir.path().join("admin.key");
+    docket_ledger::keyfile::write(&admin_key, &roles.admin).unwrap();
+    let analyst = dir.path().join("analyst.key");
+    assert!(
+        docket(&["keys", "new", "--out", analyst.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let o = docket(&[
+        "keys",
+        "registration",
+        analyst.to_str().unwrap(),
+        "--name",
+        "analyst-1",
+        "--kind",
+        "finding.triaged",
+        "--kind",
+        "finding.suppressed",
+    ]);
+    let o = run_with_input(
+        std::process::Command::new(DOCKET).args([
+            "publish",
+            "--nats",
+            &url,
+            "--key",
+            admin_key.to_str().unwrap(),
+            "--wait",
+            "10",
+        ]),
+        &o.stdout,
+    );
+    assert!(o.status.success(), "{}", stdout(&o));
+    let closed = recorded
+        .iter()
+        .find(|d| d.rule_id == DELETES_ID)
+        .unwrap()
+        .id();
+    let o = docket(&[
+        "findings",
+        "triage",
+        &closed,
+        "--status",
+        "closed",
+        "--reason",
+        "false_positive",
+        "--by",
+        "analyst-1",
+        "--note",
+        "a planned cleanup",
+        "--key",
+        analyst.to_str().unwrap(),
+        "--nats",
+        &url,
+    ]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("appended at seq"), "{}", stdout(&o));
+    let o = docket(&[
+        "findings",
+        "triage",
+        &closed,
+        "--status",
+        "closed",
+        "--by",
+        "analyst-1",
+        "--key",
+        analyst.to_str().unwrap(),
+        "--nats",
+        &url,
+    ]);
+    assert!(!o.status.success(), "a close needs a reason");
+    assert!(stderr(&o).contains("reason"), "{}", stderr(&o));
+    let o = docket(&["findings", "--data", d, "--format", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listed: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let row = listed
+        .iter()
+        .find(|r| r["finding"] == closed.as_str())
+        .unwrap();
+    assert_eq!(row["triage"], "closed");
+    assert_eq!(row["triage_reason"], "false_positive");
+    assert_eq!(
+        listed.iter().filter(|r| r["source"] == "detection").count(),
+        recorded.len()
+    );
+    let o = docket(&[
+        "findings",
+        "--data",
+        d,
+        "--open",
+        "--format",
+        "json",
+        "--agent",
+        &row["agent"].as_str().unwrap().to_string(),
+    ]);
+    assert!(
+        !stdout(&o).contains(&closed),
+        "a closed finding is not open"
+    );
+    assert!(stdout(&o).lines().count() > 0);
+    let o = docket(&["findings", "--data", d, "--check", "--rules", r]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("check passed"), "{}", stderr(&o));
+
     // A changed rule is a new rule set, in force from its own seq.
     serve.stop();
     std::fs::write(rules.join("deletes.yml"), deletes_rule("medium")).unwrap();
@@ -320,4 +428,8 @@ fn serve_detects_live_records_its_rules_and_a_replay_agrees() {
     );
     serve.stop();
     assert_eq!(verify(&data).0, 0);
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
