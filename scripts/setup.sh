@@ -13,6 +13,8 @@ apt_missing=()
 command -v python3 >/dev/null 2>&1 || apt_missing+=(python3)
 # tests/nats_auth.rs makes its TLS certificates with the openssl command (package openssl).
 command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
+# The HTML report's test renders it in headless Chromium (Debian's package installs /usr/bin/chromium).
+command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium)
 # pip is a separate package on Debian: python3 alone does not bring it.
 python3 -m pip --version >/dev/null 2>&1 || apt_missing+=(python3-pip)
 # RocksDB's Rust bindings are generated with bindgen, which loads libclang

@@ -20,7 +20,7 @@ use docket_testkit::workload::{Published, Workload};
 use futures::StreamExt;
 
 /// `(from_seq, to_seq, committed_us)` of each `docket.appended` notice seen.
-type Commits = Arc<Mutex<Vec<(u64, u64, i64)>>>;
+pub type Commits = Arc<Mutex<Vec<(u64, u64, i64)>>>;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -32,6 +32,9 @@ pub enum BenchCommand {
     Vault(VaultArgs),
     /// SQL: columnar copy build rate, three auditor queries, memory, and DuckDB on the same data.
     Sql(crate::bench_sql::SqlBenchArgs),
+    /// Detection: ingest with every built-in rule running live against ingest without, and the
+    /// time from an event's append to its finding's publication.
+    Detect(crate::bench_detect::DetectBenchArgs),
 }
 
 #[derive(Args)]
@@ -63,10 +66,11 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Admit(args) => admit_only(args),
         BenchCommand::Vault(args) => vault(args).await,
         BenchCommand::Sql(args) => crate::bench_sql::run(args).await,
+        BenchCommand::Detect(args) => crate::bench_detect::run(args).await,
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -119,7 +123,7 @@ fn signature_rates(sample: &[Published]) -> (f64, f64) {
 
 /// A start time for `n` workload events that keeps every one in the past: the ledger
 /// quarantines events dated further ahead of their receipt than the policy allows.
-fn past_start(n: usize) -> Result<Timestamp> {
+pub fn past_start(n: usize) -> Result<Timestamp> {
     let span_s = (n as u64 * docket_testkit::workload::STEP_US_MAX_DEFAULT / 1_000_000) as i64;
     Ok(docket_ledger::clock::now()?.plus_seconds(-span_s - 1))
 }
@@ -419,7 +423,7 @@ fn admit_only(args: AdmitArgs) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_seq(commits: &Commits, seq: u64) -> Result<i64> {
+pub async fn wait_for_seq(commits: &Commits, seq: u64) -> Result<i64> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         if let Some(t) = commits

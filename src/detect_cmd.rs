@@ -271,7 +271,10 @@ pub fn spawn_live(
     key: ed25519_dalek::SigningKey,
     client: &async_nats::Client,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> tokio::task::JoinHandle<()> {
+) -> (
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::Mutex<docket_query::live::LiveStats>>,
+) {
     let (rules, problems) = detect::load(config.rules_dir.as_deref(), config.built_in);
     for p in &problems {
         tracing::error!(problem = %p, "a detection rule did not load; the others run");
@@ -289,9 +292,11 @@ pub fn spawn_live(
     let stats = std::sync::Arc::new(std::sync::Mutex::new(
         docket_query::live::LiveStats::default(),
     ));
-    tokio::spawn(async move {
-        if let Err(e) = detector.run(stop, stats).await {
+    let shared = std::sync::Arc::clone(&stats);
+    let task = tokio::spawn(async move {
+        if let Err(e) = detector.run(stop, shared).await {
             tracing::error!(error = %e, "detection stopped; the ledger goes on without it");
         }
-    })
+    });
+    (task, stats)
 }

@@ -1,6 +1,7 @@
 //! The `docket` command line: thin glue over the ledger library.
 
 mod bench;
+mod bench_detect;
 mod bench_sql;
 mod demo;
 mod detect_cmd;
@@ -8,6 +9,7 @@ mod findings_cmd;
 mod measure;
 mod policy_cmd;
 mod query_guard;
+mod report_cmd;
 mod sql_cmd;
 mod state_cmd;
 mod vault_cmd;
@@ -79,6 +81,9 @@ enum Command {
     Revoke(vault_cmd::RevokeArgs),
     /// Vault: ask whether a token is active (RFC 7662), as a gateway.
     Introspect(vault_cmd::IntrospectArgs),
+    /// One self-contained HTML page over a time range: calls per agent, findings by level and
+    /// rule, approvals per user, and each open finding with its evidence.
+    Report(report_cmd::ReportArgs),
     /// Findings: policy violations and recorded detections with their triage; `triage` and
     /// `suppress` record an analyst's decision.
     Findings(findings_cmd::FindingsArgs),
@@ -411,6 +416,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Command::State(cmd) => state_cmd::run(cmd),
         Command::Findings(args) => findings_cmd::run(args).await,
+        Command::Report(args) => report_cmd::run(args).await.map(|()| ok),
         Command::Policy(cmd) => policy_cmd::run(cmd).await,
         Command::Grant(a) => vault_cmd::grant(a).await,
         Command::Token(a) => vault_cmd::token(a).await,
@@ -662,14 +668,17 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let sealing_key = keyfile::read(&ledger_key_path(data, &config))?;
     let sealer = sql_cmd::spawn_sealer(data.clone(), sealing_key.clone(), stop_sealing.clone());
     let detector = if config.detection.enabled {
-        Some(detect_cmd::spawn_live(
-            data,
-            &config.detection,
-            learning_us,
-            sealing_key,
-            &source.client,
-            stop_sealing.clone(),
-        ))
+        Some(
+            detect_cmd::spawn_live(
+                data,
+                &config.detection,
+                learning_us,
+                sealing_key,
+                &source.client,
+                stop_sealing.clone(),
+            )
+            .0,
+        )
     } else {
         None
     };

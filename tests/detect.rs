@@ -331,6 +331,77 @@ fn serve_detects_live_records_its_rules_and_a_replay_agrees() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("check passed"), "{}", stderr(&o));
 
+    // The report, rendered by a real browser, shows what SQL says.
+    let page = dir.path().join("report.html");
+    let o = docket(&["report", "--data", d, "--out", page.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dom = chromium(
+        dir.path(),
+        &["--dump-dom", &format!("file://{}", page.display())],
+    );
+    let session = rt
+        .block_on(AuditSession::open(
+            &data,
+            SessionOptions {
+                seal: false,
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+    let count = |sql: &str| {
+        let mut session = rt
+            .block_on(AuditSession::open(
+                &data,
+                SessionOptions {
+                    seal: false,
+                    ..Default::default()
+                },
+            ))
+            .unwrap();
+        let b = rt.block_on(session.query(sql)).unwrap();
+        b[0].column(0).as_primitive::<Int64Type>().value(0)
+    };
+    drop(session);
+    let calls = count("SELECT count(*) FROM api_calls");
+    let open = count("SELECT count(*) FROM findings WHERE triage IN ('open', 'reopened')");
+    assert!(
+        dom.contains(&format!("<b id=\"calls-total\">{calls}</b>")),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(&format!("<b id=\"open-total\">{open}</b>")),
+        "{dom}"
+    );
+    assert_eq!(
+        dom.matches("<article class=\"finding\"").count(),
+        (open as usize).min(docket_query::report::OPEN_FINDINGS_MAX)
+    );
+    assert!(
+        !dom.contains(&format!("data-finding=\"{closed}\"")),
+        "a closed finding is not listed as open"
+    );
+    assert!(dom.matches("<polyline").count() >= 2, "a line per agent");
+    assert!(
+        dom.contains("Any delete (low)"),
+        "the Sigma rule's findings are charted"
+    );
+    assert!(!dom.contains("<script"));
+    let shot = dir.path().join("report.png");
+    chromium(
+        dir.path(),
+        &[
+            "--window-size=1000,2000",
+            &format!("--screenshot={}", shot.display()),
+            &format!("file://{}", page.display()),
+        ],
+    );
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "{} bytes",
+        png.len()
+    );
+
     // A changed rule is a new rule set, in force from its own seq.
     serve.stop();
     std::fs::write(rules.join("deletes.yml"), deletes_rule("medium")).unwrap();
@@ -432,4 +503,22 @@ fn serve_detects_live_records_its_rules_and_a_replay_agrees() {
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs headless Chromium (Debian's `chromium`, installed by scripts/setup.sh) and returns what it printed.
+fn chromium(dir: &Path, args: &[&str]) -> String {
+    let profile = dir.join("chromium-profile");
+    let o = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .output()
+        .expect("chromium is installed (scripts/setup.sh)");
+    assert!(o.status.success(), "{}", stderr(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -52,9 +52,10 @@ const HIGH_RANK: usize = 3;
 const TRIGGER_TS: &str = "docket_trigger_ts";
 const TRIGGER_USER: &str = "docket_trigger_user";
 const TRIGGER_AUDIENCE: &str = "docket_trigger_audience";
-/// What the engine joins to a rule's rows: its trigger entry, and the user the agent was first
-/// registered for before it (an `api.called` names no user).
-const TRIGGER_JOIN: &str = "JOIN events t ON t.seq = d.seq \
+/// What the engine joins to a rule's rows: its trigger entry (`t`, the window's entries, named
+/// `docket_window`), and the user the agent was first registered for before it (an
+/// `api.called` names no user).
+const TRIGGER_JOIN: &str = "JOIN docket_window t ON t.seq = d.seq \
      LEFT JOIN (SELECT agent, first_value(\"user\" ORDER BY seq) AS \"user\", min(seq) AS registered_seq \
        FROM events WHERE kind = 'agent.registered' GROUP BY agent) u \
        ON u.agent = d.agent AND u.registered_seq < d.seq";
@@ -450,8 +451,13 @@ impl Rule {
             .replace("${learning_us}", &self.learning_us.to_string())
             .replace("${lookback_us}", &self.lookback_us.to_string());
         // Whatever the body does, only triggers inside the window are reported, once each.
+        // The window's entries alone are joined for the trigger's columns, not all of `events`.
+        let window = format!(
+            "docket_window AS (SELECT seq, ts, \"user\", audience FROM events \
+             WHERE seq > {from_seq} AND seq <= {to_seq})"
+        );
         let select = format!(
-            "SELECT d.*, t.ts AS {TRIGGER_TS}, COALESCE(t.\"user\", u.\"user\") AS {TRIGGER_USER}, \
+            "WITH {window} SELECT d.*, t.ts AS {TRIGGER_TS}, COALESCE(t.\"user\", u.\"user\") AS {TRIGGER_USER}, \
              t.audience AS {TRIGGER_AUDIENCE} FROM ({body}) AS d {TRIGGER_JOIN}"
         );
         if self.level_rank() >= HIGH_RANK || fleet_learning_us <= 0 {
@@ -476,6 +482,14 @@ impl Rule {
         LEVELS.iter().position(|l| *l == self.level).unwrap_or(0)
     }
 
+    fn problem(&self, why: String) -> RuleProblem {
+        RuleProblem {
+            origin: self.origin.clone(),
+            line: None,
+            why,
+        }
+    }
+
     /// Runs the rule over `(from_seq, to_seq]`.
     pub async fn run(
         &self,
@@ -484,28 +498,32 @@ impl Rule {
         to_seq: u64,
         fleet_learning_us: i64,
     ) -> Result<Vec<Detection>, RuleProblem> {
-        let problem = |why: String| RuleProblem {
-            origin: self.origin.clone(),
-            line: None,
-            why,
-        };
         let batches = session
             .query(&self.sql_for(from_seq, to_seq, fleet_learning_us))
-            .await
-            .map_err(|e| {
-                let hint = if matches!(&e, QueryError::DataFusion(d) if d.to_string().contains("Resources exhausted"))
-                {
-                    " (the rule needs more memory than a query may hold: run it over fewer entries at once, `docket detect --window`)"
-                } else {
-                    ""
-                };
-                problem(format!("{e}{hint}"))
-            })?;
+            .await;
+        self.detections(batches)
+    }
+
+    /// The detections in a run's rows, or why there are none.
+    fn detections(
+        &self,
+        batches: Result<Vec<RecordBatch>, QueryError>,
+    ) -> Result<Vec<Detection>, RuleProblem> {
+        let batches = batches.map_err(|e| {
+            let hint = if matches!(&e, QueryError::DataFusion(d) if d.to_string().contains("Resources exhausted"))
+            {
+                " (the rule needs more memory than a query may hold: run it over fewer entries at once, `docket detect --window`)"
+            } else {
+                ""
+            };
+            self.problem(format!("{e}{hint}"))
+        })?;
         let mut out = Vec::new();
         for b in &batches {
-            self.read_rows(b, &mut out).map_err(problem)?;
+            self.read_rows(b, &mut out)
+                .map_err(|why| self.problem(why))?;
             if out.len() > DETECTIONS_PER_RULE_MAX {
-                return Err(problem(format!(
+                return Err(self.problem(format!(
                     "more than {DETECTIONS_PER_RULE_MAX} detections in one window: too noisy to report"
                 )));
             }
@@ -911,7 +929,9 @@ impl TriageLog {
     }
 }
 
-/// Runs every rule over `(from_seq, to_seq]`: the detections in seq order, and the rules that failed.
+/// Runs every rule over `(from_seq, to_seq]`: the detections in seq order, and the rules that
+/// failed. Rules are planned one after another (planning builds the small tables a rule names)
+/// and run at once, each within the session's time limit and all within its memory limit.
 pub async fn run_all(
     rules: &[Rule],
     session: &mut AuditSession,
@@ -921,10 +941,38 @@ pub async fn run_all(
 ) -> (Vec<Detection>, Vec<RuleProblem>) {
     let mut found = Vec::new();
     let mut problems = Vec::new();
+    let timeout = session.timeout();
+    let mut running = Vec::with_capacity(rules.len());
     for rule in rules {
-        match rule.run(session, from_seq, to_seq, fleet_learning_us).await {
-            Ok(d) => found.extend(d),
-            Err(p) => problems.push(p),
+        match session
+            .plan(&rule.sql_for(from_seq, to_seq, fleet_learning_us))
+            .await
+        {
+            Err(e) => problems.push(rule.problem(e.to_string())),
+            Ok(df) => {
+                let owned = rule.clone();
+                running.push((
+                    rule,
+                    tokio::spawn(async move {
+                        let rule = owned;
+                        let started = std::time::Instant::now();
+                        let batches = match tokio::time::timeout(timeout, df.collect()).await {
+                            Err(_) => Err(QueryError::Timeout(timeout)),
+                            Ok(r) => r.map_err(QueryError::from),
+                        };
+                        tracing::debug!(rule = %rule.origin, from_seq, to_seq,
+                        ms = started.elapsed().as_millis() as u64, "rule ran");
+                        rule.detections(batches)
+                    }),
+                ));
+            }
+        }
+    }
+    for (rule, task) in running {
+        match task.await {
+            Ok(Ok(d)) => found.extend(d),
+            Ok(Err(p)) => problems.push(p),
+            Err(e) => problems.push(rule.problem(format!("the run stopped: {e}"))),
         }
     }
     found.sort();

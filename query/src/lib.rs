@@ -9,6 +9,7 @@ pub mod detect;
 pub mod export;
 pub mod live;
 pub mod render;
+pub mod report;
 pub mod rows;
 pub mod seal;
 pub mod segment;
@@ -25,7 +26,7 @@ use docket_ledger::store::StoreError;
 pub use datafusion::arrow;
 /// The plain local file store, for a benchmark that compares checked and unchecked reads.
 pub use datafusion::object_store::local::LocalFileSystem;
-pub use session::{AuditSession, SessionOptions};
+pub use session::{AuditSession, SessionCache, SessionOptions};
 
 /// Everything that can go wrong answering a question.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,8 @@ pub enum QueryError {
     LedgerKey(String),
     #[error("a segment worker panicked")]
     WorkerPanicked,
+    #[error("report: {0}")]
+    Report(String),
 }
 
 impl From<DataFusionError> for QueryError {

@@ -25,10 +25,14 @@ use ed25519_dalek::SigningKey;
 
 use crate::QueryError;
 use crate::detect::{self, Rule};
-use crate::session::{AuditSession, SessionOptions};
+use crate::session::{AuditSession, SessionCache, SessionOptions};
 
-/// How often the detector looks for new entries.
+/// How often the detector looks for new entries when it has none.
 pub const DETECT_INTERVAL: Duration = Duration::from_millis(250);
+/// Least time from one window's start to the next's. A window's cost is mostly its rules'
+/// look at history, whatever its size, so running back to back would take CPU from ingest
+/// for little; a window every 750 ms keeps an append-to-finding time near a second.
+pub const WINDOW_PERIOD_MIN: Duration = Duration::from_millis(750);
 /// Most entries one tick examines; a detector behind catches up a window at a time.
 pub const DETECT_WINDOW_MAX: u64 = 65_536;
 /// How long the detector waits to see its `rules.set` appended before it gives up.
@@ -195,6 +199,7 @@ impl LiveDetector {
         );
         let mut head_reader: Option<Store> = None;
         let mut warned_missing = std::collections::BTreeSet::new();
+        let mut cache = SessionCache::default();
         while !stop.load(Ordering::Relaxed) {
             let head = match head_of(&self.data, &mut head_reader) {
                 Ok(h) => h,
@@ -209,7 +214,8 @@ impl LiveDetector {
                 tokio::time::sleep(DETECT_INTERVAL).await;
                 continue;
             }
-            match self.tick(watermark, &mut warned_missing).await {
+            let started = Instant::now();
+            match self.tick(&mut cache, watermark, &mut warned_missing).await {
                 Ok((to, found)) => {
                     watermark = to;
                     write_watermark(&path, watermark)?;
@@ -218,6 +224,9 @@ impl LiveDetector {
                         s.windows += 1;
                         s.findings += found;
                     });
+                    if let Some(rest) = WINDOW_PERIOD_MIN.checked_sub(started.elapsed()) {
+                        tokio::time::sleep(rest).await;
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, watermark, "detection window failed; retrying");
@@ -231,10 +240,17 @@ impl LiveDetector {
     /// One window after `watermark`: returns where it ended and how many findings it published.
     async fn tick(
         &self,
+        cache: &mut SessionCache,
         watermark: u64,
         warned_missing: &mut std::collections::BTreeSet<(String, String)>,
     ) -> Result<(u64, u64), LiveError> {
-        let session = self.open().await?;
+        let started = Instant::now();
+        let session = AuditSession::open_cached(&self.data, self.open_options(), cache).await?;
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            tail = session.coverage().tail_rows,
+            "detection session open"
+        );
         let head = session.coverage().head;
         let to = head.min(watermark.saturating_add(self.window.max(1)));
         let sets = detect::rule_sets(&session, to).await?;
@@ -258,7 +274,16 @@ impl LiveDetector {
                 }
             }
         }
+        let ran = started.elapsed();
         self.publish(&events).await?;
+        tracing::debug!(
+            from = watermark,
+            to,
+            ran_ms = ran.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            findings = events.len(),
+            "detection window"
+        );
         for e in &events {
             if let EventBody::FindingRaised(f) = &e.body {
                 let notice = DetectionNotice {

@@ -109,6 +109,59 @@ impl Default for SessionOptions {
     }
 }
 
+/// What a reader that opens session after session (`serve`'s detector) keeps between them: the
+/// store reader, caught up at each open, and the tail entries already decoded (as queried).
+/// Entries never change once appended, so only those after `next` are read from the chain; a
+/// new sealed segment moves `first` and the tail starts over from it.
+#[derive(Default)]
+pub struct SessionCache {
+    store: Option<Arc<Store>>,
+    first: u64,
+    next: u64,
+    batches: Vec<RecordBatch>,
+}
+
+impl SessionCache {
+    fn store(&mut self, data: &Path) -> Result<Arc<Store>, QueryError> {
+        match &self.store {
+            Some(s) => {
+                s.catch_up()?;
+                Ok(Arc::clone(s))
+            }
+            None => {
+                let s = Arc::new(Store::open_reader(&data.join("db"))?);
+                self.store = Some(Arc::clone(&s));
+                Ok(s)
+            }
+        }
+    }
+
+    fn extend(
+        &mut self,
+        store: &Store,
+        first: u64,
+        schema: &SchemaRef,
+    ) -> Result<Vec<RecordBatch>, QueryError> {
+        if self.first != first || self.next < first {
+            self.first = first;
+            self.next = first;
+            self.batches.clear();
+        }
+        for b in segment::tail(store, self.next)? {
+            if let Some(last) = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+                .and_then(|seqs| (!seqs.is_empty()).then(|| seqs.value(seqs.len() - 1)))
+            {
+                self.next = last + 1;
+            }
+            self.batches.push(cast_batch(&b, schema)?);
+        }
+        Ok(self.batches.clone())
+    }
+}
+
 /// What the session saw when it opened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Coverage {
@@ -124,7 +177,7 @@ pub struct Coverage {
 
 pub struct AuditSession {
     ctx: SessionContext,
-    store: Store,
+    store: Arc<Store>,
     options: SessionOptions,
     loaded: BTreeSet<&'static str>,
     coverage: Coverage,
@@ -149,7 +202,29 @@ impl AuditSession {
         options: SessionOptions,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<AuditSession, QueryError> {
-        let store = Store::open_reader(&data.join("db"))?;
+        Self::open_inner(data, options, progress, None).await
+    }
+
+    /// As [`Self::open`], decoding only the tail entries `cache` does not hold yet (a reader that
+    /// opens a session again and again, as `serve`'s detector does, decodes each entry once).
+    pub async fn open_cached(
+        data: &Path,
+        options: SessionOptions,
+        cache: &mut SessionCache,
+    ) -> Result<AuditSession, QueryError> {
+        Self::open_inner(data, options, &|_| {}, Some(cache)).await
+    }
+
+    async fn open_inner(
+        data: &Path,
+        options: SessionOptions,
+        progress: &(dyn Fn(u64) + Sync),
+        mut cache: Option<&mut SessionCache>,
+    ) -> Result<AuditSession, QueryError> {
+        let store = match cache.as_deref_mut() {
+            Some(c) => c.store(data)?,
+            None => Arc::new(Store::open_reader(&data.join("db"))?),
+        };
         let dir = segment::columnar_dir(data);
         let ledger_key = seal::ledger_key(&store, options.sealer.as_ref())?;
         let mut seal_skipped = None;
@@ -184,7 +259,14 @@ impl AuditSession {
             }
         })?;
         let sealed_through = run.segments.last().map_or(0, |(s, _)| s.last_seq);
-        let tail = segment::tail(&store, sealed_through + 1)?;
+        let schema = query_schema(&EVENTS_SCHEMA);
+        let tail = match cache {
+            None => segment::tail(&store, sealed_through + 1)?
+                .iter()
+                .map(|b| cast_batch(b, &schema))
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(c) => c.extend(&store, sealed_through + 1, &schema)?,
+        };
         let partitions = match options.partitions {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -204,15 +286,10 @@ impl AuditSession {
             .with_memory_limit(options.memory_limit_bytes, 1.0)
             .build_arc()?;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
-        let schema = query_schema(&EVENTS_SCHEMA);
         let tail_rows = tail.iter().map(|b| b.num_rows() as u64).sum();
         if no_key && tail_rows >= options.segment_entries {
             seal_skipped = Some("no ledger key to seal with".to_string());
         }
-        let tail = tail
-            .iter()
-            .map(|b| cast_batch(b, &schema))
-            .collect::<Result<Vec<_>, _>>()?;
         // As many partitions as threads, so the tail, too, is scanned on every core;
         // each partition is a run of consecutive seqs, hence the declared order.
         let half = tail.len().div_ceil(partitions).max(1);

@@ -164,6 +164,8 @@ pub struct Workload {
     pub misbehaved: u64,
     /// Workload time between two events is uniform in `1..=step_us_max` microseconds.
     pub step_us_max: u64,
+    /// Source addresses each agent calls from (uniformly); 1 is an agent on one host.
+    pub sources_per_agent: u64,
 }
 
 /// Live grants and tokens kept at most, so memory stays flat on long runs.
@@ -211,6 +213,7 @@ impl Workload {
             misbehaving_per_mille: 0,
             misbehaved: 0,
             step_us_max: STEP_US_MAX_DEFAULT,
+            sources_per_agent: 250,
         }
     }
 
@@ -651,7 +654,11 @@ impl Workload {
             operation: op.into(),
             scope: Some(scope),
             status,
-            source: format!("10.0.{}.{}", agent % 256, 1 + self.rng.below(250)),
+            source: format!(
+                "10.0.{}.{}",
+                agent % 256,
+                1 + self.rng.below(self.sources_per_agent.clamp(1, 250))
+            ),
         });
         let e = self.event(body);
         self.sealed(&e, &self.roles.gateway.clone(), Expect::Append)
