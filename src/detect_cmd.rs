@@ -130,7 +130,7 @@ pub async fn detect(args: DetectArgs) -> Result<ExitCode> {
     for p in &failed {
         eprintln!("rule failed: {p}");
     }
-    let triage = detect::TriageLog::read(&mut session, head).await?;
+    let triage = detect::TriageLog::read(&session, head).await?;
     let mut found: Vec<(Detection, Triage)> = found
         .into_iter()
         .filter(|d| {

@@ -320,7 +320,7 @@ fn serve_detects_live_records_its_rules_and_a_replay_agrees() {
         "--format",
         "json",
         "--agent",
-        &row["agent"].as_str().unwrap().to_string(),
+        row["agent"].as_str().unwrap(),
     ]);
     assert!(
         !stdout(&o).contains(&closed),

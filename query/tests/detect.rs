@@ -804,7 +804,7 @@ async fn triage_and_suppression_on_the_record_mark_detections_and_change_nothing
     assert_eq!(after, before, "triage changes no detection");
     let mut s = session(&f).await;
     let head = s.coverage().head;
-    let log = detect::TriageLog::read(&mut s, head).await.expect("triage");
+    let log = detect::TriageLog::read(&s, head).await.expect("triage");
     let state = |d: &Detection| log.state(d);
     let a = state(&audience);
     assert_eq!(
