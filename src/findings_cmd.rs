@@ -37,14 +37,16 @@ pub struct FindingsArgs {
     /// Only findings about this agent.
     #[arg(long)]
     agent: Option<String>,
-    /// Run the rule sets recorded on the chain again over the whole log and compare with the
-    /// detections recorded live (exit 1 on a difference). Needs every recorded rule version:
-    /// the built-in ones and the files of --rules.
+    /// Instead of listing: run the rule sets recorded on the chain again over the whole log and
+    /// compare with the detections recorded live (exit 1 on a difference). Needs every
+    /// recorded rule version: the built-in ones and the files of --rules.
     #[arg(long)]
     check: bool,
-    /// Rule files for --check, beside the built-in rules.
-    #[arg(long, env = "DOCKET_RULES", value_name = "DIR")]
-    rules: Option<PathBuf>,
+    /// A directory of rule files for --check, beside the built-in rules. Repeat it to give
+    /// several versions of one rule (an edited rule keeps its id: keep the old file in
+    /// another directory).
+    #[arg(long, value_name = "DIR")]
+    rules: Vec<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -61,7 +63,8 @@ struct Signer {
     /// The analyst's key file (registered by the admin for finding.triaged and finding.suppressed).
     #[arg(long, env = "DOCKET_KEY")]
     key: PathBuf,
-    /// Who decides, as recorded.
+    /// Who decides, as recorded in the event's `by` (what the analyst says; the entry's
+    /// `key_id` is the key that signed it).
     #[arg(long)]
     by: String,
     /// Free text kept with the decision.
@@ -197,12 +200,16 @@ async fn list(args: FindingsArgs) -> Result<ExitCode> {
              FROM findings {filter} ORDER BY seq, finding"
         ))
         .await?;
-    let rows = to_rows(&batches)?;
-    print_rows(&rows, args.format);
     if !args.check {
+        print_rows(&to_rows(&batches)?, args.format);
         return Ok(ExitCode::SUCCESS);
     }
-    let (rules, problems) = detect::load(args.rules.as_deref(), true);
+    let (mut rules, mut problems) = detect::load(None, true);
+    for dir in &args.rules {
+        let (r, p) = detect::load(Some(dir), false);
+        rules.extend(r);
+        problems.extend(p);
+    }
     for p in &problems {
         eprintln!("rule not loaded: {p}");
     }

@@ -13,7 +13,7 @@ use docket_schemas::Timestamp;
 pub struct ReportArgs {
     #[command(flatten)]
     data: crate::DataArgs,
-    /// Start of the range (RFC 3339 UTC, or a date); default: the first entry.
+    /// Start of the range (RFC 3339 UTC, e.g. 2026-12-01T00:00:00Z); default: the first entry.
     #[arg(long)]
     from: Option<String>,
     /// End of the range, exclusive; default: the head.
@@ -31,6 +31,11 @@ pub async fn run(args: ReportArgs) -> Result<()> {
             .transpose()
     };
     let (from, to) = (time("from", &args.from)?, time("to", &args.to)?);
+    if let (Some(f), Some(t)) = (from, to)
+        && f >= t
+    {
+        anyhow::bail!("--from {f} is not before --to {t}: the range is empty");
+    }
     let data = &args.data.data;
     let origin = Store::open_reader(&crate::db_dir(data))?.identity()?.origin;
     let options = SessionOptions {

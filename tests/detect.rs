@@ -93,6 +93,23 @@ fn wait_detected(serve: &mut Serve, data: &Path) -> u64 {
     }
 }
 
+fn open(rt: &tokio::runtime::Runtime, data: &Path) -> AuditSession {
+    let options = SessionOptions {
+        seal: false,
+        ..Default::default()
+    };
+    rt.block_on(AuditSession::open(data, options)).unwrap()
+}
+
+/// The detections recorded on the chain, without the seqs of their records.
+fn recorded_at(rt: &tokio::runtime::Runtime, session: &AuditSession, head: u64) -> Vec<Detection> {
+    rt.block_on(detect::recorded(session, head))
+        .unwrap()
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect()
+}
+
 fn key(d: &Detection) -> (String, String, String, String, Vec<u64>) {
     (
         d.id(),
@@ -143,15 +160,7 @@ fn serve_detects_live_records_its_rules_and_a_replay_agrees() {
         "{}",
         serve.log_text()
     );
-    let session = rt
-        .block_on(AuditSession::open(
-            &data,
-            SessionOptions {
-                seal: false,
-                ..Default::default()
-            },
-        ))
-        .unwrap();
+    let session = open(&rt, &data);
     let sets = rt.block_on(detect::rule_sets(&session, head1)).unwrap();
     assert_eq!(sets.len(), 1, "{sets:?}");
     let (set1_seq, set1) = &sets[0];
@@ -161,12 +170,7 @@ fn serve_detects_live_records_its_rules_and_a_replay_agrees() {
 
     // What was recorded live is what a replay of the log with the recorded rule set gives.
     let (loaded, _) = detect::load(Some(&rules), true);
-    let recorded: Vec<Detection> = rt
-        .block_on(detect::recorded(&session, head1))
-        .unwrap()
-        .into_iter()
-        .map(|(_, d)| d)
-        .collect();
+    let recorded: Vec<Detection> = recorded_at(&rt, &session, head1);
     let mut session = session;
     let replay = rt.block_on(detect::run_recorded(&loaded, &sets, &mut session, 0, head1));
     assert!(replay.problems.is_empty(), "{:?}", replay.problems);
@@ -339,42 +343,24 @@ fn serve_detects_live_records_its_rules_and_a_replay_agrees() {
         dir.path(),
         &["--dump-dom", &format!("file://{}", page.display())],
     );
-    let session = rt
-        .block_on(AuditSession::open(
-            &data,
-            SessionOptions {
-                seal: false,
-                ..Default::default()
-            },
-        ))
-        .unwrap();
     let count = |sql: &str| {
-        let mut session = rt
-            .block_on(AuditSession::open(
-                &data,
-                SessionOptions {
-                    seal: false,
-                    ..Default::default()
-                },
-            ))
-            .unwrap();
+        let mut session = open(&rt, &data);
         let b = rt.block_on(session.query(sql)).unwrap();
         b[0].column(0).as_primitive::<Int64Type>().value(0)
     };
-    drop(session);
     let calls = count("SELECT count(*) FROM api_calls");
-    let open = count("SELECT count(*) FROM findings WHERE triage IN ('open', 'reopened')");
+    let open_findings = count("SELECT count(*) FROM findings WHERE triage IN ('open', 'reopened')");
     assert!(
         dom.contains(&format!("<b id=\"calls-total\">{calls}</b>")),
         "{dom}"
     );
     assert!(
-        dom.contains(&format!("<b id=\"open-total\">{open}</b>")),
+        dom.contains(&format!("<b id=\"open-total\">{open_findings}</b>")),
         "{dom}"
     );
     assert_eq!(
         dom.matches("<article class=\"finding\"").count(),
-        (open as usize).min(docket_query::report::OPEN_FINDINGS_MAX)
+        (open_findings as usize).min(docket_query::report::OPEN_FINDINGS_MAX)
     );
     assert!(
         !dom.contains(&format!("data-finding=\"{closed}\"")),
@@ -412,15 +398,7 @@ fn serve_detects_live_records_its_rules_and_a_replay_agrees() {
         (0..1_500).map(|_| w.next_envelope()).collect(),
     ));
     let head2 = wait_detected(&mut serve, &data);
-    let mut session = rt
-        .block_on(AuditSession::open(
-            &data,
-            SessionOptions {
-                seal: false,
-                ..Default::default()
-            },
-        ))
-        .unwrap();
+    let mut session = open(&rt, &data);
     let sets = rt.block_on(detect::rule_sets(&session, head2)).unwrap();
     assert_eq!(sets.len(), 2);
     let set2_seq = sets[1].0;
@@ -434,12 +412,7 @@ fn serve_detects_live_records_its_rules_and_a_replay_agrees() {
     };
     let (old, new) = (hash_of(&sets[0].1), hash_of(&sets[1].1));
     assert_ne!(old, new);
-    let recorded: Vec<Detection> = rt
-        .block_on(detect::recorded(&session, head2))
-        .unwrap()
-        .into_iter()
-        .map(|(_, d)| d)
-        .collect();
+    let recorded: Vec<Detection> = recorded_at(&rt, &session, head2);
     for d in recorded.iter().filter(|d| d.rule_id == DELETES_ID) {
         let want = if d.seq > set2_seq { &new } else { &old };
         assert_eq!(&d.rule_hash, want, "{}", d.id());
@@ -460,6 +433,28 @@ fn serve_detects_live_records_its_rules_and_a_replay_agrees() {
         "{}",
         serve.log_text()
     );
+    // The CLI's check needs both versions of the edited rule, each in its own directory.
+    let old_dir = dir.path().join("rules-before");
+    std::fs::create_dir(&old_dir).unwrap();
+    std::fs::write(old_dir.join("deletes.yml"), deletes_rule("low")).unwrap();
+    let o = docket(&["findings", "--data", d, "--check", "--rules", r]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is not among the rule files given"),
+        "{}",
+        stderr(&o)
+    );
+    let o = docket(&[
+        "findings",
+        "--data",
+        d,
+        "--check",
+        "--rules",
+        r,
+        "--rules",
+        old_dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
     // A replay with both versions of the rule file reproduces the whole record.
     let mut available = loaded.clone();
     available.extend(detect::load(Some(&rules), false).0);
@@ -482,15 +477,7 @@ fn serve_detects_live_records_its_rules_and_a_replay_agrees() {
     wait_detecting(&mut serve);
     rt.block_on(publish(&url, (0..200).map(|_| w.next_envelope()).collect()));
     let head3 = wait_detected(&mut serve, &data);
-    let session = rt
-        .block_on(AuditSession::open(
-            &data,
-            SessionOptions {
-                seal: false,
-                ..Default::default()
-            },
-        ))
-        .unwrap();
+    let session = open(&rt, &data);
     assert_eq!(
         rt.block_on(detect::rule_sets(&session, head3))
             .unwrap()

@@ -413,8 +413,12 @@ fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
 }
 
 fn read_rule_file(path: &Path) -> Result<String, String> {
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
-    // Looked at before opening: a FIFO would block, a device never end.
+    // Looked at before opening, the link itself: a FIFO would block, a device never end, and
+    // a link could name any file the process can read and quote it in a problem.
+    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    if meta.file_type().is_symlink() {
+        return Err("a symbolic link: rules are read only from regular files".into());
+    }
     if !meta.is_file() {
         return Err("not a regular file".into());
     }
@@ -872,8 +876,8 @@ impl Triage {
 /// The triage and suppression events of a log, read from its `events` table.
 #[derive(Clone, Debug, Default)]
 pub struct TriageLog {
-    /// The last decision per detection id.
-    decisions: BTreeMap<String, (u64, FindingTriaged)>,
+    /// Every decision per finding id, in seq order.
+    decisions: BTreeMap<String, Vec<(u64, FindingTriaged)>>,
     suppressions: Vec<(u64, FindingSuppressed)>,
 }
 
@@ -891,7 +895,10 @@ impl TriageLog {
         for (seq, event) in events {
             match event.body {
                 EventBody::FindingTriaged(t) => {
-                    log.decisions.insert(t.finding.clone(), (seq, t));
+                    log.decisions
+                        .entry(t.finding.clone())
+                        .or_default()
+                        .push((seq, t));
                 }
                 EventBody::FindingSuppressed(s) => log.suppressions.push((seq, s)),
                 _ => {}
@@ -903,12 +910,25 @@ impl TriageLog {
     /// Where `d` stands: the last decision about it, and whether a suppression covers it
     /// (same rule, same agent or any, triggered no later than `until`).
     pub fn state(&self, d: &Detection) -> Triage {
-        self.state_of(&d.id(), &d.rule_id, &d.agent, d.ts)
+        self.state_of(&d.id(), &d.rule_id, &d.agent, d.ts, d.seq)
     }
 
-    /// Where the finding `id` of `rule_id` about `agent`, triggered at `ts`, stands.
-    pub fn state_of(&self, id: &str, rule_id: &str, agent: &str, ts: Timestamp) -> Triage {
-        let decided = self.decisions.get(id);
+    /// Where the finding `id` of `rule_id` about `agent`, triggered at `ts`, stands, counting
+    /// only decisions recorded after `known_seq` (the entry that made the finding known: its
+    /// trigger, or its `finding.raised`): a decision about a finding that did not exist yet
+    /// decides nothing.
+    pub fn state_of(
+        &self,
+        id: &str,
+        rule_id: &str,
+        agent: &str,
+        ts: Timestamp,
+        known_seq: u64,
+    ) -> Triage {
+        let decided = self
+            .decisions
+            .get(id)
+            .and_then(|all| all.iter().rev().find(|(seq, _)| *seq > known_seq));
         Triage {
             status: decided
                 .map_or("open", |(_, t)| t.status.as_str())

@@ -289,7 +289,7 @@ pub fn findings(
     for f in store.findings()? {
         let id = format!("{}@{}", f.rule.as_str(), f.seq);
         let agent = f.agent.clone().unwrap_or_default();
-        let t = triage.state_of(&id, f.rule.as_str(), &agent, f.ts);
+        let t = triage.state_of(&id, f.rule.as_str(), &agent, f.ts, f.seq);
         let mut row = json!({"seq": f.seq, "ts": f.ts.to_string(), "rule": f.rule.as_str(),
             "severity": f.severity, "message": f.message, "evidence": f.evidence, "agent": f.agent,
             "finding": id, "source": "policy"});
@@ -297,7 +297,7 @@ pub fn findings(
         rows.push((f.seq, row));
     }
     for (recorded_seq, d) in detections {
-        let t = triage.state(d);
+        let t = triage.state_of(&d.id(), &d.rule_id, &d.agent, d.ts, *recorded_seq);
         let agent = (!d.agent.is_empty()).then_some(&d.agent);
         let message = format!("{}: {} (baseline: {})", d.title, d.observed, d.baseline);
         let mut row = json!({"seq": d.seq, "ts": d.ts.to_string(), "rule": d.rule_id,

@@ -812,6 +812,16 @@ async fn triage_and_suppression_on_the_record_mark_detections_and_change_nothing
         ("closed", Some("false_positive"), Some("analyst-1"))
     );
     assert!(!a.is_open());
+    // A decision recorded before its finding was known (as a finding.raised after them all
+    // would be) decides nothing: an analyst cannot close tomorrow's detection today.
+    let early = log.state_of(
+        &audience.id(),
+        &audience.rule_id,
+        &audience.agent,
+        audience.ts,
+        head,
+    );
+    assert_eq!((early.status.as_str(), early.decided_seq), ("open", None));
     assert_eq!(state(&probing).status, "escalated");
     let h = state(&hour);
     assert_eq!(h.status, "open");

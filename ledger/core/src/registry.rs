@@ -3,8 +3,8 @@
 //! Pure. The admin key (from the ledger's config) is the root of trust: it alone
 //! may emit `key.registered`, `key.revoked` and `policy.set`, and nothing else.
 //! The ledger's own key may emit the documented default policy, as the first policy on
-//! the chain, and what `serve`'s detector records: `rules.set` and `finding.raised`
-//! (`authorize_event`).
+//! the chain, and what `serve`'s detector records: `rules.set` and `finding.raised`, which
+//! no other key may emit (`authorize_event`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -89,6 +89,8 @@ pub enum AuthError {
     },
     #[error("only the admin key may emit {0}")]
     NotAdmin(Kind),
+    #[error("only the ledger's key may emit {0}")]
+    LedgerOnly(Kind),
     #[error(
         "the ledger's key may emit only the documented default policy (as the first policy.set), \
          rules.set and finding.raised"
@@ -317,6 +319,12 @@ impl Registry {
         if admin_kind {
             return Err(AuthError::NotAdmin(kind));
         }
+        // What `serve`'s detector records speaks for the ledger: no producer key may, whatever
+        // its registration lists (a registered key could otherwise forge findings or empty the
+        // rule set).
+        if matches!(kind, Kind::RulesSet | Kind::FindingRaised) {
+            return Err(AuthError::LedgerOnly(kind));
+        }
         let key = self
             .keys
             .get(signer)
@@ -442,6 +450,33 @@ mod tests {
             reason: None,
             step_up: None,
         })
+    }
+
+    #[test]
+    fn only_the_ledgers_key_records_rule_sets_and_detections_whatever_a_registration_lists() {
+        let admin = SigningKey::from_bytes(&[1; 32]);
+        let detector = SigningKey::from_bytes(&[2; 32]);
+        let mut reg = Registry::new(&admin.verifying_key(), &ledger_key().verifying_key());
+        reg.apply(
+            1,
+            &registered(&detector, &[Kind::RulesSet, Kind::FindingRaised]),
+        )
+        .unwrap();
+        let set = EventBody::RulesSet(docket_schemas::RulesSet {
+            rules: vec![],
+            learning_s: 0,
+        });
+        let id = docket_schemas::key_id(detector.verifying_key().as_bytes());
+        assert!(matches!(
+            reg.authorize_event(&id, &set),
+            Err(AuthError::LedgerOnly(Kind::RulesSet))
+        ));
+        assert!(matches!(
+            reg.authorize(&id, Kind::FindingRaised),
+            Err(AuthError::LedgerOnly(Kind::FindingRaised))
+        ));
+        let ledger = docket_schemas::key_id(ledger_key().verifying_key().as_bytes());
+        assert!(reg.authorize_event(&ledger, &set).is_ok());
     }
 
     #[test]
