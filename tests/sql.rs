@@ -436,6 +436,9 @@ fn a_new_users_first_hour_with_state_findings_times_csv_and_the_shell() {
         findings.iter().any(|f| f.message.chars().count() > 72),
         "the workload has long finding messages"
     );
+    // Listed by trigger seq, then by id (rule name) among findings of one entry.
+    let mut findings = findings;
+    findings.sort_by(|a, b| (a.seq, a.rule.as_str()).cmp(&(b.seq, b.rule.as_str())));
     let out = stdout(&docket(&["findings", "--data", d]));
     let lines: Vec<&str> = out.lines().skip(1).collect();
     assert_eq!(lines.len(), findings.len());

@@ -18,7 +18,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 PAYLOAD_TYPE = b"application/vnd.docket.event+json"
 ADMIN_KINDS = {"key.registered", "key.revoked", "policy.set"}
-# The documented default policy (FORMAT.md section 12): the only event the ledger's key may sign.
+# What serve's detector records (FORMAT.md section 3): the ledger's key alone may sign these.
+LEDGER_KINDS = ("rules.set", "finding.raised")
+# The documented default policy (FORMAT.md section 12): the one policy the ledger's key may sign.
 DEFAULT_POLICY = {"revision": 1, "step_up_max_age_s": 300, "approval_ttl_s": 300,
                   "token_ttl_max_s": 300, "request_skew_max_s": 300,
                   "unauthenticated_recorded_per_s": 50, "event_ts_ahead_max_s": 300,
@@ -130,8 +132,11 @@ class Registry:
         kind = event["kind"]
         named = hint if hint in (self.admin_id, self.ledger_id) or hint in self.keys else self.aliases.get(hint)
         if named == self.ledger_id:
+            if kind in LEDGER_KINDS:
+                return [self.ledger], "the ledger's key"
             if kind != "policy.set" or policy_body(event) != DEFAULT_POLICY or self.policy_recorded:
-                return "the ledger's key may sign only the default policy, before any other"
+                return ("the ledger's key may sign only the default policy (before any other), "
+                        "rules.set and finding.raised")
             return [self.ledger], "the ledger's key"
         if named == self.admin_id:
             if kind not in ADMIN_KINDS:
@@ -141,6 +146,8 @@ class Registry:
             k = self.keys[named]
             if kind in ADMIN_KINDS:
                 return "only the admin may emit %s" % kind
+            if kind in LEDGER_KINDS:
+                return "only the ledger's key may emit %s" % kind
             if k["revoked"]:
                 return "key %s was revoked" % named[:12]
             if kind not in k["kinds"] or k["name"].startswith("stepup:"):
