@@ -188,7 +188,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     };
     let source = NatsSource::connect(&settings).await?;
     let client = source.client.clone();
-    let mut appended_sub = client
+    let appended_sub = client
         .subscribe(docket_ledger::transport::SUBJECT_APPENDED)
         .await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -202,18 +202,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         (ledger, r)
     });
 
-    // Commit times per seq, from the ledger's own notices.
-    let commits: Commits = Arc::default();
-    let commits_w = Arc::clone(&commits);
-    let watcher = tokio::spawn(async move {
-        while let Some(m) = appended_sub.next().await {
-            if let Ok(v) = serde_json::from_slice::<docket_schemas::notice::Appended>(&m.payload)
-                && let Ok(mut c) = commits_w.lock()
-            {
-                c.push((v.from_seq, v.to_seq, v.committed_us));
-            }
-        }
-    });
+    let (commits, watcher) = watch_commits(appended_sub);
     let js = async_nats::jetstream::new(client.clone());
     let mut publisher = Publisher::new(Sink::Nats(js));
     let mut sent_us: Vec<i64> =
@@ -421,6 +410,24 @@ fn admit_only(args: AdmitArgs) -> Result<()> {
         "admission + dedup lookup + synced RocksDB write:                  {rate:.0} events/s"
     );
     Ok(())
+}
+
+/// Commit times per seq, from the ledger's own `docket.appended` notices.
+pub fn watch_commits(
+    mut appended: async_nats::Subscriber,
+) -> (Commits, tokio::task::JoinHandle<()>) {
+    let commits: Commits = Arc::default();
+    let into = Arc::clone(&commits);
+    let watcher = tokio::spawn(async move {
+        while let Some(m) = appended.next().await {
+            if let Ok(v) = serde_json::from_slice::<docket_schemas::notice::Appended>(&m.payload)
+                && let Ok(mut c) = into.lock()
+            {
+                c.push((v.from_seq, v.to_seq, v.committed_us));
+            }
+        }
+    });
+    (commits, watcher)
 }
 
 pub async fn wait_for_seq(commits: &Commits, seq: u64) -> Result<i64> {

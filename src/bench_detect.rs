@@ -23,7 +23,7 @@ use docket_testkit::nats_server::NatsServer;
 use docket_testkit::workload::{Published, Roles, Workload};
 use futures::StreamExt;
 
-use crate::bench::{Commits, past_start, percentile, wait_for_seq};
+use crate::bench::{past_start, percentile, wait_for_seq, watch_commits};
 
 #[derive(Args)]
 pub struct DetectBenchArgs {
@@ -120,7 +120,7 @@ async fn one_run(args: &DetectBenchArgs, detect: Option<(i64, f64)>) -> Result<R
     };
     let source = NatsSource::connect(&settings).await?;
     let client = source.client.clone();
-    let mut appended = client
+    let appended = client
         .subscribe(docket_ledger::transport::SUBJECT_APPENDED)
         .await?;
     let mut findings_sub = client
@@ -136,17 +136,7 @@ async fn one_run(args: &DetectBenchArgs, detect: Option<(i64, f64)>) -> Result<R
             .await;
         (ledger, r)
     });
-    let commits: Commits = Arc::default();
-    let commits_w = Arc::clone(&commits);
-    let watcher = tokio::spawn(async move {
-        while let Some(m) = appended.next().await {
-            if let Ok(v) = serde_json::from_slice::<docket_schemas::notice::Appended>(&m.payload)
-                && let Ok(mut c) = commits_w.lock()
-            {
-                c.push((v.from_seq, v.to_seq, v.committed_us));
-            }
-        }
-    });
+    let (commits, watcher) = watch_commits(appended);
     let heard: Arc<Mutex<Vec<(u64, i64, String)>>> = Arc::default();
     let heard_w = Arc::clone(&heard);
     let listener = tokio::spawn(async move {

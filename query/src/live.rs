@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use docket_ledger::publisher::{Publisher, Sink, subject_for};
-use docket_ledger::store::Store;
 use docket_ledger::transport::Bus;
 use docket_schemas::notice::{DetectionNotice, SUBJECT_FINDINGS};
 use docket_schemas::{Event, EventBody, EventId, SCHEMA_VERSION, seal_event};
@@ -197,15 +196,14 @@ impl LiveDetector {
             watermark,
             "detection running"
         );
-        let mut head_reader: Option<Store> = None;
         let mut warned_missing = std::collections::BTreeSet::new();
         let mut cache = SessionCache::default();
         while !stop.load(Ordering::Relaxed) {
-            let head = match head_of(&self.data, &mut head_reader) {
+            let head = match cache.head(&self.data) {
                 Ok(h) => h,
                 Err(e) => {
                     tracing::warn!(error = %e, "detection cannot read the head");
-                    head_reader = None;
+                    cache = SessionCache::default();
                     tokio::time::sleep(DETECT_INTERVAL).await;
                     continue;
                 }
@@ -301,20 +299,6 @@ impl LiveDetector {
 fn set_stats(stats: &std::sync::Mutex<LiveStats>, f: impl FnOnce(&mut LiveStats)) {
     if let Ok(mut s) = stats.lock() {
         f(&mut s);
-    }
-}
-
-/// The durable head, through a secondary reader kept between ticks.
-fn head_of(data: &Path, reader: &mut Option<Store>) -> Result<u64, QueryError> {
-    if reader.is_none() {
-        *reader = Some(Store::open_reader(&data.join("db"))?);
-    }
-    match reader {
-        Some(s) => {
-            s.catch_up()?;
-            Ok(s.head()?.0)
-        }
-        None => Ok(0),
     }
 }
 

@@ -136,6 +136,11 @@ impl SessionCache {
         }
     }
 
+    /// The durable head, through the kept reader (caught up first).
+    pub fn head(&mut self, data: &Path) -> Result<u64, QueryError> {
+        Ok(self.store(data)?.head()?.0)
+    }
+
     fn extend(
         &mut self,
         store: &Store,
