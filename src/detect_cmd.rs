@@ -262,6 +262,26 @@ pub async fn rules(cmd: RulesCommand) -> Result<ExitCode> {
     }
 }
 
+/// Worker threads of the detector's runtime: one per core of the machines Docket is measured on;
+/// their lower priority, not their number, is what keeps ingest first.
+const DETECT_THREADS: usize = 2;
+/// How much lower than ingest the detector's threads run (a `nice` increment).
+#[cfg(target_os = "linux")]
+const DETECT_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority (on Linux `setpriority` with id 0 applies
+/// to the calling thread only); elsewhere it does nothing rather than renice the whole process.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority only reads its arguments; a failure leaves the priority as it was.
+        let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, DETECT_NICE) } != 0;
+        if failed {
+            tracing::debug!("detection runs at the ingest's priority: setpriority refused");
+        }
+    }
+}
+
 /// Starts `serve`'s detector: loads the rules (a rule that does not load is reported with its
 /// file and line, the others run) and runs them live until `stop` is set.
 pub fn spawn_live(
@@ -293,10 +313,38 @@ pub fn spawn_live(
         docket_query::live::LiveStats::default(),
     ));
     let shared = std::sync::Arc::clone(&stats);
-    let task = tokio::spawn(async move {
-        if let Err(e) = detector.run(stop, shared).await {
-            tracing::error!(error = %e, "detection stopped; the ledger goes on without it");
+    // The detector gets its own runtime on threads of lower priority: a window's SQL is
+    // CPU-bound for hundreds of milliseconds, and on the ingest runtime it would hold workers
+    // that acknowledge events. Ingest comes first; detection takes the CPU left over and
+    // catches up when ingest slows (its findings are a function of the log, not of when it runs).
+    let thread = std::thread::Builder::new()
+        .name("docket-detect".into())
+        .spawn(move || {
+            lower_priority();
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(DETECT_THREADS)
+                .thread_name("docket-detect-worker")
+                .on_thread_start(lower_priority)
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "detection cannot start its runtime; the ledger goes on without it");
+                    return;
+                }
+            };
+            if let Err(e) = runtime.block_on(detector.run(stop, shared)) {
+                tracing::error!(error = %e, "detection stopped; the ledger goes on without it");
+            }
+        });
+    let task = tokio::task::spawn_blocking(move || match thread {
+        Ok(t) => {
+            if t.join().is_err() {
+                tracing::error!("detection panicked; the ledger goes on without it");
+            }
         }
+        Err(e) => tracing::error!(error = %e, "detection cannot start its thread"),
     });
     (task, stats)
 }

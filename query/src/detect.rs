@@ -473,11 +473,9 @@ impl Rule {
         // `ts` could, with a late arrival dated earlier), so the period is the same live and in replay.
         format!(
             "{select} \
-             JOIN (SELECT agent, min(seq) AS first_seq FROM events WHERE agent IS NOT NULL GROUP BY agent) a \
-               ON a.agent = d.agent \
-             JOIN events f ON f.seq = a.first_seq \
+             JOIN agent_first a ON a.agent = d.agent \
              WHERE d.seq > {from_seq} AND d.seq <= {to_seq} \
-               AND CAST(t.ts AS BIGINT) - CAST(f.ts AS BIGINT) >= {fleet_learning_us} \
+               AND CAST(t.ts AS BIGINT) - CAST(a.first_ts AS BIGINT) >= {fleet_learning_us} \
              ORDER BY d.seq"
         )
     }

@@ -34,7 +34,7 @@ use crate::render::{cast_batch, retype_strings};
 use crate::rows::EVENTS_SCHEMA;
 use crate::seal::{self, CheckedSeal, SealedFiles};
 use crate::segment::{self, Segment};
-use crate::tables::{self, AsOf, SMALL_TABLES};
+use crate::tables::{self, AgentFirsts, AsOf, SMALL_TABLES};
 
 /// Memory a query may hold in operators (sorts, joins, aggregates) unless told otherwise.
 pub const MEMORY_LIMIT_BYTES_DEFAULT: usize = 512 * 1024 * 1024;
@@ -119,6 +119,7 @@ pub struct SessionCache {
     first: u64,
     next: u64,
     batches: Vec<RecordBatch>,
+    firsts: AgentFirsts,
 }
 
 impl SessionCache {
@@ -188,6 +189,8 @@ pub struct AuditSession {
     coverage: Coverage,
     /// What a person should know about an answer (e.g. `--as-of` past the head), not yet taken.
     notes: Vec<String>,
+    /// Agents' first entries through the head, when a cache kept them (else built when named).
+    firsts: Option<AgentFirsts>,
 }
 
 /// The schema a table is queried with: strings as views, as DataFusion reads Parquet.
@@ -265,7 +268,7 @@ impl AuditSession {
         })?;
         let sealed_through = run.segments.last().map_or(0, |(s, _)| s.last_seq);
         let schema = query_schema(&EVENTS_SCHEMA);
-        let tail = match cache {
+        let tail = match cache.as_deref_mut() {
             None => segment::tail(&store, sealed_through + 1)?
                 .iter()
                 .map(|b| cast_batch(b, &schema))
@@ -317,7 +320,15 @@ impl AuditSession {
         for (name, sql) in VIEWS {
             ctx.sql(&format!("CREATE VIEW {name} AS {sql}")).await?;
         }
+        let firsts = match cache {
+            None => None,
+            Some(c) => {
+                c.firsts.advance(&ctx, head).await?;
+                Some(c.firsts.clone())
+            }
+        };
         Ok(AuditSession {
+            firsts,
             ctx,
             store,
             options,
@@ -426,6 +437,17 @@ impl AuditSession {
                 }
                 "rejections" => built.push((t, tables::rejections(&self.store)?)),
                 "checkpoints" => built.push((t, tables::checkpoints(&self.store)?)),
+                "agent_first" => {
+                    let firsts = match &self.firsts {
+                        Some(f) => f.clone(),
+                        None => {
+                            let mut f = AgentFirsts::default();
+                            f.advance(&self.ctx, self.coverage.head).await?;
+                            f
+                        }
+                    };
+                    built.push((t, firsts.table()?));
+                }
                 _ => {}
             }
         }

@@ -28,6 +28,7 @@ pub const SMALL_TABLES: &[&str] = &[
     "findings",
     "rejections",
     "checkpoints",
+    "agent_first",
 ];
 
 /// Which state the `*_state` and `agents` tables show.
@@ -141,6 +142,14 @@ static APPROVALS_STATE: LazyLock<SchemaRef> = LazyLock::new(|| {
         ("decided_at", Time, true),
         ("requested_seq", Int, false),
         ("decided_seq", Int, true),
+    ])
+});
+
+static AGENT_FIRST: LazyLock<SchemaRef> = LazyLock::new(|| {
+    schema(&[
+        ("agent", Text, false),
+        ("first_seq", Int, false),
+        ("first_ts", Time, false),
     ])
 });
 
@@ -354,4 +363,66 @@ pub fn checkpoints(store: &Store) -> Result<RecordBatch, QueryError> {
         })
         .collect();
     batch(&CHECKPOINTS, &rows)
+}
+
+/// Each agent's first entry (its least seq) and that entry's `ts`, over the entries read so far.
+/// An agent's first entry never changes once appended, so the table grows by folding in only
+/// the entries after `through`: `serve`'s detector keeps one across windows (its learning
+/// period starts there), a plain session builds one from seq 0, and both call [`Self::advance`].
+#[derive(Clone, Debug, Default)]
+pub struct AgentFirsts {
+    firsts: std::collections::BTreeMap<String, (u64, i64)>,
+    through: u64,
+}
+
+impl AgentFirsts {
+    /// Folds in the entries `(through, to_seq]` of `events` in `ctx`.
+    pub async fn advance(
+        &mut self,
+        ctx: &datafusion::prelude::SessionContext,
+        to_seq: u64,
+    ) -> Result<(), QueryError> {
+        use datafusion::arrow::array::{Array, AsArray};
+        use datafusion::arrow::datatypes::{Int64Type, UInt64Type};
+        if to_seq <= self.through {
+            return Ok(());
+        }
+        let from = self.through;
+        let sql = format!(
+            "SELECT e.agent, e.seq, CAST(e.ts AS BIGINT) AS t FROM events e \
+             JOIN (SELECT agent, min(seq) AS seq FROM events \
+                   WHERE seq > {from} AND seq <= {to_seq} AND agent IS NOT NULL GROUP BY agent) m \
+               ON m.seq = e.seq \
+             WHERE e.seq > {from} AND e.seq <= {to_seq}"
+        );
+        for b in ctx.sql(&sql).await?.collect().await? {
+            let agents = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8)?;
+            let agents = agents.as_string::<i32>();
+            let seqs = b.column(1).as_primitive::<UInt64Type>();
+            let ts = b.column(2).as_primitive::<Int64Type>();
+            for i in 0..b.num_rows() {
+                if agents.is_null(i) || seqs.is_null(i) || ts.is_null(i) {
+                    continue;
+                }
+                self.firsts
+                    .entry(agents.value(i).to_string())
+                    .or_insert((seqs.value(i), ts.value(i)));
+            }
+        }
+        self.through = to_seq;
+        Ok(())
+    }
+
+    /// The `agent_first` table.
+    pub fn table(&self) -> Result<RecordBatch, QueryError> {
+        let rows: Vec<Value> = self
+            .firsts
+            .iter()
+            .map(|(agent, (seq, t))| {
+                let ts = Timestamp::from_micros(*t).map(|t| t.to_string());
+                json!({"agent": agent, "first_seq": seq, "first_ts": ts})
+            })
+            .collect();
+        batch(&AGENT_FIRST, &rows)
+    }
 }
