@@ -14,6 +14,7 @@ mod sql_cmd;
 mod state_cmd;
 mod vault_cmd;
 mod vault_scene;
+mod watch_cmd;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -90,6 +91,8 @@ enum Command {
     /// The policy on the chain (the settings every decision and finding follows): show it, or record a change.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// The security team's terminal: live events, findings, agents, approvals and SQL, with actions.
+    Watch(watch_cmd::WatchArgs),
     /// Run the whole pipeline on a synthetic workload, then verify it.
     Demo(demo::DemoArgs),
     /// Measure performance and print figures.
@@ -313,6 +316,8 @@ fn main() -> std::process::ExitCode {
     let default_filter = match cli.command {
         Command::Demo(_) | Command::Bench(_) => "error",
         Command::Serve(_) => "info,async_nats=warn",
+        // The UI owns the terminal: a log line would tear its screen.
+        Command::Watch(_) => "off",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -424,6 +429,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Revoke(a) => vault_cmd::revoke(a).await,
         Command::Introspect(a) => vault_cmd::introspect(a).await,
         Command::Demo(args) => demo::run(args).await.map(|_| ok),
+        Command::Watch(args) => watch_cmd::run(args).await,
         Command::Bench(cmd) => bench::run(cmd).await.map(|_| ok),
     }
 }
@@ -722,11 +728,11 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 }
 
 /// One event `publish` sent, and what JetStream said of it.
-struct Sent {
-    line: usize,
-    id: EventId,
-    kind: String,
-    ack: Option<Result<docket_ledger::publisher::Acked, String>>,
+pub(crate) struct Sent {
+    pub(crate) line: usize,
+    pub(crate) id: EventId,
+    pub(crate) kind: String,
+    pub(crate) ack: Option<Result<docket_ledger::publisher::Acked, String>>,
 }
 
 async fn publish(args: PublishArgs) -> Result<std::process::ExitCode> {
@@ -886,7 +892,7 @@ pub async fn publish_lines(
 
 /// Asks the ledger what became of each acknowledged event until none is pending or `wait` ends.
 /// `None` for an event JetStream never acknowledged.
-async fn wait_for_fates(
+pub(crate) async fn wait_for_fates(
     client: &async_nats::Client,
     sent: &[Sent],
     wait: Duration,

@@ -145,6 +145,15 @@ fn now() -> Result<Timestamp> {
 async fn call(client: &Client, op: Op) -> Result<Reply> {
     let key = keyfile::read(&client.key)?;
     let nats = docket_ledger::transport::connect(&client.nats, &client.nats_auth.auth()).await?;
+    request(&nats, &key, op).await
+}
+
+/// Signs `op` with `key` and asks the vault over `nats`; its answer, or why there is none.
+pub async fn request(
+    nats: &async_nats::Client,
+    key: &ed25519_dalek::SigningKey,
+    op: Op,
+) -> Result<Reply> {
     let subject = format!("docket.vault.{}", op.name());
     let request = Request {
         v: REQUEST_VERSION,
@@ -154,7 +163,7 @@ async fn call(client: &Client, op: Op) -> Result<Reply> {
     };
     let reply = tokio::time::timeout(
         Duration::from_secs(10),
-        nats.request(subject, seal_request(&request, &key).into()),
+        nats.request(subject, seal_request(&request, key).into()),
     )
     .await
     .context("the vault did not answer within 10 s")?

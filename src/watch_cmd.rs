@@ -1,0 +1,921 @@
+//! `docket watch`: the shell around the terminal UI: reads the ledger beside a running `serve`, feeds the UI, and carries out what it asks (vault decisions, signed triage, SQL).
+//!
+//! The UI (`docket-tui`) is pure model, update and view on its own thread; this shell
+//! is everything with I/O. It follows the store (new entries, read through a kept
+//! reader and decoded once), refreshes the state, findings and approvals through the
+//! query layer every second, watches the NATS connection, and turns each UI command
+//! into a vault request signed with `--key` or a signed event whose fate it waits for.
+//! Nothing it prints goes to the terminal while the UI owns it: outcomes go to the UI.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use docket_ledger::keyfile;
+use docket_ledger::store::{Store, decode_record};
+use docket_query::arrow::array::RecordBatch;
+use docket_query::arrow::util::display::{ArrayFormatter, FormatOptions};
+use docket_query::session::{AuditSession, SessionCache, SessionOptions};
+use docket_schemas::checkpoint::Checkpoint;
+use docket_schemas::envelope::Envelope;
+use docket_schemas::vault::{Op, Reply};
+use docket_schemas::{ApprovalMethod, Decision, Level, Risk, StepUpAssertion, StepUpClaim};
+use docket_tui::model::{
+    AgentDetail, AgentRow, ApprovalRow, CheckpointFigure, Connection, EntryDetail, EventRow,
+    FindingRow, Holding, HoldingKind, Model, OverviewFigures, QueryResult,
+};
+use docket_tui::update::{Command, Msg};
+use ed25519_dalek::SigningKey;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+/// Messages waiting for the UI; a full queue makes the feeder wait, not drop.
+const MSG_QUEUE_MAX: usize = 256;
+/// Commands waiting for the shell.
+const COMMAND_QUEUE_MAX: usize = 32;
+/// How often the shell looks for new entries.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(250);
+/// How often state, findings, approvals and agents are asked again.
+const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// Newest entries read per look: a UI that fell behind a fast ledger shows the latest, and
+/// says how many it skipped, rather than reading everything it missed.
+const EVENTS_PER_LOOK_MAX: u64 = 2_000;
+/// Rows of a query result handed to the UI.
+const QUERY_ROWS_MAX: usize = 1_000;
+/// Findings handed to the UI per refresh, newest first.
+const FINDINGS_SHOWN_MAX: usize = 2_000;
+/// Entries in an opened agent's timeline.
+const TIMELINE_MAX: usize = 200;
+/// How long a triage event may take to reach the chain before the UI is told it is pending.
+const FATE_PATIENCE: Duration = Duration::from_secs(10);
+
+#[derive(Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    data: crate::DataArgs,
+    /// NATS server URL: decisions and triage go through it, and the header shows whether it is up.
+    #[arg(long, env = "DOCKET_NATS", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    #[command(flatten)]
+    nats_auth: crate::NatsAuthArgs,
+    /// Your key file: a user's (approve, deny), an analyst's (triage) or the admin's (revoke,
+    /// suspend). Without it the UI is read-only.
+    #[arg(long, env = "DOCKET_KEY")]
+    key: Option<PathBuf>,
+    /// Your step-up key file ("stepup:<user>"): approving a critical request needs it.
+    #[arg(long)]
+    step_up_key: Option<PathBuf>,
+    /// Who decides, as triage events record it (`by`).
+    #[arg(long, env = "USER", default_value = "analyst")]
+    by: String,
+    /// Hide every action: watch only.
+    #[arg(long)]
+    readonly: bool,
+}
+
+fn now_us() -> i64 {
+    docket_ledger::clock::now().map_or(0, |t| t.as_micros())
+}
+
+/// Hands `msg` to the UI, waiting while its queue is full; false once the UI is gone.
+async fn send(tx: &SyncSender<Msg>, mut msg: Msg) -> bool {
+    loop {
+        match tx.try_send(msg) {
+            Ok(()) => return true,
+            Err(TrySendError::Disconnected(_)) => return false,
+            Err(TrySendError::Full(m)) => {
+                msg = m;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+pub async fn run(args: WatchArgs) -> Result<std::process::ExitCode> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        bail!(
+            "docket watch needs a terminal; for scripts use `docket findings`, `docket state` or `docket sql`"
+        );
+    }
+    let data = args.data.data.clone();
+    if !data.join("db").exists() {
+        bail!(
+            "{}: no ledger here (run `docket serve --data {}` first)",
+            data.display(),
+            data.display()
+        );
+    }
+    let key = match &args.key {
+        Some(p) => Some(keyfile::read(p).with_context(|| format!("--key {}", p.display()))?),
+        None => None,
+    };
+    let step_up = match &args.step_up_key {
+        Some(p) => {
+            Some(keyfile::read(p).with_context(|| format!("--step-up-key {}", p.display()))?)
+        }
+        None => None,
+    };
+    let readonly = args.readonly || key.is_none();
+    let (msg_tx, msg_rx) = std::sync::mpsc::sync_channel(MSG_QUEUE_MAX);
+    let (cmd_tx, cmd_rx) = std::sync::mpsc::sync_channel(COMMAND_QUEUE_MAX);
+    let model = Model::new(readonly, now_us());
+    let ui = tokio::task::spawn_blocking(move || {
+        docket_tui::terminal::run(model, msg_rx, cmd_tx, now_us)
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let (nats_tx, nats_rx) = watch::channel(None);
+    let follower = tokio::spawn(follow(data.clone(), msg_tx.clone(), Arc::clone(&stop)));
+    let connector = tokio::spawn(connect(
+        args.nats.clone(),
+        args.nats_auth.auth(),
+        nats_tx,
+        msg_tx.clone(),
+        Arc::clone(&stop),
+    ));
+    let (atx, mut arx) = tokio::sync::mpsc::channel::<Command>(COMMAND_QUEUE_MAX);
+    let bridge = tokio::task::spawn_blocking(move || {
+        while let Ok(c) = cmd_rx.recv() {
+            if atx.blocking_send(c).is_err() {
+                break;
+            }
+        }
+    });
+    let actor = Actor {
+        data,
+        key,
+        step_up,
+        by: args.by.clone(),
+        nats: nats_rx,
+        ui: msg_tx,
+    };
+    let commands = tokio::spawn(async move {
+        let mut cache = SessionCache::default();
+        while let Some(c) = arx.recv().await {
+            actor.carry_out(c, &mut cache).await;
+        }
+    });
+    let outcome = ui.await;
+    stop.store(true, Ordering::Relaxed);
+    commands.abort();
+    follower.abort();
+    connector.abort();
+    let _ = bridge.await;
+    match outcome {
+        Ok(Ok(frames)) => {
+            if let (Some(p50), Some(p99)) = (frames.p50_us(), frames.p99_us()) {
+                tracing::info!(
+                    frames = frames.frames(),
+                    p50_us = p50,
+                    p99_us = p99,
+                    "frame times"
+                );
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Ok(Err(e)) => Err(e).context("the terminal UI stopped"),
+        Err(e) => bail!("the terminal UI panicked: {e}"),
+    }
+}
+
+/// Keeps a NATS connection for the commands and tells the UI whether it is up; a lost
+/// connection is retried by the client itself, and a first connection until it succeeds.
+async fn connect(
+    url: String,
+    auth: docket_ledger::transport::NatsAuth,
+    out: watch::Sender<Option<async_nats::Client>>,
+    ui: SyncSender<Msg>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut attempt = 0u32;
+    let since = now_us();
+    let client = loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        match docket_ledger::transport::connect(&url, &auth).await {
+            Ok(c) => break c,
+            Err(e) => {
+                attempt += 1;
+                let msg = Msg::Connection(Connection::Reconnecting {
+                    since_us: since,
+                    error: e.to_string(),
+                    attempt,
+                });
+                if !send(&ui, msg).await {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    if !send(&ui, Msg::Connection(Connection::Connected)).await {
+        return;
+    }
+    let _ = out.send(Some(client.clone()));
+    let mut up = true;
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(FOLLOW_INTERVAL).await;
+        let now_up = client.connection_state() == async_nats::connection::State::Connected;
+        if now_up == up {
+            continue;
+        }
+        up = now_up;
+        let msg = if up {
+            Msg::Connection(Connection::Connected)
+        } else {
+            Msg::Connection(Connection::Lost {
+                since_us: now_us(),
+                error: format!("NATS at {url} does not answer; the client retries by itself"),
+            })
+        };
+        if !send(&ui, msg).await {
+            return;
+        }
+    }
+}
+
+/// Follows the store: new entries every look, the rest every refresh.
+async fn follow(data: PathBuf, ui: SyncSender<Msg>, stop: Arc<AtomicBool>) {
+    let mut cache = SessionCache::default();
+    let mut shown: Option<u64> = None;
+    let mut last_refresh: Option<Instant> = None;
+    let mut rate_from: Option<(Instant, u64)> = None;
+    let mut rate = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let outcome = look(&data, &mut cache, &mut shown, &ui).await;
+        if let Err(e) = outcome {
+            let msg = Msg::ActionOutcome {
+                action: "reading the ledger".into(),
+                outcome: Err(format!("{e:#}")),
+            };
+            if !send(&ui, msg).await {
+                return;
+            }
+            cache = SessionCache::default();
+        }
+        if last_refresh.is_none_or(|t| t.elapsed() >= REFRESH_INTERVAL) {
+            let head = shown.unwrap_or(0);
+            let now = Instant::now();
+            if let Some((t, seq)) = rate_from {
+                let secs = now.duration_since(t).as_secs_f64();
+                if secs > 0.0 {
+                    rate = (head.saturating_sub(seq) as f64 / secs).round() as u64;
+                }
+            }
+            rate_from = Some((now, head));
+            last_refresh = Some(now);
+            match refresh(&data, &mut cache, rate).await {
+                Ok(msgs) => {
+                    for m in msgs {
+                        if !send(&ui, m).await {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let msg = Msg::ActionOutcome {
+                        action: "refreshing".into(),
+                        outcome: Err(format!("{e:#}")),
+                    };
+                    if !send(&ui, msg).await {
+                        return;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(FOLLOW_INTERVAL).await;
+    }
+}
+
+async fn session(data: &std::path::Path, cache: &mut SessionCache) -> Result<AuditSession> {
+    let options = SessionOptions {
+        seal: false,
+        ..SessionOptions::default()
+    };
+    Ok(AuditSession::open_cached(data, options, cache).await?)
+}
+
+/// Sends the entries appended since the last look.
+async fn look(
+    data: &std::path::Path,
+    cache: &mut SessionCache,
+    shown: &mut Option<u64>,
+    ui: &SyncSender<Msg>,
+) -> Result<()> {
+    let head = cache.head(data)?;
+    let from = match *shown {
+        Some(s) if s >= head => return Ok(()),
+        Some(s) => s.max(head.saturating_sub(EVENTS_PER_LOOK_MAX)),
+        None => head.saturating_sub(EVENTS_PER_LOOK_MAX / 10),
+    };
+    let mut s = session(data, cache).await?;
+    let rows = event_rows(&mut s, &format!("seq > {from} AND seq <= {head}"), None).await?;
+    *shown = Some(head);
+    send(ui, Msg::Events(rows)).await;
+    Ok(())
+}
+
+const EVENT_COLUMNS: &str = "seq, CAST(ts AS BIGINT) AS t, kind, agent, \"user\", audience, key_id, method, \
+     operation, status, source, decision, risk, reason, token_id, grant_id, approval_id, actor";
+
+async fn event_rows(
+    s: &mut AuditSession,
+    filter: &str,
+    newest: Option<usize>,
+) -> Result<Vec<EventRow>> {
+    let sql = match newest {
+        None => format!("SELECT {EVENT_COLUMNS} FROM events WHERE {filter} ORDER BY seq"),
+        Some(n) => {
+            format!("SELECT {EVENT_COLUMNS} FROM events WHERE {filter} ORDER BY seq DESC LIMIT {n}")
+        }
+    };
+    let rows = text_rows(&s.query(&sql).await?)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let get = |i: usize| r.get(i).cloned().unwrap_or_default();
+        let Ok(seq) = get(0).parse::<u64>() else {
+            continue;
+        };
+        let kind = get(2);
+        out.push(EventRow {
+            seq,
+            ts_us: get(1).parse().unwrap_or(0),
+            summary: summary(&kind, &r),
+            kind,
+            agent: get(3),
+            user: get(4),
+            audience: get(5),
+            signer_key_id: get(6),
+        });
+    }
+    Ok(out)
+}
+
+/// One line about an entry, from the columns of [`EVENT_COLUMNS`].
+fn summary(kind: &str, r: &[String]) -> String {
+    let get = |i: usize| r.get(i).map_or("", String::as_str);
+    match kind {
+        "api.called" => format!("{} {} → {} from {}", get(7), get(8), get(9), get(10)),
+        "approval.requested" => format!("asks {} ({} risk) {}", get(4), get(12), get(16)),
+        "approval.decided" => format!("{} by {} {}", get(11), get(4), get(16)),
+        "token.issued" => format!("token {} under {}", get(14), get(15)),
+        "grant.created" => format!("grant {} to {}", get(15), get(3)),
+        "grant.revoked" | "token.revoked" | "agent.suspended" | "key.revoked" => {
+            format!("by {}: {}", get(17), get(13))
+        }
+        "request.refused" => format!("{} refused: {}", get(8), get(13)),
+        "finding.triaged" => format!("{} by {}", get(11), get(17)),
+        _ => String::new(),
+    }
+}
+
+/// Every cell as text (NULL as empty), one row per row.
+fn text_rows(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>> {
+    let options = FormatOptions::default();
+    let mut out = Vec::new();
+    for b in batches {
+        let formatters = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<Vec<_>, _>>()?;
+        for i in 0..b.num_rows() {
+            out.push(formatters.iter().map(|f| f.value(i).to_string()).collect());
+        }
+    }
+    Ok(out)
+}
+
+/// A list cell as text (`[a, b]`) back into its items.
+fn items(cell: &str) -> Vec<String> {
+    let inner = cell.trim().trim_start_matches('[').trim_end_matches(']');
+    inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+async fn refresh(data: &std::path::Path, cache: &mut SessionCache, rate: u64) -> Result<Vec<Msg>> {
+    let mut s = session(data, cache).await?;
+    let counts = text_rows(
+        &s.query(
+            "SELECT (SELECT count(*) FROM agents) AS agents, \
+                    (SELECT count(*) FROM grants_state WHERE status = 'active') AS grants, \
+                    (SELECT count(*) FROM tokens_state WHERE status = 'active') AS tokens, \
+                    (SELECT count(*) FROM approvals_state WHERE status = 'pending') AS pending, \
+                    (SELECT count(*) FROM rejections) AS rejected",
+        )
+        .await?,
+    )?;
+    let n = |i: usize| {
+        counts
+            .first()
+            .and_then(|r| r.get(i))
+            .and_then(|c| c.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let store = Store::open_reader(&data.join("db"))?;
+    let (head, hash) = store.head()?;
+    let checkpoint = store
+        .last_checkpoint()?
+        .map(|(size, note)| CheckpointFigure {
+            seq: size,
+            verified: checkpoint_holds(&store, size, &note),
+        });
+    let findings = text_rows(
+        &s.query(&format!(
+            "SELECT finding, rule, COALESCE(title, rule) AS title, severity, COALESCE(agent, '') AS agent, \
+             COALESCE(\"user\", '') AS who, COALESCE(audience, '') AS audience, message, \
+             COALESCE(observed, '') AS observed, COALESCE(baseline, '') AS baseline, evidence, triage, seq, \
+             CAST(ts AS BIGINT) AS ts_us \
+             FROM findings ORDER BY seq DESC LIMIT {FINDINGS_SHOWN_MAX}"
+        ))
+        .await?,
+    )?;
+    let mut by_level: Vec<(Level, u64)> = Level::ALL.iter().rev().map(|l| (*l, 0)).collect();
+    let mut finding_rows = Vec::with_capacity(findings.len());
+    for r in &findings {
+        let Some(level) = Level::parse(&r[3]) else {
+            continue;
+        };
+        let triage = r[11].as_str();
+        let status = match triage {
+            "open" | "suppressed" => None,
+            other => serde_json::from_value(json!(other)).ok(),
+        };
+        if (triage == "open" || triage == "reopened")
+            && let Some(c) = by_level.iter_mut().find(|(l, _)| *l == level)
+        {
+            c.1 += 1;
+        }
+        finding_rows.push(FindingRow {
+            finding_id: r[0].clone(),
+            rule_id: r[1].clone(),
+            title: r[2].clone(),
+            level,
+            agent: r[4].clone(),
+            user: r[5].clone(),
+            audience: r[6].clone(),
+            explanation: r[7].clone(),
+            observed: r[8].clone(),
+            baseline: r[9].clone(),
+            evidence_seqs: items(&r[10])
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
+            status,
+            suppressed: triage == "suppressed",
+            seq: r[12].parse().unwrap_or(0),
+            ts_us: r[13].parse().unwrap_or(0),
+        });
+    }
+    let approvals = text_rows(
+        &s.query(
+            "SELECT approval_id, agent, \"user\", audience, scopes, risk, binding_message, \
+             CAST(expires_at AS BIGINT) AS expires_us FROM approvals_state WHERE status = 'pending' \
+             ORDER BY expires_at",
+        )
+        .await?,
+    )?;
+    let approval_rows = approvals
+        .iter()
+        .filter_map(|r| {
+            let risk: Risk = serde_json::from_value(json!(r[5])).ok()?;
+            Some(ApprovalRow {
+                approval_id: r[0].clone(),
+                agent: r[1].clone(),
+                user: r[2].clone(),
+                audience: r[3].clone(),
+                scopes: items(&r[4]),
+                step_up_required: risk == Risk::Critical,
+                risk,
+                binding_message: r[6].clone(),
+                expires_at_us: r[7].parse().unwrap_or(0),
+            })
+        })
+        .collect();
+    let agents = text_rows(
+        &s.query(
+            "SELECT a.agent, a.status, COALESCE(g.calls, 0) AS calls, COALESCE(g.active, 0) AS grants, \
+                    COALESCE(t.live, 0) AS live, COALESCE(f.open, 0) AS open \
+             FROM agents a \
+             LEFT JOIN (SELECT agent, sum(calls) AS calls, \
+                        sum(CASE WHEN status = 'active' THEN 1 ELSE 0 END) AS active \
+                        FROM grants_state GROUP BY agent) g ON g.agent = a.agent \
+             LEFT JOIN (SELECT agent, count(*) AS live FROM tokens_state WHERE status = 'active' \
+                        GROUP BY agent) t ON t.agent = a.agent \
+             LEFT JOIN (SELECT agent, count(*) AS open FROM findings \
+                        WHERE triage IN ('open', 'reopened') GROUP BY agent) f ON f.agent = a.agent \
+             ORDER BY a.agent",
+        )
+        .await?,
+    )?;
+    let agent_rows = agents
+        .iter()
+        .map(|r| AgentRow {
+            name: r[0].clone(),
+            suspended: r[1] == "suspended",
+            calls: r[2].parse().unwrap_or(0),
+            grants: r[3].parse().unwrap_or(0),
+            live_tokens: r[4].parse().unwrap_or(0),
+            open_findings: r[5].parse().unwrap_or(0),
+        })
+        .collect();
+    let overview = OverviewFigures {
+        ingest_events_per_s: rate,
+        head_seq: head,
+        head_hash: docket_ledger::chain::hex(&hash),
+        checkpoint,
+        agents: n(0),
+        active_grants: n(1),
+        live_tokens: n(2),
+        pending_approvals: n(3),
+        open_findings: by_level,
+        rejected_events: n(4),
+    };
+    Ok(vec![
+        Msg::Overview(overview),
+        Msg::Findings(finding_rows),
+        Msg::Approvals(approval_rows),
+        Msg::Agents(agent_rows),
+    ])
+}
+
+/// Whether the ledger's key signed `note` and its head is the chain's entry at `size`.
+fn checkpoint_holds(store: &Store, size: u64, note: &str) -> bool {
+    let (Ok(identity), Ok(key)) = (store.identity(), store.ledger_key()) else {
+        return false;
+    };
+    let Ok(c) = Checkpoint::verify(note, &identity.origin, &key) else {
+        return false;
+    };
+    if c.size != size {
+        return false;
+    }
+    match store.record(size) {
+        Ok(Some(bytes)) => decode_record(size, &bytes).is_ok_and(|e| e.hash == c.head),
+        _ => false,
+    }
+}
+
+/// Carries out the UI's commands.
+struct Actor {
+    data: PathBuf,
+    key: Option<SigningKey>,
+    step_up: Option<SigningKey>,
+    by: String,
+    nats: watch::Receiver<Option<async_nats::Client>>,
+    ui: SyncSender<Msg>,
+}
+
+impl Actor {
+    async fn carry_out(&self, c: Command, cache: &mut SessionCache) {
+        let action = c.describe();
+        let msg = match c {
+            Command::Quit => return,
+            Command::RunQuery { sql } => match self.query(&sql, cache).await {
+                Ok(r) => Msg::QueryResult(r),
+                Err(e) => Msg::QueryFailed(format!("{e:#}")),
+            },
+            Command::OpenEntry { seq } => match self.entry(seq) {
+                Ok(d) => Msg::EntryDetail(d),
+                Err(e) => Msg::EntryFailed {
+                    seq,
+                    error: format!("{e:#}"),
+                },
+            },
+            Command::OpenAgent { agent } => match self.agent(&agent, cache).await {
+                Ok(d) => Msg::AgentDetail(d),
+                Err(e) => Msg::ActionOutcome {
+                    action,
+                    outcome: Err(format!("{e:#}")),
+                },
+            },
+            other => Msg::ActionOutcome {
+                action,
+                outcome: self.act(other).await.map_err(|e| format!("{e:#}")),
+            },
+        };
+        send(&self.ui, msg).await;
+    }
+
+    async fn query(&self, sql: &str, cache: &mut SessionCache) -> Result<QueryResult> {
+        let mut s = session(&self.data, cache).await?;
+        let batches = s.query(sql).await?;
+        let header = batches
+            .first()
+            .map(|b| {
+                b.schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut rows = text_rows(&batches)?;
+        rows.truncate(QUERY_ROWS_MAX);
+        Ok(QueryResult { header, rows })
+    }
+
+    fn entry(&self, seq: u64) -> Result<EntryDetail> {
+        let store = Store::open_reader(&self.data.join("db"))?;
+        let head = store.head()?.0;
+        let record = store
+            .record(seq)?
+            .with_context(|| format!("no entry {seq} (the head is {head})"))?;
+        let e = decode_record(seq, &record)?;
+        let envelope = Envelope::decode(e.envelope)?;
+        let payload: Value = serde_json::from_slice(&envelope.payload)?;
+        let registered = store.registry()?.map(|r| {
+            if r.admin_key_id == envelope.key_id {
+                "the admin's key".to_string()
+            } else if r.ledger_key_id == envelope.key_id {
+                "the ledger's own key".to_string()
+            } else {
+                match r.keys.get(&envelope.key_id) {
+                    Some(k) => format!(
+                        "{} (registered at seq {}{})",
+                        k.name,
+                        k.registered_seq,
+                        k.revoked_seq
+                            .map_or(String::new(), |s| format!(", revoked at seq {s}"))
+                    ),
+                    None => "not in the registry now".to_string(),
+                }
+            }
+        });
+        Ok(EntryDetail {
+            seq,
+            entry: vec![
+                format!("seq       {}", e.seq),
+                format!("hash      {}", docket_ledger::chain::hex(&e.hash)),
+                format!("prev      {}", docket_ledger::chain::hex(&e.prev)),
+                format!(
+                    "received  {}",
+                    docket_schemas::Timestamp::from_micros(e.received_us)
+                        .map_or_else(|| e.received_us.to_string(), |t| t.to_string())
+                ),
+                format!("subject   {}", e.subject),
+            ],
+            envelope: serde_json::to_string_pretty(&payload)?
+                .lines()
+                .map(str::to_string)
+                .collect(),
+            signer: vec![
+                format!("key id    {}", envelope.key_id),
+                format!(
+                    "key       {}",
+                    registered.unwrap_or_else(|| "no registry in this store".into())
+                ),
+            ],
+        })
+    }
+
+    async fn agent(&self, agent: &str, cache: &mut SessionCache) -> Result<AgentDetail> {
+        let mut s = session(&self.data, cache).await?;
+        let quoted = agent.replace('\'', "''");
+        let held = text_rows(
+            &s.query(&format!(
+                "SELECT 'grant' AS held, grant_id AS id, audience, scopes, CAST(expires_at AS BIGINT) AS expires_us \
+                 FROM grants_state \
+                 WHERE agent = '{quoted}' AND status = 'active' \
+                 UNION ALL SELECT 'token', token_id, audience, scopes, CAST(expires_at AS BIGINT) \
+                 FROM tokens_state WHERE agent = '{quoted}' AND status = 'active'"
+            ))
+            .await?,
+        )?;
+        let holdings = held
+            .iter()
+            .map(|r| Holding {
+                kind: if r[0] == "token" {
+                    HoldingKind::Token
+                } else {
+                    HoldingKind::Grant
+                },
+                id: r[1].clone(),
+                audience: r[2].clone(),
+                scopes: items(&r[3]),
+                expires_at_us: r[4].parse().ok(),
+            })
+            .collect();
+        let mut timeline =
+            event_rows(&mut s, &format!("agent = '{quoted}'"), Some(TIMELINE_MAX)).await?;
+        timeline.sort_by_key(|e| std::cmp::Reverse(e.seq));
+        Ok(AgentDetail {
+            agent: agent.to_string(),
+            holdings,
+            timeline,
+        })
+    }
+
+    fn nats(&self) -> Result<async_nats::Client> {
+        self.nats
+            .borrow()
+            .clone()
+            .context("not connected to NATS yet: the header says why")
+    }
+
+    fn key(&self) -> Result<&SigningKey> {
+        self.key.as_ref().context("no --key: this UI is read-only")
+    }
+
+    async fn act(&self, c: Command) -> Result<String> {
+        let reason = format!("from docket watch by {}", self.by);
+        match c {
+            Command::Decide {
+                approval_id,
+                approve,
+            } => {
+                let step_up = match (&self.step_up, approve) {
+                    (Some(k), true) => Some(self.step_up_assertion(&approval_id, k).await?),
+                    _ => None,
+                };
+                let auth_time = step_up
+                    .as_ref()
+                    .and_then(|s| s.decode().ok())
+                    .map(|d| d.claim.auth_time);
+                let op = Op::Approve {
+                    approval_id,
+                    decision: if approve {
+                        Decision::Approved
+                    } else {
+                        Decision::Denied
+                    },
+                    method: if auth_time.is_some() {
+                        ApprovalMethod::StepUp
+                    } else {
+                        ApprovalMethod::Push
+                    },
+                    auth_time,
+                    reason: Some(reason),
+                    step_up,
+                };
+                self.vault(op).await
+            }
+            Command::RevokeToken { token_id } => {
+                self.vault(Op::Revoke {
+                    token_id: Some(token_id),
+                    grant_id: None,
+                    agent: None,
+                    reason,
+                })
+                .await
+            }
+            Command::RevokeGrant { grant_id } => {
+                self.vault(Op::Revoke {
+                    token_id: None,
+                    grant_id: Some(grant_id),
+                    agent: None,
+                    reason,
+                })
+                .await
+            }
+            Command::SuspendAgent { agent } => {
+                self.vault(Op::Revoke {
+                    token_id: None,
+                    grant_id: None,
+                    agent: Some(agent),
+                    reason,
+                })
+                .await
+            }
+            Command::Triage {
+                finding_ids,
+                status,
+                reason: why,
+            } => {
+                let events = finding_ids
+                    .iter()
+                    .map(|id| {
+                        let mut e = json!({"kind": "finding.triaged", "finding": id,
+                            "status": status.as_str(), "by": self.by});
+                        if let Some(r) = why {
+                            e["reason"] = json!(r.as_str());
+                        }
+                        e
+                    })
+                    .collect();
+                self.record(events).await
+            }
+            Command::Suppress {
+                rule_id,
+                agent,
+                until_us,
+            } => {
+                let until = docket_schemas::Timestamp::from_micros(until_us)
+                    .context("the suppression's end is not a time")?;
+                let mut e = json!({"kind": "finding.suppressed", "rule_id": rule_id,
+                    "until": until.to_string(), "reason": reason, "by": self.by});
+                if let Some(a) = agent {
+                    e["agent"] = json!(a);
+                }
+                self.record(vec![e]).await
+            }
+            Command::Quit
+            | Command::RunQuery { .. }
+            | Command::OpenEntry { .. }
+            | Command::OpenAgent { .. } => Ok(String::new()),
+        }
+    }
+
+    async fn step_up_assertion(
+        &self,
+        approval_id: &str,
+        step_up: &SigningKey,
+    ) -> Result<StepUpAssertion> {
+        let mut cache = SessionCache::default();
+        let mut s = session(&self.data, &mut cache).await?;
+        let quoted = approval_id.replace('\'', "''");
+        let rows = text_rows(
+            &s.query(&format!(
+                "SELECT \"user\" FROM approvals_state WHERE approval_id = '{quoted}'"
+            ))
+            .await?,
+        )?;
+        let user = rows
+            .first()
+            .and_then(|r| r.first())
+            .cloned()
+            .with_context(|| format!("no approval {approval_id}"))?;
+        let claim = StepUpClaim {
+            v: 1,
+            user,
+            approval_id: approval_id.to_string(),
+            auth_time: docket_ledger::clock::now()?,
+        };
+        Ok(StepUpAssertion::seal(&claim, step_up))
+    }
+
+    async fn vault(&self, op: Op) -> Result<String> {
+        let reply = crate::vault_cmd::request(&self.nats()?, self.key()?, op).await?;
+        match reply {
+            Reply::Outcome(o) if o.ok => Ok(match o.status {
+                Some(s) => format!("the vault agreed ({})", serde_json::to_value(s)?),
+                None => "the vault agreed".to_string(),
+            }),
+            Reply::Outcome(o) => bail!(
+                "the vault refused: {}",
+                o.error.unwrap_or_else(|| "no reason given".into())
+            ),
+            Reply::Introspection(_) => bail!("the vault answered with an introspection"),
+        }
+    }
+
+    /// Signs and publishes `events`, then waits for the ledger's verdict on each.
+    async fn record(&self, events: Vec<Value>) -> Result<String> {
+        use docket_ledger::publisher::{Publisher, Sink, prepare};
+        use docket_schemas::fate::Fate;
+        let client = self.nats()?;
+        let key = self.key()?;
+        let mut publisher = Publisher::new(Sink::Nats(async_nats::jetstream::new(client.clone())));
+        let mut sent = Vec::with_capacity(events.len());
+        let mut acks = Vec::new();
+        let mut report = |i: u64, r| acks.push((i, r));
+        for (n, e) in events.iter().enumerate() {
+            let id = docket_schemas::EventId(*uuid::Uuid::now_v7().as_bytes());
+            let (subject, envelope, id) =
+                prepare(&e.to_string(), key, docket_ledger::clock::now()?, id)?;
+            publisher
+                .send(subject, envelope, Some(id), &mut report)
+                .await?;
+            sent.push(crate::Sent {
+                line: n + 1,
+                id,
+                kind: String::new(),
+                ack: None,
+            });
+        }
+        publisher.flush(&mut report).await;
+        for (i, r) in acks {
+            if let Some(s) = sent.get_mut(i as usize) {
+                s.ack = Some(r);
+            }
+        }
+        let fates = crate::wait_for_fates(&client, &sent, FATE_PATIENCE).await?;
+        let mut seqs = Vec::new();
+        for fate in fates {
+            match fate {
+                Some(Fate::Appended { seq, .. }) => seqs.push(seq),
+                Some(Fate::Quarantined { code, reason }) => {
+                    bail!("the ledger refused it ({code}): {reason}")
+                }
+                Some(Fate::Pending) => bail!(
+                    "not on the chain after {} s: is the ledger consuming?",
+                    FATE_PATIENCE.as_secs()
+                ),
+                None => bail!("JetStream did not take it"),
+            }
+        }
+        Ok(match seqs.as_slice() {
+            [one] => format!("recorded at seq {one}"),
+            many => format!("recorded {} decisions, seqs {many:?}", many.len()),
+        })
+    }
+}
