@@ -15,6 +15,8 @@ command -v python3 >/dev/null 2>&1 || apt_missing+=(python3)
 command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
 # The HTML report's test renders it in headless Chromium (Debian's package installs /usr/bin/chromium).
 command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium)
+# `docket watch`'s test drives it in a real terminal: tmux (package tmux installs /usr/bin/tmux).
+command -v tmux >/dev/null 2>&1 || apt_missing+=(tmux)
 # pip is a separate package on Debian: python3 alone does not bring it.
 python3 -m pip --version >/dev/null 2>&1 || apt_missing+=(python3-pip)
 # RocksDB's Rust bindings are generated with bindgen, which loads libclang

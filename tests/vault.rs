@@ -1288,3 +1288,133 @@ fn a_listener_on_every_subject_never_sees_a_token_secret() {
     );
     assert_refused(&r, "must carry reply_key");
 }
+
+/// A terminal the test owns: a tmux server on its own socket, one pane, killed when dropped.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(dir: &std::path::Path, command: &str) -> Tmux {
+        let socket = dir.join("tmux.sock").to_str().unwrap().to_string();
+        let ok = std::process::Command::new("tmux")
+            .args(["-S", &socket, "new-session", "-d", "-x", "120", "-y", "36", command])
+            .status()
+            .expect("tmux is installed by scripts/setup.sh");
+        assert!(ok.success(), "tmux did not start");
+        Tmux { socket }
+    }
+
+    fn screen(&self) -> String {
+        let out = std::process::Command::new("tmux")
+            .args(["-S", &self.socket, "capture-pane", "-p"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["-S", self.socket.as_str(), "send-keys"];
+        args.extend(keys);
+        assert!(std::process::Command::new("tmux").args(&args).status().unwrap().success());
+    }
+
+    fn alternate_screen(&self) -> String {
+        let out = std::process::Command::new("tmux")
+            .args(["-S", &self.socket, "display-message", "-p", "#{alternate_on}"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Waits until the screen shows `text`; fails with what it shows instead.
+    fn wait_for(&self, text: &str) {
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "the terminal never showed {text:?}; it shows:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["-S", &self.socket, "kill-server"])
+            .status();
+    }
+}
+
+#[test]
+fn an_approval_made_in_docket_watch_reaches_the_ledger_and_the_waiting_agent_gets_its_token() {
+    let w = World::new();
+    grant(&w, "a1");
+    let id = pending(&token(&w, &w.a1, "a1", "repo:write", None));
+    let dir = w._dir.path();
+    let alice_file = dir.join("alice.key");
+    docket_ledger::keyfile::write(&alice_file, &w.alice).unwrap();
+    let exit_file = dir.join("watch.exit");
+    let command = format!(
+        "{} watch --data {} --nats {} --key {} --by alice; echo $? > {}; sleep 60",
+        env!("CARGO_BIN_EXE_docket"),
+        w.serve.data.display(),
+        w.nats_url,
+        alice_file.display(),
+        exit_file.display()
+    );
+    let term = Tmux::start(dir, &command);
+    term.wait_for("connected");
+    term.wait_for("approvals(1)");
+    assert_eq!(term.alternate_screen(), "1", "the UI runs on the alternate screen");
+    term.keys(&[":ap", "Enter"]);
+    term.wait_for("repo:write on acme/web");
+    // Nothing is decided until the key is pressed.
+    assert!(
+        !log(&w).iter().any(|e| kind_of(e) == "approval.decided"),
+        "a decision before anyone pressed a key"
+    );
+    term.keys(&["a"]);
+    w.wait_for("the approval made in the UI", || {
+        log(&w).iter().any(|e| {
+            kind_of(e) == "approval.decided"
+                && e["event"]["approval_id"] == id.as_str()
+                && e["event"]["decision"] == "approved"
+        })
+    });
+    // The agent that was waiting on the approval now gets its token, once.
+    issued(&token(&w, &w.a1, "a1", "repo:write", Some(&id)));
+    term.wait_for("[approvals]");
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while term.screen().contains("[approvals(1)]") {
+        assert!(
+            std::time::Instant::now() < until,
+            "the decided request is still shown as pending:\n{}",
+            term.screen()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    term.keys(&["q"]);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !exit_file.exists() {
+        assert!(
+            std::time::Instant::now() < until,
+            "docket watch did not quit on q; the terminal shows:\n{}",
+            term.screen()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(std::fs::read_to_string(&exit_file).unwrap().trim(), "0");
+    assert_eq!(
+        term.alternate_screen(),
+        "0",
+        "quitting gives the terminal back: {}",
+        term.screen()
+    );
+}
