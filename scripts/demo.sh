@@ -3,5 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-cargo build --quiet --bin docket
+# The same build as the tests (`cargo test` builds the binary too, with the same features),
+# so running the demo and then the tests compiles RocksDB and DataFusion once, not twice.
+cargo test --workspace --no-run --quiet
 exec "$CARGO_TARGET_DIR/debug/docket" demo "$@"

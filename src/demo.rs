@@ -36,18 +36,43 @@ pub struct DemoArgs {
     /// Well-signed events of misbehaving agents per thousand (policy violations).
     #[arg(long, default_value_t = 3)]
     misbehaving_per_mille: u64,
+    /// Only print the summary, even on a terminal (what scripts and CI see). On a terminal the
+    /// demo otherwise opens `docket watch` over its live workload, with a request waiting for
+    /// you, until you quit it (`q`); --seconds is then ignored.
+    #[arg(long)]
+    headless: bool,
 }
 
 /// Events published per pacing step; the demo pauses between steps so output stays readable.
 const DEMO_EVENTS_PER_SECOND: u64 = 20_000;
+/// The rate while someone watches: a fleet at work a person can follow, for as long as they
+/// watch, without the ledger growing by a million entries a minute.
+const WATCHED_EVENTS_PER_SECOND: u64 = 1_000;
+/// How often the demo's waiting agent asks again about its approval (CIBA's poll interval).
+const AGENT_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 pub async fn run(args: DemoArgs) -> Result<()> {
+    use std::io::IsTerminal;
+    let watched =
+        !args.headless && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    // The UI reaches the vault and the ledger over NATS: someone watching gets a real server.
+    let nats = match (&args.nats, watched) {
+        (None, true) => Some("auto".to_string()),
+        (n, _) => n.clone(),
+    };
     let temp = tempfile::tempdir().context("creating a temporary directory")?;
     let data = prepare_data_dir(&args.data)?;
     let start = docket_ledger::clock::now()?;
     let mut workload = Workload::new(args.seed, start, 8, 24);
     workload.forged_per_mille = args.forged_per_mille;
     workload.misbehaving_per_mille = args.misbehaving_per_mille;
+    if watched {
+        // One address per agent: with the generator's spread of addresses the two-sources rule
+        // would fire on nearly every call and bury what a person should see.
+        workload.sources_per_agent = 1;
+        // agent-0 waits for the person watching; the workload must not suspend it meanwhile.
+        workload.spared_agent = Some(0);
+    }
     let admin = encode_base64(workload.roles.admin.verifying_key().as_bytes());
     let config = Config {
         origin: "demo.docket.local/ledger".into(),
@@ -57,7 +82,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let ledger = crate::open_ledger(&data, &config, &admin)?;
 
     let mut _server = None;
-    let (source, bus, sink, transport) = match args.nats.as_deref() {
+    let mut nats_url = None;
+    let (source, bus, sink, transport) = match nats.as_deref() {
         None => {
             let stream = MemoryStream::default();
             let (tx, _) = tokio::sync::broadcast::channel(1024);
@@ -83,6 +109,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 filter: docket_ledger::transport::STREAM_SUBJECTS.into(),
                 auth: Default::default(),
             };
+            nats_url = Some(url.clone());
             let source = NatsSource::connect(&settings)
                 .await
                 .with_context(|| format!("connecting to {url}"))?;
@@ -161,10 +188,27 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         None => tokio::time::sleep(Duration::from_millis(500)).await,
     }
     crate::vault_scene::play(&line, &workload, &user_key).await?;
+    let watching = match (&nats_url, &line, watched) {
+        (Some(url), crate::vault_scene::VaultLine::Nats(client), true) => Some(
+            watch(&data, &config, url, client, &user_key)
+                .await
+                .context("opening docket watch over the demo")?,
+        ),
+        _ => None,
+    };
+    let rate = if watching.is_some() {
+        WATCHED_EVENTS_PER_SECOND
+    } else {
+        DEMO_EVENTS_PER_SECOND
+    };
     let started = Instant::now();
     let mut next_report = Duration::from_secs(1);
     let mut sent = 0u64;
-    while started.elapsed() < Duration::from_secs(args.seconds) {
+    let going = |started: Instant| match &watching {
+        Some(w) => !w.ui.is_finished(),
+        None => started.elapsed() < Duration::from_secs(args.seconds),
+    };
+    while going(started) {
         let p = workload.next_envelope();
         if let docket_testkit::workload::Expect::Quarantine(code) = p.expect {
             *expected.entry(code.to_string()).or_default() += 1;
@@ -174,17 +218,21 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             .await?;
         sent += 1;
         if sent.is_multiple_of(200) {
-            let due = Duration::from_secs_f64(sent as f64 / DEMO_EVENTS_PER_SECOND as f64);
+            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
                 tokio::time::sleep(wait).await;
             }
         }
-        if started.elapsed() >= next_report {
+        if watching.is_none() && started.elapsed() >= next_report {
             println!("  {:>2}s  published {sent}", next_report.as_secs());
             next_report += Duration::from_secs(1);
         }
     }
     publisher.flush(&mut on_ack).await;
+    let watched_outcome = match watching {
+        None => None,
+        Some(w) => Some(w.finish().await),
+    };
     if let Some(m) = &memory {
         m.wait_acked(publisher.stats.published).await?;
     } else {
@@ -332,6 +380,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     ] {
         println!("  {what:<40} {docket} {args} --data {shown}");
     }
+    if let Some(outcome) = watched_outcome {
+        outcome.context("docket watch")?;
+    }
     if by_code != expected {
         anyhow::bail!("quarantine reasons differ from what the workload forged");
     }
@@ -339,6 +390,77 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         anyhow::bail!("findings or state do not match the workload");
     }
     Ok(())
+}
+
+/// What runs beside the workload while someone watches: the UI, the detector, the waiting agent.
+struct Watching {
+    ui: tokio::task::JoinHandle<Result<std::process::ExitCode>>,
+    detector: tokio::task::JoinHandle<()>,
+    agent: tokio::task::JoinHandle<()>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watching {
+    /// Waits for the UI to end (the person quit), then stops the rest.
+    async fn finish(self) -> Result<()> {
+        let ui = self.ui.await;
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.agent.abort();
+        let _ = self.detector.await;
+        ui.context("docket watch stopped")?.map(|_| ())
+    }
+}
+
+/// Starts what a person watching the demo sees: live detection, a request from agent-0 waiting
+/// for the demo's user (whose key is written beside the ledger, for the UI to sign with), and
+/// `docket watch` itself.
+async fn watch(
+    data: &std::path::Path,
+    config: &Config,
+    url: &str,
+    client: &async_nats::Client,
+    user: &ed25519_dalek::SigningKey,
+) -> Result<Watching> {
+    let line = crate::vault_scene::VaultLine::Nats(client.clone());
+    let approval = crate::vault_scene::leave_waiting(&line, user).await?;
+    let key_file = data.join("user-0.key");
+    docket_ledger::keyfile::write(&key_file, user)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ledger_key = docket_ledger::keyfile::read(&crate::ledger_key_path(data, config))?;
+    let learning_us = docket_query::detect::parse_duration_us(&config.detection.learning)
+        .context("the default learning period")?;
+    let (detector, _) = crate::detect_cmd::spawn_live(
+        data,
+        &config.detection,
+        learning_us,
+        ledger_key,
+        client,
+        std::sync::Arc::clone(&stop),
+    );
+    let agent = tokio::spawn(async move {
+        // Like a real agent, it asks again until it has its token or hears why not.
+        loop {
+            tokio::time::sleep(AGENT_POLL_INTERVAL).await;
+            match crate::vault_scene::poll(&line, &approval).await {
+                Ok(false) => {}
+                Ok(true) | Err(_) => return,
+            }
+        }
+    });
+    let ui = tokio::spawn(crate::watch_cmd::run(
+        crate::watch_cmd::WatchArgs::for_demo(
+            data.to_path_buf(),
+            url.to_string(),
+            key_file,
+            "user-0",
+        ),
+    ));
+    Ok(Watching {
+        ui,
+        detector,
+        agent,
+        stop,
+    })
 }
 
 /// A file that marks a directory as made by `docket demo`, so a later demo may replace it.

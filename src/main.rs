@@ -511,7 +511,7 @@ pub fn db_dir(data: &Path) -> PathBuf {
 }
 
 /// Where the checkpoint key file is: the config's (or `--ledger-key`), else beside the database.
-fn ledger_key_path(data: &Path, config: &Config) -> PathBuf {
+pub(crate) fn ledger_key_path(data: &Path, config: &Config) -> PathBuf {
     config
         .ledger_key
         .clone()

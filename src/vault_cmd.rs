@@ -297,16 +297,28 @@ pub async fn approve(a: ApproveArgs) -> Result<std::process::ExitCode> {
         }
         _ => None,
     };
+    let op = decide_op(a.approval_id, !a.deny, step_up, a.reason);
+    finish(&a.client, &call(&a.client, op).await?)
+}
+
+/// A user's decision on a pending request: a step-up assertion, when there is one, makes it a
+/// step-up decision dated at the strong authentication's time.
+pub fn decide_op(
+    approval_id: String,
+    approve: bool,
+    step_up: Option<StepUpAssertion>,
+    reason: Option<String>,
+) -> Op {
     let auth_time = step_up
         .as_ref()
         .and_then(|s| s.decode().ok())
         .map(|d| d.claim.auth_time);
-    let op = Op::Approve {
-        approval_id: a.approval_id,
-        decision: if a.deny {
-            Decision::Denied
-        } else {
+    Op::Approve {
+        approval_id,
+        decision: if approve {
             Decision::Approved
+        } else {
+            Decision::Denied
         },
         method: if auth_time.is_some() {
             ApprovalMethod::StepUp
@@ -314,10 +326,9 @@ pub async fn approve(a: ApproveArgs) -> Result<std::process::ExitCode> {
             ApprovalMethod::Push
         },
         auth_time,
-        reason: a.reason,
+        reason,
         step_up,
-    };
-    finish(&a.client, &call(&a.client, op).await?)
+    }
 }
 
 pub async fn revoke(a: RevokeArgs) -> Result<std::process::ExitCode> {

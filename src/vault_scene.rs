@@ -241,3 +241,47 @@ pub async fn play(tx: &VaultLine, w: &Workload, user: &SigningKey) -> Result<()>
     );
     Ok(())
 }
+
+/// Leaves a request waiting for the demo's user: a new grant whose `repo:write` needs approval,
+/// and agent-0 asking for it. Returns the approval id; the agent keeps polling it ([`poll`]).
+pub async fn leave_waiting(tx: &VaultLine, user: &SigningKey) -> Result<String> {
+    let now = docket_ledger::clock::now()?;
+    let g = decide(
+        tx,
+        user,
+        Op::Grant {
+            user: "user-0".into(),
+            agent: "agent-0".into(),
+            audience: GITHUB.into(),
+            scopes: vec!["repo:read".into(), "repo:write".into()],
+            expires_at: now.plus_seconds(3_600),
+            max_calls: Some(1_000),
+            max_token_ttl_s: Some(600),
+            approval: vec![ApprovalRule {
+                scope: "repo:write".into(),
+                risk: Risk::High,
+            }],
+        },
+    )
+    .await?;
+    anyhow::ensure!(g.ok, "the demo's grant was refused: {:?}", g.error);
+    let p = decide(tx, &agent_key(0), token_op("repo:write", None)).await?;
+    p.approval_id
+        .context("agent-0's request for repo:write did not wait for an approval")
+}
+
+/// agent-0 asks again about `approval` (CIBA's poll): Ok(true) once the token is issued,
+/// Ok(false) while it waits; a denial or expiry is an error that says so.
+pub async fn poll(tx: &VaultLine, approval: &str) -> Result<bool> {
+    let o = decide(
+        tx,
+        &agent_key(0),
+        token_op("repo:write", Some(approval.to_string())),
+    )
+    .await?;
+    match o.status {
+        Some(Status::Issued) => Ok(true),
+        Some(Status::Pending) => Ok(false),
+        _ => anyhow::bail!("agent-0's request ended: {}", said(&o)),
+    }
+}

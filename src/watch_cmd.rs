@@ -23,7 +23,7 @@ use docket_query::session::{AuditSession, SessionCache, SessionOptions};
 use docket_schemas::checkpoint::Checkpoint;
 use docket_schemas::envelope::Envelope;
 use docket_schemas::vault::{Op, Reply};
-use docket_schemas::{ApprovalMethod, Decision, Level, Risk, StepUpAssertion, StepUpClaim};
+use docket_schemas::{Level, Risk, StepUpAssertion, StepUpClaim};
 use docket_tui::model::{
     AgentDetail, AgentRow, ApprovalRow, CheckpointFigure, Connection, EntryDetail, EventRow,
     FindingRow, Holding, HoldingKind, Model, OverviewFigures, QueryResult,
@@ -75,6 +75,21 @@ pub struct WatchArgs {
     /// Hide every action: watch only.
     #[arg(long)]
     readonly: bool,
+}
+
+impl WatchArgs {
+    /// What `docket demo` opens on a terminal: its ledger, its NATS server, its user's key.
+    pub fn for_demo(data: PathBuf, nats: String, key: PathBuf, by: &str) -> WatchArgs {
+        WatchArgs {
+            data: crate::DataArgs { data },
+            nats,
+            nats_auth: crate::NatsAuthArgs::default(),
+            key: Some(key),
+            step_up_key: None,
+            by: by.to_string(),
+            readonly: false,
+        }
+    }
 }
 
 fn now_us() -> i64 {
@@ -737,26 +752,7 @@ impl Actor {
                     (Some(k), true) => Some(self.step_up_assertion(&approval_id, k).await?),
                     _ => None,
                 };
-                let auth_time = step_up
-                    .as_ref()
-                    .and_then(|s| s.decode().ok())
-                    .map(|d| d.claim.auth_time);
-                let op = Op::Approve {
-                    approval_id,
-                    decision: if approve {
-                        Decision::Approved
-                    } else {
-                        Decision::Denied
-                    },
-                    method: if auth_time.is_some() {
-                        ApprovalMethod::StepUp
-                    } else {
-                        ApprovalMethod::Push
-                    },
-                    auth_time,
-                    reason: Some(reason),
-                    step_up,
-                };
+                let op = crate::vault_cmd::decide_op(approval_id, approve, step_up, Some(reason));
                 self.vault(op).await
             }
             Command::RevokeToken { token_id } => {

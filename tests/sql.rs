@@ -705,7 +705,7 @@ fn a_new_users_first_hour_with_state_findings_times_csv_and_the_shell() {
     let o = shell(&data, dir.path(), "SELECT 5\n\\d\nAS e;\n");
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(
-        stdout(&o).ends_with("checkpoints\ne\n5\n"),
+        stdout(&o).ends_with("checkpoints\nagent_first\ne\n5\n"),
         "{}",
         stdout(&o)
     );

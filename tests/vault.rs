@@ -1289,69 +1289,6 @@ fn a_listener_on_every_subject_never_sees_a_token_secret() {
     assert_refused(&r, "must carry reply_key");
 }
 
-/// A terminal the test owns: a tmux server on its own socket, one pane, killed when dropped.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn start(dir: &std::path::Path, command: &str) -> Tmux {
-        let socket = dir.join("tmux.sock").to_str().unwrap().to_string();
-        let ok = std::process::Command::new("tmux")
-            .args(["-S", &socket, "new-session", "-d", "-x", "120", "-y", "36", command])
-            .status()
-            .expect("tmux is installed by scripts/setup.sh");
-        assert!(ok.success(), "tmux did not start");
-        Tmux { socket }
-    }
-
-    fn screen(&self) -> String {
-        let out = std::process::Command::new("tmux")
-            .args(["-S", &self.socket, "capture-pane", "-p"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["-S", self.socket.as_str(), "send-keys"];
-        args.extend(keys);
-        assert!(std::process::Command::new("tmux").args(&args).status().unwrap().success());
-    }
-
-    fn alternate_screen(&self) -> String {
-        let out = std::process::Command::new("tmux")
-            .args(["-S", &self.socket, "display-message", "-p", "#{alternate_on}"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    /// Waits until the screen shows `text`; fails with what it shows instead.
-    fn wait_for(&self, text: &str) {
-        let until = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let screen = self.screen();
-            if screen.contains(text) {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < until,
-                "the terminal never showed {text:?}; it shows:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("tmux")
-            .args(["-S", &self.socket, "kill-server"])
-            .status();
-    }
-}
-
 #[test]
 fn an_approval_made_in_docket_watch_reaches_the_ledger_and_the_waiting_agent_gets_its_token() {
     let w = World::new();
@@ -1369,10 +1306,14 @@ fn an_approval_made_in_docket_watch_reaches_the_ledger_and_the_waiting_agent_get
         alice_file.display(),
         exit_file.display()
     );
-    let term = Tmux::start(dir, &command);
+    let term = common::Tmux::start(dir, &command);
     term.wait_for("connected");
     term.wait_for("approvals(1)");
-    assert_eq!(term.alternate_screen(), "1", "the UI runs on the alternate screen");
+    assert_eq!(
+        term.alternate_screen(),
+        "1",
+        "the UI runs on the alternate screen"
+    );
     term.keys(&[":ap", "Enter"]);
     term.wait_for("repo:write on acme/web");
     // Nothing is decided until the key is pressed.

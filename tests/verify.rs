@@ -269,3 +269,64 @@ fn demo_keeps_its_ledger_and_prints_commands_that_work() {
     );
     assert!(other.join("precious.txt").exists());
 }
+
+#[test]
+fn the_demo_on_a_terminal_opens_watch_where_its_user_approves_and_q_ends_in_a_verified_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let exit_file = dir.path().join("demo.exit");
+    let command = format!(
+        "{DOCKET} demo --data {}; echo $? > {}; sleep 60",
+        data.display(),
+        exit_file.display()
+    );
+    let term = Tmux::start(dir.path(), &command);
+    term.wait_for("connected");
+    term.wait_for("Waiting for you");
+    term.keys(&[":ap", "Enter", "/", "agent-0", "Enter"]);
+    term.wait_for("repo:write: open a pull request");
+    term.keys(&["a"]);
+    term.wait_for("the vault agreed");
+    let screen = term.screen();
+    let approval = screen
+        .split_whitespace()
+        .find(|w| w.starts_with("appr-"))
+        .map(|w| w.trim_end_matches(':').to_string())
+        .unwrap_or_else(|| panic!("no approval id on the screen:\n{screen}"));
+    // agent-0 was polling; the approval now gives it its token, on the chain.
+    let sql = format!("SELECT count(*) AS n FROM tokens WHERE approval_id = '{approval}'");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let o = docket(&[
+            "sql",
+            "--data",
+            data.to_str().unwrap(),
+            "--format",
+            "csv",
+            &sql,
+        ]);
+        if stdout(&o).lines().nth(1) == Some("1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "no token issued under {approval}: {}{}",
+            stdout(&o),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    term.keys(&["q"]);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !exit_file.exists() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the demo did not end after q:\n{}",
+            term.screen()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let printed = term.history();
+    assert!(printed.contains("verify: intact"), "{printed}");
+    assert_eq!(term.alternate_screen(), "0", "the terminal is given back");
+}

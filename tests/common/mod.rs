@@ -273,3 +273,97 @@ pub fn wait_serving(serve: &mut Serve) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A terminal the test owns: a tmux server on its own socket, one pane, killed when dropped.
+pub struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    pub fn start(dir: &std::path::Path, command: &str) -> Tmux {
+        let socket = dir.join("tmux.sock").to_str().unwrap().to_string();
+        let ok = std::process::Command::new("tmux")
+            .args([
+                "-S",
+                &socket,
+                "new-session",
+                "-d",
+                "-x",
+                "120",
+                "-y",
+                "36",
+                command,
+            ])
+            .status()
+            .expect("tmux is installed by scripts/setup.sh");
+        assert!(ok.success(), "tmux did not start");
+        Tmux { socket }
+    }
+
+    pub fn screen(&self) -> String {
+        let out = std::process::Command::new("tmux")
+            .args(["-S", &self.socket, "capture-pane", "-p"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Everything the pane printed, scrollback included.
+    pub fn history(&self) -> String {
+        let out = std::process::Command::new("tmux")
+            .args(["-S", &self.socket, "capture-pane", "-p", "-J", "-S", "-"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["-S", self.socket.as_str(), "send-keys"];
+        args.extend(keys);
+        assert!(
+            std::process::Command::new("tmux")
+                .args(&args)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    pub fn alternate_screen(&self) -> String {
+        let out = std::process::Command::new("tmux")
+            .args([
+                "-S",
+                &self.socket,
+                "display-message",
+                "-p",
+                "#{alternate_on}",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Waits until the screen shows `text`; fails with what it shows instead.
+    pub fn wait_for(&self, text: &str) {
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "the terminal never showed {text:?}; it shows:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["-S", &self.socket, "kill-server"])
+            .status();
+    }
+}

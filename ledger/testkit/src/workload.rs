@@ -166,6 +166,9 @@ pub struct Workload {
     pub step_us_max: u64,
     /// Source addresses each agent calls from (uniformly); 1 is an agent on one host.
     pub sources_per_agent: u64,
+    /// An agent the workload never suspends when it has others: the demo's own agent, which a
+    /// person is asked to approve a request for while the workload runs.
+    pub spared_agent: Option<usize>,
 }
 
 /// Live grants and tokens kept at most, so memory stays flat on long runs.
@@ -214,6 +217,7 @@ impl Workload {
             misbehaved: 0,
             step_us_max: STEP_US_MAX_DEFAULT,
             sources_per_agent: 250,
+            spared_agent: None,
         }
     }
 
@@ -621,7 +625,10 @@ impl Workload {
     }
 
     fn suspend(&mut self) -> Published {
-        let agent = self.rng.below(self.agents as u64) as usize;
+        let mut agent = self.rng.below(self.agents as u64) as usize;
+        if self.spared_agent == Some(agent) {
+            agent = (agent + 1) % self.agents;
+        }
         self.suspended.insert(agent);
         self.tokens
             .iter_mut()
