@@ -35,6 +35,8 @@ pub enum BenchCommand {
     /// Detection: ingest with every built-in rule running live against ingest without, and the
     /// time from an event's append to its finding's publication.
     Detect(crate::bench_detect::DetectBenchArgs),
+    /// The terminal UI: frame time (update and draw) and memory while it is fed events at a rate.
+    Watch(crate::bench_watch::WatchBenchArgs),
 }
 
 #[derive(Args)]
@@ -67,6 +69,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Vault(args) => vault(args).await,
         BenchCommand::Sql(args) => crate::bench_sql::run(args).await,
         BenchCommand::Detect(args) => crate::bench_detect::run(args).await,
+        BenchCommand::Watch(args) => crate::bench_watch::run(args),
     }
 }
 

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_detect;
 mod bench_sql;
+mod bench_watch;
 mod demo;
 mod detect_cmd;
 mod findings_cmd;

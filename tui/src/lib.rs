@@ -13,6 +13,8 @@ pub mod update;
 pub mod view;
 
 pub use model::Model;
+/// The ratatui this crate draws with, for a caller that renders a model off-screen (the benchmark).
+pub use ratatui;
 pub use terminal::{FrameStats, TuiError, run};
 pub use update::{Command, Key, Msg, update};
 pub use view::view;
