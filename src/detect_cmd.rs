@@ -323,6 +323,7 @@ pub fn spawn_live(
             lower_priority();
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(DETECT_THREADS)
+                .thread_stack_size(crate::WORKER_STACK_BYTES)
                 .thread_name("docket-detect-worker")
                 .on_thread_start(lower_priority)
                 .enable_all()

@@ -309,6 +309,11 @@ struct ExportArgs {
     out: PathBuf,
 }
 
+/// Stack of each async worker. SQL is parsed, planned and optimised by recursion over the
+/// expression tree: a long expression someone types (`1+1+...+1`, thousands of terms) would
+/// overflow tokio's default 2 MiB and abort the process, terminal UI and all.
+pub(crate) const WORKER_STACK_BYTES: usize = 64 * 1024 * 1024;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The demo and benchmarks print their own summary; per-envelope warnings would drown it.
@@ -331,6 +336,7 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(WORKER_STACK_BYTES)
         .enable_all()
         .build()
     {

@@ -22,7 +22,12 @@ pub fn user_registration(w: &Workload, user: &SigningKey) -> Result<Published> {
             key_id: key_id(pk.as_bytes()),
             public_key: encode_base64(pk.as_bytes()),
             name: "user:user-0".into(),
-            kinds: vec![Kind::ApprovalDecided],
+            // The person watching the demo is also its analyst: they may triage its findings.
+            kinds: vec![
+                Kind::ApprovalDecided,
+                Kind::FindingTriaged,
+                Kind::FindingSuppressed,
+            ],
         }),
     };
     Ok(Published {

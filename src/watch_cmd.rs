@@ -864,49 +864,51 @@ impl Actor {
         }
     }
 
-    /// Signs and publishes `events`, then waits for the ledger's verdict on each.
+    /// Signs and publishes `events`, then waits to see each on the chain. The store beside the
+    /// UI says so, whoever runs the ledger (`serve`, or the demo's in-process one).
     async fn record(&self, events: Vec<Value>) -> Result<String> {
         use docket_ledger::publisher::{Publisher, Sink, prepare};
-        use docket_schemas::fate::Fate;
         let client = self.nats()?;
         let key = self.key()?;
-        let mut publisher = Publisher::new(Sink::Nats(async_nats::jetstream::new(client.clone())));
-        let mut sent = Vec::with_capacity(events.len());
-        let mut acks = Vec::new();
-        let mut report = |i: u64, r| acks.push((i, r));
-        for (n, e) in events.iter().enumerate() {
+        let mut publisher = Publisher::new(Sink::Nats(async_nats::jetstream::new(client)));
+        let mut ids = Vec::with_capacity(events.len());
+        let mut failed: Option<String> = None;
+        let mut report = |_: u64, r: Result<_, String>| {
+            if let Err(e) = r {
+                failed.get_or_insert(e);
+            }
+        };
+        for e in &events {
             let id = docket_schemas::EventId(*uuid::Uuid::now_v7().as_bytes());
             let (subject, envelope, id) =
                 prepare(&e.to_string(), key, docket_ledger::clock::now()?, id)?;
             publisher
                 .send(subject, envelope, Some(id), &mut report)
                 .await?;
-            sent.push(crate::Sent {
-                line: n + 1,
-                id,
-                kind: String::new(),
-                ack: None,
-            });
+            ids.push(id);
         }
         publisher.flush(&mut report).await;
-        for (i, r) in acks {
-            if let Some(s) = sent.get_mut(i as usize) {
-                s.ack = Some(r);
-            }
+        if let Some(e) = failed {
+            bail!("JetStream did not take it: {e}");
         }
-        let fates = crate::wait_for_fates(&client, &sent, FATE_PATIENCE).await?;
-        let mut seqs = Vec::new();
-        for fate in fates {
-            match fate {
-                Some(Fate::Appended { seq, .. }) => seqs.push(seq),
-                Some(Fate::Quarantined { code, reason }) => {
-                    bail!("the ledger refused it ({code}): {reason}")
+        let store = Store::open_reader(&self.data.join("db"))?;
+        let until = Instant::now() + FATE_PATIENCE;
+        let mut seqs = Vec::with_capacity(ids.len());
+        for id in &ids {
+            loop {
+                store.catch_up()?;
+                if let Some(seq) = store.seq_of(id)? {
+                    seqs.push(seq);
+                    break;
                 }
-                Some(Fate::Pending) => bail!(
-                    "not on the chain after {} s: is the ledger consuming?",
-                    FATE_PATIENCE.as_secs()
-                ),
-                None => bail!("JetStream did not take it"),
+                if Instant::now() >= until {
+                    bail!(
+                        "not on the chain after {} s: the ledger may be behind, or it quarantined \
+                         the event (`docket quarantine --data DIR` says why)",
+                        FATE_PATIENCE.as_secs()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
         Ok(match seqs.as_slice() {
