@@ -735,11 +735,11 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 }
 
 /// One event `publish` sent, and what JetStream said of it.
-pub(crate) struct Sent {
-    pub(crate) line: usize,
-    pub(crate) id: EventId,
-    pub(crate) kind: String,
-    pub(crate) ack: Option<Result<docket_ledger::publisher::Acked, String>>,
+struct Sent {
+    line: usize,
+    id: EventId,
+    kind: String,
+    ack: Option<Result<docket_ledger::publisher::Acked, String>>,
 }
 
 async fn publish(args: PublishArgs) -> Result<std::process::ExitCode> {
@@ -899,7 +899,7 @@ pub async fn publish_lines(
 
 /// Asks the ledger what became of each acknowledged event until none is pending or `wait` ends.
 /// `None` for an event JetStream never acknowledged.
-pub(crate) async fn wait_for_fates(
+async fn wait_for_fates(
     client: &async_nats::Client,
     sent: &[Sent],
     wait: Duration,

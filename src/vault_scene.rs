@@ -134,29 +134,29 @@ fn token_op(scope: &str, approval: Option<String>) -> Op {
     }
 }
 
+/// user-0 grants agent-0 repo:read, and repo:write with a human's approval, for an hour.
+fn grant_op(now: Timestamp) -> Op {
+    Op::Grant {
+        user: "user-0".into(),
+        agent: "agent-0".into(),
+        audience: GITHUB.into(),
+        scopes: vec!["repo:read".into(), "repo:write".into()],
+        expires_at: now.plus_seconds(3_600),
+        max_calls: Some(1_000),
+        max_token_ttl_s: Some(600),
+        approval: vec![ApprovalRule {
+            scope: "repo:write".into(),
+            risk: Risk::High,
+        }],
+    }
+}
+
 /// Plays the scene through the vault's real decision path (the NATS request/reply hop aside).
 pub async fn play(tx: &VaultLine, w: &Workload, user: &SigningKey) -> Result<()> {
     println!("vault scene:");
     let agent = agent_key(0);
     let now = docket_ledger::clock::now()?;
-    let g = decide(
-        tx,
-        user,
-        Op::Grant {
-            user: "user-0".into(),
-            agent: "agent-0".into(),
-            audience: GITHUB.into(),
-            scopes: vec!["repo:read".into(), "repo:write".into()],
-            expires_at: now.plus_seconds(3_600),
-            max_calls: Some(1_000),
-            max_token_ttl_s: Some(600),
-            approval: vec![ApprovalRule {
-                scope: "repo:write".into(),
-                risk: Risk::High,
-            }],
-        },
-    )
-    .await?;
+    let g = decide(tx, user, grant_op(now)).await?;
     println!(
         "  user-0 grants agent-0 repo:read and repo:write (approval needed) on {GITHUB}: {}{}",
         said(&g),
@@ -251,24 +251,7 @@ pub async fn play(tx: &VaultLine, w: &Workload, user: &SigningKey) -> Result<()>
 /// and agent-0 asking for it. Returns the approval id; the agent keeps polling it ([`poll`]).
 pub async fn leave_waiting(tx: &VaultLine, user: &SigningKey) -> Result<String> {
     let now = docket_ledger::clock::now()?;
-    let g = decide(
-        tx,
-        user,
-        Op::Grant {
-            user: "user-0".into(),
-            agent: "agent-0".into(),
-            audience: GITHUB.into(),
-            scopes: vec!["repo:read".into(), "repo:write".into()],
-            expires_at: now.plus_seconds(3_600),
-            max_calls: Some(1_000),
-            max_token_ttl_s: Some(600),
-            approval: vec![ApprovalRule {
-                scope: "repo:write".into(),
-                risk: Risk::High,
-            }],
-        },
-    )
-    .await?;
+    let g = decide(tx, user, grant_op(now)).await?;
     anyhow::ensure!(g.ok, "the demo's grant was refused: {:?}", g.error);
     let p = decide(tx, &agent_key(0), token_op("repo:write", None)).await?;
     p.approval_id
