@@ -574,7 +574,7 @@ fn guard_readonly(model: &mut Model, commands: Vec<Command>) -> Vec<Command> {
 fn refuse_readonly(model: &mut Model, what: &str) {
     model.overlay = None;
     model.status = Some(Status {
-        text: format!("read-only (--readonly): {what} is not allowed"),
+        text: format!("read-only (--readonly, or no --key): {what} is not allowed"),
         is_error: true,
         at_us: model.now_us,
     });
