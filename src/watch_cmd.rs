@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use docket_ledger::keyfile;
+use docket_ledger::registry::USER_KEY_PREFIX;
 use docket_ledger::store::{Store, decode_record};
 use docket_query::arrow::array::RecordBatch;
 use docket_query::arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -144,7 +145,15 @@ pub async fn run(args: WatchArgs) -> Result<std::process::ExitCode> {
     });
     let stop = Arc::new(AtomicBool::new(false));
     let (nats_tx, nats_rx) = watch::channel(None);
-    let follower = tokio::spawn(follow(data.clone(), msg_tx.clone(), Arc::clone(&stop)));
+    let key_id = key
+        .as_ref()
+        .map(|k| docket_schemas::keys::key_id(&k.verifying_key().to_bytes()));
+    let follower = tokio::spawn(follow(
+        data.clone(),
+        key_id,
+        msg_tx.clone(),
+        Arc::clone(&stop),
+    ));
     let connector = tokio::spawn(connect(
         args.nats.clone(),
         args.nats_auth.auth(),
@@ -216,7 +225,7 @@ async fn connect(
             Ok(c) => break c,
             Err(e) => {
                 attempt += 1;
-                let msg = Msg::Connection(Connection::Reconnecting {
+                let msg = Msg::Connection(Connection::Connecting {
                     since_us: since,
                     error: e.to_string(),
                     attempt,
@@ -255,7 +264,7 @@ async fn connect(
 }
 
 /// Follows the store: new entries every look, the rest every refresh.
-async fn follow(data: PathBuf, ui: SyncSender<Msg>, stop: Arc<AtomicBool>) {
+async fn follow(data: PathBuf, key_id: Option<String>, ui: SyncSender<Msg>, stop: Arc<AtomicBool>) {
     let mut cache = SessionCache::default();
     let mut shown: Option<u64> = None;
     let mut last_refresh: Option<Instant> = None;
@@ -284,7 +293,7 @@ async fn follow(data: PathBuf, ui: SyncSender<Msg>, stop: Arc<AtomicBool>) {
             }
             rate_from = Some((now, head));
             last_refresh = Some(now);
-            match refresh(&data, &mut cache, rate).await {
+            match refresh(&data, &mut cache, rate, key_id.as_deref()).await {
                 Ok(msgs) => {
                     for m in msgs {
                         if !send(&ui, m).await {
@@ -417,7 +426,12 @@ fn items(cell: &str) -> Vec<String> {
         .collect()
 }
 
-async fn refresh(data: &std::path::Path, cache: &mut SessionCache, rate: u64) -> Result<Vec<Msg>> {
+async fn refresh(
+    data: &std::path::Path,
+    cache: &mut SessionCache,
+    rate: u64,
+    key_id: Option<&str>,
+) -> Result<Vec<Msg>> {
     let mut s = session(data, cache).await?;
     let counts = text_rows(
         &s.query(
@@ -436,8 +450,15 @@ async fn refresh(data: &std::path::Path, cache: &mut SessionCache, rate: u64) ->
             .and_then(|c| c.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    let store = Store::open_reader(&data.join("db"))?;
+    let store = cache.store(data)?;
     let (head, hash) = store.head()?;
+    // Whose requests the key may decide: a user's key is registered as `user:<name>`.
+    let you = match (key_id, store.registry()?) {
+        (Some(id), Some(registry)) => registry
+            .active_key(id)
+            .and_then(|(k, _)| k.name.strip_prefix(USER_KEY_PREFIX).map(str::to_string)),
+        _ => None,
+    };
     let checkpoint = store
         .last_checkpoint()?
         .map(|(size, note)| CheckpointFigure {
@@ -556,6 +577,7 @@ async fn refresh(data: &std::path::Path, cache: &mut SessionCache, rate: u64) ->
         rejected_events: n(4),
     };
     Ok(vec![
+        Msg::You(you),
         Msg::Overview(overview),
         Msg::Findings(finding_rows),
         Msg::Approvals(approval_rows),

@@ -1316,6 +1316,8 @@ fn an_approval_made_in_docket_watch_reaches_the_ledger_and_the_waiting_agent_get
     );
     term.keys(&[":ap", "Enter"]);
     term.wait_for("repo:write on acme/web");
+    // The key is found registered as the asked user's: the request is marked as theirs.
+    term.wait_for("1 for you");
     // Nothing is decided until the key is pressed.
     assert!(
         !log(&w).iter().any(|e| kind_of(e) == "approval.decided"),

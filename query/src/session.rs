@@ -123,7 +123,8 @@ pub struct SessionCache {
 }
 
 impl SessionCache {
-    fn store(&mut self, data: &Path) -> Result<Arc<Store>, QueryError> {
+    /// The kept store reader, caught up with the chain first (opened on first use).
+    pub fn store(&mut self, data: &Path) -> Result<Arc<Store>, QueryError> {
         match &self.store {
             Some(s) => {
                 s.catch_up()?;

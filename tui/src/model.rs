@@ -119,6 +119,12 @@ pub enum Connection {
         since_us: i64,
         error: String,
     },
+    /// Never connected yet: the first connection is being tried again.
+    Connecting {
+        since_us: i64,
+        error: String,
+        attempt: u32,
+    },
     /// A retry is under way.
     Reconnecting {
         since_us: i64,
@@ -248,6 +254,11 @@ pub struct ApprovalRow {
 }
 
 impl ApprovalRow {
+    /// Whether `you` may decide it: only the user asked can (the vault refuses anyone else).
+    pub fn is_for(&self, you: Option<&str>) -> bool {
+        you == Some(self.user.as_str())
+    }
+
     pub fn matches(&self, filter_lower: &str) -> bool {
         filter_lower.is_empty()
             || [&self.agent, &self.user, &self.audience, &self.approval_id]
@@ -455,6 +466,9 @@ pub struct Model {
     pub screen: Screen,
     pub screen_history: Vec<Screen>,
     pub readonly: bool,
+    /// The user the analyst's key decides for, as the ledger registered it; `None` when the key
+    /// is not a user's (or there is no key, or the shell has not looked yet).
+    pub you: Option<String>,
     pub connection: Connection,
     /// The clock reading of the last tick; every "ago" and "left" is measured from it.
     pub now_us: i64,
@@ -479,6 +493,7 @@ impl Model {
             screen: Screen::Overview,
             screen_history: Vec::new(),
             readonly,
+            you: None,
             connection: Connection::Connected,
             now_us,
             width: 80,

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
-use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use ratatui::crossterm::event::{
+    self, DisableBracketedPaste, EnableBracketedPaste, Event, KeyCode, KeyEvent, KeyEventKind,
+    KeyModifiers,
+};
 use ratatui::crossterm::execute;
 use ratatui::crossterm::terminal::{
     EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
@@ -151,6 +154,7 @@ fn restore_terminal() {
     let _ = disable_raw_mode();
     let _ = execute!(
         io::stdout(),
+        DisableBracketedPaste,
         LeaveAlternateScreen,
         ratatui::crossterm::cursor::Show
     );
@@ -172,7 +176,8 @@ impl Session {
         // From here on, Drop restores whatever part of the setup succeeded.
         let setup = || -> io::Result<Terminal<CrosstermBackend<Stdout>>> {
             enable_raw_mode()?;
-            execute!(io::stdout(), EnterAlternateScreen)?;
+            // A paste arrives as one event, not as keys (a `q` in it would quit).
+            execute!(io::stdout(), EnterAlternateScreen, EnableBracketedPaste)?;
             let mut terminal = Terminal::new(CrosstermBackend::new(io::stdout()))?;
             terminal.hide_cursor()?;
             terminal.clear()?;
@@ -253,6 +258,7 @@ pub fn run(
                 match event::read().map_err(TuiError::Input)? {
                     Event::Key(k) => msgs.extend(key_from_crossterm(k).map(Msg::Key)),
                     Event::Resize(width, height) => msgs.push(Msg::Resize { width, height }),
+                    Event::Paste(text) => msgs.push(Msg::Paste(text)),
                     _ => {}
                 }
                 if msgs.len() >= MSGS_PER_FRAME_MAX

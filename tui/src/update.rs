@@ -63,6 +63,10 @@ pub enum Msg {
         error: String,
     },
     Connection(Connection),
+    /// Who the analyst's key decides for (see `Model::you`).
+    You(Option<String>),
+    /// Text pasted into the terminal (bracketed paste): one insertion, never a run of keys.
+    Paste(String),
     /// What became of a command: `action` is `Command::describe`, `outcome` what the ledger
     /// said (e.g. the seq it appended at) or why it failed.
     ActionOutcome {
@@ -342,6 +346,16 @@ pub fn update(model: &mut Model, msg: Msg) -> Vec<Command> {
             model.connection = connection;
             Vec::new()
         }
+        Msg::You(you) => {
+            model.you = you;
+            let approvals = std::mem::take(&mut model.approvals.approvals);
+            set_approvals(model, approvals);
+            Vec::new()
+        }
+        Msg::Paste(text) => {
+            on_paste(model, &text);
+            Vec::new()
+        }
         Msg::ActionOutcome { action, outcome } => {
             model.status = Some(match outcome {
                 Ok(said) => Status {
@@ -431,12 +445,49 @@ fn add_findings(model: &mut Model, findings: Vec<FindingRow>) {
 
 fn set_agents(model: &mut Model, mut agents: Vec<AgentRow>) {
     let selected = model.selected_agent().map(|a| a.name.clone());
+    agents.sort_by(|a, b| natural_order(&a.name, &b.name));
     agents.truncate(AGENTS_KEPT_MAX);
     model.agents.agents = agents;
     let position = selected.and_then(|name| model.agent_rows().position(|a| a.name == name));
     reselect(&mut model.agents.cursor, position);
     let shown = model.agent_rows().count();
     clamp(&mut model.agents.cursor, shown);
+}
+
+/// Names compared as people read them: runs of digits by their value, so `agent-2` comes
+/// before `agent-10`; equal values fall back to the text (`agent-02` after `agent-2`).
+pub fn natural_order(a: &str, b: &str) -> std::cmp::Ordering {
+    fn chunks(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let mut digits = None;
+        for (i, c) in s.char_indices() {
+            let d = c.is_ascii_digit();
+            if digits.is_some_and(|was| was != d) {
+                out.push((digits == Some(true), &s[start..i]));
+                start = i;
+            }
+            digits = Some(d);
+        }
+        if start < s.len() {
+            out.push((digits == Some(true), &s[start..]));
+        }
+        out
+    }
+    let (ca, cb) = (chunks(a), chunks(b));
+    for (x, y) in ca.iter().zip(&cb) {
+        let order = match (x, y) {
+            ((true, x), (true, y)) => {
+                let (tx, ty) = (x.trim_start_matches('0'), y.trim_start_matches('0'));
+                tx.len().cmp(&ty.len()).then_with(|| tx.cmp(ty))
+            }
+            ((_, x), (_, y)) => x.cmp(y),
+        };
+        if order != std::cmp::Ordering::Equal {
+            return order;
+        }
+    }
+    ca.len().cmp(&cb.len()).then_with(|| a.cmp(b))
 }
 
 fn set_agent_detail(model: &mut Model, mut detail: AgentDetail) {
@@ -452,6 +503,9 @@ fn set_agent_detail(model: &mut Model, mut detail: AgentDetail) {
 
 fn set_approvals(model: &mut Model, mut approvals: Vec<ApprovalRow>) {
     let selected = model.selected_approval().map(|a| a.approval_id.clone());
+    // Yours first, each group soonest to expire first: what you can act on is at the top.
+    let you = model.you.clone();
+    approvals.sort_by_key(|a| (!a.is_for(you.as_deref()), a.expires_at_us));
     approvals.truncate(APPROVALS_KEPT_MAX);
     model.approvals.approvals = approvals;
     let position = selected.and_then(|id| model.approval_rows().position(|a| a.approval_id == id));
@@ -668,6 +722,46 @@ fn on_filter_key(model: &mut Model, key: Key) {
         Screen::Approvals => model.approvals.cursor = Cursor::default(),
         Screen::Overview | Screen::Query => {}
     }
+}
+
+/// A paste goes whole into the input that has the keyboard, as one line (newlines and tabs
+/// become spaces, other control characters are dropped), up to the input's limit; outside an
+/// input it is refused rather than read as a run of keys (a `q` in it would quit).
+fn on_paste(model: &mut Model, text: &str) {
+    let clean = |into: &mut String| {
+        for c in text.chars() {
+            if into.chars().count() >= INPUT_CHARS_MAX {
+                break;
+            }
+            match c {
+                '\n' | '\r' | '\t' => into.push(' '),
+                c if c.is_control() => {}
+                c => into.push(c),
+            }
+        }
+    };
+    if model.overlay.is_some() {
+        return;
+    }
+    match &mut model.input {
+        Input::Command(line) => return clean(line),
+        Input::Filter => {
+            if let Some(filter) = filter_mut(model) {
+                clean(filter);
+            }
+            return;
+        }
+        Input::Normal => {}
+    }
+    if model.screen == Screen::Query && model.query.editing {
+        clean(&mut model.query.input);
+        return;
+    }
+    model.status = Some(Status {
+        text: "a paste goes into an input: / to filter, or the Query screen's editor".to_string(),
+        is_error: true,
+        at_us: model.now_us,
+    });
 }
 
 fn filter_mut(model: &mut Model) -> Option<&mut String> {
@@ -1145,6 +1239,21 @@ fn on_approvals_key(model: &mut Model, key: Key) -> Vec<Command> {
     let Some(a) = model.selected_approval().cloned() else {
         return Vec::new();
     };
+    if matches!(key, Key::Char('a') | Key::Char('d'))
+        && !model.readonly
+        && let Some(you) = model.you.as_deref()
+        && !a.is_for(Some(you))
+    {
+        model.status = Some(Status {
+            text: format!(
+                "{} is {}'s to decide; your key is {you}'s",
+                a.approval_id, a.user
+            ),
+            is_error: true,
+            at_us: model.now_us,
+        });
+        return Vec::new();
+    }
     match key {
         Key::Char('a') => {
             if a.expires_at_us <= model.now_us {

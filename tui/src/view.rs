@@ -74,6 +74,28 @@ fn cursor_at(frame: &mut Frame, area: Rect, column: usize) {
     frame.set_cursor_position((x.min(area.right().saturating_sub(1)), area.y));
 }
 
+/// Width of the Live list from which it also shows user and audience.
+const LIVE_WIDE_MIN_COLS: u16 = 100;
+
+/// `text` cut to `cols` characters, with `…` saying it was cut (a silently cut name reads as
+/// another, real name).
+fn fit(text: &str, cols: usize) -> String {
+    if text.chars().count() <= cols {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(cols.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// An audience without its scheme: `https://api.github.com` is `api.github.com` in a column.
+fn host(audience: &str) -> &str {
+    audience
+        .strip_prefix("https://")
+        .or_else(|| audience.strip_prefix("http://"))
+        .unwrap_or(audience)
+}
+
 fn wide(area: Rect) -> bool {
     area.width >= WIDE_MIN_COLS
 }
@@ -114,6 +136,7 @@ fn header_line(model: &Model, width: u16) -> Paragraph<'static> {
         Connection::Connected => ("● connected", Style::new().fg(Color::Green)),
         Connection::Lost { .. } => ("✖ disconnected", Style::new().fg(Color::Red)),
         Connection::Reconnecting { .. } => ("… reconnecting", Style::new().fg(Color::Yellow)),
+        Connection::Connecting { .. } => ("… connecting", Style::new().fg(Color::Yellow)),
     };
     let mut right = vec![Span::styled(text, style)];
     if model.readonly {
@@ -143,6 +166,15 @@ fn connection_banner(model: &Model) -> Option<Paragraph<'static>> {
             attempt,
         } => format!(
             " reconnecting (attempt {attempt}); connection lost {} ago: {error}",
+            duration(model.now_us.saturating_sub(*since_us))
+        ),
+        Connection::Connecting {
+            since_us,
+            error,
+            attempt,
+        } => format!(
+            " not connected to NATS yet (attempt {attempt}, {}): {error}; retrying. \
+             The screens still follow the store; decisions and triage wait for NATS",
             duration(model.now_us.saturating_sub(*since_us))
         ),
     };
@@ -402,7 +434,7 @@ fn overview(model: &Model, frame: &mut Frame, area: Rect) {
     } else {
         Style::new()
     };
-    let fleet_text = vec![
+    let mut fleet_text = vec![
         Line::from(format!("agents        {}", f.agents)),
         Line::from(format!("grants        {}", f.active_grants)),
         Line::from(format!("live tokens   {}", f.live_tokens)),
@@ -411,6 +443,27 @@ fn overview(model: &Model, frame: &mut Frame, area: Rect) {
             pending_style,
         )),
     ];
+    // Said here too, not only in the side panel, which a small terminal has no room for.
+    if model.you.is_some() {
+        let yours = model
+            .approvals
+            .approvals
+            .iter()
+            .filter(|a| a.is_for(model.you.as_deref()))
+            .count();
+        let style = if yours > 0 {
+            Style::new()
+                .fg(Color::Black)
+                .bg(Color::Yellow)
+                .add_modifier(Modifier::BOLD)
+        } else {
+            Style::new()
+        };
+        fleet_text.push(Line::from(Span::styled(
+            format!("for you       {yours} (:a)"),
+            style,
+        )));
+    }
     frame.render_widget(
         Paragraph::new(fleet_text).block(titled(" Fleet ".to_string())),
         fleet,
@@ -444,6 +497,7 @@ fn overview(model: &Model, frame: &mut Frame, area: Rect) {
             .approvals
             .approvals
             .iter()
+            .filter(|a| model.you.is_none() || a.is_for(model.you.as_deref()))
             .map(|a| {
                 Line::from(format!(
                     "{} {} → {} ({})",
@@ -455,7 +509,11 @@ fn overview(model: &Model, frame: &mut Frame, area: Rect) {
             })
             .collect();
         frame.render_widget(
-            Paragraph::new(lines).block(titled(" Waiting for you ".to_string())),
+            Paragraph::new(lines).block(titled(if model.you.is_some() {
+                " Waiting for you ".to_string()
+            } else {
+                " Waiting for a decision ".to_string()
+            })),
             pending,
         );
         let lines: Vec<Line> = model
@@ -493,36 +551,46 @@ fn live(model: &Model, frame: &mut Frame, area: Rect) {
     }
     title.push(' ');
     let (first, selected) = window(model.live.cursor.selected, rows.len(), table_rows(area));
-    let is_wide = wide(area) || side.is_some();
-    let table_rows_built: Vec<Row> = rows
+    // The user and audience columns only where the list itself, beside the side panel, has the
+    // room: squeezed, every column is cut and none can be read.
+    let is_wide = area.width >= LIVE_WIDE_MIN_COLS;
+    let shown: Vec<&&EventRow> = rows.iter().skip(first).take(table_rows(area)).collect();
+    // A seq is never cut: its column is as wide as the largest one on screen.
+    let seq_cols = shown
         .iter()
-        .skip(first)
-        .take(table_rows(area))
+        .map(|e| e.seq.to_string().len())
+        .max()
+        .unwrap_or(3)
+        .max(3);
+    let (agent_cols, user_cols, audience_cols) = (14, 10, 18);
+    let table_rows_built: Vec<Row> = shown
+        .iter()
         .map(|e| {
             let mut cells = vec![
                 Cell::from(e.seq.to_string()),
                 Cell::from(clock(e.ts_us)),
                 Cell::from(e.kind.clone()),
-                Cell::from(e.agent.clone()),
+                Cell::from(fit(&e.agent, agent_cols)),
             ];
             if is_wide {
-                cells.push(Cell::from(e.user.clone()));
-                cells.push(Cell::from(e.audience.clone()));
+                cells.push(Cell::from(fit(&e.user, user_cols)));
+                cells.push(Cell::from(fit(host(&e.audience), audience_cols)));
             }
             cells.push(Cell::from(e.summary.clone()));
             Row::new(cells).style(kind_style(&e.kind))
         })
         .collect();
+    let seq_width = Constraint::Length(u16::try_from(seq_cols).unwrap_or(u16::MAX));
     let (header, widths) = if is_wide {
         (
             vec!["seq", "time", "kind", "agent", "user", "audience", "what"],
             vec![
-                Constraint::Length(8),
+                seq_width,
                 Constraint::Length(8),
                 Constraint::Length(18),
-                Constraint::Length(14),
-                Constraint::Length(10),
-                Constraint::Length(14),
+                Constraint::Length(agent_cols as u16),
+                Constraint::Length(user_cols as u16),
+                Constraint::Length(audience_cols as u16),
                 Constraint::Min(10),
             ],
         )
@@ -530,10 +598,10 @@ fn live(model: &Model, frame: &mut Frame, area: Rect) {
         (
             vec!["seq", "time", "kind", "agent", "what"],
             vec![
-                Constraint::Length(5),
+                seq_width,
                 Constraint::Length(8),
                 Constraint::Length(18),
-                Constraint::Length(13),
+                Constraint::Length(agent_cols as u16),
                 Constraint::Min(10),
             ],
         )
@@ -688,23 +756,35 @@ fn finding_detail(model: &Model, frame: &mut Frame, area: Rect) {
             format!("{} · {} · seq {}", f.rule_id, f.status_name(), f.seq),
             dim,
         )),
-        Line::from(format!(
-            "agent {}  user {}  audience {}",
-            f.agent, f.user, f.audience
-        )),
-        Line::from(""),
-        Line::from(f.explanation.clone()),
-        Line::from(""),
-        Line::from(vec![
-            Span::styled("observed  ", Style::new().add_modifier(Modifier::BOLD)),
-            Span::raw(f.observed.clone()),
-        ]),
-        Line::from(vec![
-            Span::styled("baseline  ", Style::new().add_modifier(Modifier::BOLD)),
-            Span::raw(f.baseline.clone()),
-        ]),
-        Line::from(""),
     ];
+    // A policy finding names no baseline, and some name no user or audience: a label with
+    // nothing after it reads as missing data, so only what the finding has is shown.
+    let who: Vec<String> = [
+        ("agent", &f.agent),
+        ("user", &f.user),
+        ("audience", &f.audience),
+    ]
+    .into_iter()
+    .filter(|(_, v)| !v.is_empty())
+    .map(|(k, v)| format!("{k} {v}"))
+    .collect();
+    if !who.is_empty() {
+        lines.push(Line::from(who.join("  ")));
+    }
+    lines.push(Line::from(""));
+    lines.push(Line::from(f.explanation.clone()));
+    lines.push(Line::from(""));
+    for (label, value) in [("observed  ", &f.observed), ("baseline  ", &f.baseline)] {
+        if !value.is_empty() {
+            lines.push(Line::from(vec![
+                Span::styled(label, Style::new().add_modifier(Modifier::BOLD)),
+                Span::raw(value.clone()),
+            ]));
+        }
+    }
+    if !f.observed.is_empty() || !f.baseline.is_empty() {
+        lines.push(Line::from(""));
+    }
     let mut evidence = vec![Span::styled(
         "evidence  ",
         Style::new().add_modifier(Modifier::BOLD),
@@ -917,47 +997,70 @@ fn approvals(model: &Model, frame: &mut Frame, area: Rect) {
         .skip(first)
         .take(table_rows(list_area))
         .map(|a| {
+            let yours = a.is_for(model.you.as_deref());
+            let who = if yours {
+                Span::styled(
+                    "you",
+                    Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD),
+                )
+            } else {
+                Span::raw(a.user.clone())
+            };
             let mut cells = vec![
                 Cell::from(time_left(a.expires_at_us, model.now_us)),
                 Cell::from(Span::styled(risk_name(a.risk), risk_style(a.risk))),
-                Cell::from(a.agent.clone()),
-                Cell::from(a.audience.clone()),
+                Cell::from(who),
+                Cell::from(fit(&a.agent, 14)),
+                Cell::from(host(&a.audience).to_string()),
             ];
             if is_wide {
-                cells.push(Cell::from(a.user.clone()));
                 cells.push(Cell::from(a.scopes.join(" ")));
             }
             cells.push(Cell::from(if a.step_up_required { "step-up" } else { "" }));
-            Row::new(cells)
+            // Another user's request is shown for the picture, dimmed: only they can decide it.
+            let row = Row::new(cells);
+            if model.you.is_some() && !yours {
+                row.style(Style::new().fg(Color::DarkGray))
+            } else {
+                row
+            }
         })
         .collect();
     let (header, widths) = if is_wide {
         (
-            vec!["left", "risk", "agent", "audience", "user", "scopes", ""],
+            vec!["left", "risk", "for", "agent", "audience", "scopes", ""],
             vec![
                 Constraint::Length(11),
                 Constraint::Length(8),
-                Constraint::Length(16),
-                Constraint::Length(17),
                 Constraint::Length(10),
+                Constraint::Length(14),
+                Constraint::Length(17),
                 Constraint::Min(10),
                 Constraint::Length(7),
             ],
         )
     } else {
         (
-            vec!["left", "risk", "agent", "audience", ""],
+            vec!["left", "risk", "for", "agent", "audience", ""],
             vec![
-                Constraint::Length(11),
                 Constraint::Length(8),
-                Constraint::Length(18),
+                Constraint::Length(8),
+                Constraint::Length(8),
+                Constraint::Length(14),
                 Constraint::Min(10),
                 Constraint::Length(7),
             ],
         )
     };
     let selected = (!rows.is_empty()).then_some(selected);
-    let mut title = format!(" Approvals: {} pending", rows.len());
+    let yours = rows
+        .iter()
+        .filter(|a| a.is_for(model.you.as_deref()))
+        .count();
+    let mut title = match &model.you {
+        Some(_) => format!(" Approvals: {yours} for you, {} pending", rows.len()),
+        None => format!(" Approvals: {} pending", rows.len()),
+    };
     if !model.approvals.filter.is_empty() {
         title.push_str(&format!(" matching /{}", model.approvals.filter));
     }
@@ -1020,11 +1123,16 @@ fn approval_detail(model: &Model, frame: &mut Frame, area: Rect) {
             Style::new().fg(Color::Magenta).add_modifier(Modifier::BOLD),
         )));
     }
-    if !model.readonly {
-        lines.push(Line::from(Span::styled(
+    match model.you.as_deref() {
+        _ if model.readonly => {}
+        Some(you) if !a.is_for(Some(you)) => lines.push(Line::from(Span::styled(
+            format!("{} decides this one; your key is {you}'s", a.user),
+            Style::new().fg(Color::DarkGray),
+        ))),
+        _ => lines.push(Line::from(Span::styled(
             "a approves · d denies (asks first)",
             Style::new().fg(Color::DarkGray),
-        )));
+        ))),
     }
     frame.render_widget(
         Paragraph::new(lines)

@@ -283,6 +283,20 @@ fn reconnecting_header() {
 }
 
 #[test]
+fn never_connected_header() {
+    let mut model = on(Screen::Overview);
+    feed(
+        &mut model,
+        Msg::Connection(Connection::Connecting {
+            since_us: NOW_US - 12 * S,
+            error: "nats: connection refused".into(),
+            attempt: 3,
+        }),
+    );
+    check("connection-connecting", &model);
+}
+
+#[test]
 fn entry_detail() {
     let mut model = on(Screen::Live);
     let commands = keys(&mut model, &[Key::Enter]);

@@ -642,3 +642,85 @@ fn ctrl_c_quits_even_while_typing() {
     let mut model = on("query");
     assert_eq!(keys(&mut model, &[Key::Ctrl('c')]), vec![Command::Quit]);
 }
+
+#[test]
+fn your_requests_come_first_and_another_users_is_refused_before_sending() {
+    let mut model = on("approvals");
+    let order: Vec<&str> = model
+        .approval_rows()
+        .map(|a| a.approval_id.as_str())
+        .collect();
+    // bob's (expiring in 4 min) before alice's (45 s): yours first, then the soonest.
+    assert_eq!(order, vec!["apr_0193f2", "apr_0193f7"]);
+    keys(&mut model, &[Key::Down]);
+    assert_eq!(keys(&mut model, &[Key::Char('a')]), vec![]);
+    assert_eq!(keys(&mut model, &[Key::Char('d')]), vec![]);
+    assert_eq!(
+        model.overlay, None,
+        "no confirmation for a request that is not yours"
+    );
+    let status = model.status.clone().expect("a status");
+    assert!(status.is_error);
+    assert_eq!(
+        status.text,
+        "apr_0193f7 is alice's to decide; your key is bob's"
+    );
+    // Known to be alice's key now: the same key press sends her decision.
+    feed(&mut model, Msg::You(Some("alice".into())));
+    assert_eq!(
+        model.selected_approval().map(|a| a.approval_id.as_str()),
+        Some("apr_0193f7"),
+        "the cursor stays on the request it was on"
+    );
+    assert_eq!(
+        keys(&mut model, &[Key::Char('a')]),
+        vec![Command::Decide {
+            approval_id: "apr_0193f7".into(),
+            approve: true
+        }]
+    );
+}
+
+#[test]
+fn a_paste_is_one_insertion_into_the_input_and_never_keys() {
+    let mut model = on("live");
+    // Outside an input, a paste with a q in it neither quits nor types.
+    assert_eq!(update(&mut model, Msg::Paste("quit".into())), vec![]);
+    assert_eq!(model.screen, Screen::Live);
+    assert!(model.status.as_ref().is_some_and(|s| s.is_error));
+    keys(&mut model, &[Key::Char('/')]);
+    assert_eq!(update(&mut model, Msg::Paste("agent-\t7\n".into())), vec![]);
+    assert_eq!(model.live.filter, "agent- 7 ");
+    let mut model = on("query");
+    let long = "x".repeat(6_000);
+    assert_eq!(update(&mut model, Msg::Paste(long)), vec![]);
+    assert_eq!(
+        model.query.input.chars().count(),
+        docket_tui::model::INPUT_CHARS_MAX
+    );
+    assert!(model.query.editing);
+}
+
+#[test]
+fn agents_are_listed_in_the_order_people_count() {
+    use docket_tui::model::AgentRow;
+    let mut model = fixed_model(false);
+    let names = ["agent-10", "agent-2", "agent-1", "billing", "agent-02"];
+    let rows = names
+        .iter()
+        .map(|n| AgentRow {
+            name: n.to_string(),
+            suspended: false,
+            calls: 0,
+            grants: 0,
+            live_tokens: 0,
+            open_findings: 0,
+        })
+        .collect();
+    feed(&mut model, Msg::Agents(rows));
+    let listed: Vec<&str> = model.agent_rows().map(|a| a.name.as_str()).collect();
+    assert_eq!(
+        listed,
+        vec!["agent-1", "agent-2", "agent-02", "agent-10", "billing"]
+    );
+}

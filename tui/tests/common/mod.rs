@@ -238,6 +238,8 @@ pub fn overview() -> OverviewFigures {
 /// A model with every screen's data, as a shell would have fed it.
 pub fn fixed_model(readonly: bool) -> Model {
     let mut model = Model::new(readonly, NOW_US);
+    // The analyst's key is bob's: bob's request is theirs to decide, alice's is not.
+    feed(&mut model, Msg::You(Some("bob".into())));
     feed(&mut model, Msg::Events(events()));
     feed(&mut model, Msg::Findings(findings()));
     feed(&mut model, Msg::Agents(agents()));
