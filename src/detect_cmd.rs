@@ -271,13 +271,16 @@ const DETECT_NICE: i32 = 10;
 
 /// Lowers the calling thread's scheduling priority (on Linux `setpriority` with id 0 applies
 /// to the calling thread only); elsewhere it does nothing rather than renice the whole process.
-fn lower_priority() {
+/// The detector's threads and the read service's run so: ingest comes first.
+pub(crate) fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: setpriority only reads its arguments; a failure leaves the priority as it was.
         let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, DETECT_NICE) } != 0;
         if failed {
-            tracing::debug!("detection runs at the ingest's priority: setpriority refused");
+            tracing::debug!(
+                "a background thread runs at the ingest's priority: setpriority refused"
+            );
         }
     }
 }

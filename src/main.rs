@@ -10,6 +10,7 @@ mod findings_cmd;
 mod measure;
 mod policy_cmd;
 mod query_guard;
+mod read_service;
 mod report_cmd;
 mod sql_cmd;
 mod state_cmd;
@@ -676,6 +677,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
             }
         });
     }
+    read_service::spawn(source.client.clone(), data.clone())?;
+    tracing::info!("reads answered on {}", docket_schemas::vault::SUBJECT_READ);
     let stop_sealing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // The checkpoint key also seals the columnar copy, so that SQL can tell edited segments.
     let sealing_key = keyfile::read(&ledger_key_path(data, &config))?;

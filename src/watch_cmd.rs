@@ -18,8 +18,7 @@ use clap::Args;
 use docket_ledger::keyfile;
 use docket_ledger::registry::USER_KEY_PREFIX;
 use docket_ledger::store::{Store, decode_record};
-use docket_query::arrow::array::RecordBatch;
-use docket_query::arrow::util::display::{ArrayFormatter, FormatOptions};
+use docket_query::render::text_cells;
 use docket_query::session::{AuditSession, SessionCache, SessionOptions};
 use docket_schemas::checkpoint::Checkpoint;
 use docket_schemas::envelope::Envelope;
@@ -56,8 +55,10 @@ const FATE_PATIENCE: Duration = Duration::from_secs(10);
 
 #[derive(Args)]
 pub struct WatchArgs {
-    #[command(flatten)]
-    data: crate::DataArgs,
+    /// The ledger's data directory, read directly on the ledger's machine. Without it the UI
+    /// reads over NATS (`docket.read`, signed with --key: the admin's or an analyst's).
+    #[arg(long, env = "DOCKET_DATA")]
+    data: Option<PathBuf>,
     /// NATS server URL: decisions and triage go through it, and the header shows whether it is up.
     #[arg(long, env = "DOCKET_NATS", default_value = "nats://127.0.0.1:4222")]
     nats: String,
@@ -82,7 +83,7 @@ impl WatchArgs {
     /// What `docket demo` opens on a terminal: its ledger, its NATS server, its user's key.
     pub fn for_demo(data: PathBuf, nats: String, key: PathBuf, by: &str) -> WatchArgs {
         WatchArgs {
-            data: crate::DataArgs { data },
+            data: Some(data),
             nats,
             nats_auth: crate::NatsAuthArgs::default(),
             key: Some(key),
@@ -118,8 +119,9 @@ pub async fn run(args: WatchArgs) -> Result<std::process::ExitCode> {
             "docket watch needs a terminal; for scripts use `docket findings`, `docket state` or `docket sql`"
         );
     }
-    let data = args.data.data.clone();
-    if !data.join("db").exists() {
+    if let Some(data) = &args.data
+        && !data.join("db").exists()
+    {
         bail!(
             "{}: no ledger here (run `docket serve --data {}` first)",
             data.display(),
@@ -129,6 +131,15 @@ pub async fn run(args: WatchArgs) -> Result<std::process::ExitCode> {
     let key = match &args.key {
         Some(p) => Some(keyfile::read(p).with_context(|| format!("--key {}", p.display()))?),
         None => None,
+    };
+    let place = match (&args.data, &key) {
+        (Some(data), _) => Place::Local(data.clone()),
+        (None, Some(key)) => Place::Remote(key.clone()),
+        (None, None) => bail!(
+            "without --data the UI reads over NATS, and reads are signed: give --key (the admin's \
+             or an analyst's, registered for finding.triaged; add --readonly to only watch), or \
+             --data DIR on the ledger's machine"
+        ),
     };
     let step_up = match &args.step_up_key {
         Some(p) => {
@@ -148,8 +159,18 @@ pub async fn run(args: WatchArgs) -> Result<std::process::ExitCode> {
     let key_id = key
         .as_ref()
         .map(|k| docket_schemas::keys::key_id(&k.verifying_key().to_bytes()));
+    let reader = |nats: &watch::Receiver<Option<async_nats::Client>>| match &place {
+        Place::Local(data) => Reader::Local {
+            data: data.clone(),
+            cache: SessionCache::default(),
+        },
+        Place::Remote(key) => Reader::Remote {
+            nats: nats.clone(),
+            key: key.clone(),
+        },
+    };
     let follower = tokio::spawn(follow(
-        data.clone(),
+        reader(&nats_rx),
         key_id,
         msg_tx.clone(),
         Arc::clone(&stop),
@@ -169,8 +190,8 @@ pub async fn run(args: WatchArgs) -> Result<std::process::ExitCode> {
             }
         }
     });
+    let mut actor_reader = reader(&nats_rx);
     let actor = Actor {
-        data,
         key,
         step_up,
         by: args.by.clone(),
@@ -178,9 +199,8 @@ pub async fn run(args: WatchArgs) -> Result<std::process::ExitCode> {
         ui: msg_tx,
     };
     let commands = tokio::spawn(async move {
-        let mut cache = SessionCache::default();
         while let Some(c) = arx.recv().await {
-            actor.carry_out(c, &mut cache).await;
+            actor.carry_out(c, &mut actor_reader).await;
         }
     });
     let outcome = ui.await;
@@ -264,14 +284,18 @@ async fn connect(
 }
 
 /// Follows the store: new entries every look, the rest every refresh.
-async fn follow(data: PathBuf, key_id: Option<String>, ui: SyncSender<Msg>, stop: Arc<AtomicBool>) {
-    let mut cache = SessionCache::default();
+async fn follow(
+    mut reader: Reader,
+    key_id: Option<String>,
+    ui: SyncSender<Msg>,
+    stop: Arc<AtomicBool>,
+) {
     let mut shown: Option<u64> = None;
     let mut last_refresh: Option<Instant> = None;
     let mut rate_from: Option<(Instant, u64)> = None;
     let mut rate = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let outcome = look(&data, &mut cache, &mut shown, &ui).await;
+        let outcome = look(&mut reader, &mut shown, &ui).await;
         if let Err(e) = outcome {
             let msg = Msg::ActionOutcome {
                 action: "reading the ledger".into(),
@@ -280,7 +304,7 @@ async fn follow(data: PathBuf, key_id: Option<String>, ui: SyncSender<Msg>, stop
             if !send(&ui, msg).await {
                 return;
             }
-            cache = SessionCache::default();
+            reader.start_over();
         }
         if last_refresh.is_none_or(|t| t.elapsed() >= REFRESH_INTERVAL) {
             let head = shown.unwrap_or(0);
@@ -293,7 +317,7 @@ async fn follow(data: PathBuf, key_id: Option<String>, ui: SyncSender<Msg>, stop
             }
             rate_from = Some((now, head));
             last_refresh = Some(now);
-            match refresh(&data, &mut cache, rate, key_id.as_deref()).await {
+            match refresh(&mut reader, rate, key_id.as_deref()).await {
                 Ok(msgs) => {
                     for m in msgs {
                         if !send(&ui, m).await {
@@ -325,20 +349,14 @@ async fn session(data: &std::path::Path, cache: &mut SessionCache) -> Result<Aud
 }
 
 /// Sends the entries appended since the last look.
-async fn look(
-    data: &std::path::Path,
-    cache: &mut SessionCache,
-    shown: &mut Option<u64>,
-    ui: &SyncSender<Msg>,
-) -> Result<()> {
-    let head = cache.head(data)?;
+async fn look(reader: &mut Reader, shown: &mut Option<u64>, ui: &SyncSender<Msg>) -> Result<()> {
+    let head = reader.head().await?;
     let from = match *shown {
         Some(s) if s >= head => return Ok(()),
         Some(s) => s.max(head.saturating_sub(EVENTS_PER_LOOK_MAX)),
         None => head.saturating_sub(EVENTS_PER_LOOK_MAX / 10),
     };
-    let mut s = session(data, cache).await?;
-    let rows = event_rows(&mut s, &format!("seq > {from} AND seq <= {head}"), None).await?;
+    let rows = event_rows(reader, &format!("seq > {from} AND seq <= {head}"), None).await?;
     *shown = Some(head);
     send(ui, Msg::Events(rows)).await;
     Ok(())
@@ -348,7 +366,7 @@ const EVENT_COLUMNS: &str = "seq, CAST(ts AS BIGINT) AS t, kind, agent, \"user\"
      operation, status, source, decision, risk, reason, token_id, grant_id, approval_id, actor";
 
 async fn event_rows(
-    s: &mut AuditSession,
+    reader: &mut Reader,
     filter: &str,
     newest: Option<usize>,
 ) -> Result<Vec<EventRow>> {
@@ -358,7 +376,7 @@ async fn event_rows(
             format!("SELECT {EVENT_COLUMNS} FROM events WHERE {filter} ORDER BY seq DESC LIMIT {n}")
         }
     };
-    let rows = text_rows(&s.query(&sql).await?)?;
+    let rows = reader.rows(&sql).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let get = |i: usize| r.get(i).cloned().unwrap_or_default();
@@ -398,23 +416,6 @@ fn summary(kind: &str, r: &[String]) -> String {
     }
 }
 
-/// Every cell as text (NULL as empty), one row per row.
-fn text_rows(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>> {
-    let options = FormatOptions::default();
-    let mut out = Vec::new();
-    for b in batches {
-        let formatters = b
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-            .collect::<Result<Vec<_>, _>>()?;
-        for i in 0..b.num_rows() {
-            out.push(formatters.iter().map(|f| f.value(i).to_string()).collect());
-        }
-    }
-    Ok(out)
-}
-
 /// A list cell as text (`[a, b]`) back into its items.
 fn items(cell: &str) -> Vec<String> {
     let inner = cell.trim().trim_start_matches('[').trim_end_matches(']');
@@ -426,23 +427,16 @@ fn items(cell: &str) -> Vec<String> {
         .collect()
 }
 
-async fn refresh(
-    data: &std::path::Path,
-    cache: &mut SessionCache,
-    rate: u64,
-    key_id: Option<&str>,
-) -> Result<Vec<Msg>> {
-    let mut s = session(data, cache).await?;
-    let counts = text_rows(
-        &s.query(
+async fn refresh(reader: &mut Reader, rate: u64, key_id: Option<&str>) -> Result<Vec<Msg>> {
+    let counts = reader
+        .rows(
             "SELECT (SELECT count(*) FROM agents) AS agents, \
                     (SELECT count(*) FROM grants_state WHERE status = 'active') AS grants, \
                     (SELECT count(*) FROM tokens_state WHERE status = 'active') AS tokens, \
                     (SELECT count(*) FROM approvals_state WHERE status = 'pending') AS pending, \
                     (SELECT count(*) FROM rejections) AS rejected",
         )
-        .await?,
-    )?;
+        .await?;
     let n = |i: usize| {
         counts
             .first()
@@ -450,31 +444,16 @@ async fn refresh(
             .and_then(|c| c.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    let store = cache.store(data)?;
-    let (head, hash) = store.head()?;
-    // Whose requests the key may decide: a user's key is registered as `user:<name>`.
-    let you = match (key_id, store.registry()?) {
-        (Some(id), Some(registry)) => registry
-            .active_key(id)
-            .and_then(|(k, _)| k.name.strip_prefix(USER_KEY_PREFIX).map(str::to_string)),
-        _ => None,
-    };
-    let checkpoint = store
-        .last_checkpoint()?
-        .map(|(size, note)| CheckpointFigure {
-            seq: size,
-            verified: checkpoint_holds(&store, size, &note),
-        });
-    let findings = text_rows(
-        &s.query(&format!(
+    let chain = reader.chain(key_id).await?;
+    let findings = reader
+        .rows(&format!(
             "SELECT finding, rule, COALESCE(title, rule) AS title, severity, COALESCE(agent, '') AS agent, \
              COALESCE(\"user\", '') AS who, COALESCE(audience, '') AS audience, message, \
              COALESCE(observed, '') AS observed, COALESCE(baseline, '') AS baseline, evidence, triage, seq, \
              CAST(ts AS BIGINT) AS ts_us \
              FROM findings ORDER BY seq DESC LIMIT {FINDINGS_SHOWN_MAX}"
         ))
-        .await?,
-    )?;
+        .await?;
     let mut by_level: Vec<(Level, u64)> = Level::ALL.iter().rev().map(|l| (*l, 0)).collect();
     let mut finding_rows = Vec::with_capacity(findings.len());
     for r in &findings {
@@ -512,14 +491,13 @@ async fn refresh(
             ts_us: r[13].parse().unwrap_or(0),
         });
     }
-    let approvals = text_rows(
-        &s.query(
+    let approvals = reader
+        .rows(
             "SELECT approval_id, agent, \"user\", audience, scopes, risk, binding_message, \
              CAST(expires_at AS BIGINT) AS expires_us FROM approvals_state WHERE status = 'pending' \
              ORDER BY expires_at",
         )
-        .await?,
-    )?;
+        .await?;
     let approval_rows = approvals
         .iter()
         .filter_map(|r| {
@@ -537,8 +515,8 @@ async fn refresh(
             })
         })
         .collect();
-    let agents = text_rows(
-        &s.query(
+    let agents = reader
+        .rows(
             "SELECT a.agent, a.status, COALESCE(g.calls, 0) AS calls, COALESCE(g.active, 0) AS grants, \
                     COALESCE(t.live, 0) AS live, COALESCE(f.open, 0) AS open \
              FROM agents a \
@@ -551,8 +529,7 @@ async fn refresh(
                         WHERE triage IN ('open', 'reopened') GROUP BY agent) f ON f.agent = a.agent \
              ORDER BY a.agent",
         )
-        .await?,
-    )?;
+        .await?;
     let agent_rows = agents
         .iter()
         .map(|r| AgentRow {
@@ -566,9 +543,9 @@ async fn refresh(
         .collect();
     let overview = OverviewFigures {
         ingest_events_per_s: rate,
-        head_seq: head,
-        head_hash: docket_ledger::chain::hex(&hash),
-        checkpoint,
+        head_seq: chain.head,
+        head_hash: chain.hash,
+        checkpoint: chain.checkpoint,
         agents: n(0),
         active_grants: n(1),
         live_tokens: n(2),
@@ -577,7 +554,7 @@ async fn refresh(
         rejected_events: n(4),
     };
     Ok(vec![
-        Msg::You(you),
+        Msg::You(chain.you),
         Msg::Overview(overview),
         Msg::Findings(finding_rows),
         Msg::Approvals(approval_rows),
@@ -604,7 +581,6 @@ fn checkpoint_holds(store: &Store, size: u64, note: &str) -> bool {
 
 /// Carries out the UI's commands.
 struct Actor {
-    data: PathBuf,
     key: Option<SigningKey>,
     step_up: Option<SigningKey>,
     by: String,
@@ -613,22 +589,22 @@ struct Actor {
 }
 
 impl Actor {
-    async fn carry_out(&self, c: Command, cache: &mut SessionCache) {
+    async fn carry_out(&self, c: Command, reader: &mut Reader) {
         let action = c.describe();
         let msg = match c {
             Command::Quit => return,
-            Command::RunQuery { sql } => match self.query(&sql, cache).await {
+            Command::RunQuery { sql } => match query(reader, &sql).await {
                 Ok(r) => Msg::QueryResult(r),
                 Err(e) => Msg::QueryFailed(format!("{e:#}")),
             },
-            Command::OpenEntry { seq } => match self.entry(seq) {
+            Command::OpenEntry { seq } => match reader.entry(seq).await {
                 Ok(d) => Msg::EntryDetail(d),
                 Err(e) => Msg::EntryFailed {
                     seq,
                     error: format!("{e:#}"),
                 },
             },
-            Command::OpenAgent { agent } => match self.agent(&agent, cache).await {
+            Command::OpenAgent { agent } => match agent_detail(reader, &agent).await {
                 Ok(d) => Msg::AgentDetail(d),
                 Err(e) => Msg::ActionOutcome {
                     action,
@@ -637,119 +613,10 @@ impl Actor {
             },
             other => Msg::ActionOutcome {
                 action,
-                outcome: self.act(other).await.map_err(|e| format!("{e:#}")),
+                outcome: self.act(other, reader).await.map_err(|e| format!("{e:#}")),
             },
         };
         send(&self.ui, msg).await;
-    }
-
-    async fn query(&self, sql: &str, cache: &mut SessionCache) -> Result<QueryResult> {
-        let mut s = session(&self.data, cache).await?;
-        let batches = s.query(sql).await?;
-        let header = batches
-            .first()
-            .map(|b| {
-                b.schema()
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut rows = text_rows(&batches)?;
-        rows.truncate(QUERY_ROWS_MAX);
-        Ok(QueryResult { header, rows })
-    }
-
-    fn entry(&self, seq: u64) -> Result<EntryDetail> {
-        let store = Store::open_reader(&self.data.join("db"))?;
-        let head = store.head()?.0;
-        let record = store
-            .record(seq)?
-            .with_context(|| format!("no entry {seq} (the head is {head})"))?;
-        let e = decode_record(seq, &record)?;
-        let envelope = Envelope::decode(e.envelope)?;
-        let payload: Value = serde_json::from_slice(&envelope.payload)?;
-        let registered = store.registry()?.map(|r| {
-            if r.admin_key_id == envelope.key_id {
-                "the admin's key".to_string()
-            } else if r.ledger_key_id == envelope.key_id {
-                "the ledger's own key".to_string()
-            } else {
-                match r.keys.get(&envelope.key_id) {
-                    Some(k) => format!(
-                        "{} (registered at seq {}{})",
-                        k.name,
-                        k.registered_seq,
-                        k.revoked_seq
-                            .map_or(String::new(), |s| format!(", revoked at seq {s}"))
-                    ),
-                    None => "not in the registry now".to_string(),
-                }
-            }
-        });
-        Ok(EntryDetail {
-            seq,
-            entry: vec![
-                format!("seq       {}", e.seq),
-                format!("hash      {}", docket_ledger::chain::hex(&e.hash)),
-                format!("prev      {}", docket_ledger::chain::hex(&e.prev)),
-                format!(
-                    "received  {}",
-                    docket_schemas::Timestamp::from_micros(e.received_us)
-                        .map_or_else(|| e.received_us.to_string(), |t| t.to_string())
-                ),
-                format!("subject   {}", e.subject),
-            ],
-            envelope: serde_json::to_string_pretty(&payload)?
-                .lines()
-                .map(str::to_string)
-                .collect(),
-            signer: vec![
-                format!("key id    {}", envelope.key_id),
-                format!(
-                    "key       {}",
-                    registered.unwrap_or_else(|| "no registry in this store".into())
-                ),
-            ],
-        })
-    }
-
-    async fn agent(&self, agent: &str, cache: &mut SessionCache) -> Result<AgentDetail> {
-        let mut s = session(&self.data, cache).await?;
-        let quoted = agent.replace('\'', "''");
-        let held = text_rows(
-            &s.query(&format!(
-                "SELECT 'grant' AS held, grant_id AS id, audience, scopes, CAST(expires_at AS BIGINT) AS expires_us \
-                 FROM grants_state \
-                 WHERE agent = '{quoted}' AND status = 'active' \
-                 UNION ALL SELECT 'token', token_id, audience, scopes, CAST(expires_at AS BIGINT) \
-                 FROM tokens_state WHERE agent = '{quoted}' AND status = 'active'"
-            ))
-            .await?,
-        )?;
-        let holdings = held
-            .iter()
-            .map(|r| Holding {
-                kind: if r[0] == "token" {
-                    HoldingKind::Token
-                } else {
-                    HoldingKind::Grant
-                },
-                id: r[1].clone(),
-                audience: r[2].clone(),
-                scopes: items(&r[3]),
-                expires_at_us: r[4].parse().ok(),
-            })
-            .collect();
-        let mut timeline =
-            event_rows(&mut s, &format!("agent = '{quoted}'"), Some(TIMELINE_MAX)).await?;
-        timeline.sort_by_key(|e| std::cmp::Reverse(e.seq));
-        Ok(AgentDetail {
-            agent: agent.to_string(),
-            holdings,
-            timeline,
-        })
     }
 
     fn nats(&self) -> Result<async_nats::Client> {
@@ -763,7 +630,7 @@ impl Actor {
         self.key.as_ref().context("no --key: this UI is read-only")
     }
 
-    async fn act(&self, c: Command) -> Result<String> {
+    async fn act(&self, c: Command, reader: &mut Reader) -> Result<String> {
         let reason = format!("from docket watch by {}", self.by);
         match c {
             Command::Decide {
@@ -771,7 +638,7 @@ impl Actor {
                 approve,
             } => {
                 let step_up = match (&self.step_up, approve) {
-                    (Some(k), true) => Some(self.step_up_assertion(&approval_id, k).await?),
+                    (Some(k), true) => Some(step_up_assertion(reader, &approval_id, k).await?),
                     _ => None,
                 };
                 let op = crate::vault_cmd::decide_op(approval_id, approve, step_up, Some(reason));
@@ -820,7 +687,7 @@ impl Actor {
                         e
                     })
                     .collect();
-                self.record(events).await
+                self.record(events, reader).await
             }
             Command::Suppress {
                 rule_id,
@@ -834,41 +701,13 @@ impl Actor {
                 if let Some(a) = agent {
                     e["agent"] = json!(a);
                 }
-                self.record(vec![e]).await
+                self.record(vec![e], reader).await
             }
             Command::Quit
             | Command::RunQuery { .. }
             | Command::OpenEntry { .. }
             | Command::OpenAgent { .. } => Ok(String::new()),
         }
-    }
-
-    async fn step_up_assertion(
-        &self,
-        approval_id: &str,
-        step_up: &SigningKey,
-    ) -> Result<StepUpAssertion> {
-        let mut cache = SessionCache::default();
-        let mut s = session(&self.data, &mut cache).await?;
-        let quoted = approval_id.replace('\'', "''");
-        let rows = text_rows(
-            &s.query(&format!(
-                "SELECT \"user\" FROM approvals_state WHERE approval_id = '{quoted}'"
-            ))
-            .await?,
-        )?;
-        let user = rows
-            .first()
-            .and_then(|r| r.first())
-            .cloned()
-            .with_context(|| format!("no approval {approval_id}"))?;
-        let claim = StepUpClaim {
-            v: 1,
-            user,
-            approval_id: approval_id.to_string(),
-            auth_time: docket_ledger::clock::now()?,
-        };
-        Ok(StepUpAssertion::seal(&claim, step_up))
     }
 
     async fn vault(&self, op: Op) -> Result<String> {
@@ -888,7 +727,7 @@ impl Actor {
 
     /// Signs and publishes `events`, then waits to see each on the chain. The store beside the
     /// UI says so, whoever runs the ledger (`serve`, or the demo's in-process one).
-    async fn record(&self, events: Vec<Value>) -> Result<String> {
+    async fn record(&self, events: Vec<Value>, reader: &mut Reader) -> Result<String> {
         use docket_ledger::publisher::{Publisher, Sink, prepare};
         let client = self.nats()?;
         let key = self.key()?;
@@ -913,13 +752,11 @@ impl Actor {
         if let Some(e) = failed {
             bail!("JetStream did not take it: {e}");
         }
-        let store = Store::open_reader(&self.data.join("db"))?;
         let until = Instant::now() + FATE_PATIENCE;
         let mut seqs = Vec::with_capacity(ids.len());
         for id in &ids {
             loop {
-                store.catch_up()?;
-                if let Some(seq) = store.seq_of(id)? {
+                if let Some(seq) = reader.seq_of(id).await? {
                     seqs.push(seq);
                     break;
                 }
@@ -938,4 +775,335 @@ impl Actor {
             many => format!("recorded {} decisions, seqs {many:?}", many.len()),
         })
     }
+}
+
+/// Where the UI reads: a data directory, or the ledger over NATS.
+enum Place {
+    Local(PathBuf),
+    Remote(SigningKey),
+}
+
+/// How the UI reads the ledger: the store in a data directory beside a running `serve` (the
+/// demo's, too), or `docket.read` over NATS, each read signed with the analyst's key. Both
+/// answer the same SQL; only the chain's head, its checkpoint and an entry's raw record differ.
+enum Reader {
+    Local {
+        data: PathBuf,
+        cache: SessionCache,
+    },
+    Remote {
+        nats: watch::Receiver<Option<async_nats::Client>>,
+        key: SigningKey,
+    },
+}
+
+/// The chain as the overview shows it.
+struct ChainFigures {
+    head: u64,
+    hash: String,
+    checkpoint: Option<CheckpointFigure>,
+    /// The user the analyst's key decides for.
+    you: Option<String>,
+}
+
+impl Reader {
+    /// Forgets what was kept, after an error, so the next read starts clean.
+    fn start_over(&mut self) {
+        if let Reader::Local { cache, .. } = self {
+            *cache = SessionCache::default();
+        }
+    }
+
+    /// A query's column names and rows as text.
+    async fn table(&mut self, sql: &str) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+        match self {
+            Reader::Local { data, cache } => {
+                let mut s = session(data, cache).await?;
+                Ok(text_cells(&s.query(sql).await?)?)
+            }
+            Reader::Remote { nats, key } => {
+                let reply = ask_remote(nats, key, sql).await?;
+                Ok((reply.columns, reply.rows))
+            }
+        }
+    }
+
+    async fn rows(&mut self, sql: &str) -> Result<Vec<Vec<String>>> {
+        Ok(self.table(sql).await?.1)
+    }
+
+    async fn head(&mut self) -> Result<u64> {
+        match self {
+            Reader::Local { data, cache } => Ok(cache.head(data)?),
+            Reader::Remote { .. } => {
+                let rows = self
+                    .rows("SELECT COALESCE(max(seq), 0) FROM events")
+                    .await?;
+                cell(&rows, 0, 0)
+                    .parse()
+                    .context("the ledger's head is not a number")
+            }
+        }
+    }
+
+    async fn chain(&mut self, key_id: Option<&str>) -> Result<ChainFigures> {
+        match self {
+            Reader::Local { data, cache } => {
+                let store = cache.store(data)?;
+                let (head, hash) = store.head()?;
+                // Whose requests the key may decide: a user's key is registered as `user:<name>`.
+                let you = match (key_id, store.registry()?) {
+                    (Some(id), Some(registry)) => registry.active_key(id).and_then(|(k, _)| {
+                        k.name.strip_prefix(USER_KEY_PREFIX).map(str::to_string)
+                    }),
+                    _ => None,
+                };
+                let checkpoint = store
+                    .last_checkpoint()?
+                    .map(|(size, note)| CheckpointFigure {
+                        seq: size,
+                        verified: Some(checkpoint_holds(&store, size, &note)),
+                    });
+                Ok(ChainFigures {
+                    head,
+                    hash: docket_ledger::chain::hex(&hash),
+                    checkpoint,
+                    you,
+                })
+            }
+            Reader::Remote { nats, key } => {
+                let reply = ask_remote(
+                    nats,
+                    key,
+                    "SELECT seq, entry_hash FROM events ORDER BY seq DESC LIMIT 1",
+                )
+                .await?;
+                let you = reply
+                    .signer
+                    .as_deref()
+                    .and_then(|n| n.strip_prefix(USER_KEY_PREFIX))
+                    .map(str::to_string);
+                let checkpoint = self
+                    .rows("SELECT max(tree_size) FROM checkpoints")
+                    .await?
+                    .first()
+                    .and_then(|r| r.first())
+                    .and_then(|c| c.parse().ok())
+                    // Over NATS there is no chain here to check it against: `docket verify` does.
+                    .map(|seq| CheckpointFigure {
+                        seq,
+                        verified: None,
+                    });
+                Ok(ChainFigures {
+                    head: cell(&reply.rows, 0, 0).parse().unwrap_or(0),
+                    hash: cell(&reply.rows, 0, 1).to_string(),
+                    checkpoint,
+                    you,
+                })
+            }
+        }
+    }
+
+    async fn entry(&mut self, seq: u64) -> Result<EntryDetail> {
+        match self {
+            Reader::Local { data, cache } => entry_from_store(&*cache.store(data)?, seq),
+            Reader::Remote { .. } => {
+                let rows = self
+                    .rows(&format!(
+                        "SELECT seq, entry_hash, CAST(received AS VARCHAR), kind, key_id, payload \
+                         FROM events WHERE seq = {seq}"
+                    ))
+                    .await?;
+                let r = rows
+                    .first()
+                    .with_context(|| format!("no entry {seq} on the ledger"))?;
+                let get = |i: usize| r.get(i).map_or("", String::as_str);
+                let payload: Value = serde_json::from_str(get(5))?;
+                Ok(EntryDetail {
+                    seq,
+                    entry: vec![
+                        format!("seq       {}", get(0)),
+                        format!("hash      {}", get(1)),
+                        format!("received  {}", get(2)),
+                        format!("kind      {}", get(3)),
+                    ],
+                    envelope: serde_json::to_string_pretty(&payload)?
+                        .lines()
+                        .map(str::to_string)
+                        .collect(),
+                    signer: vec![
+                        format!("key id    {}", get(4)),
+                        "key       (its registration: `docket watch --data` on the ledger's machine)"
+                            .to_string(),
+                    ],
+                })
+            }
+        }
+    }
+
+    /// The seq an event was appended at, once it is on the chain.
+    async fn seq_of(&mut self, id: &docket_schemas::EventId) -> Result<Option<u64>> {
+        match self {
+            Reader::Local { data, cache } => {
+                let store = cache.store(data)?;
+                Ok(store.seq_of(id)?)
+            }
+            Reader::Remote { .. } => {
+                let rows = self
+                    .rows(&format!("SELECT seq FROM events WHERE event_id = '{id}'"))
+                    .await?;
+                Ok(rows
+                    .first()
+                    .and_then(|r| r.first())
+                    .and_then(|c| c.parse().ok()))
+            }
+        }
+    }
+}
+
+/// One cell of a text result, or "" when there is none.
+fn cell(rows: &[Vec<String>], row: usize, column: usize) -> &str {
+    rows.get(row)
+        .and_then(|r| r.get(column))
+        .map_or("", String::as_str)
+}
+
+/// A read over NATS; a refusal is an error saying why.
+async fn ask_remote(
+    nats: &watch::Receiver<Option<async_nats::Client>>,
+    key: &SigningKey,
+    sql: &str,
+) -> Result<docket_schemas::vault::ReadReply> {
+    let client = nats
+        .borrow()
+        .clone()
+        .context("not connected to NATS yet: the header says why")?;
+    let reply = crate::read_service::ask(&client, key, sql, Some(QUERY_ROWS_MAX as u32)).await?;
+    if !reply.ok {
+        bail!(
+            "the ledger refused the read: {}",
+            reply.error.unwrap_or_else(|| "no reason given".into())
+        );
+    }
+    Ok(reply)
+}
+
+async fn query(reader: &mut Reader, sql: &str) -> Result<QueryResult> {
+    let (header, mut rows) = reader.table(sql).await?;
+    rows.truncate(QUERY_ROWS_MAX);
+    Ok(QueryResult { header, rows })
+}
+
+/// An entry as the store holds it: its chain fields, its signed event, and who signed it.
+fn entry_from_store(store: &Store, seq: u64) -> Result<EntryDetail> {
+    let head = store.head()?.0;
+    let record = store
+        .record(seq)?
+        .with_context(|| format!("no entry {seq} (the head is {head})"))?;
+    let e = decode_record(seq, &record)?;
+    let envelope = Envelope::decode(e.envelope)?;
+    let payload: Value = serde_json::from_slice(&envelope.payload)?;
+    let registered = store.registry()?.map(|r| {
+        if r.admin_key_id == envelope.key_id {
+            "the admin's key".to_string()
+        } else if r.ledger_key_id == envelope.key_id {
+            "the ledger's own key".to_string()
+        } else {
+            match r.keys.get(&envelope.key_id) {
+                Some(k) => format!(
+                    "{} (registered at seq {}{})",
+                    k.name,
+                    k.registered_seq,
+                    k.revoked_seq
+                        .map_or(String::new(), |s| format!(", revoked at seq {s}"))
+                ),
+                None => "not in the registry now".to_string(),
+            }
+        }
+    });
+    Ok(EntryDetail {
+        seq,
+        entry: vec![
+            format!("seq       {}", e.seq),
+            format!("hash      {}", docket_ledger::chain::hex(&e.hash)),
+            format!("prev      {}", docket_ledger::chain::hex(&e.prev)),
+            format!(
+                "received  {}",
+                docket_schemas::Timestamp::from_micros(e.received_us)
+                    .map_or_else(|| e.received_us.to_string(), |t| t.to_string())
+            ),
+            format!("subject   {}", e.subject),
+        ],
+        envelope: serde_json::to_string_pretty(&payload)?
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        signer: vec![
+            format!("key id    {}", envelope.key_id),
+            format!(
+                "key       {}",
+                registered.unwrap_or_else(|| "no registry in this store".into())
+            ),
+        ],
+    })
+}
+
+async fn agent_detail(reader: &mut Reader, agent: &str) -> Result<AgentDetail> {
+    let quoted = agent.replace('\'', "''");
+    let held = reader
+        .rows(&format!(
+            "SELECT 'grant' AS held, grant_id AS id, audience, scopes, CAST(expires_at AS BIGINT) AS expires_us \
+             FROM grants_state \
+             WHERE agent = '{quoted}' AND status = 'active' \
+             UNION ALL SELECT 'token', token_id, audience, scopes, CAST(expires_at AS BIGINT) \
+             FROM tokens_state WHERE agent = '{quoted}' AND status = 'active'"
+        ))
+        .await?;
+    let holdings = held
+        .iter()
+        .map(|r| Holding {
+            kind: if r[0] == "token" {
+                HoldingKind::Token
+            } else {
+                HoldingKind::Grant
+            },
+            id: r[1].clone(),
+            audience: r[2].clone(),
+            scopes: items(&r[3]),
+            expires_at_us: r[4].parse().ok(),
+        })
+        .collect();
+    let mut timeline =
+        event_rows(reader, &format!("agent = '{quoted}'"), Some(TIMELINE_MAX)).await?;
+    timeline.sort_by_key(|e| std::cmp::Reverse(e.seq));
+    Ok(AgentDetail {
+        agent: agent.to_string(),
+        holdings,
+        timeline,
+    })
+}
+
+async fn step_up_assertion(
+    reader: &mut Reader,
+    approval_id: &str,
+    step_up: &SigningKey,
+) -> Result<StepUpAssertion> {
+    let quoted = approval_id.replace('\'', "''");
+    let rows = reader
+        .rows(&format!(
+            "SELECT \"user\" FROM approvals_state WHERE approval_id = '{quoted}'"
+        ))
+        .await?;
+    let user = rows
+        .first()
+        .and_then(|r| r.first())
+        .cloned()
+        .with_context(|| format!("no approval {approval_id}"))?;
+    let claim = StepUpClaim {
+        v: 1,
+        user,
+        approval_id: approval_id.to_string(),
+        auth_time: docket_ledger::clock::now()?,
+    };
+    Ok(StepUpAssertion::seal(&claim, step_up))
 }

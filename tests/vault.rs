@@ -1361,3 +1361,42 @@ fn an_approval_made_in_docket_watch_reaches_the_ledger_and_the_waiting_agent_get
         term.screen()
     );
 }
+
+#[test]
+fn docket_watch_over_nats_alone_reads_through_docket_read_and_a_plain_users_key_may_not() {
+    let w = World::new();
+    grant(&w, "a1");
+    pending(&token(&w, &w.a1, "a1", "repo:write", None));
+    let dir = w._dir.path();
+    let watch = |who: &str, key: &SigningKey| {
+        let file = dir.join(format!("{who}.key"));
+        docket_ledger::keyfile::write(&file, key).unwrap();
+        // No --data: everything the UI shows comes over NATS.
+        let command = format!(
+            "{} watch --nats {} --key {} --readonly; sleep 60",
+            env!("CARGO_BIN_EXE_docket"),
+            w.nats_url,
+            file.display(),
+        );
+        common::Tmux::start(dir, &command)
+    };
+    let term = watch("admin", &w.admin);
+    term.wait_for("connected");
+    term.wait_for("approvals(1)");
+    // The checkpoint is not claimed verified: there is no chain here to check it against.
+    term.wait_for("agents        2");
+    term.keys(&[":li", "Enter"]);
+    term.wait_for("approval.requested");
+    term.keys(&[":qu", "Enter"]);
+    // One grant, counted by the ledger: 9001 appears only when the answer came back.
+    term.keys(&["SELECT count(*) + 9000 AS n FROM grants", "Enter"]);
+    term.wait_for("9001");
+    // A write is refused by the ledger, and the refusal reaches the analyst.
+    term.keys(&["i", "DROP TABLE events", "Enter"]);
+    term.wait_for("refused the read");
+    term.keys(&["Esc", "q"]);
+    // Alice's key decides her own requests, but is not a licence to read the whole log.
+    let alice = watch("alice", &w.alice);
+    alice.wait_for("connected");
+    alice.wait_for("may not read the ledger");
+}

@@ -283,3 +283,32 @@ pub async fn write<W: Write + Send>(
     }
     Ok(rows)
 }
+
+/// The column names and every cell as text (NULL as empty), one row per row: what a remote
+/// client (`docket.read`) and the terminal UI show.
+pub fn text_cells(batches: &[RecordBatch]) -> Result<(Vec<String>, Vec<Vec<String>>), QueryError> {
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    let columns = batches
+        .first()
+        .map(|b| {
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let options = FormatOptions::default();
+    let mut rows = Vec::new();
+    for b in batches {
+        let formatters = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<Vec<_>, _>>()?;
+        for i in 0..b.num_rows() {
+            rows.push(formatters.iter().map(|f| f.value(i).to_string()).collect());
+        }
+    }
+    Ok((columns, rows))
+}

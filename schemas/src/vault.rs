@@ -18,6 +18,10 @@ pub const REQUEST_PAYLOAD_TYPE: &str = "application/vnd.docket.request+json";
 pub const REQUEST_VERSION: u32 = 1;
 /// Subjects the vault listens on: `docket.vault.<op>`.
 pub const SUBJECT_VAULT: &str = "docket.vault.>";
+/// The subject the ledger answers signed read requests on (request/reply).
+pub const SUBJECT_READ: &str = "docket.read";
+/// Most rows one read answers with.
+pub const READ_ROWS_MAX: u32 = 5_000;
 
 /// A vault request: header and operation. (serde cannot refuse unknown fields
 /// through `flatten`; unknown request fields are ignored, unlike event fields.)
@@ -81,6 +85,14 @@ pub enum Op {
     },
     /// A gateway asks whether a presented token is active (RFC 7662).
     Introspect { token: String },
+    /// A read-only SQL question over the audit tables, answered on [`SUBJECT_READ`] (not by
+    /// the vault) to the admin's key or an analyst's (a key registered for `finding.triaged`).
+    Read {
+        sql: String,
+        /// Most rows wanted; the ledger caps it at [`READ_ROWS_MAX`].
+        #[serde(default)]
+        max_rows: Option<u32>,
+    },
     /// Revoke one token, a grant (and its tokens), or suspend an agent (and its tokens).
     Revoke {
         #[serde(default)]
@@ -100,6 +112,7 @@ impl Op {
             Op::Token { .. } => "token",
             Op::Approve { .. } => "approve",
             Op::Introspect { .. } => "introspect",
+            Op::Read { .. } => "read",
             Op::Revoke { .. } => "revoke",
         }
     }
@@ -241,4 +254,22 @@ pub fn seal_request(request: &Request, key: &ed25519_dalek::SigningKey) -> Vec<u
     // Ids, times, strings and enums only: serialising to a Vec cannot fail.
     let payload = serde_json::to_vec(request).unwrap_or_default();
     crate::envelope::seal_as(REQUEST_PAYLOAD_TYPE, &payload, key)
+}
+
+/// The answer to a read: the result as text cells (NULL as empty), or why there is none.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ReadReply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The registered name of the key that signed the request (`user:alice`, `admin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    #[serde(default)]
+    pub columns: Vec<String>,
+    #[serde(default)]
+    pub rows: Vec<Vec<String>>,
+    /// More rows matched than were sent (the row cap, or the reply's size limit).
+    #[serde(default)]
+    pub truncated: bool,
 }

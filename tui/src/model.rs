@@ -286,8 +286,9 @@ pub struct OverviewFigures {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckpointFigure {
     pub seq: u64,
-    /// Whether its signature verified and it matches the chain.
-    pub verified: bool,
+    /// Whether its signature verified and it matches the chain; `None` when the UI cannot
+    /// check (over NATS it has no copy of the chain to match).
+    pub verified: Option<bool>,
 }
 
 /// What the shell shows about one entry, already formatted.

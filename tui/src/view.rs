@@ -399,9 +399,16 @@ fn overview(model: &Model, frame: &mut Frame, area: Rect) {
     };
     let checkpoint = match &f.checkpoint {
         None => Line::from("checkpoint  none yet"),
-        Some(c) if c.verified => Line::from(vec![
+        Some(c) if c.verified == Some(true) => Line::from(vec![
             Span::raw(format!("checkpoint  {} ", c.seq)),
             Span::styled("✔ verified", Style::new().fg(Color::Green)),
+        ]),
+        Some(c) if c.verified.is_none() => Line::from(vec![
+            Span::raw(format!("checkpoint  {} ", c.seq)),
+            Span::styled(
+                "not checked here (docket verify)",
+                Style::new().fg(Color::DarkGray),
+            ),
         ]),
         Some(c) => Line::from(vec![
             Span::raw(format!("checkpoint  {} ", c.seq)),

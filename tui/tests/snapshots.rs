@@ -99,7 +99,7 @@ fn overview_checkpoint_does_not_verify() {
     let mut figures = common::overview();
     figures.checkpoint = Some(docket_tui::model::CheckpointFigure {
         seq: 1_024,
-        verified: false,
+        verified: Some(false),
     });
     feed(&mut model, Msg::Overview(figures));
     check("overview-unverified", &model);

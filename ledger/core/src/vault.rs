@@ -382,6 +382,16 @@ fn decide_unchecked(state: &VaultState, auth: &Authenticated, fresh: &Fresh<'_>)
     }
     match &req.op {
         Op::Introspect { token } => introspect(state, req, &auth.requester, token, fresh),
+        Op::Read { .. } => refused(
+            req,
+            &who,
+            &Refusal::Malformed(format!(
+                "a read is answered on {}, not by the vault",
+                docket_schemas::vault::SUBJECT_READ
+            )),
+            None,
+            vec![],
+        ),
         Op::Grant {
             user,
             agent,

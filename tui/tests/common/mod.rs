@@ -218,7 +218,7 @@ pub fn overview() -> OverviewFigures {
         head_hash: "b3f1c9a07d2e44e1a9c0f5d6e7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6".into(),
         checkpoint: Some(CheckpointFigure {
             seq: 1_024,
-            verified: true,
+            verified: Some(true),
         }),
         agents: 4,
         active_grants: 7,
