@@ -14,6 +14,7 @@ mod read_service;
 mod report_cmd;
 mod sql_cmd;
 mod state_cmd;
+mod terminal_text;
 mod vault_cmd;
 mod vault_scene;
 mod watch_cmd;
@@ -397,8 +398,14 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             Ok(ok)
         }
         Command::Quarantine(args) => {
+            use std::io::IsTerminal;
             let store = Store::open_reader(&db_dir(&args.data.data))?;
-            let mut out = std::io::stdout().lock();
+            // What producers sent is shown escaped on a terminal, exact in a pipe or a file.
+            let mut out: Box<dyn Write> = if std::io::stdout().is_terminal() {
+                Box::new(terminal_text::Shown::new(std::io::stdout().lock()))
+            } else {
+                Box::new(std::io::stdout().lock())
+            };
             for q in store.quarantine()? {
                 // A closed pipe (`| head`) ends the listing quietly.
                 if writeln!(out, "{}", serde_json::to_string(&q)?).is_err() {

@@ -153,13 +153,14 @@ pub async fn answer(data: &std::path::Path, cache: &mut SessionCache, bytes: &[u
         memory_limit_bytes: READ_MEMORY_BYTES,
         ..SessionOptions::default()
     };
+    let cap = max_rows.unwrap_or(READ_ROWS_MAX).min(READ_ROWS_MAX) as usize;
     let result = async {
         let mut session = AuditSession::open_cached(data, options, cache).await?;
-        let batches = session.query(sql).await?;
-        text_cells(&batches)
+        let (batches, more) = session.query_limited(sql, cap).await?;
+        text_cells(&batches).map(|(columns, rows)| (columns, rows, more))
     }
     .await;
-    let (columns, mut rows) = match result {
+    let (columns, rows, truncated) = match result {
         Ok(r) => r,
         Err(e) => {
             return ReadReply {
@@ -168,9 +169,6 @@ pub async fn answer(data: &std::path::Path, cache: &mut SessionCache, bytes: &[u
             };
         }
     };
-    let cap = max_rows.unwrap_or(READ_ROWS_MAX).min(READ_ROWS_MAX) as usize;
-    let truncated = rows.len() > cap;
-    rows.truncate(cap);
     ReadReply {
         ok: true,
         error: None,

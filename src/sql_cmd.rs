@@ -200,7 +200,12 @@ async fn run_one(
             match out {
                 Some(path) => render::write_file(stream, format, path).await,
                 None => {
-                    render::write(stream, format, std::io::BufWriter::new(std::io::stdout())).await
+                    let out = std::io::BufWriter::new(std::io::stdout());
+                    if std::io::stdout().is_terminal() {
+                        render::write(stream, format, crate::terminal_text::Shown::new(out)).await
+                    } else {
+                        render::write(stream, format, out).await
+                    }
                 }
             }
         };

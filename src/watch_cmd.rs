@@ -46,6 +46,8 @@ const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 const EVENTS_PER_LOOK_MAX: u64 = 2_000;
 /// Rows of a query result handed to the UI.
 const QUERY_ROWS_MAX: usize = 1_000;
+/// Rows the shell reads for one of its own screens at most (each query also says its LIMIT).
+const SHELL_ROWS_MAX: usize = 5_000;
 /// Findings handed to the UI per refresh, newest first.
 const FINDINGS_SHOWN_MAX: usize = 2_000;
 /// Entries in an opened agent's timeline.
@@ -151,6 +153,9 @@ pub async fn run(args: WatchArgs) -> Result<std::process::ExitCode> {
     let (msg_tx, msg_rx) = std::sync::mpsc::sync_channel(MSG_QUEUE_MAX);
     let (cmd_tx, cmd_rx) = std::sync::mpsc::sync_channel(COMMAND_QUEUE_MAX);
     let model = Model::new(readonly, now_us());
+    // Registered before the terminal is taken over: a signal then ends the UI the way `q`
+    // does, so the terminal is given back, rather than killing the process in raw mode.
+    let signalled = quit_on_signal(msg_tx.clone())?;
     let ui = tokio::task::spawn_blocking(move || {
         docket_tui::terminal::run(model, msg_rx, cmd_tx, now_us)
     });
@@ -204,6 +209,12 @@ pub async fn run(args: WatchArgs) -> Result<std::process::ExitCode> {
         }
     });
     let outcome = ui.await;
+    let signal = if signalled.is_finished() {
+        Some(signalled.await)
+    } else {
+        signalled.abort();
+        None
+    };
     stop.store(true, Ordering::Relaxed);
     commands.abort();
     follower.abort();
@@ -219,11 +230,35 @@ pub async fn run(args: WatchArgs) -> Result<std::process::ExitCode> {
                     "frame times"
                 );
             }
-            Ok(std::process::ExitCode::SUCCESS)
+            Ok(match signal {
+                // As a shell reports a process a signal ended: 128 plus its number.
+                Some(Ok(n)) => std::process::ExitCode::from(128u8.saturating_add(n)),
+                _ => std::process::ExitCode::SUCCESS,
+            })
         }
         Ok(Err(e)) => Err(e).context("the terminal UI stopped"),
         Err(e) => bail!("the terminal UI panicked: {e}"),
     }
+}
+
+/// Waits for SIGINT, SIGTERM, SIGHUP or SIGQUIT and asks the UI to quit (as Ctrl-C would);
+/// resolves to the signal's number.
+fn quit_on_signal(ui: SyncSender<Msg>) -> Result<tokio::task::JoinHandle<u8>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut quit = signal(SignalKind::quit())?;
+    Ok(tokio::spawn(async move {
+        let n = tokio::select! {
+            _ = int.recv() => 2,
+            _ = term.recv() => 15,
+            _ = hup.recv() => 1,
+            _ = quit.recv() => 3,
+        };
+        send(&ui, Msg::Key(docket_tui::Key::Ctrl('c'))).await;
+        n
+    }))
 }
 
 /// Keeps a NATS connection for the commands and tells the UI whether it is up; a lost
@@ -814,22 +849,34 @@ impl Reader {
         }
     }
 
-    /// A query's column names and rows as text.
-    async fn table(&mut self, sql: &str) -> Result<(Vec<String>, Vec<Vec<String>>)> {
-        match self {
+    /// A query's column names and at most `max_rows` rows as text, and whether there were
+    /// more. Cells are made safe to draw (`safe_cell`) whatever reads them.
+    async fn table(&mut self, sql: &str, max_rows: usize) -> Result<Table> {
+        let (columns, rows, more) = match self {
             Reader::Local { data, cache } => {
                 let mut s = session(data, cache).await?;
-                Ok(text_cells(&s.query(sql).await?)?)
+                let (batches, more) = s.query_limited(sql, max_rows).await?;
+                let (columns, rows) = text_cells(&batches)?;
+                (columns, rows, more)
             }
             Reader::Remote { nats, key } => {
-                let reply = ask_remote(nats, key, sql).await?;
-                Ok((reply.columns, reply.rows))
+                let reply = ask_remote(nats, key, sql, max_rows).await?;
+                (reply.columns, reply.rows, reply.truncated)
             }
-        }
+        };
+        Ok(Table {
+            columns: columns.iter().map(|c| safe_cell(c)).collect(),
+            rows: rows
+                .iter()
+                .map(|r| r.iter().map(|c| safe_cell(c)).collect())
+                .collect(),
+            more,
+        })
     }
 
+    /// The rows of one of the shell's own queries (each names its own LIMIT).
     async fn rows(&mut self, sql: &str) -> Result<Vec<Vec<String>>> {
-        Ok(self.table(sql).await?.1)
+        Ok(self.table(sql, SHELL_ROWS_MAX).await?.rows)
     }
 
     async fn head(&mut self) -> Result<u64> {
@@ -876,6 +923,7 @@ impl Reader {
                     nats,
                     key,
                     "SELECT seq, entry_hash FROM events ORDER BY seq DESC LIMIT 1",
+                    1,
                 )
                 .await?;
                 let you = reply
@@ -973,12 +1021,14 @@ async fn ask_remote(
     nats: &watch::Receiver<Option<async_nats::Client>>,
     key: &SigningKey,
     sql: &str,
+    max_rows: usize,
 ) -> Result<docket_schemas::vault::ReadReply> {
     let client = nats
         .borrow()
         .clone()
         .context("not connected to NATS yet: the header says why")?;
-    let reply = crate::read_service::ask(&client, key, sql, Some(QUERY_ROWS_MAX as u32)).await?;
+    let max_rows = u32::try_from(max_rows).unwrap_or(u32::MAX);
+    let reply = crate::read_service::ask(&client, key, sql, Some(max_rows)).await?;
     if !reply.ok {
         bail!(
             "the ledger refused the read: {}",
@@ -989,9 +1039,31 @@ async fn ask_remote(
 }
 
 async fn query(reader: &mut Reader, sql: &str) -> Result<QueryResult> {
-    let (header, mut rows) = reader.table(sql).await?;
-    rows.truncate(QUERY_ROWS_MAX);
-    Ok(QueryResult { header, rows })
+    // `\d` lists the tables, as in `docket sql`'s shell.
+    let sql = if sql.trim() == "\\d" {
+        "SHOW TABLES"
+    } else {
+        sql
+    };
+    let t = reader.table(sql, QUERY_ROWS_MAX).await?;
+    Ok(QueryResult {
+        header: t.columns,
+        rows: t.rows,
+        more: t.more,
+    })
+}
+
+/// A text result.
+struct Table {
+    columns: Vec<String>,
+    rows: Vec<Vec<String>>,
+    more: bool,
+}
+
+/// A cell as it may be drawn: whatever a producer or a query put in it, control and invisible
+/// characters are shown escaped, never handed to the terminal.
+fn safe_cell(text: &str) -> String {
+    crate::terminal_text::escaped(text)
 }
 
 /// An entry as the store holds it: its chain fields, its signed event, and who signed it.

@@ -1400,3 +1400,55 @@ fn docket_watch_over_nats_alone_reads_through_docket_read_and_a_plain_users_key_
     alice.wait_for("connected");
     alice.wait_for("may not read the ledger");
 }
+
+#[test]
+fn a_signal_ends_docket_watch_with_the_terminal_given_back() {
+    let w = World::new();
+    let dir = w._dir.path();
+    for (signal, name) in [(libc::SIGTERM, "term"), (libc::SIGHUP, "hup")] {
+        // A terminal (a tmux server) of its own for each signal.
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pid_file = dir.join(format!("watch-{name}.pid"));
+        let exit_file = dir.join(format!("watch-{name}.exit"));
+        // The inner shell becomes docket watch (exec), after writing its pid.
+        let command = format!(
+            "sh -c 'echo $$ > {}; exec {} watch --data {} --nats {} --readonly'; echo $? > {}; sleep 60",
+            pid_file.display(),
+            env!("CARGO_BIN_EXE_docket"),
+            w.serve.data.display(),
+            w.nats_url,
+            exit_file.display()
+        );
+        let term = common::Tmux::start(&dir, &command);
+        term.wait_for("connected");
+        assert_eq!(term.alternate_screen(), "1");
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // SAFETY: kill only sends a signal to the process the test started.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while !exit_file.exists() {
+            assert!(
+                std::time::Instant::now() < until,
+                "docket watch did not end on signal {signal}:\n{}",
+                term.screen()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            std::fs::read_to_string(&exit_file).unwrap().trim(),
+            (128 + signal).to_string(),
+            "the exit status says which signal ended it"
+        );
+        assert_eq!(
+            term.alternate_screen(),
+            "0",
+            "the terminal is given back after signal {signal}: {}",
+            term.screen()
+        );
+    }
+}

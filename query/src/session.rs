@@ -398,6 +398,45 @@ impl AuditSession {
             .map_err(QueryError::from)
     }
 
+    /// Runs one statement and keeps at most `max_rows` rows of its answer, within the time
+    /// limit: the rest is never collected (the stream is dropped, which stops the query), so a
+    /// question with a huge answer costs what the kept rows cost. Returns whether rows were left.
+    pub async fn query_limited(
+        &mut self,
+        sql: &str,
+        max_rows: usize,
+    ) -> Result<(Vec<RecordBatch>, bool), QueryError> {
+        use futures::StreamExt;
+        let timeout = self.options.timeout;
+        let mut stream = self.stream(sql).await?;
+        let drain = async {
+            let mut kept = Vec::new();
+            let mut rows = 0usize;
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                let room = max_rows - rows;
+                if batch.num_rows() > room {
+                    kept.push(batch.slice(0, room));
+                    return Ok((kept, true));
+                }
+                rows += batch.num_rows();
+                kept.push(batch);
+                if rows == max_rows {
+                    // Whether more would come is only known by asking for it.
+                    let more = match stream.next().await {
+                        Some(b) => b?.num_rows() > 0,
+                        None => false,
+                    };
+                    return Ok((kept, more));
+                }
+            }
+            Ok((kept, false))
+        };
+        tokio::time::timeout(timeout, drain)
+            .await
+            .map_err(|_| QueryError::Timeout(timeout))?
+    }
+
     /// Runs one statement as a stream; the caller applies [`Self::timeout`] to draining it.
     pub async fn stream(&mut self, sql: &str) -> Result<SendableRecordBatchStream, QueryError> {
         let df = self.plan(sql).await?;

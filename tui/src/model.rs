@@ -185,6 +185,12 @@ impl FindingRow {
         self.status == Some(TriageStatus::Closed)
     }
 
+    /// Open as the overview and `docket findings --open` count it: not triaged yet, or
+    /// reopened; neither suppressed nor acknowledged, escalated or closed.
+    pub fn is_open(&self) -> bool {
+        !self.suppressed && matches!(self.status, None | Some(TriageStatus::Reopened))
+    }
+
     /// Whether a Findings filter (lower-cased) matches: agent, rule, title or level.
     pub fn matches(&self, filter_lower: &str) -> bool {
         filter_lower.is_empty()
@@ -305,6 +311,8 @@ pub struct EntryDetail {
 pub struct QueryResult {
     pub header: Vec<String>,
     pub rows: Vec<Vec<String>>,
+    /// The answer had more rows than the shell fetched (it stops reading past its limit).
+    pub more: bool,
 }
 
 /// A message on the status line: an action's outcome, or why a key did nothing.

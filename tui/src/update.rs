@@ -348,7 +348,8 @@ pub fn update(model: &mut Model, msg: Msg) -> Vec<Command> {
         }
         Msg::You(you) => {
             model.you = you;
-            let approvals = std::mem::take(&mut model.approvals.approvals);
+            // The same list, sorted again: yours first.
+            let approvals = model.approvals.approvals.clone();
             set_approvals(model, approvals);
             Vec::new()
         }
@@ -479,7 +480,11 @@ pub fn natural_order(a: &str, b: &str) -> std::cmp::Ordering {
         let order = match (x, y) {
             ((true, x), (true, y)) => {
                 let (tx, ty) = (x.trim_start_matches('0'), y.trim_start_matches('0'));
-                tx.len().cmp(&ty.len()).then_with(|| tx.cmp(ty))
+                // By value; at equal values, fewer leading zeros first.
+                tx.len()
+                    .cmp(&ty.len())
+                    .then_with(|| tx.cmp(ty))
+                    .then_with(|| x.len().cmp(&y.len()))
             }
             ((_, x), (_, y)) => x.cmp(y),
         };

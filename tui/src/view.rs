@@ -74,8 +74,8 @@ fn cursor_at(frame: &mut Frame, area: Rect, column: usize) {
     frame.set_cursor_position((x.min(area.right().saturating_sub(1)), area.y));
 }
 
-/// Width of the Live list from which it also shows user and audience.
-const LIVE_WIDE_MIN_COLS: u16 = 100;
+/// Width of a list (Live, Approvals) from which it also shows its wide columns.
+const LIST_WIDE_MIN_COLS: u16 = 100;
 
 /// `text` cut to `cols` characters, with `…` saying it was cut (a silently cut name reads as
 /// another, real name).
@@ -208,7 +208,12 @@ fn bottom_line(model: &Model) -> Option<Paragraph<'static>> {
 }
 
 fn footer_line(model: &Model) -> Paragraph<'static> {
-    let mut keys: Vec<(&str, &str)> = vec![("?", "help"), (":", "screen")];
+    // In the SQL editor `?` and `:` are text: they are not offered as keys there.
+    let mut keys: Vec<(&str, &str)> = if model.screen == Screen::Query && model.query.editing {
+        Vec::new()
+    } else {
+        vec![("?", "help"), (":", "screen")]
+    };
     let actions: &[(&str, &str)] = match model.screen {
         Screen::Overview => &[],
         Screen::Live => &[
@@ -237,9 +242,12 @@ fn footer_line(model: &Model) -> Paragraph<'static> {
         }
         Screen::Agents => &[("/", "filter"), ("⏎", "open"), ("S", "suspend")],
         Screen::Approvals => &[("/", "filter"), ("a", "approve"), ("d", "deny")],
-        Screen::Query if model.query.editing => {
-            &[("⏎", "run"), ("↑↓", "history"), ("esc", "leave editor")]
-        }
+        Screen::Query if model.query.editing => &[
+            ("⏎", "run"),
+            ("↑↓", "history"),
+            ("\\d", "tables"),
+            ("esc", "leave editor (then ? help)"),
+        ],
         Screen::Query => &[("i", "edit"), ("⏎", "open seq"), ("esc", "back")],
     };
     let action_keys = ["a", "c", "e", "s", "d", "r", "S"];
@@ -467,7 +475,7 @@ fn overview(model: &Model, frame: &mut Frame, area: Rect) {
             Style::new()
         };
         fleet_text.push(Line::from(Span::styled(
-            format!("for you       {yours} (:a)"),
+            format!("for you       {yours} (:ap)"),
             style,
         )));
     }
@@ -560,7 +568,7 @@ fn live(model: &Model, frame: &mut Frame, area: Rect) {
     let (first, selected) = window(model.live.cursor.selected, rows.len(), table_rows(area));
     // The user and audience columns only where the list itself, beside the side panel, has the
     // room: squeezed, every column is cut and none can be read.
-    let is_wide = area.width >= LIVE_WIDE_MIN_COLS;
+    let is_wide = area.width >= LIST_WIDE_MIN_COLS;
     let shown: Vec<&&EventRow> = rows.iter().skip(first).take(table_rows(area)).collect();
     // A seq is never cut: its column is as wide as the largest one on screen.
     let seq_cols = shown
@@ -676,7 +684,7 @@ fn findings(model: &Model, frame: &mut Frame, area: Rect) {
 
 fn findings_table(model: &Model, frame: &mut Frame, area: Rect, is_wide: bool) {
     let rows: Vec<&FindingRow> = model.finding_rows().collect();
-    let open = rows.iter().filter(|f| !f.is_closed()).count();
+    let open = rows.iter().filter(|f| f.is_open()).count();
     let mut title = format!(" Findings: {open} open of {}", rows.len());
     if !model.findings.marked.is_empty() {
         title.push_str(&format!(", {} marked", model.findings.marked.len()));
@@ -993,7 +1001,8 @@ fn approvals(model: &Model, frame: &mut Frame, area: Rect) {
             (list, detail)
         }
     };
-    let is_wide = side.is_some();
+    // Wide columns only where the list itself has the room: squeezed, names are cut.
+    let is_wide = list_area.width >= LIST_WIDE_MIN_COLS;
     let (first, selected) = window(
         model.approvals.cursor.selected,
         rows.len(),
@@ -1263,6 +1272,8 @@ fn query_result(model: &Model, frame: &mut Frame, area: Rect) {
     let mut title = format!(" Result: {} rows", result.rows.len());
     if q.rows_dropped > 0 {
         title.push_str(&format!(" (+{} not kept)", q.rows_dropped));
+    } else if result.more {
+        title.push_str(" (the first ones; add LIMIT or narrow the query)");
     }
     if selected_result_seq(model).is_some() && !q.editing {
         title.push_str(" · Enter opens the seq");

@@ -210,6 +210,7 @@ fn query_with_result() {
                 vec!["1039".into(), "token.issued".into(), "billing-agent".into()],
                 vec!["1038".into(), "grant.created".into(), "research-7".into()],
             ],
+            more: false,
         }),
     );
     keys(&mut model, &typed("SELECT count(*) FROM findings"));
@@ -223,6 +224,7 @@ fn query_with_result() {
                 vec!["1039".into(), "token.issued".into(), "billing-agent".into()],
                 vec!["1038".into(), "grant.created".into(), "research-7".into()],
             ],
+            more: true,
         }),
     );
     keys(&mut model, &[Key::Esc, Key::Char('j')]);

@@ -10,6 +10,17 @@ use docket_tui::model::{
 use docket_tui::view::time_left;
 use docket_tui::{Command, Key, Model, Msg, update};
 
+/// Moves the Agents cursor down to `name` (agents are listed in natural order).
+fn select_agent(model: &mut Model, name: &str) {
+    for _ in 0..model.agents.agents.len() {
+        if model.selected_agent().map(|a| a.name.as_str()) == Some(name) {
+            return;
+        }
+        keys(model, &[Key::Down]);
+    }
+    panic!("no agent {name} to select");
+}
+
 fn on(screen: &str) -> Model {
     let mut model = fixed_model(false);
     keys(&mut model, &[Key::Char(':')]);
@@ -72,7 +83,10 @@ fn approve_sends_a_decision_at_once() {
 #[test]
 fn deny_asks_first_and_esc_cancels() {
     let mut model = on("approvals");
-    keys(&mut model, &[Key::Char('j')]);
+    // The analyst's key is alice's here: her request is the one to deny.
+    feed(&mut model, Msg::You(Some("alice".into())));
+    // Hers is listed first now; the cursor stayed on bob's, one below.
+    keys(&mut model, &[Key::Char('k')]);
     assert!(keys(&mut model, &[Key::Char('d')]).is_empty());
     let Some(Overlay::Confirm { message, .. }) = &model.overlay else {
         panic!("no confirm dialog: {:?}", model.overlay);
@@ -114,6 +128,7 @@ fn an_expired_approval_cannot_be_approved() {
 #[test]
 fn revoke_asks_first_says_what_ends_and_esc_sends_nothing() {
     let mut model = on("agents");
+    select_agent(&mut model, "support-bot");
     assert_eq!(
         keys(&mut model, &[Key::Enter]),
         vec![Command::OpenAgent {
@@ -157,6 +172,7 @@ fn revoke_asks_first_says_what_ends_and_esc_sends_nothing() {
 #[test]
 fn suspend_asks_first() {
     let mut model = on("agents");
+    select_agent(&mut model, "support-bot");
     assert!(keys(&mut model, &[Key::Char('S')]).is_empty());
     assert!(
         matches!(&model.overlay, Some(Overlay::Confirm { message, .. }) if message.starts_with("Suspend agent support-bot"))
@@ -191,6 +207,7 @@ fn readonly_refuses_every_action_with_no_command() {
         keys(&mut model, &typed(screen));
         keys(&mut model, &[Key::Enter]);
         if model.screen == Screen::Agents {
+            select_agent(&mut model, "support-bot");
             feed(&mut model, Msg::AgentDetail(agent_detail()));
         }
         let mut commands = Vec::new();
@@ -388,6 +405,7 @@ fn query_runs_keeps_history_and_opens_a_seq() {
         Msg::QueryResult(QueryResult {
             header: vec!["kind".into(), "SEQ".into()],
             rows: vec![vec!["a".into(), "7".into()], vec!["b".into(), "9".into()]],
+            more: false,
         }),
     );
     keys(&mut model, &[Key::Esc, Key::Char('j')]);
