@@ -33,6 +33,10 @@ pub fn files() -> Vec<(String, String)> {
             contract::<crate::vault::Reply>("vault.reply"),
         ),
         (
+            "read.reply",
+            contract::<crate::vault::ReadReply>("read.reply"),
+        ),
+        (
             "approvals.notice",
             contract::<crate::vault::ApprovalNotice>("approvals.notice"),
         ),
