@@ -128,9 +128,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         Sink::Nats(_) => None,
     };
 
+    let how_long = if watched {
+        "until you quit docket watch (q),".to_string()
+    } else {
+        format!("{} seconds of", args.seconds)
+    };
     println!(
-        "docket demo: {} seconds of agents, grants, approvals, tokens and API calls over {transport}",
-        args.seconds
+        "docket demo: {how_long} agents, grants, approvals, tokens and API calls over {transport}"
     );
     println!("ledger data: {}", data.display());
     let (vault_tx, vault_rx) = tokio::sync::mpsc::channel(64);

@@ -39,8 +39,11 @@ const MSG_QUEUE_MAX: usize = 256;
 const COMMAND_QUEUE_MAX: usize = 32;
 /// How often the shell looks for new entries.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(250);
-/// How often state, findings, approvals and agents are asked again.
+/// How often state, findings, approvals and agents are asked again, at most.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// A refresh waits at least this many times as long as the last one took: on a large ledger,
+/// where asking again is slow, the UI takes a bounded share of a core (a quarter), not all of it.
+const REFRESH_SPACING: u32 = 4;
 /// Newest entries read per look: a UI that fell behind a fast ledger shows the latest, and
 /// says how many it skipped, rather than reading everything it missed.
 const EVENTS_PER_LOOK_MAX: u64 = 2_000;
@@ -327,6 +330,7 @@ async fn follow(
 ) {
     let mut shown: Option<u64> = None;
     let mut last_refresh: Option<Instant> = None;
+    let mut refresh_every = REFRESH_INTERVAL;
     let mut rate_from: Option<(Instant, u64)> = None;
     let mut rate = 0u64;
     while !stop.load(Ordering::Relaxed) {
@@ -341,7 +345,7 @@ async fn follow(
             }
             reader.start_over();
         }
-        if last_refresh.is_none_or(|t| t.elapsed() >= REFRESH_INTERVAL) {
+        if last_refresh.is_none_or(|t| t.elapsed() >= refresh_every) {
             let head = shown.unwrap_or(0);
             let now = Instant::now();
             if let Some((t, seq)) = rate_from {
@@ -352,7 +356,9 @@ async fn follow(
             }
             rate_from = Some((now, head));
             last_refresh = Some(now);
-            match refresh(&mut reader, rate, key_id.as_deref()).await {
+            let refreshed = refresh(&mut reader, rate, key_id.as_deref()).await;
+            refresh_every = REFRESH_INTERVAL.max(now.elapsed() * REFRESH_SPACING);
+            match refreshed {
                 Ok(msgs) => {
                     for m in msgs {
                         if !send(&ui, m).await {
