@@ -1452,3 +1452,100 @@ fn a_signal_ends_docket_watch_with_the_terminal_given_back() {
         );
     }
 }
+
+#[test]
+fn reads_on_docket_read_answer_the_admin_fresh_bounded_and_read_only_and_refuse_everyone_else() {
+    use docket_schemas::vault::{READ_ROWS_MAX, ReadReply};
+    let w = World::new();
+    grant(&w, "a1");
+    let read = |k: &SigningKey, sql: &str, max_rows: Option<u32>, ts: Timestamp| -> ReadReply {
+        let req = Request {
+            v: REQUEST_VERSION,
+            id: EventId(*uuid::Uuid::now_v7().as_bytes()),
+            ts,
+            op: Op::Read {
+                sql: sql.to_string(),
+                max_rows,
+            },
+        };
+        w.rt.block_on(async {
+            let r = tokio::time::timeout(
+                Duration::from_secs(20),
+                w.client
+                    .request("docket.read", seal_request(&req, k).into()),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            serde_json::from_slice(&r.payload).unwrap()
+        })
+    };
+    let head = w.head();
+    let r = read(
+        &w.admin,
+        "SELECT kind, count(*) AS n FROM events WHERE kind = 'grant.created' GROUP BY kind",
+        None,
+        now(),
+    );
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.signer.as_deref(), Some("admin"));
+    assert_eq!(r.columns, vec!["kind", "n"]);
+    assert_eq!(r.rows, vec![vec!["grant.created".to_string(), "1".into()]]);
+    assert!(!r.truncated);
+    // Rows past the asked number, and past the cap, are not sent, and the reply says so.
+    let r = read(&w.admin, "SELECT value FROM range(100000)", Some(10), now());
+    assert!(r.ok && r.truncated && r.rows.len() == 10, "{r:?}");
+    let r = read(
+        &w.admin,
+        "SELECT value FROM range(100000)",
+        Some(u32::MAX),
+        now(),
+    );
+    assert!(r.ok && r.truncated, "{:?}", r.error);
+    assert_eq!(r.rows.len(), READ_ROWS_MAX as usize);
+    let refused = |r: ReadReply, why: &str| {
+        assert!(!r.ok, "a read that should be refused was answered: {r:?}");
+        let error = r.error.unwrap_or_default();
+        assert!(error.contains(why), "expected {why:?} in {error:?}");
+        assert!(r.rows.is_empty());
+    };
+    refused(read(&w.admin, "DROP TABLE events", None, now()), "DROP");
+    refused(
+        read(&w.admin, "SELECT 1", None, now().plus_seconds(-600)),
+        "check the clocks",
+    );
+    for (who, k) in [("alice", &w.alice), ("the gateway", &w.gateway)] {
+        let r = read(k, "SELECT count(*) FROM events", None, now());
+        assert!(!r.ok, "{who} read the ledger");
+        refused(r, "may not read the ledger");
+    }
+    // An agent's key and a stranger's are not even resolved.
+    refused(read(&w.a1, "SELECT 1", None, now()), "");
+    refused(read(&key(99), "SELECT 1", None, now()), "");
+    // A vault operation sent here is not carried out, and a read sent to the vault is refused.
+    let bytes = seal_request(
+        &Request {
+            v: REQUEST_VERSION,
+            id: EventId(*uuid::Uuid::now_v7().as_bytes()),
+            ts: now(),
+            op: token_op("a1", "repo:read", None),
+        },
+        &w.a1,
+    );
+    let r: ReadReply = w.rt.block_on(async {
+        let r = w.client.request("docket.read", bytes.into()).await.unwrap();
+        serde_json::from_slice(&r.payload).unwrap()
+    });
+    assert!(!r.ok);
+    assert_eq!(head, w.head(), "reads append nothing");
+    assert_refused(
+        &w.ask(
+            &w.admin,
+            Op::Read {
+                sql: "SELECT 1".into(),
+                max_rows: None,
+            },
+        ),
+        "answered on docket.read",
+    );
+}
