@@ -710,10 +710,11 @@ fn findings_table(model: &Model, frame: &mut Frame, area: Rect, is_wide: bool) {
                 Cell::from(f.status_name()),
                 Cell::from(f.agent.clone()),
             ];
-            // At 80 columns the title matters more than the rule; the detail names the rule.
+            // The rule's id (a UUID for a detection) says nothing at a glance; its title does,
+            // and the detail names the rule. With room, when and where it was raised.
             if is_wide {
-                cells.push(Cell::from(f.rule_id.clone()));
                 cells.push(Cell::from(f.seq.to_string()));
+                cells.push(Cell::from(clock(f.ts_us)));
             }
             cells.push(Cell::from(f.title.clone()));
             let style = if f.is_closed() {
@@ -726,14 +727,14 @@ fn findings_table(model: &Model, frame: &mut Frame, area: Rect, is_wide: bool) {
         .collect();
     let (header, widths) = if is_wide {
         (
-            vec!["", "lvl", "status", "agent", "rule", "seq", "title"],
+            vec!["", "lvl", "status", "agent", "seq", "time", "title"],
             vec![
                 Constraint::Length(1),
                 Constraint::Length(4),
                 Constraint::Length(12),
                 Constraint::Length(14),
-                Constraint::Length(18),
-                Constraint::Length(6),
+                Constraint::Length(8),
+                Constraint::Length(8),
                 Constraint::Min(10),
             ],
         )
