@@ -2,19 +2,18 @@
 //!
 //! Shell code beside `serve`'s ingest loop. A request is the vault's signed
 //! request envelope with `op: read`; its signature and signer are checked by
-//! the function the vault uses ([`vault::authenticate`]). Only the admin's key
+//! the vault's own checks ([`vault::authenticate_read`]). Only the admin's key
 //! and analysts' keys (registered for `finding.triaged`) may read: the log
 //! names every user, agent and grant, and a plain user's or a gateway's key is
 //! not a licence to read all of it. Reads are answered one at a time from a
 //! kept session over the durable store, under a time limit, capped in rows and
 //! cut to NATS's payload limit (`truncated` says so). Agents' keys are never
-//! resolved here (the vault state passed is empty), so an agent cannot read.
+//! resolved here, so an agent cannot read.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use docket_ledger::registry::Registry;
-use docket_ledger::state::VaultState;
 use docket_ledger::vault::{self, Requester};
 use docket_query::render::text_cells;
 use docket_query::session::{AuditSession, SessionCache, SessionOptions};
@@ -118,7 +117,7 @@ pub async fn answer(data: &std::path::Path, cache: &mut SessionCache, bytes: &[u
         },
         Err(e) => return refused(format!("the ledger could not read its registry: {e}")),
     };
-    let auth = match vault::authenticate(bytes, &registry, &VaultState::default()) {
+    let auth = match vault::authenticate_read(bytes, &registry) {
         Ok(a) => a,
         Err(e) => return refused(e.2.to_string()),
     };

@@ -1454,7 +1454,7 @@ fn a_signal_ends_docket_watch_with_the_terminal_given_back() {
 }
 
 #[test]
-fn reads_on_docket_read_answer_the_admin_fresh_bounded_and_read_only_and_refuse_everyone_else() {
+fn reads_on_docket_read_answer_the_admin_and_analysts_fresh_bounded_and_read_only_and_refuse_everyone_else() {
     use docket_schemas::vault::{READ_ROWS_MAX, ReadReply};
     let w = World::new();
     grant(&w, "a1");
@@ -1480,6 +1480,26 @@ fn reads_on_docket_read_answer_the_admin_fresh_bounded_and_read_only_and_refuse_
             serde_json::from_slice(&r.payload).unwrap()
         })
     };
+    // An analyst: a producer key allowed triage events, neither a user's nor a gateway's.
+    let analyst = key(42);
+    let pk = analyst.verifying_key();
+    let registration = event(EventBody::KeyRegistered(KeyRegistered {
+        key_id: key_id(pk.as_bytes()),
+        public_key: encode_base64(pk.as_bytes()),
+        name: "analyst-1".into(),
+        kinds: vec![Kind::FindingTriaged, Kind::FindingSuppressed],
+    }));
+    let before = w.head();
+    w.publish_raw(vec![seal_event(&registration, &w.admin)]);
+    w.wait_for("the analyst's registration", || w.head() > before);
+    let r = read(&analyst, "SELECT count(*) FROM events", None, now());
+    assert!(r.ok, "an analyst reads: {r:?}");
+    assert_eq!(r.signer.as_deref(), Some("analyst-1"));
+    // Reading is all an analyst's key does with requests: the vault still refuses it.
+    assert_refused(
+        &w.ask(&analyst, token_op("a1", "repo:read", None)),
+        "may not make vault requests",
+    );
     let head = w.head();
     let r = read(
         &w.admin,

@@ -75,7 +75,10 @@ pub fn write(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
             source,
         },
     })?;
-    let text = serde_json::to_string_pretty(&kf).unwrap_or_default();
+    let text = serde_json::to_string_pretty(&kf).map_err(|e| KeyFileError::Format {
+        path: path.into(),
+        why: e.to_string(),
+    })?;
     f.write_all(text.as_bytes())
         .and_then(|_| f.write_all(b"\n"))
         .and_then(|_| f.sync_all())

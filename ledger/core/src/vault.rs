@@ -32,13 +32,19 @@ pub enum Requester {
     Agent(String),
     /// A producer key allowed to emit `api.called` (a gateway).
     Gateway(String),
+    /// Any other registered producer key (an analyst's), by its name: known only to
+    /// [`authenticate_read`], never to the vault, whose every operation it may not make.
+    Reader(String),
 }
 
 impl Requester {
     pub fn name(&self) -> String {
         match self {
             Requester::Admin => "admin".into(),
-            Requester::User(u) | Requester::Agent(u) | Requester::Gateway(u) => u.clone(),
+            Requester::User(u)
+            | Requester::Agent(u)
+            | Requester::Gateway(u)
+            | Requester::Reader(u) => u.clone(),
         }
     }
 
@@ -49,6 +55,7 @@ impl Requester {
             Requester::User(u) => format!("user {u}'s"),
             Requester::Agent(a) => format!("agent {a}'s"),
             Requester::Gateway(g) => format!("gateway {g}'s"),
+            Requester::Reader(r) => format!("{r}'s"),
         }
     }
 }
@@ -132,7 +139,17 @@ pub fn authenticate(
     registry: &Registry,
     state: &VaultState,
 ) -> Result<Authenticated, Box<Unauthenticated>> {
-    authenticate_inner(bytes, registry, state).map_err(Box::new)
+    authenticate_inner(bytes, registry, state, false).map_err(Box::new)
+}
+
+/// The same checks for a read (`docket.read`): a registered producer key that is no user's
+/// and no gateway's is known too, as [`Requester::Reader`]; agents' keys are not resolved.
+/// Who may read is the caller's decision.
+pub fn authenticate_read(
+    bytes: &[u8],
+    registry: &Registry,
+) -> Result<Authenticated, Box<Unauthenticated>> {
+    authenticate_inner(bytes, registry, &VaultState::default(), true).map_err(Box::new)
 }
 
 #[allow(clippy::result_large_err)] // boxed once, by `authenticate`
@@ -140,6 +157,7 @@ fn authenticate_inner(
     bytes: &[u8],
     registry: &Registry,
     state: &VaultState,
+    readers: bool,
 ) -> Result<Authenticated, Unauthenticated> {
     let malformed = |key_id: &str, why: String| (None, key_id.to_string(), Refusal::Malformed(why));
     docket_schemas::strict_json::check(bytes).map_err(|e| malformed("", e.to_string()))?;
@@ -164,7 +182,7 @@ fn authenticate_inner(
             Refusal::Malformed("unsupported version".into()),
         ));
     }
-    let (requester, key) = match signer(&key_id, registry, state) {
+    let (requester, key) = match signer(&key_id, registry, state, readers) {
         Ok(s) => s,
         Err(why) => return Err((Some(request), key_id, why)),
     };
@@ -200,6 +218,7 @@ fn signer(
     hint: &str,
     registry: &Registry,
     state: &VaultState,
+    readers: bool,
 ) -> Result<(Requester, VerifyingKey), Refusal> {
     // The same keyid resolution as events: a Docket key id or a securesystemslib key id.
     if let Some(key_id) = registry.named_key(hint) {
@@ -226,6 +245,9 @@ fn signer(
                 && !k.name.starts_with(crate::registry::STEP_UP_KEY_PREFIX)
             {
                 return Ok((Requester::Gateway(k.name.clone()), vk));
+            }
+            if readers {
+                return Ok((Requester::Reader(k.name.clone()), vk));
             }
             return Err(Refusal::NotARequester {
                 key_id: key_id.into(),
@@ -886,7 +908,7 @@ fn revoke(
         Requester::Admin => true,
         Requester::User(u) => u == user,
         Requester::Agent(a) => a == agent,
-        Requester::Gateway(_) => false,
+        Requester::Gateway(_) | Requester::Reader(_) => false,
     };
     match owner {
         None => refused(req, &who, &Refusal::NotFound(name), None, vec![]),
