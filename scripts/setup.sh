@@ -69,6 +69,9 @@ python3 -c 'import blake3, cryptography' 2>/dev/null || pip_install blake3 crypt
 # CryptoSigner needs the `crypto` extra), nats-py publishes to JetStream (`nats.js`).
 python3 -c 'import securesystemslib.dsse, cryptography; from securesystemslib.signer import CryptoSigner; import nats.js' 2>/dev/null \
   || pip_install 'securesystemslib[crypto]' nats-py
+# The gateway's MCP test runs a real MCP server: the official Python SDK, 2.3 or later
+# (the 2026-07-28 revision's routing headers; `mcp.server.mcpserver` is 2.x's module).
+python3 -c 'import mcp.server.mcpserver' 2>/dev/null || pip_install 'mcp>=2.3'
 # DuckDB reads the Parquet export in the tests and is the benchmark's yardstick.
 python3 -c 'import duckdb, pytz' 2>/dev/null || pip_install duckdb pytz
 

@@ -37,6 +37,9 @@ pub enum BenchCommand {
     Detect(crate::bench_detect::DetectBenchArgs),
     /// The terminal UI: frame time (update and draw) and memory while it is fed events at a rate.
     Watch(crate::bench_watch::WatchBenchArgs),
+    /// The recording gateway: proxied calls/s and added latency against the upstream
+    /// called directly, and the time from a suspension's append to the first refusal.
+    Gateway(crate::bench_gateway::GatewayBenchArgs),
 }
 
 #[derive(Args)]
@@ -70,6 +73,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Sql(args) => crate::bench_sql::run(args).await,
         BenchCommand::Detect(args) => crate::bench_detect::run(args).await,
         BenchCommand::Watch(args) => crate::bench_watch::run(args),
+        BenchCommand::Gateway(args) => crate::bench_gateway::run(args).await,
     }
 }
 

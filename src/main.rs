@@ -2,11 +2,13 @@
 
 mod bench;
 mod bench_detect;
+mod bench_gateway;
 mod bench_sql;
 mod bench_watch;
 mod demo;
 mod detect_cmd;
 mod findings_cmd;
+mod gateway_cmd;
 mod measure;
 mod policy_cmd;
 mod query_guard;
@@ -85,6 +87,10 @@ enum Command {
     Revoke(vault_cmd::RevokeArgs),
     /// Vault: ask whether a token is active (RFC 7662), as a gateway.
     Introspect(vault_cmd::IntrospectArgs),
+    /// The recording gateway: a reverse proxy that checks each agent's token with the vault,
+    /// forwards only the routes its config allows, and has each call's record acknowledged
+    /// before the agent sees the answer.
+    Gateway(gateway_cmd::GatewayArgs),
     /// One self-contained HTML page over a time range: calls per agent, findings by level and
     /// rule, approvals per user, and each open finding with its evidence.
     Report(report_cmd::ReportArgs),
@@ -443,6 +449,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Approve(a) => vault_cmd::approve(a).await,
         Command::Revoke(a) => vault_cmd::revoke(a).await,
         Command::Introspect(a) => vault_cmd::introspect(a).await,
+        Command::Gateway(a) => gateway_cmd::run(a).await,
         Command::Demo(args) => demo::run(args).await.map(|_| ok),
         Command::Watch(args) => watch_cmd::run(args).await,
         Command::Bench(cmd) => bench::run(cmd).await.map(|_| ok),

@@ -154,6 +154,19 @@ pub async fn request(
     key: &ed25519_dalek::SigningKey,
     op: Op,
 ) -> Result<Reply> {
+    request_within(nats, key, op, VAULT_ANSWER_TIMEOUT).await
+}
+
+/// How long a command waits for the vault's answer.
+pub const VAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// [`request`], waiting at most `patience` for the answer.
+pub async fn request_within(
+    nats: &async_nats::Client,
+    key: &ed25519_dalek::SigningKey,
+    op: Op,
+    patience: Duration,
+) -> Result<Reply> {
     let subject = format!("docket.vault.{}", op.name());
     let request = Request {
         v: REQUEST_VERSION,
@@ -162,11 +175,16 @@ pub async fn request(
         op,
     };
     let reply = tokio::time::timeout(
-        Duration::from_secs(10),
+        patience,
         nats.request(subject, seal_request(&request, key).into()),
     )
     .await
-    .context("the vault did not answer within 10 s")?
+    .with_context(|| {
+        format!(
+            "the vault did not answer within {} ms",
+            patience.as_millis()
+        )
+    })?
     .context(
         "no answer from the vault: is `docket serve --vault-key` running, and may this NATS \
          identity read its own replies (--nats-inbox-prefix)?",

@@ -81,7 +81,7 @@ async fn ask(line: &VaultLine, key: &SigningKey, op: Op) -> Result<Reply> {
 }
 
 /// An outcome (not an introspection), as the scene expects.
-async fn decide(line: &VaultLine, key: &SigningKey, op: Op) -> Result<Outcome> {
+pub async fn decide(line: &VaultLine, key: &SigningKey, op: Op) -> Result<Outcome> {
     match ask(line, key, op).await? {
         Reply::Outcome(o) => Ok(o),
         Reply::Introspection(i) => {
@@ -118,11 +118,11 @@ fn receipt(o: &Outcome) -> String {
 }
 
 /// The scene's one-time reply key: the vault seals token secrets to it.
-fn reply_key() -> docket_schemas::seal::ReplyKey {
+pub fn reply_key() -> docket_schemas::seal::ReplyKey {
     docket_schemas::seal::ReplyKey::from_bytes(*blake3::hash(b"docket demo reply key").as_bytes())
 }
 
-fn token_op(scope: &str, approval: Option<String>) -> Op {
+pub fn token_op(scope: &str, approval: Option<String>) -> Op {
     Op::Token {
         agent: "agent-0".into(),
         audience: GITHUB.into(),

@@ -83,7 +83,13 @@ fn readme_walkthrough_keys_serve_publish_log_verify() {
     // land anywhere among these: the calls are found by kind, the chain checked whole.
     let deadline = Instant::now() + Duration::from_secs(20);
     let lines = loop {
-        let log = stdout(&docket(&["log", "--data", data.to_str().unwrap(), "--from", "2"]));
+        let log = stdout(&docket(&[
+            "log",
+            "--data",
+            data.to_str().unwrap(),
+            "--from",
+            "2",
+        ]));
         let lines: Vec<serde_json::Value> = log
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
@@ -113,7 +119,9 @@ fn readme_walkthrough_keys_serve_publish_log_verify() {
         .filter(|k| *k != "api.called")
         .collect();
     assert!(
-        others.iter().all(|k| *k == "key.registered" || *k == "rules.set"),
+        others
+            .iter()
+            .all(|k| *k == "key.registered" || *k == "rules.set"),
         "{others:?}"
     );
     let (code, out) = verify(&data);

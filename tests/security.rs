@@ -206,6 +206,7 @@ fn messages_built_to_exhaust_memory_or_be_read_two_ways_are_kept_small_and_out()
             scope: None,
             status: 200,
             source: "10.0.0.1".into(),
+            ..Default::default()
         }),
     };
     let good = seal_event(&call("/first"), &w.roles.gateway);

@@ -296,6 +296,7 @@ impl World {
             scope: Some("repo:read".into()),
             status: 200,
             source: "10.0.0.9".into(),
+            ..Default::default()
         }));
         self.publish_raw(vec![seal_event(&e, &self.gateway)]);
     }
@@ -496,12 +497,21 @@ fn a_token_is_issued_introspected_used_and_revoked() {
             exp: i.exp,
             iat: i.iat,
             jti: Some(token_id.clone()),
+            reason: None,
         }
     );
     // The policy's longest token lifetime (300 s) caps the grant's 600 s.
     let (exp, iat) = (i.exp.unwrap(), i.iat.unwrap());
     assert!((299..=300).contains(&(exp - iat)), "{i:?}");
-    assert_eq!(introspect(&w, "dkt_not_a_token"), Introspection::default());
+    // Inactive: RFC 7662's `active: false`, with Docket's reason (and, for a token the
+    // vault knows, whose it is: the gateway's refusal names them in its record).
+    assert_eq!(
+        introspect(&w, "dkt_not_a_token"),
+        Introspection {
+            reason: Some("unknown token".into()),
+            ..Introspection::default()
+        }
+    );
     let n = w.head();
     w.call_api(&token_id, "a1");
     w.wait_entries(n + 1);
@@ -516,7 +526,15 @@ fn a_token_is_issued_introspected_used_and_revoked() {
         },
     );
     said(&r, Status::Revoked);
-    assert_eq!(introspect(&w, &secret), Introspection::default());
+    assert_eq!(
+        introspect(&w, &secret),
+        Introspection {
+            jti: Some(token_id.clone()),
+            client_id: Some("a1".into()),
+            reason: Some("token revoked".into()),
+            ..Introspection::default()
+        }
+    );
     let n = w.head();
     w.call_api(&token_id, "a1");
     w.wait_entries(n + 1);
@@ -1130,6 +1148,7 @@ fn an_event_dated_far_ahead_is_quarantined_and_expires_nothing() {
         scope: Some("repo:read".into()),
         status: 200,
         source: "10.0.0.9".into(),
+        ..Default::default()
     }));
     far.ts = Timestamp::parse("9999-01-01T00:00:00.000000Z").unwrap();
     w.publish_raw(vec![seal_event(&far, &w.gateway)]);
@@ -1454,7 +1473,8 @@ fn a_signal_ends_docket_watch_with_the_terminal_given_back() {
 }
 
 #[test]
-fn reads_on_docket_read_answer_the_admin_and_analysts_fresh_bounded_and_read_only_and_refuse_everyone_else() {
+fn reads_on_docket_read_answer_the_admin_and_analysts_fresh_bounded_and_read_only_and_refuse_everyone_else()
+ {
     use docket_schemas::vault::{READ_ROWS_MAX, ReadReply};
     let w = World::new();
     grant(&w, "a1");
@@ -1568,4 +1588,566 @@ fn reads_on_docket_read_answer_the_admin_and_analysts_fresh_bounded_and_read_onl
         ),
         "answered on docket.read",
     );
+}
+
+// ---- docket gateway: the recording reverse proxy in front of a real upstream ----
+
+/// The Python upstream API (tests/upstream_api.py), on a free loopback port.
+struct Upstream {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Upstream {
+    fn start() -> Upstream {
+        use std::io::BufRead;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/upstream_api.py");
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs the upstream");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().expect("the upstream prints its port");
+        Upstream { child, port }
+    }
+
+    /// How many requests it has served.
+    fn hits(&self) -> u64 {
+        let (status, _, body) = http(self.port, "GET", "/__hits", &[], b"");
+        assert_eq!(status, 200);
+        serde_json::from_slice::<Value>(&body).unwrap()["hits"]
+            .as_u64()
+            .unwrap()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `docket gateway` process, listening where it said.
+struct Gateway {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Gateway {
+    fn start(w: &World, upstream: &Upstream) -> Gateway {
+        Gateway::start_with(w, upstream, None)
+    }
+
+    /// With an MCP audience at /mcp in front of `mcp`'s port.
+    fn start_with(w: &World, upstream: &Upstream, mcp: Option<u16>) -> Gateway {
+        use std::io::BufRead;
+        let dir = w._dir.path();
+        let key_file = dir.join("gateway.key");
+        if !key_file.exists() {
+            docket_ledger::keyfile::write(&key_file, &w.gateway).unwrap();
+        }
+        let config = dir.join("gateway.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"upstream_timeout_ms = 1000
+request_body_max = 1024
+
+[[audience]]
+audience = "https://api.github.com"
+prefix = "/github"
+upstream = "http://127.0.0.1:{}"
+
+[[audience.route]]
+method = "GET"
+path = "/repos/*/*"
+scope = "repo:read"
+
+[[audience.route]]
+method = "POST"
+path = "/repos/*/*/issues"
+scope = "repo:write"
+
+[[audience.route]]
+method = "*"
+path = "/slow/**"
+scope = "repo:read"
+
+[[audience.route]]
+method = "GET"
+path = "/drop"
+scope = "repo:read"
+{}"#,
+                upstream.port,
+                mcp.map(|port| format!(
+                    r#"
+[[audience]]
+audience = "https://mcp.example.com"
+prefix = "/mcp"
+upstream = "http://127.0.0.1:{port}/mcp"
+
+[audience.mcp]
+session_scope = "mcp:session"
+
+[[audience.mcp.tool]]
+name = "create_issue"
+scope = "issues:write"
+"#
+                ))
+                .unwrap_or_default()
+            ),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new(DOCKET)
+            .args([
+                "gateway",
+                "--listen",
+                "127.0.0.1:0",
+                "--nats",
+                &w.nats_url,
+                "--key",
+                key_file.to_str().unwrap(),
+                "--config",
+                config.to_str().unwrap(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the gateway did not say where it listens: {line:?}"));
+        Gateway { child, port }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 exchange over a fresh connection: (status, headers lower-cased, body).
+fn http(
+    port: u16,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    // The server may answer (413) before reading all of a large body; that is not a failure.
+    let _ = s.write_all(req.as_bytes()).and_then(|_| s.write_all(body));
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP answer: {:?}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, raw[split + 4..].to_vec())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The `api.called` record a gateway answer names in its `docket-record` header.
+fn record_of(w: &World, headers: &[(String, String)]) -> ApiCalled {
+    let id = header(headers, "docket-record").expect("the answer names its record");
+    let mut found = None;
+    w.wait_for("the call's record on the chain", || {
+        found = chain_events(&w.serve.data)
+            .into_iter()
+            .find(|(_, e)| e.id.to_string() == id);
+        found.is_some()
+    });
+    match found.map(|(_, e)| e.body) {
+        Some(EventBody::ApiCalled(c)) => c,
+        other => panic!("not an api.called: {other:?}"),
+    }
+}
+
+#[test]
+fn the_gateway_forwards_what_the_token_allows_records_each_call_before_answering_and_refuses_the_rest()
+ {
+    let w = World::new();
+    let upstream = Upstream::start();
+    let gw = Gateway::start(&w, &upstream);
+    grant(&w, "a1");
+    let (token_id, secret) = issued(&token(&w, &w.a1, "a1", "repo:read", None));
+    let bearer = format!("Bearer {secret}");
+    let auth = [("Authorization", bearer.as_str())];
+
+    // Allowed: forwarded without the Docket token, answered once its record is held.
+    let (status, headers, body) = http(gw.port, "GET", "/github/repos/acme/web?page=2", &auth, b"");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let seen: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["path"], "/repos/acme/web?page=2");
+    assert!(
+        seen["headers"].get("authorization").is_none(),
+        "the upstream saw the agent's Docket token: {seen}"
+    );
+    assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1");
+    let call = record_of(&w, &headers);
+    assert_eq!(
+        (call.agent.as_str(), call.token_id.as_str(), call.status),
+        ("a1", token_id.as_str(), 200)
+    );
+    assert_eq!(call.scope.as_deref(), Some("repo:read"));
+    assert_eq!(call.operation, "/repos/acme/web");
+    assert_eq!(call.refused, None);
+    assert_eq!(call.response_bytes, Some(body.len() as u64));
+    assert_eq!(
+        call.request_hash.as_deref(),
+        Some(docket_ledger::gateway::request_hash("GET", "/repos/acme/web?page=2", b"").as_str())
+    );
+    assert_eq!(upstream.hits(), 1);
+
+    // Refused before forwarding, each with its reason, each on the record.
+    let bogus = [("Authorization", "Bearer dkt_not_a_token")];
+    let big = vec![b'x'; 2048];
+    // (method, path, headers, body, status, the reason says, the record's agent)
+    type Refused<'a> = (
+        &'a str,
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        &'a [u8],
+        u16,
+        &'a str,
+        &'a str,
+    );
+    let refusals: Vec<Refused> = vec![
+        (
+            "POST",
+            "/github/repos/acme/web/issues",
+            &auth,
+            b"{}",
+            403,
+            "does not carry scope repo:write",
+            "a1",
+        ),
+        (
+            "GET",
+            "/github/repos/acme/web",
+            &[],
+            b"",
+            401,
+            "no token",
+            "unverified",
+        ),
+        (
+            "GET",
+            "/github/repos/acme/web",
+            &bogus,
+            b"",
+            401,
+            "unknown token",
+            "unverified",
+        ),
+        (
+            "DELETE",
+            "/github/repos/acme/web",
+            &auth,
+            b"",
+            403,
+            "no route allows DELETE",
+            "unverified",
+        ),
+        (
+            "POST",
+            "/github/repos/acme/web/issues",
+            &auth,
+            &big,
+            413,
+            "over 1024 bytes",
+            "unverified",
+        ),
+    ];
+    for (method, path, headers, body, want, why, agent) in refusals {
+        let (status, h, answer) = http(gw.port, method, path, headers, body);
+        let text = String::from_utf8_lossy(&answer).to_string();
+        assert_eq!(status, want, "{method} {path}: {text}");
+        assert!(text.contains(why), "{method} {path}: {text}");
+        let call = record_of(&w, &h);
+        assert_eq!(call.status, want);
+        assert!(
+            call.refused.as_deref().is_some_and(|r| r.contains(why)),
+            "{call:?}"
+        );
+        assert_eq!(call.agent, agent, "{method} {path}");
+    }
+    let (status, _, _) = http(gw.port, "GET", "/elsewhere/x", &auth, b"");
+    assert_eq!(status, 404, "a path under no audience");
+    assert_eq!(upstream.hits(), 1, "nothing refused reached the upstream");
+
+    // A slow upstream and one that hangs up: the gateway's own 504 and 502, recorded.
+    let (status, h, _) = http(gw.port, "GET", "/github/slow/down", &auth, b"");
+    assert_eq!(status, 504);
+    assert_eq!(record_of(&w, &h).status, 504);
+    let (status, h, _) = http(gw.port, "GET", "/github/drop", &auth, b"");
+    assert_eq!(status, 502);
+    assert_eq!(record_of(&w, &h).status, 502);
+
+    // Calls the gateway refused are attempts, not uses: no policy finding, no budget spent.
+    assert!(w.rules().is_empty(), "{:?}", w.rules());
+
+    // The kill switch: the agent is suspended, its next call is refused and recorded.
+    let r = w.ask(
+        &w.alice,
+        Op::Revoke {
+            token_id: None,
+            grant_id: None,
+            agent: Some("a1".into()),
+            reason: "kill switch".into(),
+        },
+    );
+    said(&r, Status::Suspended);
+    let (status, h, answer) = http(gw.port, "GET", "/github/repos/acme/web", &auth, b"");
+    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&answer));
+    assert!(header(&h, "www-authenticate").is_some_and(|v| v.starts_with("Bearer")));
+    let call = record_of(&w, &h);
+    assert_eq!(
+        call.refused.as_deref(),
+        Some("the token is not active: agent suspended")
+    );
+    assert_eq!(
+        (call.agent.as_str(), call.token_id.as_str()),
+        ("a1", token_id.as_str())
+    );
+    assert_eq!(upstream.hits(), 3);
+    assert_eq!(verify(&w.serve.data).0, 0);
+}
+
+#[test]
+fn the_gateway_forwards_nothing_when_the_ledger_cannot_be_asked() {
+    let mut w = World::new();
+    let upstream = Upstream::start();
+    let gw = Gateway::start(&w, &upstream);
+    grant(&w, "a1");
+    let (_, secret) = issued(&token(&w, &w.a1, "a1", "repo:read", None));
+    let bearer = format!("Bearer {secret}");
+    let auth = [("Authorization", bearer.as_str())];
+    assert_eq!(
+        http(gw.port, "GET", "/github/repos/acme/web", &auth, b"").0,
+        200
+    );
+    w.serve.stop();
+    let (status, _, answer) = http(gw.port, "GET", "/github/repos/acme/web", &auth, b"");
+    let text = String::from_utf8_lossy(&answer);
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("nothing was forwarded"), "{text}");
+    assert_eq!(upstream.hits(), 1);
+}
+
+/// A real MCP server (tests/mcp_server.py, the official Python SDK) on a free loopback port.
+struct McpServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl McpServer {
+    fn start() -> McpServer {
+        use std::io::BufRead;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp_server.py");
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 runs the MCP server");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().expect("the MCP server prints its port");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the MCP server did not listen (is the `mcp` package installed? scripts/setup.sh installs it)"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        McpServer { child, port }
+    }
+}
+
+impl Drop for McpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A 2026-07-28 MCP `tools/call` body (per-request protocol fields in `_meta`).
+fn tools_call(tool: &str, arguments: &Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": tool,
+            "arguments": arguments,
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {}
+            }
+        }
+    }))
+    .unwrap()
+}
+
+#[test]
+fn the_gateway_routes_mcp_tool_calls_by_tool_records_the_tool_and_a_hash_of_its_arguments_never_the_arguments()
+ {
+    let w = World::new();
+    let upstream = Upstream::start();
+    let mcp = McpServer::start();
+    let gw = Gateway::start_with(&w, &upstream, Some(mcp.port));
+    let r = w.ask(
+        &w.alice,
+        Op::Grant {
+            user: "alice".into(),
+            agent: "a1".into(),
+            audience: "https://mcp.example.com".into(),
+            scopes: vec!["mcp:session".into(), "issues:write".into()],
+            expires_at: now().plus_seconds(3600),
+            max_calls: None,
+            max_token_ttl_s: None,
+            approval: vec![],
+        },
+    );
+    said(&r, Status::Granted);
+    let (_, secret) = issued(&w.ask(
+        &w.a1,
+        Op::Token {
+            agent: "a1".into(),
+            audience: "https://mcp.example.com".into(),
+            scopes: vec!["mcp:session".into(), "issues:write".into()],
+            action: "file an issue".into(),
+            approval_id: None,
+            ttl_s: None,
+            reply_key: Some(reply_key().public()),
+        },
+    ));
+    let bearer = format!("Bearer {secret}");
+    let headers = |tool: &'static str| {
+        vec![
+            ("Authorization", bearer.clone()),
+            ("Content-Type", "application/json".to_string()),
+            ("Accept", "application/json, text/event-stream".to_string()),
+            ("MCP-Protocol-Version", "2026-07-28".to_string()),
+            ("Mcp-Method", "tools/call".to_string()),
+            ("Mcp-Name", tool.to_string()),
+        ]
+    };
+    let post = |hs: &[(&str, String)], body: &[u8]| {
+        let hs: Vec<(&str, &str)> = hs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        http(gw.port, "POST", "/mcp", &hs, body)
+    };
+    let canary = "docket-canary-argument-7f3a";
+    let arguments = serde_json::json!({"title": "flaky test", "body": canary});
+
+    // Allowed: the real server answers, the record names the tool and hashes the arguments.
+    let (status, h, body) = post(
+        &headers("create_issue"),
+        &tools_call("create_issue", &arguments),
+    );
+    let text = String::from_utf8_lossy(&body).to_string();
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("created issue 'flaky test'"), "{text}");
+    let call = record_of(&w, &h);
+    assert_eq!(call.tool.as_deref(), Some("create_issue"));
+    assert_eq!(call.operation, "tools/call create_issue");
+    assert_eq!(call.scope.as_deref(), Some("issues:write"));
+    assert_eq!(
+        call.arguments_hash.as_deref(),
+        Some(docket_ledger::gateway::arguments_hash(&arguments).as_str())
+    );
+    let recorded = serde_json::to_string(&call).unwrap();
+    assert!(
+        !recorded.contains(canary),
+        "an argument was recorded: {recorded}"
+    );
+
+    // A tool the config does not list, headers that disagree with the body, a GET.
+    let (status, h, body) = post(
+        &headers("delete_repo"),
+        &tools_call("delete_repo", &serde_json::json!({"name": "acme/web"})),
+    );
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    let call = record_of(&w, &h);
+    assert_eq!(
+        (call.tool.as_deref(), call.status),
+        (Some("delete_repo"), 403)
+    );
+    assert!(
+        call.refused
+            .as_deref()
+            .is_some_and(|r| r.contains("no tool \"delete_repo\""))
+    );
+    let (status, h, body) = post(
+        &headers("create_issue"),
+        &tools_call("delete_repo", &serde_json::json!({})),
+    );
+    let text = String::from_utf8_lossy(&body).to_string();
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("Mcp-Name header says"), "{text}");
+    assert!(record_of(&w, &h).refused.is_some());
+    let mut twice = headers("create_issue");
+    twice.push(("Mcp-Name", "delete_repo".to_string()));
+    let (status, _, body) = post(&twice, &tools_call("create_issue", &arguments));
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let (status, _, _) = http(
+        gw.port,
+        "GET",
+        "/mcp",
+        &[("Authorization", bearer.as_str())],
+        b"",
+    );
+    assert_eq!(status, 405);
+    // Nothing anywhere on the ledger holds the arguments.
+    let export = docket(&["log", "--data", w.serve.data.to_str().unwrap()]);
+    assert!(export.status.success());
+    assert!(!String::from_utf8_lossy(&export.stdout).contains(canary));
 }

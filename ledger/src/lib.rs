@@ -4,7 +4,9 @@
 //! vault and its desk) is the `docket-core` crate, re-exported here under the
 //! same module names; this crate adds RocksDB, NATS, tokio and the clock.
 
-pub use docket_core::{admission, chain, desk, fold, policy, registry, state, step_up, vault};
+pub use docket_core::{
+    admission, chain, desk, fold, gateway, policy, registry, state, step_up, vault,
+};
 
 pub mod clock;
 pub mod config;

@@ -221,6 +221,7 @@ fn fields(body: &EventBody) -> Fields<'_> {
             scopes: Some(e.scope.as_deref().into_iter().collect()),
             status: Some(i32::from(e.status)),
             source: Some(&e.source),
+            reason: e.refused.as_deref(),
             ..Fields::default()
         },
         // Its settings are in the row's JSON payload; no column of their own.

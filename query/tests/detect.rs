@@ -78,6 +78,7 @@ fn call(
         scope: Some("read".into()),
         status,
         source: source.into(),
+        ..Default::default()
     })
 }
 

@@ -123,6 +123,7 @@ fn ended_other_ways(
             scope: t.scopes.first().cloned(),
             status: 200,
             source: "10.9.9.9".into(),
+            ..Default::default()
         })
     };
     let (vault, gateway) = (w.roles.vault.clone(), w.roles.gateway.clone());

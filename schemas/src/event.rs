@@ -346,7 +346,7 @@ pub struct TokenRevoked {
 }
 
 /// `api.called`: a gateway saw an agent call an API with a token.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiCalled {
     pub token_id: String,
@@ -366,6 +366,30 @@ pub struct ApiCalled {
     pub status: u16,
     /// The caller's network address.
     pub source: String,
+    /// Milliseconds from the gateway's receipt of the request to the upstream's answer
+    /// (or to the gateway's refusal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    /// Bytes of the request's body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_bytes: Option<u64>,
+    /// Bytes of the answer's body passed back to the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_bytes: Option<u64>,
+    /// Hex BLAKE3 of `METHOD SP path-and-query LF body` as the gateway received them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_hash: Option<String>,
+    /// Why the gateway refused the call without forwarding it; absent when it forwarded.
+    /// A refused record names `unverified` as token and agent when the token was unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// The MCP tool a `tools/call` named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// Hex BLAKE3 of the tool call's `arguments` (compact JSON, keys sorted); the
+    /// arguments themselves are never recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments_hash: Option<String>,
 }
 
 /// `agent.suspended`: the agent may do nothing further; every token it holds ends.
@@ -849,6 +873,18 @@ impl EventBody {
                     });
                 }
                 text("source", &e.source, ID_BYTES_MAX)?;
+                if let Some(h) = &e.request_hash {
+                    content_hash("request_hash", h)?;
+                }
+                if let Some(r) = &e.refused {
+                    text("refused", r, TEXT_BYTES_MAX)?;
+                }
+                if let Some(t) = &e.tool {
+                    identifier("tool", t, TOOL_NAME_BYTES_MAX)?;
+                }
+                if let Some(h) = &e.arguments_hash {
+                    content_hash("arguments_hash", h)?;
+                }
             }
             B::AgentSuspended(e) => {
                 id("agent", &e.agent)?;
@@ -1092,6 +1128,7 @@ mod tests {
                 scope: Some("issues:read".into()),
                 status: 200,
                 source: "10.0.0.7".into(),
+                ..Default::default()
             }),
         }
     }

@@ -26,6 +26,8 @@ pub const TEXT_BYTES_MAX: usize = 1024;
 pub const BINDING_MESSAGE_BYTES_MAX: usize = 256;
 /// Length of an API operation or path, in bytes.
 pub const OPERATION_BYTES_MAX: usize = 2048;
+/// Bytes of an MCP tool's name in `api.called` (the MCP spec allows 1-128 characters).
+pub const TOOL_NAME_BYTES_MAX: usize = 128;
 /// Length of one scope, in bytes.
 pub const SCOPE_BYTES_MAX: usize = 128;
 /// Scopes named by one event.

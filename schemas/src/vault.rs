@@ -200,7 +200,8 @@ impl Outcome {
     }
 }
 
-/// An RFC 7662 introspection answer; inactive carries nothing else.
+/// An RFC 7662 introspection answer. Inactive, it carries `reason` and, when the vault
+/// knows the token, its `jti` and `client_id` (answers go to gateways and the admin only).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Introspection {
     pub active: bool,
@@ -223,6 +224,12 @@ pub struct Introspection {
     /// The token id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// Docket's extension, on inactive answers only: why the token is not active
+    /// (`unknown token`, `token expired`, `token revoked`, `grant revoked`,
+    /// `grant expired`, `no such grant`, `agent suspended`, `the grant's call budget is
+    /// spent`), for the gateway's refusal and its record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Any reply on `docket.vault.<op>`: an outcome, or (for `introspect` by a gateway) an introspection.

@@ -186,13 +186,23 @@ pub fn wait_for_entries(serve: &mut Serve, want: u64, timeout: Duration) -> u64 
 
 /// (seq, event id) of every producer's entry in the chain (the genesis policy aside).
 pub fn chain_ids(data: &Path) -> Vec<(u64, docket_schemas::EventId)> {
+    chain_events(data)
+        .into_iter()
+        .map(|(seq, e)| (seq, e.id))
+        .collect()
+}
+
+/// (seq, event) of every producer's entry in the chain (the genesis policy aside).
+pub fn chain_events(data: &Path) -> Vec<(u64, docket_schemas::Event)> {
     let store = Store::open_reader(&data.join("db")).expect("open ledger");
     let mut out = Vec::new();
     for item in store.records(GENESIS_ENTRIES + 1).unwrap() {
         let (seq, record) = item.unwrap();
         let entry = docket_ledger::store::decode_record(seq, &record).unwrap();
-        let event = Envelope::decode(entry.envelope).unwrap().event().unwrap();
-        out.push((seq, event.id));
+        out.push((
+            seq,
+            Envelope::decode(entry.envelope).unwrap().event().unwrap(),
+        ));
     }
     out
 }

@@ -322,6 +322,10 @@ impl VaultState {
                 .entry(a.clone())
                 .or_insert_with(|| e.token_id.clone());
         }
+        self.ix
+            .any_token_by_hash
+            .entry(t.token_hash.clone())
+            .or_insert_with(|| t.token_id.clone());
         if t.expires_at > cx.ts {
             self.ix.add_live(&t);
         }
@@ -330,6 +334,10 @@ impl VaultState {
     }
 
     fn call(&mut self, e: &ApiCalled, cx: &mut Apply) {
+        // A call the gateway refused never reached the API: nothing to judge, nothing used.
+        if e.refused.is_some() {
+            return;
+        }
         // The most frequent entry: each object is looked up once, judged, then updated.
         let suspended = self.agents.get(&e.agent).and_then(|a| a.suspended_seq);
         let token = self.tokens.get_mut(&e.token_id);
@@ -517,6 +525,7 @@ mod tests {
             scope: Some(scope.into()),
             status: 200,
             source: "10.0.0.1".into(),
+            ..ApiCalled::default()
         })
     }
 

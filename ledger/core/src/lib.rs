@@ -8,6 +8,7 @@ pub mod admission;
 pub mod chain;
 pub mod desk;
 pub mod fold;
+pub mod gateway;
 pub mod policy;
 pub mod registry;
 pub mod state;

@@ -503,6 +503,7 @@ mod tests {
             scope: None,
             status: 200,
             source: "s".into(),
+            ..Default::default()
         });
         let gw_pk = gw.verifying_key();
         let gw_id = key_id(gw_pk.as_bytes());

@@ -237,6 +237,9 @@ pub struct VaultState {
 pub(crate) struct Indexes {
     /// Live tokens by keyed hash (introspection).
     pub token_by_hash: HashMap<String, String>,
+    /// Every token by keyed hash, the first issued with it, ended or not: so an
+    /// introspection can say whose an ended token was and why it ended.
+    pub any_token_by_hash: HashMap<String, String>,
     /// Live tokens per grant and per agent, so a cascade touches only what it revokes.
     pub live_by_grant: BTreeMap<String, BTreeSet<String>>,
     pub live_by_agent: BTreeMap<String, BTreeSet<String>>,
@@ -286,6 +289,13 @@ impl VaultState {
                 .entry(a.clone())
                 .or_insert_with(|| t.clone());
         }
+        let mut by_issue: Vec<&TokenState> = self.tokens.values().collect();
+        by_issue.sort_by_key(|t| (t.issued_seq, &t.token_id));
+        for t in by_issue {
+            ix.any_token_by_hash
+                .entry(t.token_hash.clone())
+                .or_insert_with(|| t.token_id.clone());
+        }
         self.ix = ix;
         let at = self.ts;
         for t in self.tokens.values() {
@@ -311,6 +321,16 @@ impl VaultState {
             .token_by_hash
             .get(hash)
             .and_then(|id| self.tokens.get(id))
+    }
+
+    /// A token by its keyed hash, live or ended (the live one first).
+    pub fn any_token_by_hash(&self, hash: &str) -> Option<&TokenState> {
+        self.token_by_hash(hash).or_else(|| {
+            self.ix
+                .any_token_by_hash
+                .get(hash)
+                .and_then(|id| self.tokens.get(id))
+        })
     }
 
     /// The token issued on an approval, if any.

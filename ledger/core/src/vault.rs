@@ -620,8 +620,13 @@ fn introspect(
     token: &str,
     fresh: &Fresh<'_>,
 ) -> Outcome {
-    let inactive = Outcome {
-        reply: Reply::Introspection(Introspection::default()),
+    let inactive = |why: &str, known: Option<&crate::state::TokenState>| Outcome {
+        reply: Reply::Introspection(Introspection {
+            jti: known.map(|t| t.token_id.clone()),
+            client_id: known.map(|t| t.agent.clone()),
+            reason: Some(why.to_string()),
+            ..Introspection::default()
+        }),
         events: vec![],
         notify: None,
     };
@@ -639,19 +644,31 @@ fn introspect(
             vec![],
         );
     }
-    let Some(t) = state.token_by_hash(&token_hash(fresh.hash_key, token)) else {
-        return inactive;
+    let Some(t) = state.any_token_by_hash(&token_hash(fresh.hash_key, token)) else {
+        return inactive("unknown token", None);
     };
     let agent_ok = state
         .agents
         .get(&t.agent)
         .is_some_and(|a| a.suspended_seq.is_none());
-    let grant_ok = state
-        .grants
-        .get(&t.grant_id)
-        .is_some_and(|g| g.status(fresh.now) == Status::Active);
-    if t.status(fresh.now) != Status::Active || !agent_ok || !grant_ok {
-        return inactive;
+    let grant = state.grants.get(&t.grant_id);
+    let spent = grant.is_some_and(|g| g.max_calls.is_some_and(|m| g.calls >= m));
+    let why = match (
+        t.status(fresh.now),
+        agent_ok,
+        grant.map(|g| g.status(fresh.now)),
+    ) {
+        (_, false, _) => Some("agent suspended"),
+        _ if spent => Some("the grant's call budget is spent"),
+        (Status::Revoked, _, _) => Some("token revoked"),
+        (Status::Expired, _, _) => Some("token expired"),
+        (_, _, Some(Status::Revoked)) => Some("grant revoked"),
+        (_, _, Some(Status::Expired)) => Some("grant expired"),
+        (_, _, None) => Some("no such grant"),
+        (Status::Active, true, Some(Status::Active)) => None,
+    };
+    if let Some(why) = why {
+        return inactive(why, Some(t));
     }
     Outcome {
         reply: Reply::Introspection(Introspection {
@@ -663,6 +680,7 @@ fn introspect(
             exp: Some(t.expires_at.as_micros() / 1_000_000),
             iat: Some(t.issued_at.as_micros() / 1_000_000),
             jti: Some(t.token_id.clone()),
+            reason: None,
         }),
         events: vec![],
         notify: None,

@@ -486,6 +486,7 @@ fn play(sim: &mut Sim, s: &Step) {
                         scope: None,
                         status: 200,
                         source: "test".into(),
+                        ..Default::default()
                     }),
                 );
             }

@@ -666,6 +666,7 @@ impl Workload {
                 agent % 256,
                 1 + self.rng.below(self.sources_per_agent.clamp(1, 250))
             ),
+            ..Default::default()
         });
         let e = self.event(body);
         self.sealed(&e, &self.roles.gateway.clone(), Expect::Append)
