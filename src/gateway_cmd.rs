@@ -19,7 +19,7 @@ use clap::Args;
 use docket_ledger::gateway::{self, Caller, Refusal, Routes, Seen};
 use docket_ledger::keyfile;
 use docket_ledger::publisher::{Publisher, Sink, subject_for};
-use docket_schemas::limits::OPERATION_BYTES_MAX;
+use docket_schemas::limits::{METHOD_BYTES_MAX, OPERATION_BYTES_MAX};
 use docket_schemas::vault::{Introspection, Op, Reply};
 use docket_schemas::{Event, EventBody, EventId, SCHEMA_VERSION, seal_event};
 use http_body_util::{BodyExt, Full, Limited};
@@ -39,6 +39,8 @@ pub const INTROSPECTION_TIMEOUT: Duration = Duration::from_secs(2);
 pub const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a client may take to send its request headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a client may take to send its request body.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle upstream connections kept per host.
 pub const UPSTREAM_IDLE_PER_HOST: usize = 64;
 
@@ -151,7 +153,18 @@ pub async fn serve(
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let gw = Arc::clone(&gw);
-                async move { Ok::<_, Infallible>(handle(&gw, req, peer).await) }
+                async move {
+                    // Its own task: an agent that hangs up cannot cancel a call half way,
+                    // after the upstream acted and before its record was published.
+                    let handled = tokio::spawn(async move { handle(&gw, req, peer).await });
+                    Ok::<_, Infallible>(handled.await.unwrap_or_else(|e| {
+                        plain(
+                            500,
+                            &format!("the gateway failed on this request: {e}"),
+                            None,
+                        )
+                    }))
+                }
             });
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -240,6 +253,19 @@ const HOP_BY_HOP: [&str; 8] = [
     "trailer",
     "transfer-encoding",
     "upgrade",
+];
+
+/// Request headers dropped before forwarding (beside `Authorization` and hop-by-hop ones).
+const NOT_FORWARDED: [&str; 9] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-forwarded-host",
+    "x-forwarded-prefix",
+    "x-forwarded-for",
+    "forwarded",
 ];
 
 fn end_to_end(headers: &HeaderMap) -> HeaderMap {
@@ -397,16 +423,28 @@ async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> Respo
         )
         .await;
     }
-    if !method.bytes().all(|c| c.is_ascii_uppercase()) {
+    if method.len() > METHOD_BYTES_MAX || !method.bytes().all(|c| c.is_ascii_uppercase()) {
         // A record's method is upper-case letters; nothing else is routed.
         return plain(405, &format!("method {method:?} is not routed"), None);
     }
     let token = bearer(req.headers());
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, gw.routes.request_body_max)
-        .collect()
-        .await
-    {
+    let read = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        Limited::new(body, gw.routes.request_body_max).collect(),
+    )
+    .await;
+    let Ok(read) = read else {
+        return plain(
+            408,
+            &format!(
+                "the request body did not arrive within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+            None,
+        );
+    };
+    let body = match read {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             let refusal = if e
@@ -557,15 +595,12 @@ async fn forward(
     let mut headers = end_to_end(&parts.headers);
     // The agent's Docket token is for the gateway; the upstream never sees it.
     headers.remove(header::AUTHORIZATION);
-    let forwarded_for = match parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prior) => format!("{prior}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+    // Headers some servers obey to change the method or path the gateway authorized
+    // and recorded, and client-set forwarding claims: never passed on.
+    for name in NOT_FORWARDED {
+        headers.remove(name);
+    }
+    if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
         headers.insert("x-forwarded-for", v);
     }
     if let Some(h) = builder.headers_mut() {

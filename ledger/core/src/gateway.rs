@@ -211,6 +211,29 @@ fn pattern_segments(path: &str) -> Result<Vec<&str>, String> {
     Ok(segments)
 }
 
+/// Whether a path means the same to the gateway and to any upstream: no `.` or `..`
+/// segment, no empty segment but a trailing one, and none of the characters or escapes
+/// (`%2F`, `%5C`, `%2E`, `%00`, `%25`, `;`, `\\`) that servers decode or normalise
+/// differently. A route approves the path the upstream will act on, or nothing.
+pub fn path_is_plain(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    if ["%2f", "%5c", "%2e", "%00", "%25", ";", "\\"]
+        .iter()
+        .any(|bad| lower.contains(bad))
+    {
+        return false;
+    }
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    let last = segments.len() - 1;
+    segments
+        .iter()
+        .enumerate()
+        .all(|(i, s)| *s != "." && *s != ".." && (!s.is_empty() || i == last))
+}
+
 fn matches(pattern: &str, path: &str) -> bool {
     let Ok(pattern) = pattern_segments(pattern) else {
         return false;
@@ -269,6 +292,10 @@ pub enum Refusal {
     NoTool { audience: String, tool: String },
     #[error("MCP messages are POSTed to {0}; GET streams are not proxied")]
     McpNotPost(String),
+    #[error(
+        "the path {0} could mean another to the upstream (a . or .. segment, an empty one, or an encoded separator): send it plain"
+    )]
+    AmbiguousPath(String),
 }
 
 impl Refusal {
@@ -283,7 +310,9 @@ impl Refusal {
             | Refusal::NoTool { .. } => 403,
             Refusal::BodyTooLarge(_) => 413,
             Refusal::PathTooLong(_) => 414,
-            Refusal::McpMalformed(_) | Refusal::McpHeaderMismatch { .. } => 400,
+            Refusal::McpMalformed(_)
+            | Refusal::McpHeaderMismatch { .. }
+            | Refusal::AmbiguousPath(_) => 400,
             Refusal::McpNotPost(_) => 405,
         }
     }
@@ -358,8 +387,29 @@ pub fn read_mcp(
     mcp_name: Option<&str>,
 ) -> Result<McpMessage, Refusal> {
     let bad = |why: &str| Refusal::McpMalformed(format!("not an MCP message: {why}"));
+    // A repeated key, or a key that differs from a routed one only in case, could be read
+    // one way here and another way by the server (parsers disagree on both).
+    docket_schemas::strict_json::check(body).map_err(|e| bad(&e.to_string()))?;
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| bad(&format!("not JSON ({e})")))?;
+    let look_alike = |o: &serde_json::Map<String, serde_json::Value>, keys: &[&str]| {
+        o.keys()
+            .find(|k| {
+                keys.iter()
+                    .any(|want| k.eq_ignore_ascii_case(want) && k.as_str() != *want)
+            })
+            .cloned()
+    };
+    if let Some(o) = value.as_object() {
+        let nested = o.get("params").and_then(|p| p.as_object());
+        if let Some(k) = look_alike(o, &["jsonrpc", "method", "params", "id"])
+            .or_else(|| nested.and_then(|p| look_alike(p, &["name", "arguments"])))
+        {
+            return Err(bad(&format!(
+                "the key {k:?} differs from a routed key only in case"
+            )));
+        }
+    }
     let obj = match &value {
         serde_json::Value::Object(o) => o,
         serde_json::Value::Array(_) => return Err(bad("JSON-RPC batches are not routed")),
@@ -438,6 +488,9 @@ pub fn mcp_scope<'a>(audience: &'a Audience, message: &McpMessage) -> Result<&'a
 pub fn select<'a>(routes: &'a Routes, method: &str, path: &str) -> Result<Selected<'a>, Refusal> {
     let (audience, rest) =
         audience_for(routes, path).ok_or_else(|| Refusal::NoAudience(path.to_string()))?;
+    if !path_is_plain(&rest) {
+        return Err(Refusal::AmbiguousPath(rest));
+    }
     let route = audience
         .routes
         .iter()
@@ -551,6 +604,19 @@ pub fn record(
         Some(c) => (c.token_id.clone(), c.agent.clone()),
         None => (UNVERIFIED.to_string(), UNVERIFIED.to_string()),
     };
+    // The reason quotes what the client sent: only what a record's text may hold.
+    let refused = refused.map(|r| {
+        let mut clean: String = r
+            .chars()
+            .filter(|c| !docket_schemas::event::is_hidden(*c))
+            .collect();
+        let mut end = clean.len().min(docket_schemas::limits::TEXT_BYTES_MAX);
+        while !clean.is_char_boundary(end) {
+            end -= 1;
+        }
+        clean.truncate(end);
+        clean
+    });
     ApiCalled {
         token_id,
         token_hash: None,
@@ -639,11 +705,26 @@ mod tests {
         for (m, p) in [
             ("GET", "/github/repos/acme"),
             ("GET", "/github/repos/acme/web/extra"),
-            ("GET", "/github/repos//web"),
             ("DELETE", "/github/repos/acme/web"),
         ] {
             assert_eq!(select(&r, m, p).unwrap_err().status(), 403, "{m} {p}");
         }
+        // Paths an upstream could read as another are refused, never matched.
+        for p in [
+            "/github/repos/../admin",
+            "/github/public/../../internal",
+            "/github/repos/acme/web%2Fcollaborators",
+            "/github/repos/acme/%2e%2e",
+            "/github/repos/acme/web;x",
+            "/github/public/a//b",
+        ] {
+            assert_eq!(
+                select(&r, "GET", p).unwrap_err(),
+                Refusal::AmbiguousPath(p.trim_start_matches("/github").to_string()),
+                "{p}"
+            );
+        }
+        assert!(path_is_plain("/repos/acme/web/"));
         // A prefix is a whole segment: /githubx is not under /github.
         assert_eq!(
             select(&r, "GET", "/githubx/repos/a/b")
@@ -734,7 +815,17 @@ mod tests {
             None,
         );
         let refused = record(&seen, None, 401, 0, 0, Some("unknown token".into()));
-        for body in [forwarded, refused] {
+        // A reason quoting a hostile client is cut to what a record may hold.
+        let hostile = record(
+            &seen,
+            None,
+            403,
+            0,
+            0,
+            Some(format!("no tool \u{202e}{}", "x".repeat(5000))),
+        );
+        assert!(hostile.refused.as_ref().unwrap().len() <= docket_schemas::limits::TEXT_BYTES_MAX);
+        for body in [forwarded, refused, hostile] {
             docket_schemas::EventBody::ApiCalled(body)
                 .validate()
                 .unwrap();
@@ -787,6 +878,12 @@ mod tests {
         assert_eq!(mcp_scope(&audience, &m).unwrap_err().status(), 403);
         assert_eq!(read_mcp(b"[{}]", None, None).unwrap_err().status(), 400);
         assert_eq!(read_mcp(b"{", None, None).unwrap_err().status(), 400);
+        // Repeated keys and case look-alikes: a Go server would read another tool.
+        let twice = br#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"create_issue","name":"delete_repo"}}"#;
+        let cased = br#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"create_issue","Name":"delete_repo"}}"#;
+        for body in [&twice[..], &cased[..]] {
+            assert_eq!(read_mcp(body, None, None).unwrap_err().status(), 400);
+        }
         // Session messages need the session scope.
         let init = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
         let m = read_mcp(init, None, None).unwrap();
