@@ -227,7 +227,7 @@ pub async fn run(args: GatewayBenchArgs) -> Result<()> {
 
     // The kill switch: a prober calls through the gateway without pause while the user
     // suspends the agent; the time from the suspension's append to the first refusal.
-    let refused_at = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+    let refused_at = Arc::new(std::sync::Mutex::new(Vec::<(i64, bool)>::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let prober = {
         let (refused_at, stop, bearer) =
@@ -235,11 +235,12 @@ pub async fn run(args: GatewayBenchArgs) -> Result<()> {
         tokio::spawn(async move {
             let mut conn = connect(gateway).await?;
             while !stop.load(Ordering::Relaxed) {
-                let status = call(&mut conn, "/github/repos/acme/web", Some(&bearer)).await?;
+                let (status, recorded) =
+                    call(&mut conn, "/github/repos/acme/web", Some(&bearer)).await?;
                 if status == 401
                     && let Ok(mut r) = refused_at.lock()
                 {
-                    r.push(docket_ledger::clock::now_us()?);
+                    r.push((docket_ledger::clock::now_us()?, recorded));
                 }
             }
             Ok::<_, anyhow::Error>(())
@@ -271,10 +272,11 @@ pub async fn run(args: GatewayBenchArgs) -> Result<()> {
     prober.await??;
     let refusals = refused_at.lock().map(|r| r.clone()).unwrap_or_default();
     match refusals.first() {
-        Some(first) => println!(
-            "kill switch: first refusal {:.2} ms after the suspension was appended; {} refused attempts in the next second, each recorded",
+        Some((first, _)) => println!(
+            "kill switch: first refusal {:.2} ms after the suspension was appended; {} refused attempts in the next second, {} of them answered with their record acknowledged",
             (*first - appended_us) as f64 / 1000.0,
-            refusals.len()
+            refusals.len(),
+            refusals.iter().filter(|(_, recorded)| *recorded).count()
         ),
         None => bail!("the gateway never refused the suspended agent"),
     }
@@ -306,8 +308,9 @@ async fn connect(addr: SocketAddr) -> Result<Conn> {
     Ok(send)
 }
 
-/// One GET on a kept connection; its status once the whole answer is read.
-async fn call(conn: &mut Conn, path: &str, bearer: Option<&str>) -> Result<u16> {
+/// One GET on a kept connection; its status once the whole answer is read, and whether
+/// the answer names its record (`Docket-Record`: JetStream acknowledged it).
+async fn call(conn: &mut Conn, path: &str, bearer: Option<&str>) -> Result<(u16, bool)> {
     conn.ready().await?;
     let mut req = Request::builder()
         .method("GET")
@@ -318,8 +321,9 @@ async fn call(conn: &mut Conn, path: &str, bearer: Option<&str>) -> Result<u16> 
     }
     let resp = conn.send_request(req.body(Empty::new())?).await?;
     let status = resp.status().as_u16();
+    let recorded = resp.headers().contains_key("docket-record");
     resp.into_body().collect().await?;
-    Ok(status)
+    Ok((status, recorded))
 }
 
 /// `connections` connections each calling back to back for `seconds`.
@@ -340,7 +344,7 @@ async fn load(
             let (mut lat, mut not_ok) = (Vec::new(), 0u64);
             while Instant::now() < until {
                 let t = Instant::now();
-                let status = call(&mut conn, &path, bearer.as_deref()).await?;
+                let (status, _) = call(&mut conn, &path, bearer.as_deref()).await?;
                 lat.push(t.elapsed().as_secs_f64() * 1000.0);
                 not_ok += u64::from(status != 200);
             }
@@ -368,7 +372,7 @@ async fn serial(addr: SocketAddr, path: &str, bearer: Option<&str>, n: usize) ->
     let mut lat = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        let status = call(&mut conn, path, bearer).await?;
+        let (status, _) = call(&mut conn, path, bearer).await?;
         if status != 200 {
             bail!("a serial call to {path} answered {status}");
         }
