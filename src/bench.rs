@@ -419,6 +419,24 @@ fn admit_only(args: AdmitArgs) -> Result<()> {
     Ok(())
 }
 
+/// The ledger as the vault too, answering `docket.vault.>` over `client` (as `serve --vault-key`).
+pub fn with_vault_over_nats(
+    ledger: docket_ledger::ingest::Ledger,
+    vault_key: &ed25519_dalek::SigningKey,
+    client: &async_nats::Client,
+) -> Result<docket_ledger::ingest::Ledger> {
+    let (tx, rx) = tokio::sync::mpsc::channel(docket_ledger::transport::VAULT_INFLIGHT_MAX);
+    let ledger = ledger.with_vault(
+        docket_ledger::desk::Desk::new(vault_key.clone(), docket_ledger::clock::now()?, vec![]),
+        rx,
+    );
+    let (client, introspector) = (client.clone(), ledger.introspector());
+    tokio::spawn(async move {
+        docket_ledger::transport::serve_vault_requests(client, tx, introspector).await
+    });
+    Ok(ledger)
+}
+
 /// Commit times per seq, from the ledger's own `docket.appended` notices.
 pub fn watch_commits(
     mut appended: async_nats::Subscriber,
@@ -602,17 +620,8 @@ pub async fn vault(args: VaultArgs) -> Result<()> {
             docket_ledger::admission::LOCAL_SEQ_BIT | 7,
         )])
         .await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(docket_ledger::transport::VAULT_INFLIGHT_MAX);
-    let mut ledger = ledger.with_vault(
-        docket_ledger::desk::Desk::new(roles.vault.clone(), docket_ledger::clock::now()?, vec![]),
-        rx,
-    );
+    let mut ledger = with_vault_over_nats(ledger, &roles.vault, &client)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let vault_client = client.clone();
-    let introspector = ledger.introspector();
-    tokio::spawn(async move {
-        docket_ledger::transport::serve_vault_requests(vault_client, tx, introspector).await
-    });
     let bus = Bus::Nats(client.clone());
     let ledger_task = tokio::spawn(async move {
         let r = ledger

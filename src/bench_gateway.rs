@@ -62,21 +62,7 @@ pub async fn run(args: GatewayBenchArgs) -> Result<()> {
     };
     let source = NatsSource::connect(&settings).await?;
     let client = source.client.clone();
-    let (vault_tx, vault_rx) =
-        tokio::sync::mpsc::channel(docket_ledger::transport::VAULT_INFLIGHT_MAX);
-    let mut ledger = ledger.with_vault(
-        docket_ledger::desk::Desk::new(
-            workload.roles.vault.clone(),
-            docket_ledger::clock::now()?,
-            vec![],
-        ),
-        vault_rx,
-    );
-    let introspector = ledger.introspector();
-    let vault_client = client.clone();
-    tokio::spawn(async move {
-        docket_ledger::transport::serve_vault_requests(vault_client, vault_tx, introspector).await
-    });
+    let mut ledger = crate::bench::with_vault_over_nats(ledger, &workload.roles.vault, &client)?;
     let (commits, _watcher) =
         crate::bench::watch_commits(client.subscribe("docket.appended").await?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -1610,30 +1610,59 @@ fn reads_on_docket_read_answer_the_admin_and_analysts_fresh_bounded_and_read_onl
 
 // ---- docket gateway: the recording reverse proxy in front of a real upstream ----
 
-/// The Python upstream API (tests/upstream_api.py), on a free loopback port.
-struct Upstream {
+/// A Python server of the tests (`tests/<script>`) on the free loopback port it prints.
+struct PythonServer {
     child: std::process::Child,
     port: u16,
 }
 
-impl Upstream {
-    fn start() -> Upstream {
+/// The upstream API (tests/upstream_api.py).
+type Upstream = PythonServer;
+/// A real MCP server (tests/mcp_server.py, the official Python SDK).
+type McpServer = PythonServer;
+
+impl PythonServer {
+    fn run(script: &str) -> PythonServer {
         use std::io::BufRead;
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/upstream_api.py");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests")
+            .join(script);
         let mut child = std::process::Command::new("python3")
-            .arg(script)
+            .arg(path)
             .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("python3 runs the upstream");
+            .expect("python3 runs the test's server");
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let port = line.trim().parse().expect("the upstream prints its port");
-        Upstream { child, port }
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{script} did not print its port (is its package installed? scripts/setup.sh installs it): {line:?}"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{script} did not listen on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        PythonServer { child, port }
     }
 
-    /// How many requests it has served.
+    /// The upstream API.
+    fn upstream() -> Upstream {
+        PythonServer::run("upstream_api.py")
+    }
+
+    /// The MCP server.
+    fn mcp() -> McpServer {
+        PythonServer::run("mcp_server.py")
+    }
+
+    /// How many requests the upstream API has served.
     fn hits(&self) -> u64 {
         let (status, _, body) = http(self.port, "GET", "/__hits", &[], b"");
         assert_eq!(status, 200);
@@ -1643,7 +1672,7 @@ impl Upstream {
     }
 }
 
-impl Drop for Upstream {
+impl Drop for PythonServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -1829,7 +1858,7 @@ fn record_of(w: &World, headers: &[(String, String)]) -> ApiCalled {
 fn the_gateway_forwards_what_the_token_allows_records_each_call_before_answering_and_refuses_the_rest()
  {
     let w = World::new();
-    let upstream = Upstream::start();
+    let upstream = PythonServer::upstream();
     let gw = Gateway::start(&w, &upstream);
     grant(&w, "a1");
     let (token_id, secret) = issued(&token(&w, &w.a1, "a1", "repo:read", None));
@@ -1979,7 +2008,7 @@ fn the_gateway_forwards_what_the_token_allows_records_each_call_before_answering
 #[test]
 fn the_gateway_forwards_nothing_when_the_ledger_cannot_be_asked() {
     let mut w = World::new();
-    let upstream = Upstream::start();
+    let upstream = PythonServer::upstream();
     let gw = Gateway::start(&w, &upstream);
     grant(&w, "a1");
     let (_, secret) = issued(&token(&w, &w.a1, "a1", "repo:read", None));
@@ -1995,46 +2024,6 @@ fn the_gateway_forwards_nothing_when_the_ledger_cannot_be_asked() {
     assert_eq!(status, 503, "{text}");
     assert!(text.contains("nothing was forwarded"), "{text}");
     assert_eq!(upstream.hits(), 1);
-}
-
-/// A real MCP server (tests/mcp_server.py, the official Python SDK) on a free loopback port.
-struct McpServer {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl McpServer {
-    fn start() -> McpServer {
-        use std::io::BufRead;
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp_server.py");
-        let mut child = std::process::Command::new("python3")
-            .arg(script)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("python3 runs the MCP server");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line.trim().parse().expect("the MCP server prints its port");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the MCP server did not listen (is the `mcp` package installed? scripts/setup.sh installs it)"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        McpServer { child, port }
-    }
-}
-
-impl Drop for McpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A 2026-07-28 MCP `tools/call` body (per-request protocol fields in `_meta`).
@@ -2059,8 +2048,8 @@ fn tools_call(tool: &str, arguments: &Value) -> Vec<u8> {
 fn the_gateway_routes_mcp_tool_calls_by_tool_records_the_tool_and_a_hash_of_its_arguments_never_the_arguments()
  {
     let w = World::new();
-    let upstream = Upstream::start();
-    let mcp = McpServer::start();
+    let upstream = PythonServer::upstream();
+    let mcp = PythonServer::mcp();
     let gw = Gateway::start_with(&w, &upstream, Some(mcp.port));
     let r = w.ask(
         &w.alice,

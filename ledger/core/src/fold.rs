@@ -322,10 +322,7 @@ impl VaultState {
                 .entry(a.clone())
                 .or_insert_with(|| e.token_id.clone());
         }
-        self.ix
-            .any_token_by_hash
-            .entry(t.token_hash.clone())
-            .or_insert_with(|| t.token_id.clone());
+        self.ix.add_issued(&t);
         if t.expires_at > cx.ts {
             self.ix.add_live(&t);
         }

@@ -292,9 +292,7 @@ impl VaultState {
         let mut by_issue: Vec<&TokenState> = self.tokens.values().collect();
         by_issue.sort_by_key(|t| (t.issued_seq, &t.token_id));
         for t in by_issue {
-            ix.any_token_by_hash
-                .entry(t.token_hash.clone())
-                .or_insert_with(|| t.token_id.clone());
+            ix.add_issued(t);
         }
         self.ix = ix;
         let at = self.ts;
@@ -402,6 +400,13 @@ impl VaultState {
 }
 
 impl Indexes {
+    /// Notes a token as issued (in issue order): the first token with a hash keeps it.
+    pub fn add_issued(&mut self, t: &TokenState) {
+        self.any_token_by_hash
+            .entry(t.token_hash.clone())
+            .or_insert_with(|| t.token_id.clone());
+    }
+
     pub fn add_live(&mut self, t: &TokenState) {
         self.token_by_hash
             .insert(t.token_hash.clone(), t.token_id.clone());
