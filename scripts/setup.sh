@@ -17,6 +17,8 @@ command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
 command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium)
 # `docket watch`'s test drives it in a real terminal: tmux (package tmux installs /usr/bin/tmux).
 command -v tmux >/dev/null 2>&1 || apt_missing+=(tmux)
+# The README's gateway example calls it with curl (package curl installs /usr/bin/curl).
+command -v curl >/dev/null 2>&1 || apt_missing+=(curl)
 # pip is a separate package on Debian: python3 alone does not bring it.
 python3 -m pip --version >/dev/null 2>&1 || apt_missing+=(python3-pip)
 # RocksDB's Rust bindings are generated with bindgen, which loads libclang

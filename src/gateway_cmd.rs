@@ -232,11 +232,11 @@ fn own_answer(status: u16, why: &str, event: Option<EventId>) -> (HeaderMap, Byt
     {
         headers.insert(RECORD_HEADER, v);
     }
-    let body = serde_json::json!({
-        "status": status,
-        "error": why,
-        "record": event.map(|e| e.to_string()),
-    });
+    let mut body = serde_json::json!({"status": status, "error": why});
+    // Only a refusal knows its record here; a forwarded call's is in the header alone.
+    if let Some(id) = event {
+        body["record"] = serde_json::Value::String(id.to_string());
+    }
     (headers, Bytes::from(body.to_string()))
 }
 
@@ -256,7 +256,12 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// Request headers dropped before forwarding (beside `Authorization` and hop-by-hop ones).
-const NOT_FORWARDED: [&str; 9] = [
+const NOT_FORWARDED: [&str; 14] = [
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "cf-connecting-ip",
+    "x-forwarded-proto",
     "x-http-method-override",
     "x-http-method",
     "x-method-override",

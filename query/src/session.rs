@@ -46,7 +46,7 @@ pub const VIEWS: &[(&str, &str)] = &[
     (
         "api_calls",
         "SELECT seq, ts, received, event_id, agent, audience, token_id, token_hash, method, operation, \
-         scopes[1] AS scope, status, source, key_id, entry_hash FROM events WHERE kind = 'api.called'",
+         scopes[1] AS scope, status, source, key_id, entry_hash, reason AS refused FROM events WHERE kind = 'api.called'",
     ),
     (
         "grants",
