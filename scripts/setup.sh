@@ -74,6 +74,10 @@ python3 -c 'import securesystemslib.dsse, cryptography; from securesystemslib.si
 # The gateway's MCP test runs a real MCP server: the official Python SDK, 2.3 or later
 # (the 2026-07-28 revision's routing headers; `mcp.server.mcpserver` is 2.x's module).
 python3 -c 'import mcp.server.mcpserver' 2>/dev/null || pip_install 'mcp>=2.3'
+# The OAuth 2.0 authorization server the connection tests link against (tests/oauth_server.py):
+# Authlib's Flask integration, so both are checked by the modules the script imports.
+python3 -c 'import authlib.integrations.flask_oauth2, authlib.oauth2.rfc7636, flask' 2>/dev/null \
+  || pip_install 'authlib>=1.6' 'flask>=3'
 # DuckDB reads the Parquet export in the tests and is the benchmark's yardstick.
 python3 -c 'import duckdb, pytz' 2>/dev/null || pip_install duckdb pytz
 

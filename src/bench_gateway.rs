@@ -135,6 +135,7 @@ pub async fn run(args: GatewayBenchArgs) -> Result<()> {
             audience: "https://api.github.com".into(),
             prefix: "/github".into(),
             upstream: format!("http://{upstream}"),
+            provider: None,
             routes: vec![Route {
                 method: "GET".into(),
                 path: "/repos/**".into(),

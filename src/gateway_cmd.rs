@@ -18,10 +18,10 @@ use bytes::Bytes;
 use clap::Args;
 use docket_ledger::gateway::{self, Caller, Refusal, Routes, Seen};
 use docket_ledger::keyfile;
-use docket_ledger::publisher::{Publisher, Sink, subject_for};
+use docket_ledger::publisher::Sink;
 use docket_schemas::limits::{METHOD_BYTES_MAX, OPERATION_BYTES_MAX};
-use docket_schemas::vault::{Introspection, Op, Reply};
-use docket_schemas::{Event, EventBody, EventId, SCHEMA_VERSION, seal_event};
+use docket_schemas::vault::{ConnectionReply, Introspection, Op, Reply};
+use docket_schemas::{EventBody, EventId};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -305,46 +305,14 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 /// Publishes a call's record and waits for JetStream to hold it.
 async fn record(gw: &Gateway, call: docket_schemas::ApiCalled) -> Result<EventId, String> {
     let ts = docket_ledger::clock::now().map_err(|e| e.to_string())?;
-    let event = Event {
-        v: SCHEMA_VERSION,
-        id: EventId(*uuid::Uuid::now_v7().as_bytes()),
+    docket_ledger::publisher::publish_one(
+        &gw.sink,
+        &gw.key,
+        EventBody::ApiCalled(call),
         ts,
-        body: EventBody::ApiCalled(call),
-    };
-    // The same checks admission makes: a record the ledger would quarantine is no record.
-    event.validate().map_err(|e| e.to_string())?;
-    let mut publisher = Publisher::new(gw.sink.clone());
-    let mut failed: Option<String> = None;
-    let mut on_ack = |_: u64, r: Result<_, String>| {
-        if let Err(e) = r {
-            failed.get_or_insert(e);
-        }
-    };
-    let sent = tokio::time::timeout(RECORD_TIMEOUT, async {
-        publisher
-            .send(
-                subject_for(&event),
-                seal_event(&event, &gw.key),
-                Some(event.id),
-                &mut on_ack,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        publisher.flush(&mut on_ack).await;
-        Ok::<_, String>(())
-    })
-    .await;
-    match sent {
-        Err(_) => Err(format!(
-            "JetStream did not acknowledge within {} s",
-            RECORD_TIMEOUT.as_secs()
-        )),
-        Ok(Err(e)) => Err(e),
-        Ok(Ok(())) => match failed {
-            Some(e) => Err(e),
-            None => Ok(event.id),
-        },
-    }
+        RECORD_TIMEOUT,
+    )
+    .await
 }
 
 /// Records a refusal and answers it; the refusal stands whether or not the record was stored.
@@ -499,8 +467,24 @@ async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> Respo
     if let Err(r) = verdict {
         return refuse(gw, &seen, caller.as_ref(), &r, started).await;
     }
-    let (status, headers, reply_body) =
-        forward(gw, &upstream_base, &upstream_target, &parts, body, peer).await;
+    // The user's upstream token, from the vault: the agent never holds it.
+    let upstream_token = match &audience.provider {
+        None => None,
+        Some(provider) => match upstream_token(gw, &token, provider).await {
+            Ok(t) => Some(t),
+            Err(r) => return refuse(gw, &seen, caller.as_ref(), &r, started).await,
+        },
+    };
+    let (status, headers, reply_body) = forward(
+        gw,
+        &upstream_base,
+        &upstream_target,
+        &parts,
+        body,
+        peer,
+        upstream_token,
+    )
+    .await;
     let call = gateway::record(
         &seen,
         caller.as_ref(),
@@ -582,7 +566,46 @@ fn mcp_route(
     gateway::mcp_scope(audience, &message).map(str::to_string)
 }
 
-/// Forwards to the upstream; its status, headers and body, or the gateway's own 502/504.
+/// The access token the vault holds for the token's user at `provider`, or why there is none.
+async fn upstream_token(gw: &Gateway, token: &str, provider: &str) -> Result<String, Refusal> {
+    let reply_key = docket_schemas::seal::ReplyKey::from_bytes(rand::random());
+    let asked: Result<ConnectionReply> = crate::vault_cmd::ask(
+        &gw.nats,
+        &gw.key,
+        format!("{}upstream", crate::connections::SUBJECT_PREFIX),
+        Op::Upstream {
+            token: token.to_string(),
+            provider: provider.to_string(),
+            reply_key: reply_key.public(),
+        },
+        INTROSPECTION_TIMEOUT,
+        "a connections reply",
+    )
+    .await;
+    let reply = asked.map_err(|e| {
+        Refusal::ConnectionUnavailable(format!("the vault could not be asked: {e:#}"))
+    })?;
+    match (&reply.sealed_token, reply.ok) {
+        (Some(sealed), true) => reply_key
+            .open(sealed)
+            .ok()
+            .and_then(|t| String::from_utf8(t).ok())
+            .ok_or_else(|| {
+                Refusal::ConnectionUnavailable("the vault's sealed token did not open".into())
+            }),
+        _ => {
+            let why = reply.error.unwrap_or_else(|| "no reason given".into());
+            Err(if reply.transient {
+                Refusal::ConnectionUnavailable(why)
+            } else {
+                Refusal::NoConnection(why)
+            })
+        }
+    }
+}
+
+/// Forwards to the upstream (with the user's upstream token, when the audience has a
+/// provider); its status, headers and body, or the gateway's own 502/504.
 async fn forward(
     gw: &Gateway,
     base: &str,
@@ -590,6 +613,7 @@ async fn forward(
     parts: &hyper::http::request::Parts,
     body: Bytes,
     peer: SocketAddr,
+    upstream_token: Option<String>,
 ) -> (u16, HeaderMap, Bytes) {
     let failed = |status: u16, why: String| {
         let (headers, body) = own_answer(status, &why, None);
@@ -607,6 +631,15 @@ async fn forward(
     }
     if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
         headers.insert("x-forwarded-for", v);
+    }
+    if let Some(t) = upstream_token {
+        match HeaderValue::from_str(&format!("Bearer {t}")) {
+            Ok(mut v) => {
+                v.set_sensitive(true);
+                headers.insert(header::AUTHORIZATION, v);
+            }
+            Err(_) => return failed(502, "the upstream token cannot be sent in a header".into()),
+        }
     }
     if let Some(h) = builder.headers_mut() {
         *h = headers;

@@ -5,6 +5,8 @@ mod bench_detect;
 mod bench_gateway;
 mod bench_sql;
 mod bench_watch;
+mod connect_cmd;
+mod connections;
 mod demo;
 mod detect_cmd;
 mod findings_cmd;
@@ -87,6 +89,14 @@ enum Command {
     Revoke(vault_cmd::RevokeArgs),
     /// Vault: ask whether a token is active (RFC 7662), as a gateway.
     Introspect(vault_cmd::IntrospectArgs),
+    /// Link your upstream account (OAuth 2.0 with PKCE): prints the address to open, waits
+    /// for the provider's redirect on loopback, and has the vault keep the tokens encrypted.
+    Connect(connect_cmd::ConnectArgs),
+    /// Unlink an upstream account: the vault deletes its tokens and asks the provider to revoke them.
+    Disconnect(connect_cmd::DisconnectArgs),
+    /// The vault's key for users' upstream tokens: make one, rotate it.
+    #[command(subcommand)]
+    Vault(connect_cmd::VaultCommand),
     /// The recording gateway: a reverse proxy that checks each agent's token with the vault,
     /// forwards only the routes its config allows, and has each call's record acknowledged
     /// before the agent sees the answer.
@@ -449,6 +459,9 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Approve(a) => vault_cmd::approve(a).await,
         Command::Revoke(a) => vault_cmd::revoke(a).await,
         Command::Introspect(a) => vault_cmd::introspect(a).await,
+        Command::Connect(a) => connect_cmd::connect(a).await,
+        Command::Disconnect(a) => connect_cmd::disconnect(a).await,
+        Command::Vault(cmd) => connect_cmd::vault(cmd),
         Command::Gateway(a) => gateway_cmd::run(a).await,
         Command::Demo(args) => demo::run(args).await.map(|_| ok),
         Command::Watch(args) => watch_cmd::run(args).await,
@@ -656,6 +669,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     tracing::info!(origin = %config.origin, seq = ledger.tip().seq, nats = %args.nats, "ledger serving");
     let bus = Bus::Nats(source.client.clone());
+    if config.vault_key.is_none() && config.connections.key_file.is_some() {
+        bail!("[connections] needs the vault: set vault_key or pass --vault-key");
+    }
     if let Some(path) = &config.vault_key {
         let key = keyfile::read(path)?;
         let (tx, rx) = tokio::sync::mpsc::channel(docket_ledger::transport::VAULT_INFLIGHT_MAX);
@@ -666,10 +682,30 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let seen = ledger
             .store()
             .remembered_requests(now.as_micros() - window_us)?;
-        let desk = docket_ledger::desk::Desk::new(key, now, seen);
+        let desk = docket_ledger::desk::Desk::new(key.clone(), now, seen);
         ledger = ledger.with_vault(desk, rx);
         let client = source.client.clone();
         let introspector = ledger.introspector();
+        if let Some(view) = introspector.clone() {
+            let sink = docket_ledger::publisher::Sink::Nats(async_nats::jetstream::new(
+                source.client.clone(),
+            ));
+            if let Some(conns) =
+                connections::Connections::load(&config.connections, data, key.clone(), view, sink)?
+            {
+                let client = source.client.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = connections::serve(conns, client).await {
+                        tracing::error!(error = %e, "connection requests stopped");
+                    }
+                });
+                tracing::info!(
+                    providers = config.connections.providers.len(),
+                    "connections served on {}",
+                    docket_schemas::vault::SUBJECT_CONNECTIONS
+                );
+            }
+        }
         tokio::spawn(async move {
             if let Err(e) =
                 docket_ledger::transport::serve_vault_requests(client, tx, introspector).await

@@ -16,12 +16,12 @@ use serde_json::Value;
 pub struct Client {
     /// NATS server URL (the vault answers on docket.vault.>).
     #[arg(long, env = "DOCKET_NATS", default_value = "nats://127.0.0.1:4222")]
-    nats: String,
+    pub(crate) nats: String,
     #[command(flatten)]
-    nats_auth: crate::NatsAuthArgs,
+    pub(crate) nats_auth: crate::NatsAuthArgs,
     /// Your key file: a user's, an agent's, a gateway's or the admin's.
     #[arg(long, env = "DOCKET_KEY")]
-    key: PathBuf,
+    pub(crate) key: PathBuf,
     /// Print only this field of the answer (e.g. grant_id, approval_id, token), for scripts;
     /// the exit status still says whether the vault agreed.
     #[arg(long, value_name = "NAME")]
@@ -168,6 +168,19 @@ pub async fn request_within(
     patience: Duration,
 ) -> Result<Reply> {
     let subject = format!("docket.vault.{}", op.name());
+    ask(nats, key, subject, op, patience, "a vault reply").await
+}
+
+/// Signs `op` with `key`, sends it on `subject`, and reads the answer as `T` (`what` names
+/// it in errors): the client side of every signed request to `serve`.
+pub async fn ask<T: serde::de::DeserializeOwned>(
+    nats: &async_nats::Client,
+    key: &ed25519_dalek::SigningKey,
+    subject: String,
+    op: Op,
+    patience: Duration,
+    what: &str,
+) -> Result<T> {
     let request = Request {
         v: REQUEST_VERSION,
         id: EventId(*uuid::Uuid::now_v7().as_bytes()),
@@ -191,7 +204,7 @@ pub async fn request_within(
     )?;
     serde_json::from_slice(&reply.payload).with_context(|| {
         format!(
-            "the answer is not a vault reply (docs/FORMAT.md, \"Vault requests\"): {}",
+            "the answer is not {what} (docs/FORMAT.md, \"Vault requests\"): {}",
             String::from_utf8_lossy(&reply.payload)
         )
     })

@@ -60,6 +60,11 @@ impl World {
     }
 
     fn with_vault_registered(register_vault: bool) -> World {
+        World::with_config(register_vault, "")
+    }
+
+    /// With `extra` appended to serve's config file.
+    fn with_config(register_vault: bool, extra: &str) -> World {
         let dir = tempfile::tempdir().unwrap();
         let nats = NatsServer::start(&dir.path().join("nats")).unwrap();
         let roles = docket_testkit::workload::Roles::from_seed(rand::random());
@@ -69,7 +74,7 @@ impl World {
         let config = dir.path().join("docket.toml");
         std::fs::write(
             &config,
-            format!("vault_key = {:?}\n", vault_file.to_str().unwrap()),
+            format!("vault_key = {:?}\n{extra}", vault_file.to_str().unwrap()),
         )
         .unwrap();
         let data = dir.path().join("ledger");
@@ -128,6 +133,10 @@ impl World {
                         Kind::TokenRevoked,
                         Kind::AgentSuspended,
                         Kind::RequestRefused,
+                        Kind::ConnectionLinked,
+                        Kind::ConnectionRefreshed,
+                        Kind::ConnectionFailed,
+                        Kind::ConnectionUnlinked,
                     ],
                 ),
                 &roles.admin,
@@ -1623,12 +1632,17 @@ type McpServer = PythonServer;
 
 impl PythonServer {
     fn run(script: &str) -> PythonServer {
+        PythonServer::run_with(script, &[])
+    }
+
+    fn run_with(script: &str, args: &[&str]) -> PythonServer {
         use std::io::BufRead;
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests")
             .join(script);
         let mut child = std::process::Command::new("python3")
             .arg(path)
+            .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -1692,12 +1706,7 @@ impl Gateway {
 
     /// With an MCP audience at /mcp in front of `mcp`'s port.
     fn start_with(w: &World, upstream: &Upstream, mcp: Option<u16>) -> Gateway {
-        use std::io::BufRead;
         let dir = w._dir.path();
-        let key_file = dir.join("gateway.key");
-        if !key_file.exists() {
-            docket_ledger::keyfile::write(&key_file, &w.gateway).unwrap();
-        }
         let config = dir.join("gateway.toml");
         std::fs::write(
             &config,
@@ -1750,6 +1759,16 @@ scope = "issues:write"
             ),
         )
         .unwrap();
+        Gateway::spawn(w, &config)
+    }
+
+    /// A gateway with the config file `config`, signing with the world's gateway key.
+    fn spawn(w: &World, config: &std::path::Path) -> Gateway {
+        use std::io::BufRead;
+        let key_file = w._dir.path().join("gateway.key");
+        if !key_file.exists() {
+            docket_ledger::keyfile::write(&key_file, &w.gateway).unwrap();
+        }
         let mut child = std::process::Command::new(DOCKET)
             .args([
                 "gateway",
@@ -2157,4 +2176,399 @@ fn the_gateway_routes_mcp_tool_calls_by_tool_records_the_tool_and_a_hash_of_its_
     let export = docket(&["log", "--data", w.serve.data.to_str().unwrap()]);
     assert!(export.status.success());
     assert!(!String::from_utf8_lossy(&export.stdout).contains(canary));
+}
+
+// ---- connections: a user's upstream account, held by the vault, attached by the gateway ----
+
+/// A real OAuth 2.0 server (tests/oauth_server.py, Authlib) whose tokens carry `canary`.
+fn oauth_server(canary: &str, expires_in_s: u32) -> PythonServer {
+    PythonServer::run_with(
+        "oauth_server.py",
+        &[
+            "--client-id",
+            "docket-vault",
+            "--client-secret",
+            "client-secret-of-the-vault",
+            "--user",
+            "octo",
+            "--canary",
+            canary,
+            "--expires-in",
+            &expires_in_s.to_string(),
+        ],
+    )
+}
+
+/// Splits `http://127.0.0.1:PORT/rest` into the port and the rest.
+fn loopback_target(url: &str) -> (u16, String) {
+    let rest = url
+        .strip_prefix("http://127.0.0.1:")
+        .expect("a loopback URL");
+    let (port, target) = rest.split_at(rest.find('/').unwrap());
+    (port.parse().unwrap(), target.to_string())
+}
+
+/// Runs `docket connect` as `user` with `key`, playing the browser: opens the address it
+/// prints, follows the provider's redirect to its loopback listener. Its exit and output.
+fn connect_as(w: &World, key: &SigningKey, user: &str) -> (bool, String, String) {
+    use std::io::{BufRead, Read};
+    let key_file = w._dir.path().join(format!("{user}-connect.key"));
+    let _ = std::fs::remove_file(&key_file);
+    docket_ledger::keyfile::write(&key_file, key).unwrap();
+    let mut child = std::process::Command::new(DOCKET)
+        .args(["connect", "--nats", &w.nats_url, "--key"])
+        .arg(&key_file)
+        .args(["--user", user, "--provider", "acme", "--wait", "20"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut url = String::new();
+    out.read_line(&mut url).unwrap();
+    if url.starts_with("http://") {
+        let (port, target) = loopback_target(url.trim());
+        let (status, headers, _) = http(port, "GET", &target, &[], b"");
+        assert_eq!(status, 302, "the provider redirects the browser back");
+        let location = header(&headers, "location")
+            .expect("a redirect")
+            .to_string();
+        let (port, target) = loopback_target(&location);
+        let (status, _, page) = http(port, "GET", &target, &[], b"");
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&page));
+    }
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let ok = child.wait().unwrap().success();
+    (ok, format!("{url}{rest}"), err)
+}
+
+/// The provider's record of what it saw (tests/oauth_server.py `/__seen`).
+fn provider_seen(p: &PythonServer) -> Value {
+    let (status, _, body) = http(p.port, "GET", "/__seen", &[], b"");
+    assert_eq!(status, 200);
+    serde_json::from_slice(&body).unwrap()
+}
+
+fn provider_hook(p: &PythonServer, target: &str) {
+    let (status, _, body) = http(p.port, "POST", target, &[], b"");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}
+
+/// The `connection.*` events on the chain, as (kind, event JSON).
+fn connection_events(w: &World) -> Vec<(String, Value)> {
+    log(w)
+        .into_iter()
+        .filter(|e| kind_of(e).starts_with("connection."))
+        .map(|e| (kind_of(&e).to_string(), e["event"].clone()))
+        .collect()
+}
+
+#[test]
+fn a_users_upstream_account_is_linked_refreshed_rotated_rekeyed_broken_and_unlinked_and_no_upstream_secret_leaks()
+ {
+    const EXPIRES_IN_S: u32 = 3;
+    let canary = format!("DKTCANARY{:08x}", rand::random::<u32>());
+    let oauth = oauth_server(&canary, EXPIRES_IN_S);
+    let secrets = tempfile::tempdir().unwrap();
+    let key_file = secrets.path().join("connection.key");
+    let made = docket(&["vault", "new-key", "--out", key_file.to_str().unwrap()]);
+    assert!(made.status.success(), "{made:?}");
+    let client_secret = secrets.path().join("client-secret");
+    std::fs::write(&client_secret, "client-secret-of-the-vault\n").unwrap();
+    let base = format!("http://127.0.0.1:{}", oauth.port);
+    let w = World::with_config(
+        true,
+        &format!(
+            r#"
+[connections]
+key_file = {key_file:?}
+refresh_margin_s = 1
+
+[connections.providers.acme]
+authorize_url = "{base}/authorize"
+token_url = "{base}/token"
+revocation_url = "{base}/revoke"
+client_id = "docket-vault"
+client_secret_file = {client_secret:?}
+scopes = ["repo"]
+audiences = ["https://api.github.com"]
+"#
+        ),
+    );
+    let config = w._dir.path().join("gateway-acme.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[[audience]]
+audience = "https://api.github.com"
+prefix = "/acme"
+upstream = "{base}"
+provider = "acme"
+
+[[audience.route]]
+method = "GET"
+path = "/api/**"
+scope = "repo:read"
+"#
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::spawn(&w, &config);
+    grant(&w, "a1");
+    let (_, secret) = issued(&token(&w, &w.a1, "a1", "repo:read", None));
+    let bearer = format!("Bearer {secret}");
+    let auth = [("Authorization", bearer.as_str())];
+    let call = || http(gw.port, "GET", "/acme/api/user/repos", &auth, b"");
+
+    // Before linking: refused, nothing forwarded.
+    let (status, _, body) = call();
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("alice has no connection to acme"));
+    assert_eq!(provider_seen(&oauth)["stats"]["api_calls"], 0);
+
+    // Bob's key cannot link for alice; alice links with PKCE over a loopback redirect.
+    let (ok, out, err) = connect_as(&w, &w.bob, "alice");
+    assert!(
+        !ok && format!("{out}{err}").contains("this key is user bob's, not alice's"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = connect_as(&w, &w.alice, "alice");
+    assert!(
+        ok,
+        "docket connect failed: {out}\n{err}\n{}",
+        w.serve.log_text()
+    );
+    let linked: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(linked["scopes"], serde_json::json!(["repo"]));
+    assert_eq!(provider_seen(&oauth)["stats"]["code_exchanges"], 1);
+
+    // A call carries alice's upstream access token (never the agent's), and is recorded.
+    let (status, headers, body) = call();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["user"], "octo");
+    let first_token = answer["token_index"].as_u64().unwrap();
+    assert_eq!(record_of(&w, &headers).status, 200);
+
+    // The access token expires: the vault refreshes, the provider rotates the refresh token.
+    std::thread::sleep(Duration::from_secs(u64::from(EXPIRES_IN_S)));
+    let (status, _, body) = call();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        answer["token_index"].as_u64().unwrap() > first_token,
+        "a fresh token: {answer}"
+    );
+    let seen = provider_seen(&oauth);
+    assert!(seen["stats"]["refreshes"].as_u64().unwrap() >= 1);
+    assert_eq!(
+        seen["tokens"][first_token as usize]["revoked"], true,
+        "the rotated-out refresh token is spent at the provider"
+    );
+    let events = connection_events(&w);
+    let refreshed = events
+        .iter()
+        .find(|(k, _)| k == "connection.refreshed")
+        .expect("a connection.refreshed event");
+    assert_eq!(refreshed.1["rotated"], true);
+    assert_ne!(refreshed.1["fingerprint"], events[0].1["fingerprint"]);
+
+    // The key is rotated while serve runs: every file re-wrapped, the old key gone, calls go on.
+    let rotated = docket(&[
+        "vault",
+        "rotate-key",
+        "--data",
+        w.serve.data.to_str().unwrap(),
+        "--key-file",
+        key_file.to_str().unwrap(),
+    ]);
+    assert!(rotated.status.success(), "{rotated:?}");
+    let r: Value = serde_json::from_slice(&rotated.stdout).unwrap();
+    assert_eq!(
+        (r["to_version"].as_u64(), r["rewrapped"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let keys: Value = serde_json::from_slice(&std::fs::read(&key_file).unwrap()).unwrap();
+    assert_eq!(keys["keys"].as_object().unwrap().len(), 1, "{keys}");
+    std::thread::sleep(Duration::from_secs(u64::from(EXPIRES_IN_S)));
+    let (status, _, body) = call();
+    assert_eq!(
+        status,
+        200,
+        "after the rotation: {}",
+        String::from_utf8_lossy(&body)
+    );
+
+    // The provider is down when a refresh is due: bounded retries, a clear 503, on the record.
+    provider_hook(&oauth, "/__outage?on=1");
+    std::thread::sleep(Duration::from_secs(u64::from(EXPIRES_IN_S)));
+    let (status, _, body) = call();
+    let text = String::from_utf8_lossy(&body).to_string();
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("failed 3 refresh attempts"), "{text}");
+    assert!(
+        provider_seen(&oauth)["stats"]["outage_refusals"]
+            .as_u64()
+            .unwrap()
+            >= 3
+    );
+    w.wait_for("connection.failed (transient)", || {
+        connection_events(&w)
+            .iter()
+            .any(|(k, e)| k == "connection.failed" && e["broken"] == false)
+    });
+    provider_hook(&oauth, "/__outage?on=0");
+    let (status, _, body) = call();
+    assert_eq!(
+        status,
+        200,
+        "after the outage: {}",
+        String::from_utf8_lossy(&body)
+    );
+
+    // Alice revokes the app at the provider: the next refresh gets invalid_grant, the
+    // connection is broken on the record, and calls are refused until she links again.
+    provider_hook(&oauth, "/__revoke_user?user=octo");
+    std::thread::sleep(Duration::from_secs(u64::from(EXPIRES_IN_S)));
+    let (status, _, body) = call();
+    let text = String::from_utf8_lossy(&body).to_string();
+    assert_eq!(status, 403, "{text}");
+    assert!(
+        text.contains("invalid_grant") && text.contains("link"),
+        "{text}"
+    );
+    assert!(
+        connection_events(&w)
+            .iter()
+            .any(|(k, e)| k == "connection.failed" && e["broken"] == true)
+    );
+    let (status, _, body) = call();
+    assert!(
+        String::from_utf8_lossy(&body).contains("is broken"),
+        "{status} {}",
+        String::from_utf8_lossy(&body)
+    );
+    let (ok, out, err) = connect_as(&w, &w.alice, "alice");
+    assert!(ok, "{out}{err}");
+    assert_eq!(call().0, 200, "linked again");
+
+    // Unlinked: the vault deletes the tokens and revokes them at the provider.
+    let revocations = provider_seen(&oauth)["stats"]["revocations"]
+        .as_u64()
+        .unwrap();
+    let key = w._dir.path().join("alice-connect.key");
+    let out = docket(&[
+        "disconnect",
+        "--nats",
+        &w.nats_url,
+        "--key",
+        key.to_str().unwrap(),
+        "--provider",
+        "acme",
+        "--reason",
+        "done with it",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        provider_seen(&oauth)["stats"]["revocations"]
+            .as_u64()
+            .unwrap(),
+        revocations + 1
+    );
+    let (status, _, body) = call();
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    let files: Vec<_> = std::fs::read_dir(w.serve.data.join("connections"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert!(files.is_empty(), "the unlinked tokens are deleted");
+    let kinds: Vec<String> = connection_events(&w).into_iter().map(|(k, _)| k).collect();
+    for k in [
+        "connection.linked",
+        "connection.refreshed",
+        "connection.failed",
+        "connection.unlinked",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "{k} in {kinds:?}");
+    }
+
+    // The canary: the provider issued tokens carrying it, and none reached the ledger's
+    // files, its export, its log, SQL, or the gateway's answers.
+    assert!(provider_seen(&oauth)["tokens"].as_array().unwrap().len() >= 4);
+    assert_no_canary(&w, &canary);
+}
+
+/// No file under the ledger's data directory, no export, no `docket log` line, no SQL
+/// answer and no server log holds `canary`.
+fn assert_no_canary(w: &World, canary: &str) {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(w._dir.path(), &mut files);
+    assert!(files.len() > 5, "{files:?}");
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        assert!(
+            !bytes.windows(canary.len()).any(|x| x == canary.as_bytes()),
+            "{} holds an upstream secret",
+            f.display()
+        );
+    }
+    let data = w.serve.data.to_str().unwrap();
+    let exported = w._dir.path().join("export.jsonl");
+    let export = docket(&[
+        "export",
+        "--data",
+        data,
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
+    assert!(export.status.success(), "{export:?}");
+    let exported = std::fs::read_to_string(&exported).unwrap();
+    assert!(exported.contains("connection.linked") || exported.contains("Y29ubmVjdGlvbi5saW5rZW"));
+    assert!(
+        !exported.contains(canary),
+        "the export holds an upstream secret"
+    );
+    let log_out = docket(&["log", "--data", data]);
+    let sql = docket(&["sql", "--data", data, "SELECT * FROM events"]);
+    let state = docket(&["sql", "--data", data, "SELECT * FROM connections"]);
+    for (what, out) in [
+        ("log", &log_out),
+        ("sql", &sql),
+        ("sql connections", &state),
+    ] {
+        assert!(out.status.success(), "{what}: {out:?}");
+        assert!(!out.stdout.is_empty(), "{what} printed nothing");
+        let text = format!("{}{}", stdout(out), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            !text.contains(canary),
+            "docket {what} shows an upstream secret"
+        );
+        assert!(
+            text.contains("connection.linked"),
+            "{what} shows the connection events"
+        );
+    }
+    assert!(
+        !w.serve.log_text().contains(canary),
+        "serve's log holds an upstream secret"
+    );
 }

@@ -42,6 +42,53 @@ pub struct Config {
     /// `[detection]`: which rules `serve` runs live (docs/DETECTION.md).
     #[serde(default)]
     pub detection: DetectionConfig,
+    /// `[connections]`: users' upstream OAuth accounts the vault holds (with `vault_key`).
+    #[serde(default)]
+    pub connections: ConnectionsConfig,
+}
+
+/// `[connections]`: where the vault keeps users' upstream tokens and which providers it
+/// links to. Operational settings only: nothing here changes what the log derives.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// The key file the secrets are wrapped with (`docket vault new-key` makes one). Keep it
+    /// outside the data directory. Without it, `serve` links no accounts.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Refresh an access token when less than this many seconds of it are left.
+    #[serde(default = "default_refresh_margin_s")]
+    pub refresh_margin_s: u32,
+    #[serde(default)]
+    pub providers: std::collections::BTreeMap<String, ProviderConfig>,
+}
+
+fn default_refresh_margin_s() -> u32 {
+    60
+}
+
+/// `[connections.providers.NAME]`: an OAuth 2.0 authorization server and this vault's client there.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub authorize_url: String,
+    pub token_url: String,
+    /// RFC 7009 revocation endpoint, asked when a connection is unlinked.
+    #[serde(default)]
+    pub revocation_url: Option<String>,
+    pub client_id: String,
+    /// The environment variable holding the client secret (never the secret itself here).
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// Or a file holding it.
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// The scopes asked for when a user links.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The Docket audiences whose calls this provider's tokens serve: a gateway gets a
+    /// user's token only for a Docket token issued for one of them.
+    pub audiences: Vec<String>,
 }
 
 /// `[detection]`: the rules `serve` runs. What it runs is recorded on the chain (`rules.set`)
@@ -172,6 +219,7 @@ impl Default for Config {
             vault_key: None,
             policy: PolicyConfig::default(),
             detection: DetectionConfig::default(),
+            connections: ConnectionsConfig::default(),
         }
     }
 }

@@ -5,11 +5,12 @@
 //! same module names; this crate adds RocksDB, NATS, tokio and the clock.
 
 pub use docket_core::{
-    admission, chain, desk, fold, gateway, policy, registry, state, step_up, vault,
+    admission, chain, connection, desk, fold, gateway, policy, registry, state, step_up, vault,
 };
 
 pub mod clock;
 pub mod config;
+pub mod connection_store;
 pub mod export;
 pub mod fate;
 pub mod ingest;

@@ -183,6 +183,7 @@ fn changed_objects(a: &VaultState, b: &VaultState) -> BTreeSet<ObjectKey> {
     diff!(approvals, Approval);
     diff!(tokens, Token);
     diff!(step_up_keys, StepUpKey);
+    diff!(connections, Connection);
     if a.policy != b.policy {
         out.insert(ObjectKey::Policy);
     }

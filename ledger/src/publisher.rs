@@ -173,6 +173,58 @@ impl Publisher {
     }
 }
 
+/// Signs and publishes one event with `key`, waiting at most `patience` for JetStream to
+/// hold it; its id, or why it is not held. The gateway's records and the vault's
+/// connection events go through here. The event passes admission's checks first: one the
+/// ledger would quarantine is not sent.
+pub async fn publish_one(
+    sink: &Sink,
+    key: &SigningKey,
+    body: docket_schemas::EventBody,
+    now: Timestamp,
+    patience: std::time::Duration,
+) -> Result<EventId, String> {
+    let event = Event {
+        v: SCHEMA_VERSION,
+        id: EventId(*uuid::Uuid::now_v7().as_bytes()),
+        ts: now,
+        body,
+    };
+    event.validate().map_err(|e| e.to_string())?;
+    let mut publisher = Publisher::new(sink.clone());
+    let mut failed: Option<String> = None;
+    let mut on_ack = |_: u64, r: Result<_, String>| {
+        if let Err(e) = r {
+            failed.get_or_insert(e);
+        }
+    };
+    let sent = tokio::time::timeout(patience, async {
+        publisher
+            .send(
+                subject_for(&event),
+                seal_event(&event, key),
+                Some(event.id),
+                &mut on_ack,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        publisher.flush(&mut on_ack).await;
+        Ok::<_, String>(())
+    })
+    .await;
+    match sent {
+        Err(_) => Err(format!(
+            "JetStream did not acknowledge within {} s",
+            patience.as_secs()
+        )),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(())) => match failed {
+            Some(e) => Err(e),
+            None => Ok(event.id),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

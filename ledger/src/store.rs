@@ -695,6 +695,11 @@ impl Store {
                         .step_up_keys
                         .insert(id, serde_json::from_slice(&v).map_err(|_| bad())?),
                 ),
+                Some(b"c/") => drop(
+                    state
+                        .connections
+                        .insert(id, serde_json::from_slice(&v).map_err(|_| bad())?),
+                ),
                 Some(b"y/") => state.policy = serde_json::from_slice(&v).map_err(|_| bad())?,
                 _ => return Err(bad()),
             }

@@ -264,6 +264,38 @@ fn fields(body: &EventBody) -> Fields<'_> {
             scopes: (!e.scopes.is_empty()).then(|| strs(&e.scopes)),
             ..Fields::default()
         },
+        // A connection's provider is in `operation`, its fingerprint in `token_hash`
+        // (docs/QUERIES.md).
+        EventBody::ConnectionLinked(e) => Fields {
+            user: Some(&e.user),
+            operation: Some(&e.provider),
+            scopes: Some(strs(&e.scopes)),
+            token_hash: Some(&e.fingerprint),
+            expires_at: e.access_expires_at.map(|t| t.as_micros()),
+            ..Fields::default()
+        },
+        EventBody::ConnectionRefreshed(e) => Fields {
+            user: Some(&e.user),
+            operation: Some(&e.provider),
+            token_hash: Some(&e.fingerprint),
+            decision: Some(if e.rotated { "rotated" } else { "kept" }),
+            expires_at: e.access_expires_at.map(|t| t.as_micros()),
+            ..Fields::default()
+        },
+        EventBody::ConnectionFailed(e) => Fields {
+            user: Some(&e.user),
+            operation: Some(&e.provider),
+            decision: Some(if e.broken { "broken" } else { "transient" }),
+            reason: Some(&e.reason),
+            ..Fields::default()
+        },
+        EventBody::ConnectionUnlinked(e) => Fields {
+            user: Some(&e.user),
+            operation: Some(&e.provider),
+            actor: Some(&e.by),
+            reason: Some(&e.reason),
+            ..Fields::default()
+        },
     }
 }
 

@@ -76,6 +76,15 @@ pub const VIEWS: &[(&str, &str)] = &[
          UNION ALL SELECT seq, ts, event_id, kind, 'key', subject_key_id, actor, reason, key_id \
          FROM events WHERE kind = 'key.revoked'",
     ),
+    (
+        "connections",
+        // The events table keeps a connection's provider in `operation`, its fingerprint in
+        // `token_hash` and a refresh's or failure's outcome in `decision`.
+        "SELECT seq, ts, event_id, kind, \"user\", operation AS provider, scopes, \
+         token_hash AS fingerprint, decision AS outcome, reason, actor, \
+         expires_at AS access_expires_at, key_id FROM events \
+         WHERE kind IN ('connection.linked', 'connection.refreshed', 'connection.failed', 'connection.unlinked')",
+    ),
 ];
 
 /// How a session is opened.

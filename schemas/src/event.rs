@@ -161,6 +161,10 @@ kinds! {
     FindingSuppressed = "finding.suppressed",
     RulesSet = "rules.set",
     FindingRaised = "finding.raised",
+    ConnectionLinked = "connection.linked",
+    ConnectionRefreshed = "connection.refreshed",
+    ConnectionFailed = "connection.failed",
+    ConnectionUnlinked = "connection.unlinked",
 }
 
 const _: () = assert!(Kind::ALL.len() <= KINDS_PER_KEY_MAX);
@@ -586,6 +590,61 @@ pub struct FindingRaised {
     pub evidence: Vec<u64>,
 }
 
+/// `connection.linked`: the vault now holds a user's upstream OAuth grant for a provider
+/// (the refresh token and access token, encrypted outside the chain). Never a secret here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionLinked {
+    pub user: String,
+    /// The provider's name in the vault's config (`github`, `slack`).
+    pub provider: String,
+    /// The scopes the provider granted, as its token endpoint named them.
+    pub scopes: Vec<String>,
+    /// Keyed BLAKE3 of the refresh token (docs/FORMAT.md): tells grants apart, reveals nothing.
+    pub fingerprint: String,
+    /// When the access token obtained with it expires, if the provider said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_expires_at: Option<Timestamp>,
+}
+
+/// `connection.refreshed`: the vault obtained a new access token with the refresh token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionRefreshed {
+    pub user: String,
+    pub provider: String,
+    /// Fingerprint of the refresh token held after the refresh.
+    pub fingerprint: String,
+    /// The provider rotated the refresh token (the old one is discarded).
+    pub rotated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_expires_at: Option<Timestamp>,
+}
+
+/// `connection.failed`: a refresh did not work. `broken` means the provider refused the
+/// grant itself (`invalid_grant`: revoked upstream, expired): the user must link again.
+/// Otherwise the provider could not be reached or answered badly, and the vault tries again
+/// on the next call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionFailed {
+    pub user: String,
+    pub provider: String,
+    pub broken: bool,
+    pub reason: String,
+}
+
+/// `connection.unlinked`: the vault deleted the user's secrets for the provider.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionUnlinked {
+    pub user: String,
+    pub provider: String,
+    /// Who asked: the user, or the admin.
+    pub by: String,
+    pub reason: String,
+}
+
 /// The kind-specific part of an event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind")]
@@ -624,6 +683,14 @@ pub enum EventBody {
     RulesSet(RulesSet),
     #[serde(rename = "finding.raised")]
     FindingRaised(FindingRaised),
+    #[serde(rename = "connection.linked")]
+    ConnectionLinked(ConnectionLinked),
+    #[serde(rename = "connection.refreshed")]
+    ConnectionRefreshed(ConnectionRefreshed),
+    #[serde(rename = "connection.failed")]
+    ConnectionFailed(ConnectionFailed),
+    #[serde(rename = "connection.unlinked")]
+    ConnectionUnlinked(ConnectionUnlinked),
 }
 
 /// One event: the header and its kind's fields.
@@ -975,9 +1042,34 @@ impl EventBody {
                     });
                 }
             }
+            B::ConnectionLinked(e) => {
+                connection(&e.user, &e.provider)?;
+                count("scopes", e.scopes.len(), SCOPES_PER_EVENT_MAX)?;
+                e.scopes.iter().try_for_each(|s| scope(s))?;
+                token_hash("fingerprint", &e.fingerprint)?;
+            }
+            B::ConnectionRefreshed(e) => {
+                connection(&e.user, &e.provider)?;
+                token_hash("fingerprint", &e.fingerprint)?;
+            }
+            B::ConnectionFailed(e) => {
+                connection(&e.user, &e.provider)?;
+                text("reason", &e.reason, TEXT_BYTES_MAX)?;
+            }
+            B::ConnectionUnlinked(e) => {
+                connection(&e.user, &e.provider)?;
+                id("by", &e.by)?;
+                text("reason", &e.reason, TEXT_BYTES_MAX)?;
+            }
         }
         Ok(())
     }
+}
+
+/// The user and provider every `connection.*` event names.
+fn connection(user: &str, provider: &str) -> Result<(), EventError> {
+    id("user", user)?;
+    identifier("provider", provider, PROVIDER_BYTES_MAX)
 }
 
 fn text(field: &'static str, value: &str, max: usize) -> Result<(), EventError> {

@@ -37,6 +37,10 @@ pub fn files() -> Vec<(String, String)> {
             contract::<crate::vault::ReadReply>("read.reply"),
         ),
         (
+            "connections.reply",
+            contract::<crate::vault::ConnectionReply>("connections.reply"),
+        ),
+        (
             "approvals.notice",
             contract::<crate::vault::ApprovalNotice>("approvals.notice"),
         ),
@@ -126,6 +130,10 @@ fn kind_schema(kind: Kind) -> String {
         Kind::FindingSuppressed => root::<FindingSuppressed>(),
         Kind::RulesSet => root::<RulesSet>(),
         Kind::FindingRaised => root::<FindingRaised>(),
+        Kind::ConnectionLinked => root::<ConnectionLinked>(),
+        Kind::ConnectionRefreshed => root::<ConnectionRefreshed>(),
+        Kind::ConnectionFailed => root::<ConnectionFailed>(),
+        Kind::ConnectionUnlinked => root::<ConnectionUnlinked>(),
     }
     .to_value();
     let mut generator = SchemaGenerator::default();

@@ -28,6 +28,12 @@ pub const BINDING_MESSAGE_BYTES_MAX: usize = 256;
 pub const OPERATION_BYTES_MAX: usize = 2048;
 /// Bytes of an MCP tool's name in `api.called` (the MCP spec allows 1-128 characters).
 pub const TOOL_NAME_BYTES_MAX: usize = 128;
+/// Bytes of a provider's name in `connection.*` events and the vault's config.
+pub const PROVIDER_BYTES_MAX: usize = 64;
+/// Bytes of a provider's token answer the vault reads (access and refresh tokens, scopes).
+pub const PROVIDER_ANSWER_BYTES_MAX: usize = 64 * 1024;
+/// Bytes of one upstream secret (an access or refresh token) the vault keeps.
+pub const UPSTREAM_SECRET_BYTES_MAX: usize = 8 * 1024;
 /// Length of one scope, in bytes.
 pub const SCOPE_BYTES_MAX: usize = 128;
 /// Scopes named by one event.

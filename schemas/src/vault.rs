@@ -20,6 +20,9 @@ pub const REQUEST_VERSION: u32 = 1;
 pub const SUBJECT_VAULT: &str = "docket.vault.>";
 /// The subject the ledger answers signed read requests on (request/reply).
 pub const SUBJECT_READ: &str = "docket.read";
+/// Subjects the vault's connections answer on: `docket.connections.<op>` (`connect`,
+/// `link`, `unlink`, `upstream`).
+pub const SUBJECT_CONNECTIONS: &str = "docket.connections.>";
 /// Most rows one read answers with.
 pub const READ_ROWS_MAX: u32 = 5_000;
 
@@ -93,6 +96,41 @@ pub enum Op {
         #[serde(default)]
         max_rows: Option<u32>,
     },
+    /// A user starts linking an upstream account (answered on `docket.connections.connect`):
+    /// the answer is the provider's authorization URL, with this PKCE challenge (S256) and
+    /// `state`, redirecting to `redirect_uri` (a loopback address).
+    Connect {
+        /// The user linking: the request's key must be theirs.
+        user: String,
+        provider: String,
+        redirect_uri: String,
+        code_challenge: String,
+        state: String,
+    },
+    /// A user hands over the authorization code the provider redirected with; the vault
+    /// exchanges it with the PKCE verifier and its client secret, and keeps the tokens.
+    Link {
+        user: String,
+        provider: String,
+        code: String,
+        code_verifier: String,
+        redirect_uri: String,
+    },
+    /// A user (or the admin, naming `user`) removes a connection: the vault deletes its
+    /// secrets and asks the provider to revoke the grant.
+    Unlink {
+        provider: String,
+        #[serde(default)]
+        user: Option<String>,
+        reason: String,
+    },
+    /// A gateway asks for the upstream access token of the user an active Docket token acts
+    /// for, sealed to `reply_key` (docs/FORMAT.md section 10).
+    Upstream {
+        token: String,
+        provider: String,
+        reply_key: String,
+    },
     /// Revoke one token, a grant (and its tokens), or suspend an agent (and its tokens).
     Revoke {
         #[serde(default)]
@@ -114,6 +152,10 @@ impl Op {
             Op::Introspect { .. } => "introspect",
             Op::Read { .. } => "read",
             Op::Revoke { .. } => "revoke",
+            Op::Connect { .. } => "connect",
+            Op::Link { .. } => "link",
+            Op::Unlink { .. } => "unlink",
+            Op::Upstream { .. } => "upstream",
         }
     }
 }
@@ -279,4 +321,43 @@ pub struct ReadReply {
     /// More rows matched than were sent (the row cap, or the reply's size limit).
     #[serde(default)]
     pub truncated: bool,
+}
+
+/// The answer on `docket.connections.<op>`. `ok: false` carries `error`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ConnectionReply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// `connect`: where the user's browser goes to approve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorize_url: Option<String>,
+    /// `link`: the scopes the provider granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    /// `link`: the refresh token's fingerprint, as recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// `upstream`: the access token, sealed to the request's `reply_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_token: Option<crate::seal::SealedSecret>,
+    /// `upstream`: when the access token expires, if the provider said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// `link` and `unlink`: the id of the event recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<EventId>,
+    /// On a refusal: trying again later may work (the provider could not be reached).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transient: bool,
+}
+
+impl ConnectionReply {
+    pub fn refused(error: impl Into<String>) -> ConnectionReply {
+        ConnectionReply {
+            ok: false,
+            error: Some(error.into()),
+            ..ConnectionReply::default()
+        }
+    }
 }

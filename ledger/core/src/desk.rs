@@ -484,6 +484,14 @@ pub struct Introspector {
 }
 
 impl Introspector {
+    /// Runs `f` over the live registry and state with the vault's token-hash key (read locks
+    /// held for `f` only): for the connections, which authenticate and judge like the vault.
+    pub fn view<T>(&self, f: impl FnOnce(&Registry, &VaultState, &[u8; 32]) -> T) -> T {
+        let registry = read(&self.registry);
+        let state = read(&self.state);
+        f(&registry, &state, &self.hash_key)
+    }
+
     /// The answer to an introspection at `now`, or `None` when the request must go to the
     /// ledger's loop (another operation, or a refusal that has to be recorded).
     pub fn answer(&self, request: &[u8], now: Timestamp) -> Option<Reply> {

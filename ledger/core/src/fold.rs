@@ -181,6 +181,10 @@ impl VaultState {
                     cx.touch(|| ObjectKey::Policy);
                 }
             },
+            EventBody::ConnectionLinked(_)
+            | EventBody::ConnectionRefreshed(_)
+            | EventBody::ConnectionFailed(_)
+            | EventBody::ConnectionUnlinked(_) => self.follow_connection(&event.body, &mut cx),
             // Detection and triage are read by query/src/detect.rs; the vault's state does not change.
             EventBody::RequestRefused(_)
             | EventBody::FindingTriaged(_)
@@ -193,6 +197,60 @@ impl VaultState {
         touched.sort();
         touched.dedup();
         (cx.findings, touched)
+    }
+
+    /// A connection follows its events: linked (again) starts it afresh; a refresh or a
+    /// failure changes a connection that exists; a refused grant breaks it; unlinking ends it.
+    fn follow_connection(&mut self, body: &EventBody, cx: &mut Apply) {
+        let seq = cx.seq;
+        let (user, provider) = match body {
+            EventBody::ConnectionLinked(e) => (&e.user, &e.provider),
+            EventBody::ConnectionRefreshed(e) => (&e.user, &e.provider),
+            EventBody::ConnectionFailed(e) => (&e.user, &e.provider),
+            EventBody::ConnectionUnlinked(e) => (&e.user, &e.provider),
+            _ => return,
+        };
+        let key = connection_key(user, provider);
+        if let EventBody::ConnectionLinked(e) = body {
+            self.connections.insert(
+                key.clone(),
+                ConnectionState {
+                    user: e.user.clone(),
+                    provider: e.provider.clone(),
+                    status: ConnectionStatus::Linked,
+                    scopes: e.scopes.clone(),
+                    fingerprint: e.fingerprint.clone(),
+                    access_expires_at: e.access_expires_at,
+                    linked_seq: seq,
+                    refreshes: 0,
+                    failure: None,
+                    last_seq: seq,
+                },
+            );
+            cx.touch(|| ObjectKey::Connection(key));
+            return;
+        }
+        let Some(c) = self.connections.get_mut(&key) else {
+            return;
+        };
+        match body {
+            EventBody::ConnectionRefreshed(e) => {
+                c.fingerprint = e.fingerprint.clone();
+                c.access_expires_at = e.access_expires_at;
+                c.refreshes += 1;
+                c.failure = None;
+            }
+            EventBody::ConnectionFailed(e) => {
+                if e.broken {
+                    c.status = ConnectionStatus::Broken;
+                }
+                c.failure = Some(e.reason.clone());
+            }
+            EventBody::ConnectionUnlinked(_) => c.status = ConnectionStatus::Unlinked,
+            _ => {}
+        }
+        c.last_seq = seq;
+        cx.touch(|| ObjectKey::Connection(key));
     }
 
     fn register_agent(&mut self, e: &AgentRegistered, cx: &mut Apply) {

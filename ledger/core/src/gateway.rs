@@ -60,6 +60,10 @@ pub struct Audience {
     /// The upstream's base URL (`http://host:port` or with a base path); for an MCP
     /// server, its endpoint (`http://host:port/mcp`).
     pub upstream: String,
+    /// The vault's provider (its `[connections.providers.NAME]`) whose user token the
+    /// gateway attaches as `Authorization: Bearer`; none forwards no upstream credential.
+    #[serde(default)]
+    pub provider: Option<String>,
     #[serde(rename = "route", default)]
     pub routes: Vec<Route>,
     /// The upstream is an MCP server (Streamable HTTP): JSON-RPC messages are POSTed to
@@ -148,6 +152,14 @@ impl Routes {
                      are not supported yet: put a TLS-originating proxy on loopback)",
                     a.upstream
                 )));
+            }
+            if let Some(p) = &a.provider {
+                docket_schemas::event::identifier(
+                    "provider",
+                    p,
+                    docket_schemas::limits::PROVIDER_BYTES_MAX,
+                )
+                .map_err(|e| bad(e.to_string()))?;
             }
             match &a.mcp {
                 Some(_) if !a.routes.is_empty() => {
@@ -296,6 +308,13 @@ pub enum Refusal {
         "the path {0} could mean another to the upstream (a . or .. segment, an empty one, or an encoded separator): send it plain"
     )]
     AmbiguousPath(String),
+    /// The vault holds no working upstream token for the token's user (none linked, broken,
+    /// or the provider refused): the user must link the account (again).
+    #[error("no upstream credential: {0}")]
+    NoConnection(String),
+    /// The provider could not refresh the user's token now: worth trying again later.
+    #[error("the upstream credential could not be refreshed: {0}")]
+    ConnectionUnavailable(String),
 }
 
 impl Refusal {
@@ -307,7 +326,9 @@ impl Refusal {
             Refusal::NoRoute { .. }
             | Refusal::WrongAudience { .. }
             | Refusal::MissingScope { .. }
-            | Refusal::NoTool { .. } => 403,
+            | Refusal::NoTool { .. }
+            | Refusal::NoConnection(_) => 403,
+            Refusal::ConnectionUnavailable(_) => 503,
             Refusal::BodyTooLarge(_) => 413,
             Refusal::PathTooLong(_) => 414,
             Refusal::McpMalformed(_)
@@ -658,6 +679,7 @@ mod tests {
                 audience: "https://api.github.com".into(),
                 prefix: "/github".into(),
                 upstream: "http://127.0.0.1:9".into(),
+                provider: None,
                 routes: rs
                     .into_iter()
                     .map(|(m, p, s)| Route {
@@ -842,6 +864,7 @@ mod tests {
             audience: "https://mcp.example.com".into(),
             prefix: "/tools".into(),
             upstream: "http://127.0.0.1:9/mcp".into(),
+            provider: None,
             routes: vec![],
             mcp: Some(Mcp {
                 session_scope: "mcp:session".into(),

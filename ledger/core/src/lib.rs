@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod chain;
+pub mod connection;
 pub mod desk;
 pub mod fold;
 pub mod gateway;

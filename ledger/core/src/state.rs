@@ -181,6 +181,37 @@ impl ApprovalState {
     }
 }
 
+/// Where a user's connection to a provider stands, as its `connection.*` events say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionStatus {
+    Linked,
+    /// The provider refused the grant (`invalid_grant`): the user must link again.
+    Broken,
+    Unlinked,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionState {
+    pub user: String,
+    pub provider: String,
+    pub status: ConnectionStatus,
+    pub scopes: Vec<String>,
+    /// Fingerprint of the refresh token the vault holds.
+    pub fingerprint: String,
+    pub access_expires_at: Option<Timestamp>,
+    pub linked_seq: u64,
+    pub refreshes: u64,
+    /// Why the last refresh failed, until one succeeds.
+    pub failure: Option<String>,
+    pub last_seq: u64,
+}
+
+/// The state's key of a connection: user and provider (a space is in no identifier).
+pub fn connection_key(user: &str, provider: &str) -> String {
+    format!("{user} {provider}")
+}
+
 /// A key of one object in the state: what changed, for persisting only the changes.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ObjectKey {
@@ -189,6 +220,8 @@ pub enum ObjectKey {
     Approval(String),
     Token(String),
     StepUpKey(String),
+    /// A connection, by [`connection_key`].
+    Connection(String),
     /// The policy in force (one object).
     Policy,
 }
@@ -202,6 +235,7 @@ impl ObjectKey {
             ObjectKey::Approval(id) => ("p/", id.as_str()),
             ObjectKey::Token(id) => ("t/", id.as_str()),
             ObjectKey::StepUpKey(id) => ("k/", id.as_str()),
+            ObjectKey::Connection(id) => ("c/", id.as_str()),
             ObjectKey::Policy => ("y/", "policy"),
         };
         [p.as_bytes(), id.as_bytes()].concat()
@@ -220,6 +254,9 @@ pub struct VaultState {
     /// Users' step-up keys, as the admin's key events registered them.
     #[serde(default)]
     pub step_up_keys: StepUpKeys,
+    /// Users' upstream connections, by [`connection_key`].
+    #[serde(default)]
+    pub connections: HashMap<String, ConnectionState>,
     /// The policy as of the last entry applied: it judges the next one.
     #[serde(default)]
     pub policy: PolicyInForce,
@@ -364,6 +401,9 @@ impl VaultState {
             approvals: BTreeMap<&'a String, &'a ApprovalState>,
             tokens: BTreeMap<&'a String, &'a TokenState>,
             step_up_keys: BTreeMap<&'a String, &'a StepUpKeyState>,
+            // Absent while empty, so a ledger without connections keeps its digest.
+            #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+            connections: BTreeMap<&'a String, &'a ConnectionState>,
             policy: &'a PolicyInForce,
             seq: u64,
             ts: Option<Timestamp>,
@@ -374,6 +414,7 @@ impl VaultState {
             approvals: self.approvals.iter().collect(),
             tokens: self.tokens.iter().collect(),
             step_up_keys: self.step_up_keys.iter().collect(),
+            connections: self.connections.iter().collect(),
             policy: &self.policy,
             seq: self.seq,
             ts: self.ts,
@@ -393,6 +434,7 @@ impl VaultState {
             ObjectKey::Approval(id) => self.approvals.get(id).map(serde_json::to_vec),
             ObjectKey::Token(id) => self.tokens.get(id).map(serde_json::to_vec),
             ObjectKey::StepUpKey(id) => self.step_up_keys.get(id).map(serde_json::to_vec),
+            ObjectKey::Connection(id) => self.connections.get(id).map(serde_json::to_vec),
             ObjectKey::Policy => Some(serde_json::to_vec(&self.policy)),
         };
         v.transpose()

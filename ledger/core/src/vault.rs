@@ -414,6 +414,17 @@ fn decide_unchecked(state: &VaultState, auth: &Authenticated, fresh: &Fresh<'_>)
             None,
             vec![],
         ),
+        Op::Connect { .. } | Op::Link { .. } | Op::Unlink { .. } | Op::Upstream { .. } => refused(
+            req,
+            &who,
+            &Refusal::Malformed(format!(
+                "{} is answered on docket.connections.{}, not by the vault",
+                req.op.name(),
+                req.op.name()
+            )),
+            None,
+            vec![],
+        ),
         Op::Grant {
             user,
             agent,
@@ -644,32 +655,10 @@ fn introspect(
             vec![],
         );
     }
-    let Some(t) = state.any_token_by_hash(&token_hash(fresh.hash_key, token)) else {
-        return inactive("unknown token", None);
+    let t = match token_standing(state, fresh.hash_key, token, fresh.now) {
+        Ok(t) => t,
+        Err((why, known)) => return inactive(why, known),
     };
-    let agent_ok = state
-        .agents
-        .get(&t.agent)
-        .is_some_and(|a| a.suspended_seq.is_none());
-    let grant = state.grants.get(&t.grant_id);
-    let spent = grant.is_some_and(|g| g.max_calls.is_some_and(|m| g.calls >= m));
-    let why = match (
-        t.status(fresh.now),
-        agent_ok,
-        grant.map(|g| g.status(fresh.now)),
-    ) {
-        (_, false, _) => Some("agent suspended"),
-        _ if spent => Some("the grant's call budget is spent"),
-        (Status::Revoked, _, _) => Some("token revoked"),
-        (Status::Expired, _, _) => Some("token expired"),
-        (_, _, Some(Status::Revoked)) => Some("grant revoked"),
-        (_, _, Some(Status::Expired)) => Some("grant expired"),
-        (_, _, None) => Some("no such grant"),
-        (Status::Active, true, Some(Status::Active)) => None,
-    };
-    if let Some(why) = why {
-        return inactive(why, Some(t));
-    }
     Outcome {
         reply: Reply::Introspection(Introspection {
             active: true,
@@ -684,6 +673,79 @@ fn introspect(
         }),
         events: vec![],
         notify: None,
+    }
+}
+
+/// Whether a token may be used at `now`: its state, or why not (with the token when the
+/// vault knows it). Introspection and the connections' `upstream` both ask this.
+pub fn token_standing<'s>(
+    state: &'s VaultState,
+    hash_key: &[u8; 32],
+    token: &str,
+    now: Timestamp,
+) -> Result<&'s crate::state::TokenState, (&'static str, Option<&'s crate::state::TokenState>)> {
+    let Some(t) = state.any_token_by_hash(&token_hash(hash_key, token)) else {
+        return Err(("unknown token", None));
+    };
+    let agent_ok = state
+        .agents
+        .get(&t.agent)
+        .is_some_and(|a| a.suspended_seq.is_none());
+    let grant = state.grants.get(&t.grant_id);
+    let spent = grant.is_some_and(|g| g.max_calls.is_some_and(|m| g.calls >= m));
+    let why = match (t.status(now), agent_ok, grant.map(|g| g.status(now))) {
+        (_, false, _) => Some("agent suspended"),
+        _ if spent => Some("the grant's call budget is spent"),
+        (Status::Revoked, _, _) => Some("token revoked"),
+        (Status::Expired, _, _) => Some("token expired"),
+        (_, _, Some(Status::Revoked)) => Some("grant revoked"),
+        (_, _, Some(Status::Expired)) => Some("grant expired"),
+        (_, _, None) => Some("no such grant"),
+        (Status::Active, true, Some(Status::Active)) => None,
+    };
+    match why {
+        Some(why) => Err((why, Some(t))),
+        None => Ok(t),
+    }
+}
+
+/// Whose upstream token a gateway may have for a presented Docket token: the token must be
+/// active, for an audience `provider_audiences` lists, and the user's connection to the
+/// provider linked. Returns the user; refusals say why, `transient` never (that is the
+/// provider's, found later).
+pub fn upstream_holder(
+    state: &VaultState,
+    hash_key: &[u8; 32],
+    token: &str,
+    provider: &str,
+    provider_audiences: &[String],
+    now: Timestamp,
+) -> Result<String, String> {
+    let t = token_standing(state, hash_key, token, now)
+        .map_err(|(why, _)| format!("the token is not active: {why}"))?;
+    if !provider_audiences.contains(&t.audience) {
+        return Err(format!(
+            "provider {provider} does not serve audience {} (the vault's config lists its audiences)",
+            t.audience
+        ));
+    }
+    use crate::state::ConnectionStatus as C;
+    match state
+        .connections
+        .get(&crate::state::connection_key(&t.user, provider))
+    {
+        Some(c) if c.status == C::Linked => Ok(t.user.clone()),
+        Some(c) if c.status == C::Broken => Err(format!(
+            "{}'s connection to {provider} is broken ({}): the user must link it again",
+            t.user,
+            c.failure
+                .as_deref()
+                .unwrap_or("the provider refused the grant")
+        )),
+        _ => Err(format!(
+            "{} has no connection to {provider}: the user links one with `docket connect`",
+            t.user
+        )),
     }
 }
 
