@@ -686,6 +686,7 @@ pub async fn vault(args: VaultArgs) -> Result<()> {
                     approval_id: None,
                     ttl_s: Some(900),
                     reply_key: Some(reply_key.public()),
+                    authorization_details: vec![],
                 })?,
                 &agent_key,
             ))

@@ -467,6 +467,22 @@ async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> Respo
     if let Err(r) = verdict {
         return refuse(gw, &seen, caller.as_ref(), &r, started).await;
     }
+    // A token bound to approved actions (RFC 9396) passes only those: the fold's own test.
+    let shape = seen.shape();
+    if let Err(why) = docket_ledger::authorization::permits(
+        &intro.authorization_details,
+        intro.aud.as_deref().unwrap_or_default(),
+        &shape,
+    ) {
+        return refuse(
+            gw,
+            &seen,
+            caller.as_ref(),
+            &Refusal::NotApproved(why),
+            started,
+        )
+        .await;
+    }
     // The user's upstream token, from the vault: the agent never holds it.
     let upstream_token = match &audience.provider {
         None => None,

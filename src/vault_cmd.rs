@@ -83,6 +83,12 @@ pub struct TokenArgs {
     /// The token's lifetime, in seconds (at most the grant's and the policy's longest).
     #[arg(long, value_name = "SECONDS")]
     ttl: Option<u32>,
+    /// Bind the token to these exact actions (RFC 9396): a JSON array of
+    /// `{"type":"api_call","actions":["POST"],"identifier":"/repos/acme/web/issues","request_hash":"..."}`
+    /// or `{"type":"mcp_tool","actions":["tools/call"],"identifier":"create_issue","arguments_hash":"..."}`.
+    /// The approver sees them; the gateway passes nothing else with the token.
+    #[arg(long, value_name = "JSON")]
+    authorization_details: Option<String>,
 }
 
 #[derive(Args)]
@@ -275,6 +281,13 @@ pub async fn grant(a: GrantArgs) -> Result<std::process::ExitCode> {
 pub async fn token(a: TokenArgs) -> Result<std::process::ExitCode> {
     let deadline = Instant::now() + Duration::from_secs(a.wait);
     let mut approval_id = a.approval_id.clone();
+    let details: Vec<docket_schemas::AuthorizationDetail> = match &a.authorization_details {
+        Some(json) => serde_json::from_str(json).context(
+            "--authorization-details: not a JSON array of authorization details (docs/FORMAT.md, \
+             \"Bound to the exact action\")",
+        )?,
+        None => Vec::new(),
+    };
     loop {
         // A one-time key per request: the vault seals the token's secret to it.
         let reply_key = docket_schemas::seal::ReplyKey::from_bytes(rand::random());
@@ -286,6 +299,7 @@ pub async fn token(a: TokenArgs) -> Result<std::process::ExitCode> {
             approval_id: approval_id.clone(),
             ttl_s: a.ttl,
             reply_key: Some(reply_key.public()),
+            authorization_details: details.clone(),
         };
         let reply = call(&a.client, op).await?;
         let pending = match &reply {

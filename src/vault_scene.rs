@@ -131,6 +131,7 @@ pub fn token_op(scope: &str, approval: Option<String>) -> Op {
         approval_id: approval,
         ttl_s: Some(300),
         reply_key: Some(reply_key().public()),
+        authorization_details: vec![],
     }
 }
 

@@ -367,6 +367,7 @@ fn token_op(agent: &str, scope: &str, approval: Option<&str>) -> Op {
         approval_id: approval.map(String::from),
         ttl_s: None,
         reply_key: Some(reply_key().public()),
+        authorization_details: vec![],
     }
 }
 
@@ -507,6 +508,7 @@ fn a_token_is_issued_introspected_used_and_revoked() {
             iat: i.iat,
             jti: Some(token_id.clone()),
             reason: None,
+            authorization_details: vec![],
         }
     );
     // The policy's longest token lifetime (300 s) caps the grant's 600 s.
@@ -990,6 +992,7 @@ fn tokens_minted_elsewhere_against_the_rules_are_flagged_from_the_policy_in_forc
             scopes: vec![scope.into()],
             expires_at: now().plus_seconds(ttl_s),
             approval_id: approval.map(String::from),
+            authorization_details: vec![],
         }));
         let n = w.head();
         // Signed by the vault's own key, as a compromised or buggy vault would.
@@ -1259,6 +1262,7 @@ fn a_token_for_no_scope_is_refused_with_the_formats_reason() {
             approval_id: None,
             ttl_s: None,
             reply_key: Some(reply_key().public()),
+            authorization_details: vec![],
         },
     );
     assert_refused(&r, "name at least one scope");
@@ -1330,6 +1334,7 @@ fn a_listener_on_every_subject_never_sees_a_token_secret() {
             approval_id: None,
             ttl_s: None,
             reply_key: None,
+            authorization_details: vec![],
         },
     );
     assert_refused(&r, "must carry reply_key");
@@ -2094,6 +2099,7 @@ fn the_gateway_routes_mcp_tool_calls_by_tool_records_the_tool_and_a_hash_of_its_
             approval_id: None,
             ttl_s: None,
             reply_key: Some(reply_key().public()),
+            authorization_details: vec![],
         },
     ));
     let bearer = format!("Bearer {secret}");
@@ -2570,5 +2576,128 @@ fn assert_no_canary(w: &World, canary: &str) {
     assert!(
         !w.serve.log_text().contains(canary),
         "serve's log holds an upstream secret"
+    );
+}
+
+// ---- RFC 9396: a token bound to the exact action its user approved ----
+
+#[test]
+fn a_token_bound_to_an_approved_action_passes_that_action_only_and_the_fold_flags_any_other() {
+    let w = World::new();
+    let upstream = PythonServer::upstream();
+    let gw = Gateway::start(&w, &upstream);
+    let grant_id = grant(&w, "a1");
+    let body = br#"{"title":"fix the build"}"#;
+    let path = "/repos/acme/web/issues";
+    let details = vec![AuthorizationDetail {
+        kind: DetailType::ApiCall,
+        actions: vec!["POST".into()],
+        locations: vec![],
+        identifier: path.into(),
+        request_hash: Some(docket_ledger::gateway::request_hash("POST", path, body)),
+        arguments_hash: None,
+    }];
+    let ask = |approval: Option<&str>, details: &[AuthorizationDetail]| {
+        let mut op = token_op("a1", "repo:write", approval);
+        if let Op::Token {
+            authorization_details,
+            ..
+        } = &mut op
+        {
+            *authorization_details = details.to_vec();
+        }
+        w.ask(&w.a1, op)
+    };
+
+    // The approval request carries the exact action: that is what alice approves.
+    let approval = pending(&ask(None, &details));
+    let requested = log(&w)
+        .into_iter()
+        .find(|e| kind_of(e) == "approval.requested")
+        .expect("the approval request");
+    assert_eq!(
+        requested["event"]["authorization_details"][0]["identifier"],
+        path
+    );
+    said(
+        &approve(&w, &w.alice, &approval, Decision::Approved, None),
+        Status::Approved,
+    );
+    // The agent cannot swap the action after the approval.
+    assert_refused(&ask(Some(&approval), &[]), "other authorization_details");
+    let (token_id, secret) = issued(&ask(Some(&approval), &details));
+    assert_eq!(introspect(&w, &secret).authorization_details, details);
+
+    let bearer = format!("Bearer {secret}");
+    let auth = [("Authorization", bearer.as_str())];
+    let target = format!("/github{path}");
+    let (status, headers, reply) = http(gw.port, "POST", &target, &auth, body);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
+    assert_eq!(record_of(&w, &headers).refused, None);
+    let hits = upstream.hits();
+
+    // The same token for another body, or another repository: refused and recorded.
+    for (target, body) in [
+        (target.as_str(), &br#"{"title":"delete everything"}"#[..]),
+        ("/github/repos/acme/api/issues", &body[..]),
+    ] {
+        let (status, headers, reply) = http(gw.port, "POST", target, &auth, body);
+        let text = String::from_utf8_lossy(&reply).to_string();
+        assert_eq!(status, 403, "{text}");
+        assert!(text.contains("not an approved action"), "{text}");
+        let call = record_of(&w, &headers);
+        assert!(
+            call.refused
+                .unwrap()
+                .contains("bound to POST /repos/acme/web/issues")
+        );
+    }
+    assert_eq!(upstream.hits(), hits, "nothing else reached the upstream");
+    assert!(
+        !w.rules().iter().any(|r| r.starts_with("call.")),
+        "{:?}",
+        w.rules()
+    );
+
+    // A call recorded elsewhere with the bound token, doing something else, is flagged;
+    // so is a token minted on the approval without its binding.
+    let n = w.head();
+    let other = event(EventBody::ApiCalled(ApiCalled {
+        token_id: token_id.clone(),
+        token_hash: None,
+        agent: "a1".into(),
+        audience: "https://api.github.com".into(),
+        method: "POST".into(),
+        operation: "/repos/acme/api/issues".into(),
+        scope: Some("repo:write".into()),
+        status: 201,
+        source: "10.0.0.9".into(),
+        ..Default::default()
+    }));
+    let unbound = event(EventBody::TokenIssued(TokenIssued {
+        token_id: "tok-unbound".into(),
+        token_hash: "ab".repeat(32),
+        grant_id,
+        user: "alice".into(),
+        agent: "a1".into(),
+        audience: "https://api.github.com".into(),
+        scopes: vec!["repo:write".into()],
+        expires_at: now().plus_seconds(60),
+        approval_id: Some(approval.clone()),
+        authorization_details: vec![],
+    }));
+    w.publish_raw(vec![
+        seal_event(&other, &w.gateway),
+        seal_event(&unbound, &w.vault),
+    ]);
+    w.wait_entries(n + 2);
+    let rules = w.rules();
+    assert!(
+        rules.iter().any(|r| r == "call.outside_authorization"),
+        "{rules:?}"
+    );
+    assert!(
+        rules.iter().any(|r| r == "token.not_as_approved"),
+        "{rules:?}"
     );
 }

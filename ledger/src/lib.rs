@@ -5,7 +5,8 @@
 //! same module names; this crate adds RocksDB, NATS, tokio and the clock.
 
 pub use docket_core::{
-    admission, chain, connection, desk, fold, gateway, policy, registry, state, step_up, vault,
+    admission, authorization, chain, connection, desk, fold, gateway, policy, registry, state,
+    step_up, vault,
 };
 
 pub mod clock;

@@ -95,6 +95,7 @@ fn token(agent: &str, n: &str, scopes: &[&str], ts: Timestamp) -> EventBody {
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         expires_at: ts.plus_seconds(3600),
         approval_id: None,
+        authorization_details: vec![],
     })
 }
 
@@ -109,6 +110,7 @@ fn approval_request(id: &str, user: &str, agent: &str, ts: Timestamp) -> EventBo
         risk: Risk::High,
         binding_message: format!("{agent} wants contacts:delete on crm ({id})"),
         expires_at: ts.plus_seconds(3600),
+        authorization_details: vec![],
     })
 }
 

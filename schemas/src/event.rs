@@ -213,6 +213,102 @@ pub struct ApprovalRule {
     pub risk: Risk,
 }
 
+/// One RFC 9396 authorization detail: the exact action a token is bound to. A token
+/// that carries any may be used only for a call one of them describes (docs/FORMAT.md,
+/// "Bound to the exact action").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationDetail {
+    /// `api_call` (an HTTP call through a gateway) or `mcp_tool` (an MCP tool call).
+    #[serde(rename = "type")]
+    pub kind: DetailType,
+    /// `api_call`: the HTTP methods allowed (upper case). `mcp_tool`: `["tools/call"]`.
+    pub actions: Vec<String>,
+    /// The audiences it is for; empty means the token's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locations: Vec<String>,
+    /// `api_call`: the operation (the path below the gateway's prefix, no query).
+    /// `mcp_tool`: the tool's name.
+    pub identifier: String,
+    /// `api_call`: the call's `request_hash` (method, path and query, body), when the
+    /// approval is for one exact request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_hash: Option<String>,
+    /// `mcp_tool`: the `arguments_hash` of the exact arguments approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments_hash: Option<String>,
+}
+
+/// The kinds of authorization detail Docket binds tokens to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DetailType {
+    ApiCall,
+    McpTool,
+}
+
+/// Checks a list of authorization details: the limits, and the fields each type uses.
+pub fn authorization_details(details: &[AuthorizationDetail]) -> Result<(), EventError> {
+    count(
+        "authorization_details",
+        details.len(),
+        AUTHORIZATION_DETAILS_MAX,
+    )?;
+    let bad = |why: &str| EventError::Invalid {
+        field: "authorization_details",
+        why: why.to_string(),
+    };
+    for d in details {
+        count("authorization_details[].actions", d.actions.len(), 16)?;
+        count("authorization_details[].locations", d.locations.len(), 16)?;
+        for l in &d.locations {
+            identifier("authorization_details[].locations", l, OPERATION_BYTES_MAX)?;
+        }
+        match d.kind {
+            DetailType::ApiCall => {
+                if d.actions.is_empty()
+                    || d.actions.iter().any(|a| {
+                        a.is_empty() || a.len() > 16 || !a.bytes().all(|c| c.is_ascii_uppercase())
+                    })
+                {
+                    return Err(bad(
+                        "an api_call's actions are 1 to 16 HTTP methods in upper case",
+                    ));
+                }
+                text(
+                    "authorization_details[].identifier",
+                    &d.identifier,
+                    OPERATION_BYTES_MAX,
+                )?;
+                if d.identifier.is_empty() || d.arguments_hash.is_some() {
+                    return Err(bad(
+                        "an api_call names its operation and has no arguments_hash",
+                    ));
+                }
+                if let Some(h) = &d.request_hash {
+                    content_hash("authorization_details[].request_hash", h)?;
+                }
+            }
+            DetailType::McpTool => {
+                if d.actions != ["tools/call"] || d.request_hash.is_some() {
+                    return Err(bad(
+                        "an mcp_tool's actions are [\"tools/call\"] and it has no request_hash",
+                    ));
+                }
+                identifier(
+                    "authorization_details[].identifier",
+                    &d.identifier,
+                    TOOL_NAME_BYTES_MAX,
+                )?;
+                if let Some(h) = &d.arguments_hash {
+                    content_hash("authorization_details[].arguments_hash", h)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `agent.registered`: an AI agent (an OAuth client acting for users) exists.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -298,6 +394,9 @@ pub struct ApprovalRequested {
     /// What the agent is about to do, shown to the approver (CIBA's `binding_message`).
     pub binding_message: String,
     pub expires_at: Timestamp,
+    /// The exact actions asked for (RFC 9396); a token minted on this approval is bound to them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorization_details: Vec<AuthorizationDetail>,
 }
 
 /// `approval.decided`: the human's answer.
@@ -338,6 +437,9 @@ pub struct TokenIssued {
     /// The approval that allowed this token, when one was needed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_id: Option<String>,
+    /// The exact actions the token may be used for (RFC 9396); none: anything its scopes allow.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorization_details: Vec<AuthorizationDetail>,
 }
 
 /// `token.revoked`: the token is no longer valid.
@@ -868,6 +970,7 @@ impl EventBody {
                     &e.binding_message,
                     BINDING_MESSAGE_BYTES_MAX,
                 )?;
+                authorization_details(&e.authorization_details)?;
             }
             B::ApprovalDecided(e) => {
                 id("approval_id", &e.approval_id)?;
@@ -907,6 +1010,7 @@ impl EventBody {
                 if let Some(a) = &e.approval_id {
                     id("approval_id", a)?;
                 }
+                authorization_details(&e.authorization_details)?;
             }
             B::TokenRevoked(e) => {
                 id("token_id", &e.token_id)?;

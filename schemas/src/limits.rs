@@ -28,6 +28,8 @@ pub const BINDING_MESSAGE_BYTES_MAX: usize = 256;
 pub const OPERATION_BYTES_MAX: usize = 2048;
 /// Bytes of an MCP tool's name in `api.called` (the MCP spec allows 1-128 characters).
 pub const TOOL_NAME_BYTES_MAX: usize = 128;
+/// Authorization details (RFC 9396) one approval or token may carry.
+pub const AUTHORIZATION_DETAILS_MAX: usize = 8;
 /// Bytes of a provider's name in `connection.*` events and the vault's config.
 pub const PROVIDER_BYTES_MAX: usize = 64;
 /// Bytes of a provider's token answer the vault reads (access and refresh tokens, scopes).

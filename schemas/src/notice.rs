@@ -127,6 +127,8 @@ rules! {
     CallSuspendedAgent = "call.suspended_agent", Critical;
     /// An API call went beyond its grant's call budget.
     CallOverBudget = "call.over_budget", Medium;
+    /// An API call with a token bound to approved actions (RFC 9396 authorization details) did something else.
+    CallOutsideAuthorization = "call.outside_authorization", Critical;
     /// A token was issued under a grant the log does not know.
     TokenUnknownGrant = "token.unknown_grant", High;
     /// A token carries scopes, an agent or an audience its grant does not give.
@@ -137,6 +139,8 @@ rules! {
     TokenWithoutApproval = "token.without_approval", Critical;
     /// A second token was issued on one approval.
     TokenApprovalReused = "token.approval_reused", Critical;
+    /// A token issued on an approval is not bound to the exact actions that approval was asked for.
+    TokenNotAsApproved = "token.not_as_approved", Critical;
     /// A token outlives its grant or the grant's token lifetime.
     TokenTtlOverGrant = "token.ttl_over_grant", Medium;
     /// A token outlives the policy's longest token lifetime.

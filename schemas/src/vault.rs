@@ -71,6 +71,10 @@ pub enum Op {
         /// for a token to be issued; without it the request is refused.
         #[serde(default)]
         reply_key: Option<String>,
+        /// RFC 9396: the exact actions the token is for. The approver sees them, and the
+        /// token is bound to them: a gateway passes nothing else with it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        authorization_details: Vec<crate::event::AuthorizationDetail>,
     },
     /// A user answers a pending approval request.
     Approve {
@@ -272,6 +276,9 @@ pub struct Introspection {
     /// spent`), for the gateway's refusal and its record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// RFC 9396 section 9.2: the actions an active token is bound to; absent when unbound.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorization_details: Vec<crate::event::AuthorizationDetail>,
 }
 
 /// Any reply on `docket.vault.<op>`: an outcome, or (for `introspect` by a gateway) an introspection.
@@ -292,6 +299,9 @@ pub struct ApprovalNotice {
     pub risk: Risk,
     pub binding_message: String,
     pub expires_at: Timestamp,
+    /// The exact actions asked for, when the agent named them (RFC 9396).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorization_details: Vec<crate::event::AuthorizationDetail>,
 }
 
 /// Subject prefix of approval notices: `docket.approvals.<user>`.

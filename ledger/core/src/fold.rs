@@ -155,6 +155,7 @@ impl VaultState {
                         decided_at: None,
                         decided_seq: None,
                         step_up_key: None,
+                        authorization_details: e.authorization_details.clone(),
                         last_seq: seq,
                     },
                 );
@@ -369,6 +370,7 @@ impl VaultState {
             issued_at: cx.ts,
             expires_at: e.expires_at,
             approval_id: e.approval_id.clone(),
+            authorization_details: e.authorization_details.clone(),
             issued_seq: cx.seq,
             revoked_seq: None,
             uses: 0,
@@ -566,6 +568,7 @@ mod tests {
                 .unwrap()
                 .plus_seconds(ttl_s),
             approval_id: approval.map(String::from),
+            authorization_details: vec![],
         })
     }
 
@@ -596,6 +599,7 @@ mod tests {
             binding_message: "delete a repo".into(),
             // Within the default policy's 300 s of the crafted log's clock (08:00:0N).
             expires_at: Timestamp::parse("2026-11-22T08:04:00.000000Z").unwrap(),
+            authorization_details: vec![],
         })
     }
 

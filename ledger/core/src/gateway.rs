@@ -312,6 +312,9 @@ pub enum Refusal {
     /// or the provider refused): the user must link the account (again).
     #[error("no upstream credential: {0}")]
     NoConnection(String),
+    /// The token is bound to approved actions (RFC 9396) and this call is none of them.
+    #[error("not an approved action: {0}")]
+    NotApproved(String),
     /// The provider could not refresh the user's token now: worth trying again later.
     #[error("the upstream credential could not be refreshed: {0}")]
     ConnectionUnavailable(String),
@@ -327,7 +330,8 @@ impl Refusal {
             | Refusal::WrongAudience { .. }
             | Refusal::MissingScope { .. }
             | Refusal::NoTool { .. }
-            | Refusal::NoConnection(_) => 403,
+            | Refusal::NoConnection(_)
+            | Refusal::NotApproved(_) => 403,
             Refusal::ConnectionUnavailable(_) => 503,
             Refusal::BodyTooLarge(_) => 413,
             Refusal::PathTooLong(_) => 414,
@@ -611,6 +615,21 @@ pub struct Seen {
     pub arguments_hash: Option<String>,
 }
 
+impl Seen {
+    /// The call as its record will show it: what a token's authorization details are
+    /// checked against, by the gateway now and by the fold once it is recorded.
+    pub fn shape(&self) -> crate::authorization::CallShape<'_> {
+        crate::authorization::CallShape {
+            audience: &self.audience,
+            method: &self.method,
+            operation: &self.operation,
+            request_hash: Some(&self.request_hash),
+            tool: self.tool.as_deref(),
+            arguments_hash: self.arguments_hash.as_deref(),
+        }
+    }
+}
+
 /// The `api.called` record of a request: forwarded (`status` is the upstream's, or the
 /// gateway's own when the upstream failed) or refused before forwarding (`refused` says why).
 pub fn record(
@@ -704,6 +723,7 @@ mod tests {
             iat: Some(1_000),
             jti: Some("tok-1".into()),
             reason: (!active).then(|| "agent suspended".to_string()),
+            authorization_details: vec![],
         }
     }
 

@@ -5,6 +5,7 @@
 //! it that way; the shell around it is `docket-ledger`.
 
 pub mod admission;
+pub mod authorization;
 pub mod chain;
 pub mod connection;
 pub mod desk;

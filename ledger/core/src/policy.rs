@@ -191,6 +191,21 @@ pub fn judge_token(state: &VaultState, e: &TokenIssued, at: Timestamp) -> Vec<Br
             vec![first.issued_seq],
         ));
     }
+    if let Some(a) = e
+        .approval_id
+        .as_ref()
+        .and_then(|id| state.approvals.get(id))
+        && a.authorization_details != e.authorization_details
+    {
+        out.push(breach(
+            Rule::TokenNotAsApproved,
+            format!(
+                "token {} on approval {} is not bound to the actions that approval was asked for",
+                e.token_id, a.approval_id
+            ),
+            vec![a.requested_seq],
+        ));
+    }
     if !needs.is_empty() {
         let approval = e
             .approval_id
@@ -411,6 +426,24 @@ pub fn call_breaches(
             ev(),
         ));
     }
+    let shape = crate::authorization::CallShape {
+        audience: &e.audience,
+        method: &e.method,
+        operation: &e.operation,
+        request_hash: e.request_hash.as_deref(),
+        tool: e.tool.as_deref(),
+        arguments_hash: e.arguments_hash.as_deref(),
+    };
+    if let Err(why) = crate::authorization::permits(&t.authorization_details, &t.audience, &shape) {
+        out.push(breach(
+            Rule::CallOutsideAuthorization,
+            format!(
+                "{} used token {} outside its approved actions: {why}",
+                e.agent, t.token_id
+            ),
+            ev(),
+        ));
+    }
     if let Some(g) = grant
         && let Some(max) = g.max_calls
         && g.calls >= max
@@ -525,6 +558,7 @@ mod tests {
             decided_seq: Some(2),
             step_up_key: None,
             last_seq: 2,
+            authorization_details: vec![],
         };
         assert_eq!(approval_is_sound(&a), Ok(()));
         a.decided_at = Some(at(300));

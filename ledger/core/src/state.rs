@@ -126,6 +126,9 @@ pub struct ApprovalState {
     /// The step-up key whose assertion proved this decision's step-up (crate::step_up::judge).
     #[serde(default)]
     pub step_up_key: Option<String>,
+    /// The exact actions asked for (RFC 9396); a token on this approval must carry them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorization_details: Vec<AuthorizationDetail>,
     pub last_seq: u64,
 }
 
@@ -141,6 +144,9 @@ pub struct TokenState {
     pub issued_at: Timestamp,
     pub expires_at: Timestamp,
     pub approval_id: Option<String>,
+    /// The exact actions the token is bound to (RFC 9396); empty: unbound.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorization_details: Vec<AuthorizationDetail>,
     pub issued_seq: u64,
     pub revoked_seq: Option<u64>,
     pub uses: u64,

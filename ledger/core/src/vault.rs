@@ -510,6 +510,7 @@ fn decide_unchecked(state: &VaultState, auth: &Authenticated, fresh: &Fresh<'_>)
             approval_id,
             ttl_s,
             reply_key,
+            authorization_details,
         } => token(
             state,
             req,
@@ -522,6 +523,7 @@ fn decide_unchecked(state: &VaultState, auth: &Authenticated, fresh: &Fresh<'_>)
                 approval_id.as_deref(),
                 *ttl_s,
                 reply_key.as_deref(),
+                authorization_details,
             ),
             fresh,
         ),
@@ -670,6 +672,7 @@ fn introspect(
             iat: Some(t.issued_at.as_micros() / 1_000_000),
             jti: Some(t.token_id.clone()),
             reason: None,
+            authorization_details: t.authorization_details.clone(),
         }),
         events: vec![],
         notify: None,
@@ -757,6 +760,7 @@ type TokenAsk<'a> = (
     Option<&'a str>,
     Option<u32>,
     Option<&'a str>,
+    &'a [AuthorizationDetail],
 );
 
 fn token(
@@ -766,7 +770,7 @@ fn token(
     ask: TokenAsk<'_>,
     fresh: &Fresh<'_>,
 ) -> Outcome {
-    let (agent, audience, scopes, action, approval_id, ttl_s, reply_key) = ask;
+    let (agent, audience, scopes, action, approval_id, ttl_s, reply_key, details) = ask;
     let who = requester.name();
     let policy = &state.policy.policy;
     let refuse = |why: Refusal| refused(req, &who, &why, Some(audience.clone()), scopes.clone());
@@ -788,6 +792,17 @@ fn token(
             who.clone(),
             format!("ask for a token as {agent}"),
         ));
+    }
+    if let Err(why) = docket_schemas::event::authorization_details(details) {
+        return refuse(Refusal::Malformed(why.to_string()));
+    }
+    if details
+        .iter()
+        .any(|d| !d.locations.is_empty() && d.locations != [audience.clone()])
+    {
+        return refuse(Refusal::Malformed(format!(
+            "authorization_details: locations name another audience than the token's ({audience})"
+        )));
     }
     if state
         .agents
@@ -837,6 +852,7 @@ fn token(
                     risk,
                     binding_message: binding_message.clone(),
                     expires_at,
+                    authorization_details: details.to_vec(),
                 };
                 return Outcome {
                     reply: Reply::Outcome(Answer {
@@ -854,6 +870,7 @@ fn token(
                         risk,
                         binding_message,
                         expires_at,
+                        authorization_details: details.to_vec(),
                     })],
                     notify: Some((
                         format!("{}{}", vault::SUBJECT_APPROVALS_PREFIX, grant.user),
@@ -869,6 +886,13 @@ fn token(
                     return refuse(Refusal::BadApproval(
                         a.approval_id.clone(),
                         "does not cover this request".into(),
+                    ));
+                }
+                // The approver saw these actions: a token for others needs its own approval.
+                if a.authorization_details != details {
+                    return refuse(Refusal::BadApproval(
+                        a.approval_id.clone(),
+                        "was asked for other authorization_details than this request's".into(),
                     ));
                 }
                 match a.status(fresh.now) {
@@ -905,6 +929,7 @@ fn token(
         scopes: scopes.clone(),
         expires_at,
         approval_id: approval_used,
+        authorization_details: details.to_vec(),
     };
     // The rules the fold will judge this token by: refuse rather than mint a finding.
     if let Some(b) = judge_token(state, &issued, fresh.now).first() {

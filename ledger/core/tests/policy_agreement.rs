@@ -274,6 +274,7 @@ impl Sim {
                         None => self.now.plus_seconds(1),
                     },
                     approval_id: approval_id.clone(),
+                    authorization_details: vec![],
                 }))
             }
             Op::Approve {
@@ -411,6 +412,7 @@ fn play(sim: &mut Sim, s: &Step) {
                     approval_id,
                     ttl_s: (s.flag.is_multiple_of(2)).then_some(u32::from(s.advance_s) * 5),
                     reply_key: Some(reply_key().public()),
+                    authorization_details: vec![],
                 },
             );
         }
@@ -618,6 +620,7 @@ fn a_token_on_an_approval_decided_late_and_a_second_token_on_one_approval_are_fl
                 approval_id: None,
                 ttl_s: None,
                 reply_key: Some(reply_key().public()),
+                authorization_details: vec![],
             },
         );
         ok(&r)
@@ -656,6 +659,7 @@ fn a_token_on_an_approval_decided_late_and_a_second_token_on_one_approval_are_fl
                 scopes: vec!["repo:write".into()],
                 expires_at: sim.now.plus_seconds(60),
                 approval_id: Some(approval.into()),
+                authorization_details: vec![],
             }),
         )
     };
@@ -691,6 +695,7 @@ fn a_token_on_an_approval_decided_late_and_a_second_token_on_one_approval_are_fl
             approval_id: Some(id.clone()),
             ttl_s: None,
             reply_key: Some(reply_key().public()),
+            authorization_details: vec![],
         },
     );
     assert!(ok(&first).open_token(&reply_key()).is_ok());

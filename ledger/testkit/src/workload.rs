@@ -467,6 +467,7 @@ impl Workload {
             scopes: scopes.clone(),
             expires_at: self.now().plus_seconds(TOKEN_TTL_S),
             approval_id,
+            authorization_details: vec![],
         });
         if self.tokens.len() >= LIVE_TOKENS_MAX {
             self.tokens.remove(0);
@@ -526,6 +527,7 @@ impl Workload {
                 AUDIENCES[grant.audience].0
             ),
             expires_at: self.now().plus_seconds(300),
+            authorization_details: vec![],
         });
         self.pending.push_back(Approval {
             id,
