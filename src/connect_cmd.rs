@@ -303,7 +303,12 @@ pub async fn connect(a: ConnectArgs) -> Result<std::process::ExitCode> {
             .with_context(|| format!("no redirect came back within {} s", a.wait))??;
     let code = match redirected {
         Ok(code) => code,
-        Err(e) => bail!("{} refused the link: {e}", a.provider),
+        // The provider's words, shown, never obeyed by the terminal.
+        Err(e) => bail!(
+            "{} refused the link: {}",
+            a.provider,
+            crate::terminal_text::escaped(&e)
+        ),
     };
     let linked = ask(
         &nats,

@@ -36,8 +36,14 @@ use hyper_util::rt::TokioExecutor;
 
 /// Connection requests answered at once, at most.
 pub const CONNECTION_INFLIGHT_MAX: usize = 256;
-/// Longest wait for one answer from a provider.
-pub const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for one answer from a provider. Three attempts and their pauses stay under
+/// the gateway's wait for an upstream token (`gateway_cmd::UPSTREAM_TOKEN_TIMEOUT`).
+pub const PROVIDER_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a refresh failed for want of the provider, calls needing a new access token are
+/// refused at once for this long instead of each trying again.
+pub const FAILED_REFRESH_COOLDOWN: Duration = Duration::from_secs(5);
+/// Connections whose lock entry is kept idle, at most; beyond, idle entries are dropped.
+pub const IDLE_LOCKS_MAX: usize = 10_000;
 /// Attempts at a refresh while the provider fails or cannot be reached.
 pub const REFRESH_ATTEMPTS: u32 = 3;
 /// The pause after the first failed attempt; doubled after each.
@@ -71,6 +77,8 @@ pub struct Connections {
     /// One refresh, link or unlink per connection at a time.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     failures: Mutex<HashMap<String, Instant>>,
+    /// Until when a connection's refresh is not tried again (the provider just failed).
+    cooldown: Mutex<HashMap<String, Instant>>,
     seen: Mutex<HashMap<EventId, Instant>>,
 }
 
@@ -111,21 +119,24 @@ impl Connections {
                 docket_schemas::limits::PROVIDER_BYTES_MAX,
             )
             .with_context(|| format!("[connections.providers.{name}]"))?;
-            for url in [
-                Some(&p.authorize_url),
-                Some(&p.token_url),
-                p.revocation_url.as_ref(),
-            ]
-            .into_iter()
-            .flatten()
+            // The vault sends the client secret, codes, verifiers and refresh tokens to these:
+            // with no TLS client built in yet, only over loopback (to a TLS-originating proxy).
+            // The authorization URL is the user's browser's to open, so https is fine there.
+            for url in [Some(&p.token_url), p.revocation_url.as_ref()]
+                .into_iter()
+                .flatten()
             {
-                // No TLS client is built in yet: say so at start, not at the first link.
-                if !url.starts_with("http://") {
+                if !is_loopback_http(url) {
                     bail!(
-                        "[connections.providers.{name}]: {url:?} is not an http:// URL (TLS to \
-                         providers is not supported yet: put a TLS-originating proxy on loopback)"
+                        "[connections.providers.{name}]: {url:?} must be http://127.0.0.1:PORT/..., \
+                         http://[::1]:PORT/... or http://localhost:PORT/...: the vault has no TLS \
+                         client yet, and secrets go there (put a TLS-originating proxy on loopback)"
                     );
                 }
+            }
+            if !(p.authorize_url.starts_with("https://") || p.authorize_url.starts_with("http://"))
+            {
+                bail!("[connections.providers.{name}]: authorize_url must be an http(s) URL");
             }
             if p.audiences.is_empty() {
                 bail!(
@@ -171,6 +182,7 @@ impl Connections {
             http,
             locks: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            cooldown: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
         })))
     }
@@ -189,11 +201,11 @@ impl Connections {
     }
 
     fn connection_lock(&self, user: &str, provider: &str) -> Arc<tokio::sync::Mutex<()>> {
-        Arc::clone(
-            lock(&self.locks)
-                .entry(connection_key(user, provider))
-                .or_default(),
-        )
+        let mut locks = lock(&self.locks);
+        if locks.len() >= IDLE_LOCKS_MAX {
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        Arc::clone(locks.entry(connection_key(user, provider)).or_default())
     }
 
     /// The seq of the connection's last event in the live state (0 when none).
@@ -341,17 +353,47 @@ impl Connections {
             })
         };
         let secrets = stored(self.store.get(user, provider))?;
-        if !connection::needs_refresh(&secrets, now()?, self.margin_s) {
+        let at = now()?;
+        if !connection::needs_refresh(&secrets, at, self.margin_s) {
             return Ok(secrets);
         }
+        let still_valid = secrets.access_expires_at.is_some_and(|e| e > at);
+        let key = connection_key(user, provider);
+        if let Some(until) = lock(&self.cooldown).get(&key).copied()
+            && Instant::now() < until
+        {
+            return match still_valid {
+                true => Ok(secrets),
+                false => Err(Unavailable {
+                    why: format!(
+                        "{provider} could not refresh {user}'s token a moment ago; try again shortly"
+                    ),
+                    transient: true,
+                }),
+            };
+        }
         let guard = self.connection_lock(user, provider);
-        let _held = guard.lock().await;
+        // A token still valid is handed out at once while another call refreshes it.
+        let _held = match (still_valid, guard.try_lock()) {
+            (_, Ok(held)) => held,
+            (true, Err(_)) => return Ok(secrets),
+            (false, Err(_)) => guard.lock().await,
+        };
         // Another call may have refreshed it while this one waited.
         let secrets = stored(self.store.get(user, provider))?;
         if !connection::needs_refresh(&secrets, now()?, self.margin_s) {
             return Ok(secrets);
         }
-        match self.refresh(user, provider, &secrets).await {
+        let refreshed = self.refresh(user, provider, &secrets).await;
+        if refreshed.as_ref().is_err_and(|e| e.transient) {
+            lock(&self.cooldown).insert(
+                connection_key(user, provider),
+                Instant::now() + FAILED_REFRESH_COOLDOWN,
+            );
+        } else {
+            lock(&self.cooldown).remove(&connection_key(user, provider));
+        }
+        match refreshed {
             Ok(s) => Ok(s),
             // Still valid for a while: the refresh is tried again on the next call.
             Err(e)
@@ -732,14 +774,28 @@ impl Connections {
     }
 
     async fn unlink(&self, user: &str, provider: &str, by: &str, reason: &str) -> ConnectionReply {
-        let guard = self.connection_lock(user, provider);
-        let _held = guard.lock().await;
+        // The record is checked before anything is deleted: secrets gone with nothing on
+        // the chain would be an unlink nobody can see.
+        let body = EventBody::ConnectionUnlinked(ConnectionUnlinked {
+            user: user.to_string(),
+            provider: provider.to_string(),
+            by: by.to_string(),
+            reason: reason.to_string(),
+        });
+        if let Err(e) = body.validate() {
+            return ConnectionReply::refused(format!("unlink: {e}"));
+        }
         let known = self.view(|_, state, _| {
             state
                 .connections
                 .get(&connection_key(user, provider))
                 .is_some_and(|c| c.status != ConnectionStatus::Unlinked)
         });
+        if !known && !self.providers.contains_key(provider) {
+            return ConnectionReply::refused(format!("{user} has no connection to {provider}"));
+        }
+        let guard = self.connection_lock(user, provider);
+        let _held = guard.lock().await;
         // Readable or not, the secrets go: unlinking must work with a lost key too.
         let secrets = self.store.get(user, provider).ok().flatten();
         let deleted = match self.store.delete(user, provider) {
@@ -755,12 +811,6 @@ impl Connections {
             self.revoke_upstream(p, s).await;
         }
         let since = self.last_seq(user, provider);
-        let body = EventBody::ConnectionUnlinked(ConnectionUnlinked {
-            user: user.to_string(),
-            provider: provider.to_string(),
-            by: by.to_string(),
-            reason: reason.to_string(),
-        });
         let id = match self.record(body).await {
             Ok(id) => id,
             Err(e) => {
@@ -889,4 +939,55 @@ pub async fn serve(conns: Arc<Connections>, client: async_nats::Client) -> Resul
     }
     sweeper.abort();
     Ok(())
+}
+
+/// Whether `url` is plain HTTP to this machine: `http://127.0.0.1`, `http://[::1]` or
+/// `http://localhost`, with or without a port.
+fn is_loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return false;
+    }
+    let host = match authority.strip_prefix("[::1]") {
+        Some(port) => return port.is_empty() || port.strip_prefix(':').is_some_and(is_port),
+        None => authority
+            .split_once(':')
+            .map_or(authority, |(h, p)| if is_port(p) { h } else { "" }),
+    };
+    host == "127.0.0.1" || host.eq_ignore_ascii_case("localhost")
+}
+
+fn is_port(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_go_only_to_loopback_over_plain_http() {
+        for ok in [
+            "http://127.0.0.1:9000/token",
+            "http://127.0.0.1/token",
+            "http://[::1]:9/t",
+            "http://localhost:8080/oauth/token",
+        ] {
+            assert!(is_loopback_http(ok), "{ok}");
+        }
+        for bad in [
+            "http://auth.example.com/token",
+            "http://127.0.0.1.example.com/token",
+            "http://127.0.0.1@evil.example/token",
+            "http://evil.example#@127.0.0.1/",
+            "http://127.0.0.1:x/token",
+            "https://127.0.0.1/token",
+            "http://[::1]evil/",
+        ] {
+            assert!(!is_loopback_http(bad), "{bad}");
+        }
+    }
 }

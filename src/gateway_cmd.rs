@@ -35,6 +35,9 @@ use tokio::sync::Semaphore;
 pub const GATEWAY_CONNECTIONS_MAX: usize = 1024;
 /// Longest wait for the vault's introspection; past it the call is refused, not forwarded.
 pub const INTROSPECTION_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for a user's upstream token: the vault may have to refresh it first
+/// (three attempts of at most `connections::PROVIDER_TIMEOUT` each).
+pub const UPSTREAM_TOKEN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest wait for JetStream to acknowledge a record; past it the answer is withheld.
 pub const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a client may take to send its request headers.
@@ -594,7 +597,7 @@ async fn upstream_token(gw: &Gateway, token: &str, provider: &str) -> Result<Str
             provider: provider.to_string(),
             reply_key: reply_key.public(),
         },
-        INTROSPECTION_TIMEOUT,
+        UPSTREAM_TOKEN_TIMEOUT,
         "a connections reply",
     )
     .await;

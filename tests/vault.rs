@@ -2432,6 +2432,13 @@ scope = "repo:read"
             .any(|(k, e)| k == "connection.failed" && e["broken"] == false)
     });
     provider_hook(&oauth, "/__outage?on=0");
+    // For a few seconds the vault does not ask again: each call is not another 3 attempts.
+    let asked = provider_seen(&oauth)["stats"]["outage_refusals"].clone();
+    let (status, _, body) = call();
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("a moment ago"));
+    assert_eq!(provider_seen(&oauth)["stats"]["outage_refusals"], asked);
+    std::thread::sleep(Duration::from_secs(5));
     let (status, _, body) = call();
     assert_eq!(
         status,

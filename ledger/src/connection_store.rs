@@ -106,37 +106,64 @@ fn write_keys(path: &Path, keys: &ConnectionKeys) -> Result<(), ConnectionStoreE
     write_atomically(path, &bytes)
 }
 
-/// Creates a new key file with one random key (version 1); refuses to overwrite one.
+/// Creates a new key file with one random key (version 1); refuses to overwrite one, even
+/// one that appears while it runs.
 pub fn create_keys(path: &Path) -> Result<(), ConnectionStoreError> {
-    if path.exists() {
-        return Err(ConnectionStoreError::KeyFile {
-            path: path.to_path_buf(),
-            why: "exists already; a new key would make every stored connection unreadable".into(),
-        });
-    }
     let mut key = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut key);
-    write_keys(
-        path,
-        &ConnectionKeys {
-            current: 1,
-            keys: [(1, key)].into_iter().collect(),
+    let wire = KeyFileWire {
+        current: 1,
+        keys: [("1".to_string(), encode_base64(&key))]
+            .into_iter()
+            .collect(),
+    };
+    let bytes = serde_json::to_vec_pretty(&wire).map_err(|e| ConnectionStoreError::KeyFile {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => ConnectionStoreError::KeyFile {
+            path: path.to_path_buf(),
+            why: "exists already; a new key would make every stored connection unreadable".into(),
         },
-    )
+        _ => io(path)(e),
+    })?;
+    f.write_all(&bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConnectionStoreError> {
-    let tmp = path.with_extension("tmp");
+    // A fresh name, created new: never an existing file (or a link) someone else made.
+    let mut suffix = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut suffix);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(
+        ".{name}.{}.tmp",
+        suffix
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ));
     {
         let mut options = OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        options.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut f = options.open(&tmp).map_err(io(&tmp))?;
         f.write_all(bytes).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
     }
-    fs::rename(&tmp, path).map_err(io(path))?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(io(path)(e));
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
