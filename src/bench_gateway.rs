@@ -65,6 +65,9 @@ pub async fn run(args: GatewayBenchArgs) -> Result<()> {
     let mut ledger = crate::bench::with_vault_over_nats(ledger, &workload.roles.vault, &client)?;
     let (commits, _watcher) =
         crate::bench::watch_commits(client.subscribe("docket.appended").await?);
+    let view = ledger
+        .introspector()
+        .context("the bench's ledger serves no vault")?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let bus = Bus::Nats(client.clone());
     let ledger_task = tokio::spawn(async move {
@@ -126,23 +129,39 @@ pub async fn run(args: GatewayBenchArgs) -> Result<()> {
         .open_token(&crate::vault_scene::reply_key())
         .map_err(|e| anyhow::anyhow!("the token: {e:?} ({:?})", t.error))?;
 
+    linked_account(&temp, &workload, &client, view).await?;
+
     let upstream = upstream_server().await?;
     let routes = Routes {
         upstream_timeout_ms: docket_ledger::gateway::UPSTREAM_TIMEOUT_MS_DEFAULT,
         request_body_max: docket_ledger::gateway::REQUEST_BODY_MAX_DEFAULT,
         response_body_max: docket_ledger::gateway::RESPONSE_BODY_MAX_DEFAULT,
-        audiences: vec![Audience {
-            audience: "https://api.github.com".into(),
-            prefix: "/github".into(),
-            upstream: format!("http://{upstream}"),
-            provider: None,
-            routes: vec![Route {
-                method: "GET".into(),
-                path: "/repos/**".into(),
-                scope: "repo:read".into(),
-            }],
-            mcp: None,
-        }],
+        audiences: vec![
+            Audience {
+                audience: "https://api.github.com".into(),
+                prefix: "/github".into(),
+                upstream: format!("http://{upstream}"),
+                provider: None,
+                routes: vec![Route {
+                    method: "GET".into(),
+                    path: "/repos/**".into(),
+                    scope: "repo:read".into(),
+                }],
+                mcp: None,
+            },
+            Audience {
+                audience: "https://api.github.com".into(),
+                prefix: "/acme".into(),
+                upstream: format!("http://{upstream}"),
+                provider: Some(BENCH_PROVIDER.into()),
+                routes: vec![Route {
+                    method: "GET".into(),
+                    path: "/repos/**".into(),
+                    scope: "repo:read".into(),
+                }],
+                mcp: None,
+            },
+        ],
     };
     routes.check()?;
     let gw =
@@ -177,6 +196,14 @@ pub async fn run(args: GatewayBenchArgs) -> Result<()> {
         args.seconds,
     )
     .await?;
+    let attached = load(
+        gateway,
+        "/acme/repos/acme/web",
+        Some(&bearer),
+        args.connections,
+        args.seconds,
+    )
+    .await?;
     let line_for = |name: &str, r: &LoadFigures| {
         println!(
             "{name:<28} {:>8.0} calls/s, p50 {:>6.2} ms, p99 {:>6.2} ms ({} calls, {} not 200)",
@@ -189,9 +216,11 @@ pub async fn run(args: GatewayBenchArgs) -> Result<()> {
     };
     line_for("direct to the upstream:", &direct);
     line_for("through the gateway:", &proxied);
+    line_for("... with the user's token:", &attached);
     println!(
-        "gateway / direct: {:.1} % of the upstream's rate on this machine (each call introspected by the vault and its record acknowledged by JetStream)",
-        100.0 * proxied.rate / direct.rate
+        "gateway / direct: {:.1} % of the upstream's rate on this machine (each call introspected by the vault and its record acknowledged by JetStream); with the user's upstream token fetched from the vault too: {:.1} %",
+        100.0 * proxied.rate / direct.rate,
+        100.0 * attached.rate / direct.rate
     );
     let serial_direct = serial(upstream, "/repos/acme/web", None, args.serial_calls).await?;
     let serial_proxied = serial(
@@ -201,6 +230,20 @@ pub async fn run(args: GatewayBenchArgs) -> Result<()> {
         args.serial_calls,
     )
     .await?;
+    let serial_attached = serial(
+        gateway,
+        "/acme/repos/acme/web",
+        Some(&bearer),
+        args.serial_calls,
+    )
+    .await?;
+    println!(
+        "one call at a time with the user's upstream token: p50 {:.2} ms, p99 {:.2} ms (added over direct: p50 {:.2} ms, p99 {:.2} ms)",
+        percentile(&serial_attached, 0.5),
+        percentile(&serial_attached, 0.99),
+        percentile(&serial_attached, 0.5) - percentile(&serial_direct, 0.5),
+        percentile(&serial_attached, 0.99) - percentile(&serial_direct, 0.99),
+    );
     let added = |p: f64| percentile(&serial_proxied, p) - percentile(&serial_direct, p);
     println!(
         "one call at a time: direct p50 {:.2} ms, p99 {:.2} ms; gateway p50 {:.2} ms, p99 {:.2} ms; added p50 {:.2} ms, p99 {:.2} ms",
@@ -276,6 +319,129 @@ pub async fn run(args: GatewayBenchArgs) -> Result<()> {
     let _ = gw_task.await;
     let _ = stop_tx.send(());
     ledger_task.await??;
+    Ok(())
+}
+
+/// The provider the bench's user has linked.
+const BENCH_PROVIDER: &str = "bench";
+
+/// Leaves user-0's upstream account linked as `docket connect` would (its tokens in the
+/// vault's store, `connection.linked` on the chain) and serves the connections in this
+/// process. No provider is called: the access token has no expiry, so it is never refreshed.
+async fn linked_account(
+    temp: &tempfile::TempDir,
+    workload: &Workload,
+    client: &async_nats::Client,
+    view: docket_ledger::desk::Introspector,
+) -> Result<()> {
+    use docket_ledger::config::{ConnectionsConfig, ProviderConfig};
+    use docket_schemas::{ConnectionLinked, EventBody, KeyRegistered, Kind};
+    let key_file = temp.path().join("connection.key");
+    docket_ledger::connection_store::create_keys(&key_file)?;
+    let secret_file = temp.path().join("client-secret");
+    std::fs::write(&secret_file, "never sent: nothing is refreshed")?;
+    let config = ConnectionsConfig {
+        key_file: Some(key_file.clone()),
+        refresh_margin_s: 60,
+        providers: [(
+            BENCH_PROVIDER.to_string(),
+            ProviderConfig {
+                authorize_url: "http://127.0.0.1:9/authorize".into(),
+                token_url: "http://127.0.0.1:9/token".into(),
+                revocation_url: None,
+                client_id: "bench".into(),
+                client_secret_env: None,
+                client_secret_file: Some(secret_file),
+                scopes: vec![],
+                audiences: vec!["https://api.github.com".into()],
+            },
+        )]
+        .into_iter()
+        .collect(),
+    };
+    let data = temp.path().join("ledger");
+    let store = docket_ledger::connection_store::ConnectionStore::open(&data, &key_file)?;
+    let secrets = docket_ledger::connection::UpstreamSecrets {
+        refresh_token: Some("bench-refresh-token".into()),
+        access_token: "bench-access-token".into(),
+        access_expires_at: None,
+        scopes: vec![],
+    };
+    store.put("user-0", BENCH_PROVIDER, &secrets)?;
+    let sink = Sink::Nats(async_nats::jetstream::new(client.clone()));
+    let vault = &workload.roles.vault;
+    // The workload registers the vault for what it decides; holding accounts needs more.
+    let mut kinds = vec![
+        Kind::AgentRegistered,
+        Kind::GrantCreated,
+        Kind::GrantRevoked,
+        Kind::ApprovalRequested,
+        Kind::TokenIssued,
+        Kind::TokenRevoked,
+        Kind::AgentSuspended,
+        Kind::RequestRefused,
+        Kind::ApprovalDecided,
+    ];
+    kinds.extend([
+        Kind::ConnectionLinked,
+        Kind::ConnectionRefreshed,
+        Kind::ConnectionFailed,
+        Kind::ConnectionUnlinked,
+    ]);
+    let pk = vault.verifying_key();
+    let now = docket_ledger::clock::now()?;
+    let patience = Duration::from_secs(10);
+    docket_ledger::publisher::publish_one(
+        &sink,
+        &workload.roles.admin,
+        EventBody::KeyRegistered(KeyRegistered {
+            key_id: docket_schemas::key_id(pk.as_bytes()),
+            public_key: encode_base64(pk.as_bytes()),
+            name: "vault".into(),
+            kinds,
+        }),
+        now,
+        patience,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    docket_ledger::publisher::publish_one(
+        &sink,
+        vault,
+        EventBody::ConnectionLinked(ConnectionLinked {
+            user: "user-0".into(),
+            provider: BENCH_PROVIDER.into(),
+            scopes: vec![],
+            fingerprint: docket_ledger::connection::fingerprint(
+                &docket_ledger::desk::token_hash_key(vault),
+                "bench-refresh-token",
+            ),
+            access_expires_at: None,
+        }),
+        now,
+        patience,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let conns =
+        crate::connections::Connections::load(&config, &data, vault.clone(), view.clone(), sink)?
+            .context("the bench's connections did not load")?;
+    let deadline = Instant::now() + patience;
+    while !view.view(|_, state, _| {
+        state
+            .connections
+            .contains_key(&docket_ledger::state::connection_key(
+                "user-0",
+                BENCH_PROVIDER,
+            ))
+    }) {
+        if Instant::now() > deadline {
+            bail!("the bench's connection.linked was not applied");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let client = client.clone();
+    tokio::spawn(async move { crate::connections::serve(conns, client).await });
     Ok(())
 }
 

@@ -572,6 +572,18 @@ mod tests {
         })
     }
 
+    /// An RFC 9396 detail: GET of exactly `operation`.
+    fn bound_to(operation: &str) -> AuthorizationDetail {
+        AuthorizationDetail {
+            kind: DetailType::ApiCall,
+            actions: vec!["GET".into()],
+            locations: vec![],
+            identifier: operation.into(),
+            request_hash: None,
+            arguments_hash: None,
+        }
+    }
+
     fn call(token: &str, agent: &str, scope: &str) -> EventBody {
         EventBody::ApiCalled(ApiCalled {
             token_id: token.into(),
@@ -895,6 +907,39 @@ mod tests {
                     let first = token("t5", "g1", "a1", vec!["repo:write"], 60, Some("p1"));
                     assert!(l.add(first).is_empty());
                     l.add(token("t6", "g1", "a1", vec!["repo:write"], 60, Some("p1")))
+                }),
+            ),
+            (
+                TokenNotAsApproved,
+                Box::new(|l| {
+                    let mut r = requested("p1", "repo:write", Risk::High);
+                    if let EventBody::ApprovalRequested(e) = &mut r {
+                        e.authorization_details = vec![bound_to("/repos/acme/web")];
+                    }
+                    l.add(r);
+                    let d = decided("p1", "alice", ApprovalMethod::Push, None, l);
+                    assert!(l.add(d).is_empty());
+                    // Minted on the approval, but unbound: free to do anything its scope allows.
+                    l.add(token("t5", "g1", "a1", vec!["repo:write"], 60, Some("p1")))
+                }),
+            ),
+            (
+                CallOutsideAuthorization,
+                Box::new(|l| {
+                    let mut t = token("t5", "g1", "a1", vec!["repo:read"], 60, None);
+                    if let EventBody::TokenIssued(e) = &mut t {
+                        e.authorization_details = vec![bound_to("/repos/acme/api")];
+                    }
+                    assert!(l.add(t).is_empty());
+                    let mut allowed = call("t5", "a1", "repo:read");
+                    if let EventBody::ApiCalled(c) = &mut allowed {
+                        c.operation = "/repos/acme/api".into();
+                    }
+                    assert!(
+                        l.add(allowed).is_empty(),
+                        "the approved call is no violation"
+                    );
+                    l.add(call("t5", "a1", "repo:read"))
                 }),
             ),
             (
