@@ -44,6 +44,7 @@ pub struct ConnectArgs {
 pub struct DisconnectArgs {
     #[command(flatten)]
     client: crate::vault_cmd::Client,
+    /// The provider, as the vault's config names it.
     #[arg(long)]
     provider: String,
     /// Whose connection (the admin must name the user; a user may only name themselves).

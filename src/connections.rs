@@ -38,12 +38,15 @@ use hyper_util::rt::TokioExecutor;
 pub const CONNECTION_INFLIGHT_MAX: usize = 256;
 /// Longest wait for one answer from a provider. Three attempts and their pauses stay under
 /// the gateway's wait for an upstream token (`gateway_cmd::UPSTREAM_TOKEN_TIMEOUT`).
-pub const PROVIDER_TIMEOUT: Duration = Duration::from_secs(5);
+pub const PROVIDER_TIMEOUT: Duration = Duration::from_millis(2_500);
 /// After a refresh failed for want of the provider, calls needing a new access token are
 /// refused at once for this long instead of each trying again.
 pub const FAILED_REFRESH_COOLDOWN: Duration = Duration::from_secs(5);
 /// Connections whose lock entry is kept idle, at most; beyond, idle entries are dropped.
 pub const IDLE_LOCKS_MAX: usize = 10_000;
+/// Connections whose opened secrets are kept in memory, at most (beyond, the cache is
+/// emptied and refilled from the files).
+pub const OPENED_SECRETS_MAX: usize = 100_000;
 /// Attempts at a refresh while the provider fails or cannot be reached.
 pub const REFRESH_ATTEMPTS: u32 = 3;
 /// The pause after the first failed attempt; doubled after each.
@@ -79,6 +82,10 @@ pub struct Connections {
     failures: Mutex<HashMap<String, Instant>>,
     /// Until when a connection's refresh is not tried again (the provider just failed).
     cooldown: Mutex<HashMap<String, Instant>>,
+    /// Secrets as last opened or written by this process, by connection key: a call does
+    /// not open a file and take its lock each time. Only this process changes what a file
+    /// holds (a key rotation re-wraps the same secrets), so the cache cannot go stale.
+    opened: Mutex<HashMap<String, UpstreamSecrets>>,
     seen: Mutex<HashMap<EventId, Instant>>,
 }
 
@@ -183,8 +190,57 @@ impl Connections {
             locks: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             cooldown: Mutex::new(HashMap::new()),
+            opened: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
         })))
+    }
+
+    /// The connection's secrets: from memory, else from its file.
+    fn secrets(
+        &self,
+        user: &str,
+        provider: &str,
+    ) -> Result<Option<UpstreamSecrets>, docket_ledger::connection_store::ConnectionStoreError>
+    {
+        let key = connection_key(user, provider);
+        if let Some(s) = lock(&self.opened).get(&key) {
+            return Ok(Some(s.clone()));
+        }
+        let read = self.store.get(user, provider)?;
+        if let Some(s) = &read {
+            let mut opened = lock(&self.opened);
+            if opened.len() >= OPENED_SECRETS_MAX {
+                opened.clear();
+            }
+            // Never over what a write put there meanwhile: this read may predate it.
+            opened.entry(key).or_insert_with(|| s.clone());
+        }
+        Ok(read)
+    }
+
+    /// Writes the connection's secrets to its file, then to memory.
+    fn keep(
+        &self,
+        user: &str,
+        provider: &str,
+        secrets: &UpstreamSecrets,
+    ) -> Result<(), docket_ledger::connection_store::ConnectionStoreError> {
+        let key = connection_key(user, provider);
+        // Forgotten first: if the write fails, the next read goes to the file.
+        lock(&self.opened).remove(&key);
+        self.store.put(user, provider, secrets)?;
+        lock(&self.opened).insert(key, secrets.clone());
+        Ok(())
+    }
+
+    /// Deletes the connection's secrets from memory and its file; whether there was a file.
+    fn forget(
+        &self,
+        user: &str,
+        provider: &str,
+    ) -> Result<bool, docket_ledger::connection_store::ConnectionStoreError> {
+        lock(&self.opened).remove(&connection_key(user, provider));
+        self.store.delete(user, provider)
     }
 
     fn provider(&self, name: &str) -> Result<&Provider, String> {
@@ -352,7 +408,7 @@ impl Connections {
                 transient: true,
             })
         };
-        let secrets = stored(self.store.get(user, provider))?;
+        let secrets = stored(self.secrets(user, provider))?;
         let at = now()?;
         if !connection::needs_refresh(&secrets, at, self.margin_s) {
             return Ok(secrets);
@@ -380,7 +436,7 @@ impl Connections {
             (false, Err(_)) => guard.lock().await,
         };
         // Another call may have refreshed it while this one waited.
-        let secrets = stored(self.store.get(user, provider))?;
+        let secrets = stored(self.secrets(user, provider))?;
         if !connection::needs_refresh(&secrets, now()?, self.margin_s) {
             return Ok(secrets);
         }
@@ -440,12 +496,10 @@ impl Connections {
             };
             match answer {
                 Ok((fresh, rotated)) => {
-                    self.store
-                        .put(user, provider, &fresh)
-                        .map_err(|e| Unavailable {
-                            why: format!("the refreshed tokens could not be stored: {e}"),
-                            transient: true,
-                        })?;
+                    self.keep(user, provider, &fresh).map_err(|e| Unavailable {
+                        why: format!("the refreshed tokens could not be stored: {e}"),
+                        transient: true,
+                    })?;
                     let fingerprint = self.fingerprint(&fresh);
                     let body = EventBody::ConnectionRefreshed(ConnectionRefreshed {
                         user: user.to_string(),
@@ -465,7 +519,7 @@ impl Connections {
                     let why = r.to_string();
                     let since = self.last_seq(user, provider);
                     // The grant is dead: nothing worth keeping, and the record says it broke.
-                    if let Err(e) = self.store.delete(user, provider) {
+                    if let Err(e) = self.forget(user, provider) {
                         tracing::error!(%user, %provider, error = %e, "a dead grant's tokens could not be deleted");
                     }
                     self.record_failure(user, provider, true, &why).await;
@@ -718,7 +772,7 @@ impl Connections {
             Err(e) => return ConnectionReply::refused(format!("{provider} did not link: {e}")),
         };
         let since = self.last_seq(user, provider);
-        if let Err(e) = self.store.put(user, provider, &secrets) {
+        if let Err(e) = self.keep(user, provider, &secrets) {
             self.revoke_upstream(p, &secrets).await;
             return ConnectionReply::refused(format!("the tokens could not be stored: {e}"));
         }
@@ -734,7 +788,7 @@ impl Connections {
             Ok(id) => id,
             Err(e) => {
                 // No record, no connection: nothing is kept that the log does not show.
-                if let Err(d) = self.store.delete(user, provider) {
+                if let Err(d) = self.forget(user, provider) {
                     tracing::error!(%user, %provider, error = %d, "unrecorded tokens could not be deleted");
                 }
                 self.revoke_upstream(p, &secrets).await;
@@ -797,8 +851,8 @@ impl Connections {
         let guard = self.connection_lock(user, provider);
         let _held = guard.lock().await;
         // Readable or not, the secrets go: unlinking must work with a lost key too.
-        let secrets = self.store.get(user, provider).ok().flatten();
-        let deleted = match self.store.delete(user, provider) {
+        let secrets = self.secrets(user, provider).ok().flatten();
+        let deleted = match self.forget(user, provider) {
             Ok(d) => d,
             Err(e) => {
                 return ConnectionReply::refused(format!("the tokens could not be deleted: {e}"));

@@ -36,8 +36,9 @@ pub const GATEWAY_CONNECTIONS_MAX: usize = 1024;
 /// Longest wait for the vault's introspection; past it the call is refused, not forwarded.
 pub const INTROSPECTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for a user's upstream token: the vault may have to refresh it first
-/// (three attempts of at most `connections::PROVIDER_TIMEOUT` each).
-pub const UPSTREAM_TOKEN_TIMEOUT: Duration = Duration::from_secs(20);
+/// (three attempts of at most `connections::PROVIDER_TIMEOUT` each, 8.1 s in all), and
+/// a NATS request gives up after 10 s whatever is asked.
+pub const UPSTREAM_TOKEN_TIMEOUT: Duration = Duration::from_secs(9);
 /// Longest wait for JetStream to acknowledge a record; past it the answer is withheld.
 pub const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a client may take to send its request headers.

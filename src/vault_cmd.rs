@@ -14,7 +14,7 @@ use serde_json::Value;
 
 #[derive(Args)]
 pub struct Client {
-    /// NATS server URL (the vault answers on docket.vault.>).
+    /// NATS server URL (the vault answers on docket.vault.> and docket.connections.>).
     #[arg(long, env = "DOCKET_NATS", default_value = "nats://127.0.0.1:4222")]
     pub(crate) nats: String,
     #[command(flatten)]

@@ -2409,8 +2409,10 @@ scope = "repo:read"
     assert_eq!(
         status,
         200,
-        "after the rotation: {}",
-        String::from_utf8_lossy(&body)
+        "after the rotation: {}\nprovider: {}\nserve: {}",
+        String::from_utf8_lossy(&body),
+        provider_seen(&oauth),
+        w.serve.log_text()
     );
 
     // The provider is down when a refresh is due: bounded retries, a clear 503, on the record.

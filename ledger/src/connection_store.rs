@@ -164,7 +164,11 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConnectionStoreErro
         let _ = fs::remove_file(&tmp);
         return Err(io(path)(e));
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // A bare file name's parent is "": the current directory.
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
