@@ -29,7 +29,11 @@ impl EventId {
         }
         let mut out = [0u8; 16];
         let hex: Vec<u8> = b.iter().copied().filter(|&c| c != b'-').collect();
-        for (i, pair) in hex.chunks(2).enumerate() {
+        // A hyphen anywhere else (one changed bit can make one) leaves an odd digit out.
+        if hex.len() != 32 {
+            return Err(format!("id {:?} is not a hyphenated UUID", truncate(text)));
+        }
+        for (i, pair) in hex.chunks_exact(2).enumerate() {
             let hi = hex_val(pair[0]);
             let lo = hex_val(pair[1]);
             match (hi, lo) {
@@ -1362,6 +1366,19 @@ mod tests {
         assert!(reject("[1]").contains("not a JSON object"));
         let long = "x".repeat(ID_BYTES_MAX + 1);
         assert!(reject(&base.replace("agent-1", &long)).contains("over its limit"));
+    }
+
+    #[test]
+    fn an_id_with_a_hyphen_out_of_place_is_refused_not_a_panic() {
+        // Found by tests/verify.rs's bit flips: a fifth hyphen left an odd hex digit.
+        for bad in [
+            "01900000-0000-7000-8000-00000000000-",
+            "01900000-0000-7000-8000-0000-0000000",
+            "0190000--0000-7000-8000-000000000001",
+        ] {
+            assert!(EventId::parse(bad).is_err(), "{bad}");
+        }
+        assert!(EventId::parse("01900000-0000-7000-8000-000000000001").is_ok());
     }
 
     #[test]
