@@ -371,17 +371,7 @@ async fn linked_account(
     let sink = Sink::Nats(async_nats::jetstream::new(client.clone()));
     let vault = &workload.roles.vault;
     // The workload registers the vault for what it decides; holding accounts needs more.
-    let mut kinds = vec![
-        Kind::AgentRegistered,
-        Kind::GrantCreated,
-        Kind::GrantRevoked,
-        Kind::ApprovalRequested,
-        Kind::TokenIssued,
-        Kind::TokenRevoked,
-        Kind::AgentSuspended,
-        Kind::RequestRefused,
-        Kind::ApprovalDecided,
-    ];
+    let mut kinds = docket_testkit::workload::VAULT_KINDS.to_vec();
     kinds.extend([
         Kind::ConnectionLinked,
         Kind::ConnectionRefreshed,

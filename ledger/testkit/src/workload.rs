@@ -176,6 +176,19 @@ const LIVE_GRANTS_MAX: usize = 4096;
 const LIVE_TOKENS_MAX: usize = 16_384;
 /// Default for [`Workload::step_us_max`]: about a thousand events per second of workload time.
 pub const STEP_US_MAX_DEFAULT: u64 = 2_000;
+
+/// What the workload registers the vault's key for: everything it decides.
+pub const VAULT_KINDS: &[Kind] = &[
+    Kind::AgentRegistered,
+    Kind::GrantCreated,
+    Kind::GrantRevoked,
+    Kind::ApprovalRequested,
+    Kind::TokenIssued,
+    Kind::TokenRevoked,
+    Kind::AgentSuspended,
+    Kind::RequestRefused,
+    Kind::ApprovalDecided,
+];
 /// Lifetime of the tokens the workload issues, in seconds of workload time.
 const TOKEN_TTL_S: i64 = 300;
 
@@ -271,21 +284,7 @@ impl Workload {
     pub fn setup(&mut self) -> Vec<Published> {
         let mut out = Vec::new();
         let regs = [
-            (
-                "vault",
-                self.roles.vault.clone(),
-                vec![
-                    Kind::AgentRegistered,
-                    Kind::GrantCreated,
-                    Kind::GrantRevoked,
-                    Kind::ApprovalRequested,
-                    Kind::TokenIssued,
-                    Kind::TokenRevoked,
-                    Kind::AgentSuspended,
-                    Kind::RequestRefused,
-                    Kind::ApprovalDecided,
-                ],
-            ),
+            ("vault", self.roles.vault.clone(), VAULT_KINDS.to_vec()),
             ("gateway", self.roles.gateway.clone(), vec![Kind::ApiCalled]),
             (
                 "approvals",
