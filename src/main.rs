@@ -13,6 +13,7 @@ mod findings_cmd;
 mod gateway_cmd;
 mod measure;
 mod policy_cmd;
+mod proof_cmd;
 mod query_guard;
 mod read_service;
 mod report_cmd;
@@ -22,6 +23,7 @@ mod terminal_text;
 mod vault_cmd;
 mod vault_scene;
 mod watch_cmd;
+mod witness_cmd;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -34,7 +36,7 @@ use docket_ledger::ingest::Ledger;
 use docket_ledger::publisher::{Publisher, Sink, prepare};
 use docket_ledger::store::{LedgerIdentity, Store};
 use docket_ledger::transport::{Bus, NatsSettings, NatsSource, Source};
-use docket_ledger::{export, keyfile, verify};
+use docket_ledger::{export, keyfile, verify, witnessing};
 use docket_schemas::{EventId, encode_base64, key_id};
 
 #[derive(Parser)]
@@ -117,6 +119,17 @@ enum Command {
     /// Measure performance and print figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Print a Merkle proof (JSON) from the data directory: an entry's inclusion, or the
+    /// consistency of two sizes of the log.
+    #[command(subcommand)]
+    Prove(proof_cmd::ProveCommand),
+    /// Check a proof or receipt offline against the ledger's public key.
+    CheckProof(proof_cmd::CheckProofArgs),
+    /// Ask a live ledger for an entry's receipt: its inclusion proof under a signed
+    /// checkpoint, waiting for one to cover it.
+    Receipt(proof_cmd::ReceiptArgs),
+    /// Run a witness: cosign a ledger's checkpoints only when each extends the last one cosigned.
+    Witness(witness_cmd::WitnessArgs),
 }
 
 #[derive(Subcommand)]
@@ -291,6 +304,9 @@ struct VerifyArgs {
     /// Trust this checkpoint key (base64) instead of the one recorded in the ledger.
     #[arg(long)]
     ledger_key: Option<String>,
+    /// Demand a checkpoint of this chain cosigned by this witness: NAME=PUBLIC_KEY (base64).
+    #[arg(long = "witness", value_name = "NAME=KEY")]
+    witnesses: Vec<String>,
 }
 
 #[derive(Args)]
@@ -339,7 +355,7 @@ fn main() -> std::process::ExitCode {
     // but not the NATS client's chatter about each connection.
     let default_filter = match cli.command {
         Command::Demo(_) | Command::Bench(_) => "error",
-        Command::Serve(_) => "info,async_nats=warn",
+        Command::Serve(_) | Command::Witness(_) => "info,async_nats=warn",
         // The UI owns the terminal: a log line would tear its screen.
         Command::Watch(_) => "off",
         _ => "warn",
@@ -466,6 +482,10 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Demo(args) => demo::run(args).await.map(|_| ok),
         Command::Watch(args) => watch_cmd::run(args).await,
         Command::Bench(cmd) => bench::run(cmd).await.map(|_| ok),
+        Command::Prove(cmd) => proof_cmd::prove(cmd).map(|_| ok),
+        Command::CheckProof(args) => proof_cmd::check_proof(args),
+        Command::Receipt(args) => proof_cmd::receipt(args).await.map(|_| ok),
+        Command::Witness(args) => witness_cmd::run(args).await,
     }
 }
 
@@ -667,8 +687,37 @@ async fn serve(args: ServeArgs) -> Result<()> {
             data.display()
         );
     }
-    tracing::info!(origin = %config.origin, seq = ledger.tip().seq, nats = %args.nats, "ledger serving");
     let bus = Bus::Nats(source.client.clone());
+    let witnesses = witness_keys(&config)?;
+    let (alarm_tx, alarm_rx) = tokio::sync::oneshot::channel();
+    if !witnesses.is_empty() {
+        // A checkpoint at the tip first, so the witnesses judge all this store holds.
+        ledger.checkpoint_if_due(&bus, true).await?;
+        let store = ledger.shared_store();
+        if let Some(alarm) = witnessing::check_all(&source.client, &store, &witnesses).await? {
+            bail!("{alarm}");
+        }
+        let client = source.client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = witnessing::follow(client, store, witnesses, alarm_tx).await {
+                tracing::error!(error = %e, "witnessing stopped");
+            }
+        });
+    }
+    {
+        let (client, store, wanted) = (
+            source.client.clone(),
+            ledger.shared_store(),
+            ledger.checkpoint_wanted(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = docket_ledger::proofs::serve_proof_requests(client, store, wanted).await
+            {
+                tracing::error!(error = %e, "proof requests stopped");
+            }
+        });
+    }
+    tracing::info!(origin = %config.origin, seq = ledger.tip().seq, nats = %args.nats, "ledger serving");
     if config.vault_key.is_none() && config.connections.key_file.is_some() {
         bail!("[connections] needs the vault: set vault_key or pass --vault-key");
     }
@@ -748,15 +797,29 @@ async fn serve(args: ServeArgs) -> Result<()> {
     } else {
         None
     };
-    let result = ledger
-        .run(Source::Nats(Box::new(source)), bus, shutdown)
-        .await;
+    // A witness's alarm stops the ledger as a signal would, and is the error `serve` ends with.
+    let alarm = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let raised = std::sync::Arc::clone(&alarm);
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            Ok(outcome) = alarm_rx => {
+                if let Ok(mut a) = raised.lock() {
+                    *a = Some(outcome);
+                }
+            }
+        }
+    };
+    let result = ledger.run(Source::Nats(Box::new(source)), bus, stop).await;
     stop_sealing.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = sealer.join();
     if let Some(d) = detector {
         let _ = d.await;
     }
     result?;
+    if let Some(outcome) = alarm.lock().ok().and_then(|mut a| a.take()) {
+        bail!("{outcome}");
+    }
     tracing::info!(seq = ledger.tip().seq, stats = ?ledger.stats, "ledger stopped cleanly");
     Ok(())
 }
@@ -768,6 +831,26 @@ const SERVE_CONNECT_PATIENCE: Duration = Duration::from_secs(10);
 /// Registers for SIGINT and SIGTERM at once and returns what resolves on either: a signal
 /// that arrives while `serve` is still starting is kept for the loop (a clean stop), not
 /// left to the default action that would kill the process mid-start.
+/// The witnesses the config names, with their keys checked.
+fn witness_keys(config: &Config) -> Result<Vec<witnessing::WitnessKey>> {
+    config
+        .witnesses
+        .iter()
+        .map(|w| {
+            let bytes = docket_schemas::decode_public_key(&w.public_key).with_context(|| {
+                format!(
+                    "[[witnesses]] {:?}: public_key is not a base64 ed25519 key",
+                    w.name
+                )
+            })?;
+            Ok(witnessing::WitnessKey {
+                name: w.name.clone(),
+                key: ed25519_dalek::VerifyingKey::from_bytes(&bytes)?,
+            })
+        })
+        .collect()
+}
+
 pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     let registered = {
@@ -1042,6 +1125,7 @@ fn verify_cmd(args: VerifyArgs) -> Result<std::process::ExitCode> {
     let trust = verify::Trust {
         admin: parse_key(&args.admin_key)?,
         ledger: parse_key(&args.ledger_key)?,
+        witnesses: proof_cmd::witness_args(&args.witnesses)?,
     };
     let bar = if std::io::stderr().is_terminal() && !args.json {
         let bar = indicatif::ProgressBar::new(0);

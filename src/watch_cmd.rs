@@ -603,7 +603,7 @@ async fn refresh(reader: &mut Reader, rate: u64, key_id: Option<&str>) -> Result
     ])
 }
 
-/// Whether the ledger's key signed `note` and its head is the chain's entry at `size`.
+/// Whether the ledger's key signed `note` and its root is the stored tree's at `size`.
 fn checkpoint_holds(store: &Store, size: u64, note: &str) -> bool {
     let (Ok(identity), Ok(key)) = (store.identity(), store.ledger_key()) else {
         return false;
@@ -614,10 +614,7 @@ fn checkpoint_holds(store: &Store, size: u64, note: &str) -> bool {
     if c.size != size {
         return false;
     }
-    match store.record(size) {
-        Ok(Some(bytes)) => decode_record(size, &bytes).is_ok_and(|e| e.hash == c.head),
-        _ => false,
-    }
+    store.tree_root(size).is_ok_and(|root| root == c.root)
 }
 
 /// Carries out the UI's commands.

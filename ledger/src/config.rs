@@ -45,6 +45,18 @@ pub struct Config {
     /// `[connections]`: users' upstream OAuth accounts the vault holds (with `vault_key`).
     #[serde(default)]
     pub connections: ConnectionsConfig,
+    /// `[[witnesses]]`: witnesses each checkpoint is submitted to; `serve` refuses to start
+    /// when one holds a checkpoint this store does not extend (docs/FORMAT.md §11).
+    #[serde(default)]
+    pub witnesses: Vec<WitnessConfig>,
+}
+
+/// `[[witnesses]]`: a witness's name in its cosignatures and its public key (base64).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessConfig {
+    pub name: String,
+    pub public_key: String,
 }
 
 /// `[connections]`: where the vault keeps users' upstream tokens and which providers it
@@ -220,6 +232,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             detection: DetectionConfig::default(),
             connections: ConnectionsConfig::default(),
+            witnesses: Vec::new(),
         }
     }
 }

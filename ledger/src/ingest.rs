@@ -4,6 +4,7 @@
 //! checkpoint. A failed write ends the loop with an error: nothing after it is
 //! acknowledged, so nothing acknowledged can be lost.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -16,9 +17,12 @@ use crate::admission::{BATCH_EVENTS_MAX, ChainTip, Incoming, Plan, admit};
 use crate::chain::hex;
 use crate::clock::{ClockError, now, now_us};
 use crate::desk::{Desk, Entropy, Introspector, SeenRequest, VAULT_BATCH_MAX, read, write};
+use crate::merkle::{CompactRange, leaf_hash};
 use crate::registry::Registry;
 use crate::state::{Finding, PolicyInForce, VaultState};
-use crate::store::{LedgerIdentity, ProjectionDelta, Store, StoreError};
+use crate::store::{
+    FORMAT_HEAD_CHECKPOINTS, LedgerIdentity, ProjectionDelta, Store, StoreError, decode_record,
+};
 use crate::transport::{
     ACK_QUEUE_MAX, Bus, SUBJECT_APPENDED, SUBJECT_CHECKPOINTS, SUBJECT_FINDINGS, SUBJECT_REJECTED,
     Source, TransportError, VaultCall,
@@ -82,6 +86,10 @@ pub struct Ledger {
     key: SigningKey,
     policy: CheckpointPolicy,
     checkpointed: (u64, Instant),
+    /// The Merkle tree's border at the tip: the next checkpoint's root.
+    tree: CompactRange,
+    /// Set by a reader who waits for a checkpoint (a receipt): sign at the next tick.
+    checkpoint_wanted: Arc<AtomicBool>,
     /// The projection, shared with readers (the vault's introspection) behind a lock held only to apply.
     state: Arc<RwLock<VaultState>>,
     /// Findings of the last committed batch, to publish.
@@ -108,6 +116,7 @@ impl Ledger {
                 key: "admin_public_key".into(),
             })?;
         let tip = store.tip(|| Registry::new(&admin, &key.verifying_key()))?;
+        let tree = prepare_tree(&store, &tip, &key, &identity.origin)?;
         let last_cp = store.last_checkpoint()?.map_or(0, |(s, _)| s);
         // Nothing stored beside the chain is trusted until the chain agrees with it: a
         // projection, findings or registry edited on disk would otherwise be served.
@@ -129,11 +138,18 @@ impl Ledger {
             key,
             policy,
             checkpointed: (last_cp, Instant::now()),
+            tree,
+            checkpoint_wanted: Arc::default(),
             state: Arc::new(RwLock::new(state)),
             last_findings: Vec::new(),
             vault: None,
             stats: IngestStats::default(),
         })
+    }
+
+    /// A flag that asks for a checkpoint at the next tick, for readers waiting on one.
+    pub fn checkpoint_wanted(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.checkpoint_wanted)
     }
 
     pub fn tip(&self) -> &ChainTip {
@@ -344,14 +360,16 @@ impl Ledger {
     ) -> Result<Plan, IngestError> {
         let store = Arc::clone(&self.store);
         let mut tip = self.tip.clone();
+        let mut tree = self.tree.clone();
         let received_us = now_us()?;
         let state = Arc::clone(&self.state);
-        let (tip, plan, findings, admit_us, write_us) =
+        let (tip, tree, plan, findings, admit_us, write_us) =
             tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
                 let t = Instant::now();
-                let plan = admit(&mut tip, &items, received_us, |ids| {
+                let mut plan = admit(&mut tip, &items, received_us, |ids| {
                     store.stored_payloads(ids)
                 })?;
+                plan.grow_tree(&mut tree);
                 let delta = {
                     let mut st = write(&state);
                     let mut findings = Vec::new();
@@ -369,6 +387,7 @@ impl Ledger {
                 store.commit(&plan, &tip, Some(&delta))?;
                 Ok((
                     tip,
+                    tree,
                     plan,
                     delta.findings,
                     admit_us,
@@ -385,6 +404,7 @@ impl Ledger {
             *write(&self.registry_shared) = tip.registry.clone();
         }
         self.tip = tip;
+        self.tree = tree;
         self.stats.batches += 1;
         self.stats.appended += plan.appends.len() as u64;
         self.stats.quarantined += plan.quarantined.len() as u64;
@@ -422,15 +442,27 @@ impl Ledger {
     pub async fn checkpoint_if_due(&mut self, bus: &Bus, force: bool) -> Result<(), IngestError> {
         let (size, at) = self.checkpointed;
         let grown = self.tip.seq - size;
-        let due =
-            grown >= self.policy.every_entries || (grown > 0 && at.elapsed() >= self.policy.every);
+        let wanted = self.checkpoint_wanted.swap(false, Ordering::Relaxed);
+        let due = grown >= self.policy.every_entries
+            || (grown > 0 && at.elapsed() >= self.policy.every)
+            || wanted;
         if grown == 0 || !(due || force) {
             return Ok(());
+        }
+        if self.tree.size() != self.tip.seq {
+            return Err(IngestError::Store(StoreError::Tree {
+                path: self.store.path().into(),
+                what: format!(
+                    "has {} leaves but the chain {} entries; no checkpoint signed",
+                    self.tree.size(),
+                    self.tip.seq
+                ),
+            }));
         }
         let note = Checkpoint {
             origin: self.identity.origin.clone(),
             size: self.tip.seq,
-            head: self.tip.head,
+            root: self.tree.root(),
         }
         .sign(&self.identity.origin, &self.key);
         let store = Arc::clone(&self.store);
@@ -443,6 +475,114 @@ impl Ledger {
         bus.publish(SUBJECT_CHECKPOINTS, note.into_bytes()).await;
         Ok(())
     }
+}
+
+/// Entries whose tree nodes a backfill writes per batch.
+const BACKFILL_BATCH: usize = 65_536;
+
+/// Brings the Merkle tree up to the chain (a store from before the tree, or written by a
+/// tool that skipped it), re-signs format-1 checkpoints (which named the head) over the
+/// tree, and refuses a store whose newest checkpoint the tree contradicts: signing
+/// another would put two inconsistent statements under the ledger's key.
+fn prepare_tree(
+    store: &Store,
+    tip: &ChainTip,
+    key: &SigningKey,
+    origin: &str,
+) -> Result<CompactRange, StoreError> {
+    let tree_error = |what: String| StoreError::Tree {
+        path: store.path().into(),
+        what,
+    };
+    let size = store.tree_size()?;
+    if size > tip.seq {
+        return Err(tree_error(format!(
+            "has {size} leaves but the chain only {} entries: the chain was truncated",
+            tip.seq
+        )));
+    }
+    let mut tree = store.compact_range(size)?;
+    let mut nodes = Vec::new();
+    for item in store.records(size + 1)? {
+        let (seq, record) = item?;
+        if seq > tip.seq {
+            break;
+        }
+        if seq != tree.size() + 1 {
+            return Err(tree_error(format!(
+                "cannot be built: entry {} is missing",
+                tree.size() + 1
+            )));
+        }
+        let entry = decode_record(seq, &record)?;
+        tree.push(leaf_hash(&entry.hash), |id, h| nodes.push((id, h)));
+        if nodes.len() >= BACKFILL_BATCH {
+            store.put_tree(&nodes, tree.size())?;
+            nodes.clear();
+        }
+    }
+    if tree.size() != tip.seq {
+        return Err(tree_error(format!(
+            "reaches {} but the chain's tip is {}",
+            tree.size(),
+            tip.seq
+        )));
+    }
+    if tree.size() != size {
+        store.put_tree(&nodes, tree.size())?;
+        tracing::info!(
+            from = size,
+            to = tree.size(),
+            "Merkle tree built for entries written before it"
+        );
+    }
+    let public = key.verifying_key();
+    if store.format()? == FORMAT_HEAD_CHECKPOINTS {
+        let mut notes = Vec::new();
+        for (size, note) in store.checkpoints()? {
+            let old = Checkpoint::verify(&note, origin, &public)
+                .map_err(|e| tree_error(format!("upgrade: checkpoint {size}: {e}")))?;
+            let head = store
+                .record(size)?
+                .map(|r| decode_record(size, &r).map(|e| e.hash))
+                .transpose()?;
+            if head != Some(old.root) {
+                return Err(tree_error(format!(
+                    "upgrade: the format-1 checkpoint at size {size} names a head the chain does not have"
+                )));
+            }
+            let cp = Checkpoint {
+                origin: origin.to_string(),
+                size,
+                root: store.tree_root(size)?,
+            };
+            notes.push((size, cp.sign(origin, key)));
+        }
+        store.upgrade_checkpoints(&notes)?;
+        tracing::info!(
+            checkpoints = notes.len(),
+            "format-1 checkpoints re-signed over the Merkle tree"
+        );
+    }
+    if let Some((size, note)) = store.last_checkpoint()? {
+        let cp = Checkpoint::verify(&note, origin, &public).map_err(|e| {
+            tree_error(format!(
+                "'s newest checkpoint ({size}) does not verify: {e}"
+            ))
+        })?;
+        if size > tip.seq {
+            return Err(tree_error(format!(
+                "is behind its own checkpoint: size {size} was signed, the chain has {} entries (rolled back or truncated)",
+                tip.seq
+            )));
+        }
+        if cp.root != store.tree_root(size)? {
+            return Err(tree_error(format!(
+                "disagrees with the checkpoint signed at size {size}; the ledger will not sign a checkpoint inconsistent with it"
+            )));
+        }
+    }
+    Ok(tree)
 }
 
 async fn timed<T>(f: impl std::future::Future<Output = T>, total_us: &mut u64) -> T {

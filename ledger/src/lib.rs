@@ -5,8 +5,8 @@
 //! same module names; this crate adds RocksDB, NATS, tokio and the clock.
 
 pub use docket_core::{
-    admission, authorization, chain, connection, desk, fold, gateway, policy, registry, state,
-    step_up, vault,
+    admission, authorization, chain, connection, desk, fold, gateway, merkle, policy, proof,
+    registry, state, step_up, vault, witness,
 };
 
 pub mod clock;
@@ -17,7 +17,9 @@ pub mod fate;
 pub mod ingest;
 pub mod keyfile;
 pub mod projection;
+pub mod proofs;
 pub mod publisher;
 pub mod store;
 pub mod transport;
 pub mod verify;
+pub mod witnessing;

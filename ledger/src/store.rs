@@ -17,6 +17,7 @@ use rocksdb::{
 use crate::admission::{ChainTip, Plan, Quarantined};
 use crate::chain::{Entry, RecordError};
 use crate::desk::SeenRequest;
+use crate::merkle::{self, CompactRange, Hash, NodeId};
 use crate::registry::Registry;
 use crate::state::{Finding, ObjectKey, VaultState};
 
@@ -80,8 +81,13 @@ pub const CF_FINDINGS: &str = "findings";
 /// Column family: u64be(seen µs) || request id (16 bytes) -> signing key id (UTF-8).
 /// The vault's replay memory; older than the replay window is pruned at start.
 pub const CF_REQUESTS: &str = "requests";
+/// Column family: u8(level) || u64be(index) -> SHA-256 hash of that complete Merkle subtree.
+pub const CF_TREE: &str = "tree";
+/// Column family: u64be(checkpoint size) || witness cosignature key id (4 bytes) -> the
+/// witness's cosignature line (UTF-8, ending in a newline).
+pub const CF_COSIGNATURES: &str = "cosignatures";
 
-const ALL_CFS: [&str; 8] = [
+const ALL_CFS: [&str; 10] = [
     CF_ENTRIES,
     CF_EVENT_IDS,
     CF_QUARANTINE,
@@ -90,6 +96,8 @@ const ALL_CFS: [&str; 8] = [
     CF_STATE,
     CF_FINDINGS,
     CF_REQUESTS,
+    CF_TREE,
+    CF_COSIGNATURES,
 ];
 
 pub const META_FORMAT: &[u8] = b"format";
@@ -107,7 +115,12 @@ pub const META_QUARANTINE_STORED: &[u8] = b"quarantine_stored";
 pub const META_QUARANTINE_COUNT_PREFIX: &[u8] = b"quarantine_count/";
 /// Quarantine records kept at most; past it, refusals are counted by code but not stored.
 pub const QUARANTINE_RECORDS_MAX: u64 = 100_000;
-const FORMAT_VERSION: &[u8] = b"1";
+/// u64be: leaves in the Merkle tree; equals the tip's seq once `serve` has opened the store.
+pub const META_TREE_SIZE: &[u8] = b"tree_size";
+/// Format 2 added the Merkle tree; format 1 checkpoints named the chain head instead of its root.
+const FORMAT_VERSION: &[u8] = b"2";
+/// The format whose checkpoints name the chain head; `Ledger::new` upgrades it.
+pub const FORMAT_HEAD_CHECKPOINTS: &[u8] = b"1";
 
 /// What went wrong with the store.
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +173,10 @@ pub enum StoreError {
          damaged; `docket state rebuild --data DIR --repair` replaces it with what the chain derives"
     )]
     Diverges { path: PathBuf, what: String },
+    #[error("{path}: the Merkle tree {what}")]
+    Tree { path: PathBuf, what: String },
+    #[error("{0}")]
+    Proof(String),
 }
 
 /// Static facts about a ledger, fixed when it was created.
@@ -315,6 +332,10 @@ impl Store {
 
     /// A reader's view catches up with the primary's latest writes.
     pub fn catch_up(&self) -> Result<(), StoreError> {
+        if self.secondary.is_none() {
+            // The primary sees its own writes already.
+            return Ok(());
+        }
         self.db
             .try_catch_up_with_primary()
             .map_err(|e| rocks(&self.path, e))
@@ -571,6 +592,13 @@ impl Store {
             b.put_cf(entries, e.seq.to_be_bytes(), e.entry().encode());
             b.put_cf(ids, e.event_id.0, e.seq.to_be_bytes());
         }
+        if !plan.tree_nodes.is_empty() {
+            let tree = self.cf(CF_TREE)?;
+            for (id, hash) in &plan.tree_nodes {
+                b.put_cf(tree, node_key(*id), hash);
+            }
+            b.put_cf(meta, META_TREE_SIZE, tip.seq.to_be_bytes());
+        }
         if !plan.quarantined.is_empty() {
             // Every refusal is counted by reason; records (each a sample of the message,
             // never all of it) are kept up to a bound, so a flood cannot fill the disk.
@@ -744,6 +772,175 @@ impl Store {
             .map_err(|e| rocks(&self.path, e))
     }
 
+    /// Leaves in the stored Merkle tree (0 for a store written before it existed).
+    pub fn tree_size(&self) -> Result<u64, StoreError> {
+        self.meta_u64(META_TREE_SIZE)
+    }
+
+    /// One stored complete-subtree hash; missing is an error (the tree is written with the chain).
+    pub fn tree_node(&self, id: NodeId) -> Result<Hash, StoreError> {
+        let v = self
+            .db
+            .get_pinned_cf(self.cf(CF_TREE)?, node_key(id))
+            .map_err(|e| rocks(&self.path, e))?;
+        v.as_deref()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| StoreError::Tree {
+                path: self.path.clone(),
+                what: format!("lacks node (level {}, index {})", id.level, id.index),
+            })
+    }
+
+    /// The tree's border at `size`, read from stored nodes.
+    pub fn compact_range(&self, size: u64) -> Result<CompactRange, StoreError> {
+        let border = CompactRange::border_ids(size)
+            .into_iter()
+            .map(|id| self.tree_node(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        CompactRange::from_border(size, border).map_err(|e| self.proof_error(e))
+    }
+
+    /// The root of the tree over the first `size` entries.
+    pub fn tree_root(&self, size: u64) -> Result<Hash, StoreError> {
+        self.within_tree(size)?;
+        merkle::subtree_root(0, size, &mut |id| self.tree_node(id))
+    }
+
+    /// RFC 6962 audit path of leaf `index` in the tree of `size`.
+    pub fn inclusion_path(&self, index: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
+        self.within_tree(size)?;
+        merkle::inclusion_proof(index, size, &mut |id| self.tree_node(id))
+            .map_err(|e| self.proof_error(e))
+    }
+
+    /// RFC 6962 consistency proof from the tree of `old` to the tree of `new`.
+    pub fn consistency_path(&self, old: u64, new: u64) -> Result<Vec<Hash>, StoreError> {
+        self.within_tree(new)?;
+        merkle::consistency_proof(old, new, &mut |id| self.tree_node(id))
+            .map_err(|e| self.proof_error(e))
+    }
+
+    fn within_tree(&self, size: u64) -> Result<(), StoreError> {
+        let have = self.tree_size()?;
+        if size > have {
+            return Err(StoreError::Proof(format!(
+                "the tree has {have} entries, fewer than {size}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn proof_error(&self, e: merkle::ProofError<StoreError>) -> StoreError {
+        match e {
+            merkle::ProofError::Source(e) => e,
+            other => StoreError::Proof(other.to_string()),
+        }
+    }
+
+    /// Writes tree nodes computed outside ingest (a store older than the tree), in one durable write.
+    pub fn put_tree(&self, nodes: &[(NodeId, Hash)], size: u64) -> Result<(), StoreError> {
+        let mut b = WriteBatch::default();
+        let tree = self.cf(CF_TREE)?;
+        for (id, hash) in nodes {
+            b.put_cf(tree, node_key(*id), hash);
+        }
+        b.put_cf(self.cf(CF_META)?, META_TREE_SIZE, size.to_be_bytes());
+        self.db
+            .write_opt(b, &self.sync)
+            .map_err(|e| rocks(&self.path, e))
+    }
+
+    /// The store's format version (`b"1"` before the Merkle tree).
+    pub fn format(&self) -> Result<Vec<u8>, StoreError> {
+        Ok(self.meta(META_FORMAT)?.unwrap_or_default())
+    }
+
+    /// Replaces format-1 checkpoints (which named the head) with `notes`, and marks format 2.
+    pub fn upgrade_checkpoints(&self, notes: &[(u64, String)]) -> Result<(), StoreError> {
+        let mut b = WriteBatch::default();
+        let cf = self.cf(CF_CHECKPOINTS)?;
+        for (size, note) in notes {
+            b.put_cf(cf, size.to_be_bytes(), note.as_bytes());
+        }
+        b.put_cf(self.cf(CF_META)?, META_FORMAT, FORMAT_VERSION);
+        self.db
+            .write_opt(b, &self.sync)
+            .map_err(|e| rocks(&self.path, e))
+    }
+
+    /// Keeps a witness's cosignature line for the checkpoint of `size`.
+    pub fn put_cosignature(
+        &self,
+        size: u64,
+        key_id: [u8; 4],
+        line: &str,
+    ) -> Result<(), StoreError> {
+        let mut key = size.to_be_bytes().to_vec();
+        key.extend_from_slice(&key_id);
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(CF_COSIGNATURES)?, key, line.as_bytes());
+        self.db
+            .write_opt(b, &self.sync)
+            .map_err(|e| rocks(&self.path, e))
+    }
+
+    /// The checkpoint note of `size` with every witness cosignature kept for it appended.
+    pub fn cosigned_checkpoint(&self, size: u64) -> Result<Option<String>, StoreError> {
+        let Some(mut note) = self
+            .db
+            .get_cf(self.cf(CF_CHECKPOINTS)?, size.to_be_bytes())
+            .map_err(|e| rocks(&self.path, e))?
+            .and_then(|v| String::from_utf8(v).ok())
+        else {
+            return Ok(None);
+        };
+        let prefix = size.to_be_bytes();
+        let cf = self.cf(CF_COSIGNATURES)?;
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward))
+        {
+            let (k, v) = item.map_err(|e| rocks(&self.path, e))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let line = String::from_utf8(v.into_vec())
+                .map_err(|_| self.corrupt(CF_COSIGNATURES.as_bytes()))?;
+            note.push_str(&line);
+        }
+        Ok(Some(note))
+    }
+
+    /// Sizes that have at least one witness cosignature, with the lines, oldest first.
+    pub fn cosignatures(&self) -> Result<Vec<(u64, String)>, StoreError> {
+        self.scan(CF_COSIGNATURES, |k, v| {
+            Some((
+                u64::from_be_bytes(k.get(..8)?.try_into().ok()?),
+                String::from_utf8(v.to_vec()).ok()?,
+            ))
+        })
+    }
+
+    /// The smallest checkpoint that covers `seq` (size >= seq), with its cosignatures.
+    pub fn covering_checkpoint(&self, seq: u64) -> Result<Option<(u64, String)>, StoreError> {
+        let cf = self.cf(CF_CHECKPOINTS)?;
+        let from = seq.to_be_bytes();
+        let Some(item) = self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&from, Direction::Forward))
+            .next()
+        else {
+            return Ok(None);
+        };
+        let (k, _) = item.map_err(|e| rocks(&self.path, e))?;
+        let size = u64::from_be_bytes(
+            k.as_ref()
+                .try_into()
+                .map_err(|_| self.corrupt(CF_CHECKPOINTS.as_bytes()))?,
+        );
+        Ok(self.cosigned_checkpoint(size)?.map(|n| (size, n)))
+    }
+
     /// Raw records from `from` on, in seq order, with the seq their key says.
     pub fn records(
         &self,
@@ -866,6 +1063,13 @@ fn encode<T: serde::Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>,
 
 /// Decodes a record fetched from the store.
 /// The key of a remembered request: its time first, so old ones prune as one range.
+fn node_key(id: NodeId) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = id.level;
+    k[1..].copy_from_slice(&id.index.to_be_bytes());
+    k
+}
+
 fn request_key(seen_us: i64, id: &EventId) -> Vec<u8> {
     let mut k = (seen_us.max(0) as u64).to_be_bytes().to_vec();
     k.extend_from_slice(&id.0);

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::admission::{check_arrival, describe, verify_all};
 use crate::chain::{Entry, GENESIS_PREV, hex};
+use crate::merkle::{CompactRange, leaf_hash};
 use crate::registry::{Registry, Signer};
 use crate::state::VaultState;
 use crate::store::{Store, StoreError};
@@ -42,6 +43,10 @@ pub struct Report {
     pub problems_total: u64,
     pub problems: Vec<Problem>,
     pub first_bad_seq: Option<u64>,
+    /// Hex of the Merkle root the entries give.
+    pub tree_root: String,
+    /// Each demanded witness and the largest size it cosigned that the entries give.
+    pub witnessed: Vec<Witnessed>,
     pub elapsed_s: f64,
     pub events_per_s: f64,
 }
@@ -52,11 +57,20 @@ impl Report {
     }
 }
 
+/// A witness's cosignature that verify found and checked.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Witnessed {
+    pub witness: String,
+    pub size: u64,
+}
+
 /// Keys to trust instead of those recorded in the store (pin them from your own records).
 #[derive(Clone, Debug, Default)]
 pub struct Trust {
     pub admin: Option<VerifyingKey>,
     pub ledger: Option<VerifyingKey>,
+    /// Witnesses (name, key) of which each must have cosigned a checkpoint of this chain.
+    pub witnesses: Vec<(String, VerifyingKey)>,
 }
 
 struct Findings {
@@ -170,12 +184,12 @@ pub fn verify(
     let total = tip.seq;
 
     let checkpoints = store.checkpoints()?;
-    let mut expected_heads = BTreeMap::new();
+    let mut expected_roots = BTreeMap::new();
     let mut checkpoints_verified = 0;
     for (size, note) in &checkpoints {
         match Checkpoint::verify(note, &identity.origin, &ledger_key) {
             Ok(cp) if cp.size == *size && cp.origin == identity.origin => {
-                expected_heads.insert(*size, cp.head);
+                expected_roots.insert(*size, cp.root);
             }
             Ok(cp) => found.add(
                 None,
@@ -200,6 +214,8 @@ pub fn verify(
     let mut ids = HashSet::new();
     let mut pending: Vec<Pending> = Vec::new();
     let (mut expected_seq, mut prev, mut last_seq) = (1u64, GENESIS_PREV, 0u64);
+    // The Merkle tree recomputed from the entries' own hashes, never from stored nodes.
+    let mut tree = CompactRange::default();
     let mut window: Vec<(u64, Vec<u8>)> = Vec::with_capacity(VERIFY_WINDOW);
     let mut records = store.records(1)?;
     loop {
@@ -237,6 +253,7 @@ pub fn verify(
                 Err(e) => {
                     found.add(Some(seq), format!("record unreadable: {e}"));
                     prev = [0xff; 32];
+                    tree.push(leaf_hash(&prev), |_, _| {});
                     continue;
                 }
             };
@@ -257,13 +274,16 @@ pub fn verify(
                 );
             }
             prev = hash;
-            if let Some(want) = expected_heads.get(&seq) {
-                if *want == hash {
+            tree.push(leaf_hash(&hash), |_, _| {});
+            if let Some(want) = expected_roots.get(&seq) {
+                if *want == tree.root() {
                     checkpoints_verified += 1;
                 } else {
                     found.add(
                         Some(seq),
-                        format!("signed checkpoint at size {seq} names a different head hash"),
+                        format!(
+                            "signed checkpoint at size {seq} names a Merkle root the entries do not give"
+                        ),
                     );
                 }
             }
@@ -329,7 +349,33 @@ pub fn verify(
             ),
         );
     }
-    for size in expected_heads.keys().filter(|s| **s > last_seq) {
+    // Proofs are made from stored nodes: they must be the tree the entries give.
+    match store.tree_size() {
+        Ok(size) if size == last_seq && found.total == 0 => match store.tree_root(size) {
+            Ok(root) if root == tree.root() => {}
+            Ok(_) => found.add(
+                None,
+                "the stored Merkle nodes disagree with the entries: proofs made from them would fail"
+                    .into(),
+            ),
+            Err(e) => found.add(None, format!("the stored Merkle tree: {e}")),
+        },
+        Ok(size) if found.total == 0 => found.add(
+            None,
+            format!("the stored Merkle tree has {size} leaves, the chain {last_seq} entries"),
+        ),
+        Ok(_) => {}
+        Err(e) => found.add(None, format!("the stored Merkle tree: {e}")),
+    }
+    let witnessed = witnessed(
+        store,
+        trust,
+        &identity.origin,
+        &expected_roots,
+        last_seq,
+        &mut found,
+    )?;
+    for size in expected_roots.keys().filter(|s| **s > last_seq) {
         found.add(
             Some(*size),
             format!(
@@ -337,7 +383,7 @@ pub fn verify(
             ),
         );
     }
-    Ok(finish(
+    let mut report = finish(
         &identity.origin,
         last_seq,
         prev,
@@ -345,7 +391,66 @@ pub fn verify(
         checkpoints_verified,
         found,
         started,
-    ))
+    );
+    report.tree_root = hex(&tree.root());
+    report.witnessed = witnessed;
+    Ok(report)
+}
+
+/// For each witness the verifier trusts: the largest checkpoint it cosigned whose root the
+/// entries give. A witness that cosigned none is a problem: it was demanded.
+fn witnessed(
+    store: &Store,
+    trust: &Trust,
+    origin: &str,
+    roots: &BTreeMap<u64, [u8; 32]>,
+    last_seq: u64,
+    found: &mut Findings,
+) -> Result<Vec<Witnessed>, StoreError> {
+    if trust.witnesses.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sizes: std::collections::BTreeSet<u64> =
+        store.cosignatures()?.into_iter().map(|(s, _)| s).collect();
+    let mut out = Vec::new();
+    for (name, key) in &trust.witnesses {
+        let mut best = None;
+        for size in sizes.iter().rev() {
+            let Some(note) = store.cosigned_checkpoint(*size)? else {
+                continue;
+            };
+            if Checkpoint::verify_cosignature(&note, name, key).is_err() {
+                continue;
+            }
+            if *size > last_seq {
+                found.add(
+                    Some(*size),
+                    format!(
+                        "witness {name} cosigned size {size}, but the chain has {last_seq} entries: rolled back or truncated"
+                    ),
+                );
+                continue;
+            }
+            if let Ok(cp) = Checkpoint::parse_unverified(&note)
+                && roots.get(size) == Some(&cp.root)
+                && cp.origin == origin
+            {
+                best = Some(*size);
+                break;
+            }
+        }
+        match best {
+            Some(size) => out.push(Witnessed {
+                witness: name.clone(),
+                size,
+            }),
+            None => found.add(
+                None,
+                format!("no checkpoint of this chain is cosigned by witness {name}"),
+            ),
+        }
+    }
+    Ok(out)
 }
 
 fn check_event(
@@ -439,6 +544,8 @@ fn finish(
         checkpoints_verified: verified,
         problems_total: found.total,
         first_bad_seq: found.list.iter().filter_map(|p| p.seq).min(),
+        tree_root: String::new(),
+        witnessed: Vec::new(),
         problems: found.list,
         elapsed_s: elapsed,
         events_per_s: if elapsed > 0.0 {

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod limits;
 pub mod notice;
 pub mod policy;
+pub mod proof;
 pub mod seal;
 pub mod step_up;
 pub mod strict_json;

@@ -15,6 +15,7 @@ use docket_schemas::{
 use rayon::prelude::*;
 
 use crate::chain::{Entry, SUBJECT_BYTES_MAX, entry_hash};
+use crate::merkle::{CompactRange, Hash, NodeId, leaf_hash};
 use crate::registry::{AuthError, Registry, RegistryError, Signer};
 
 /// Envelopes taken into one batch at most (one WriteBatch, one fsync, one ack).
@@ -193,6 +194,18 @@ pub struct Plan {
     pub quarantined: Vec<Quarantined>,
     pub duplicates: usize,
     pub registry_changed: bool,
+    /// Merkle tree nodes the appends complete (leaves included), written with them.
+    pub tree_nodes: Vec<(NodeId, Hash)>,
+}
+
+impl Plan {
+    /// Appends this plan's entries to `tree` as leaves, keeping the nodes they complete
+    /// to be written in the same batch. Ingest and the store's backfill both grow the tree here.
+    pub fn grow_tree(&mut self, tree: &mut CompactRange) {
+        for e in &self.appends {
+            tree.push(leaf_hash(&e.hash), |id, h| self.tree_nodes.push((id, h)));
+        }
+    }
 }
 
 struct Decoded {
