@@ -9,6 +9,7 @@ mod connect_cmd;
 mod connections;
 mod demo;
 mod detect_cmd;
+mod evidence_cmd;
 mod findings_cmd;
 mod gateway_cmd;
 mod measure;
@@ -128,6 +129,11 @@ enum Command {
     /// Ask a live ledger for an entry's receipt: its inclusion proof under a signed
     /// checkpoint, waiting for one to cover it.
     Receipt(proof_cmd::ReceiptArgs),
+    /// Bundle a query's answer with every entry it rests on, their inclusion proofs, a
+    /// checkpoint and the public keys, for someone who trusts neither you nor the ledger.
+    Evidence(evidence_cmd::EvidenceArgs),
+    /// Check an evidence bundle offline: the rows follow from the entries, the entries are in the log.
+    CheckEvidence(evidence_cmd::CheckEvidenceArgs),
     /// Run a witness: cosign a ledger's checkpoints only when each extends the last one cosigned.
     Witness(witness_cmd::WitnessArgs),
 }
@@ -307,6 +313,10 @@ struct VerifyArgs {
     /// Demand a checkpoint of this chain cosigned by this witness: NAME=PUBLIC_KEY (base64).
     #[arg(long = "witness", value_name = "NAME=KEY")]
     witnesses: Vec<String>,
+    /// Verify only what came after this trusted checkpoint (a file holding its note, e.g.
+    /// one a witness cosigned): entries up to it are hashed against its root, not re-checked.
+    #[arg(long, value_name = "FILE")]
+    since_checkpoint: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -486,6 +496,8 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::CheckProof(args) => proof_cmd::check_proof(args),
         Command::Receipt(args) => proof_cmd::receipt(args).await.map(|_| ok),
         Command::Witness(args) => witness_cmd::run(args).await,
+        Command::Evidence(args) => evidence_cmd::make(args).await.map(|_| ok),
+        Command::CheckEvidence(args) => evidence_cmd::check(args).await,
     }
 }
 
@@ -1145,7 +1157,14 @@ fn verify_cmd(args: VerifyArgs) -> Result<std::process::ExitCode> {
             b.set_position(done);
         }
     };
-    let report = verify::verify(&store, &trust, &mut progress)?;
+    let report = match &args.since_checkpoint {
+        None => verify::verify(&store, &trust, &mut progress)?,
+        Some(path) => {
+            let note = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            verify::verify_since(&store, &trust, &note, &mut progress)?
+        }
+    };
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -1153,13 +1172,26 @@ fn verify_cmd(args: VerifyArgs) -> Result<std::process::ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if report.intact() {
         println!(
-            "intact: {} entries, head {}, {}/{} checkpoints verified, {:.0} events/s",
+            "intact: {} entries, head {}, root {}, {}/{} checkpoints verified, {:.0} events/s",
             report.entries,
             report.head,
+            report.tree_root,
             report.checkpoints_verified,
             report.checkpoints,
             report.events_per_s
         );
+        if let Some(size) = report.since_checkpoint {
+            println!(
+                "  from the trusted checkpoint of {size} entries: those hashed to its root, the {} after it fully checked",
+                report.entries - size
+            );
+        }
+        for w in &report.witnessed {
+            println!(
+                "  witness {} cosigned the checkpoint of {} entries",
+                w.witness, w.size
+            );
+        }
     } else {
         println!(
             "NOT INTACT: {} problem(s); first bad seq {}",

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
+use docket_schemas::notice::EVENT_SUBJECT_PREFIX;
 use docket_schemas::{Checkpoint, Envelope, Event, Kind};
 use ed25519_dalek::VerifyingKey;
 use rayon::prelude::*;
@@ -47,6 +48,8 @@ pub struct Report {
     pub tree_root: String,
     /// Each demanded witness and the largest size it cosigned that the entries give.
     pub witnessed: Vec<Witnessed>,
+    /// The size of the trusted checkpoint a `--since-checkpoint` verify started from.
+    pub since_checkpoint: Option<u64>,
     pub elapsed_s: f64,
     pub events_per_s: f64,
 }
@@ -110,8 +113,22 @@ struct Arrived {
     received_us: i64,
 }
 
-fn decode(seq: u64, record: &[u8]) -> Decoded {
+/// Subjects of the kinds that change the registry: the only entries of a trusted prefix
+/// whose events are read again.
+fn changes_registry(subject: &str) -> bool {
+    [Kind::KeyRegistered, Kind::KeyRevoked, Kind::PolicySet]
+        .iter()
+        .any(|k| subject.strip_prefix(EVENT_SUBJECT_PREFIX) == Some(k.as_str()))
+}
+
+fn decode(seq: u64, record: &[u8], trusted_through: u64) -> Decoded {
     match Entry::decode(seq, record) {
+        Ok(entry) if seq <= trusted_through && !changes_registry(entry.subject) => Decoded {
+            seq,
+            chain: Ok((entry.hash, entry.prev)),
+            hash_ok: entry.compute_hash() == entry.hash,
+            event: Err(String::new()),
+        },
         Err(e) => Decoded {
             seq,
             chain: Err(e.to_string()),
@@ -148,6 +165,28 @@ pub fn verify(
     trust: &Trust,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Report, StoreError> {
+    verify_from(store, trust, None, progress)
+}
+
+/// Verifies what came after a checkpoint the verifier already trusts (`note`, signed by
+/// the ledger's key and cosigned by every witness in `trust`): entries up to it are only
+/// hashed, which must give its root (so nothing in it was rewritten) and rebuild the key
+/// registry; entries after it get every check a full verify makes but the state comparison.
+pub fn verify_since(
+    store: &Store,
+    trust: &Trust,
+    note: &str,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Report, StoreError> {
+    verify_from(store, trust, Some(note), progress)
+}
+
+fn verify_from(
+    store: &Store,
+    trust: &Trust,
+    since: Option<&str>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Report, StoreError> {
     let started = Instant::now();
     let identity = store.identity()?;
     let mut found = Findings {
@@ -182,6 +221,55 @@ pub fn verify(
     };
     let tip = store.tip(|| Registry::new(&admin, &ledger_key))?;
     let total = tip.seq;
+    // The trusted checkpoint: (size, root); entries through `size` are only hashed.
+    let trusted = match since {
+        None => None,
+        Some(note) => {
+            let cp = match Checkpoint::verify(note, &identity.origin, &ledger_key) {
+                Ok(cp) => cp,
+                Err(e) => {
+                    found.add(None, format!("the trusted checkpoint: {e}"));
+                    return Ok(finish(
+                        &identity.origin,
+                        0,
+                        GENESIS_PREV,
+                        0,
+                        0,
+                        found,
+                        started,
+                    ));
+                }
+            };
+            for (name, key) in &trust.witnesses {
+                if let Err(e) = Checkpoint::verify_cosignature(note, name, key) {
+                    found.add(None, format!("the trusted checkpoint: {e}"));
+                }
+            }
+            if cp.size > tip.seq {
+                found.add(
+                    Some(tip.seq + 1),
+                    format!(
+                        "the trusted checkpoint covers {} entries but the chain has {}: rolled back or truncated",
+                        cp.size, tip.seq
+                    ),
+                );
+                return Ok(finish(
+                    &identity.origin,
+                    tip.seq,
+                    tip.head,
+                    0,
+                    0,
+                    found,
+                    started,
+                ));
+            }
+            // The consistency proof from the trusted tree to the stored tip, checked at the end
+            // against the root the entries give.
+            let proof = store.consistency_path(cp.size, tip.seq);
+            Some((cp.size, cp.root, proof))
+        }
+    };
+    let trusted_through = trusted.as_ref().map_or(0, |t| t.0);
 
     let checkpoints = store.checkpoints()?;
     let mut expected_roots = BTreeMap::new();
@@ -232,7 +320,7 @@ pub fn verify(
         // Decoding and hashing are independent per entry: do them on every core.
         let decoded: Vec<Decoded> = window
             .par_iter()
-            .map(|(seq, record)| decode(*seq, record))
+            .map(|(seq, record)| decode(*seq, record, trusted_through))
             .collect();
         for d in decoded {
             let seq = d.seq;
@@ -287,7 +375,31 @@ pub fn verify(
                     );
                 }
             }
-            if found.total == 0
+            if let Some((size, root, _)) = &trusted
+                && seq == *size
+                && tree.root() != *root
+            {
+                found.add(
+                    Some(seq),
+                    "the entries up to the trusted checkpoint do not give its root: history was rewritten".into(),
+                );
+            }
+            if seq <= trusted_through {
+                // Trusted: only the registry is rebuilt, from entries whose hashes the root vouches for.
+                if let Ok(arrived) = d.event {
+                    check_event(
+                        seq,
+                        arrived,
+                        &mut registry,
+                        &mut ids,
+                        &mut pending,
+                        &mut found,
+                    );
+                }
+                continue;
+            }
+            if trusted.is_none()
+                && found.total == 0
                 && let Ok(arrived) = &d.event
             {
                 let t = Instant::now();
@@ -324,10 +436,25 @@ pub fn verify(
             ),
         );
     }
+    if let Some((size, root, proof)) = &trusted {
+        let verified = proof.as_ref().is_ok_and(|p| {
+            crate::merkle::verify_consistency(*size, last_seq, root, &tree.root(), p)
+        });
+        if !verified {
+            found.add(
+                None,
+                format!(
+                    "no consistency proof from the trusted checkpoint ({size}) to the chain's {last_seq} entries verifies"
+                ),
+            );
+        }
+    }
     // What is stored beside the chain (projection, findings, registry) must be what the
     // chain derives; an edit there would otherwise be served, and reported by nobody. On a
     // chain that is itself wrong, the derivation means nothing: those problems come first.
+    // A verify from a trusted checkpoint has not folded the prefix, so it cannot compare.
     let derived = match (found.total, &derived_at_stored) {
+        _ if trusted.is_some() => None,
         (0, Some(at_stored)) => Some(crate::projection::compare(
             store,
             &stored,
@@ -394,6 +521,7 @@ pub fn verify(
     );
     report.tree_root = hex(&tree.root());
     report.witnessed = witnessed;
+    report.since_checkpoint = trusted.map(|t| t.0);
     Ok(report)
 }
 
@@ -546,6 +674,7 @@ fn finish(
         first_bad_seq: found.list.iter().filter_map(|p| p.seq).min(),
         tree_root: String::new(),
         witnessed: Vec::new(),
+        since_checkpoint: None,
         problems: found.list,
         elapsed_s: elapsed,
         events_per_s: if elapsed > 0.0 {

@@ -6,6 +6,7 @@
 //! read-only SQL over them under a memory limit and a timeout (`session`).
 
 pub mod detect;
+pub mod evidence;
 pub mod export;
 pub mod live;
 pub mod render;

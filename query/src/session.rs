@@ -204,7 +204,7 @@ pub struct AuditSession {
 }
 
 /// The schema a table is queried with: strings as views, as DataFusion reads Parquet.
-fn query_schema(schema: &Schema) -> SchemaRef {
+pub(crate) fn query_schema(schema: &Schema) -> SchemaRef {
     retype_strings(schema, &DataType::Utf8, &DataType::Utf8View)
 }
 
@@ -378,23 +378,15 @@ impl AuditSession {
 
     /// Plans one read-only statement; refuses anything that would change something.
     pub async fn plan(&mut self, sql: &str) -> Result<DataFrame, QueryError> {
+        let statement = read_only_statement(&self.ctx, sql)?;
         let state = self.ctx.state();
-        let dialect = state.config().options().sql_parser.dialect;
-        let statement = state.sql_to_statement(sql, &dialect)?;
-        refuse_writes(&statement)?;
         let names: Vec<String> = state
             .resolve_table_references(&statement)?
             .iter()
             .map(|r| r.table().to_string())
             .collect();
         self.load_small_tables(&names).await?;
-        let plan = self.ctx.state().statement_to_plan(statement).await?;
-        SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false)
-            .verify_plan(&plan)?;
-        Ok(self.ctx.execute_logical_plan(plan).await?)
+        plan_read_only(&self.ctx, statement).await
     }
 
     /// Runs one statement and collects its rows, within the time limit.
@@ -557,6 +549,33 @@ fn file_url(path: &Path) -> Result<ListingTableUrl, QueryError> {
 }
 
 /// Refuses every statement that is not a question.
+/// Plans a statement `refuse_writes` passed, refusing any plan that defines or changes
+/// anything: every SQL Docket runs (the auditor's, a rule's, a bundle's) comes through here.
+pub(crate) async fn plan_read_only(
+    ctx: &SessionContext,
+    statement: Statement,
+) -> Result<DataFrame, QueryError> {
+    let plan = ctx.state().statement_to_plan(statement).await?;
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)?;
+    Ok(ctx.execute_logical_plan(plan).await?)
+}
+
+/// Parses one statement and refuses writes; the caller plans it with `plan_read_only`.
+pub(crate) fn read_only_statement(
+    ctx: &SessionContext,
+    sql: &str,
+) -> Result<Statement, QueryError> {
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let statement = state.sql_to_statement(sql, &dialect)?;
+    refuse_writes(&statement)?;
+    Ok(statement)
+}
+
 fn refuse_writes(statement: &Statement) -> Result<(), QueryError> {
     let what = match statement {
         Statement::Statement(s) => match s.as_ref() {

@@ -140,3 +140,37 @@ pub struct WitnessCosigned {
     /// The checkpoint note with the witness's cosignature line appended.
     pub note: String,
 }
+
+/// `format` of an evidence bundle.
+pub const EVIDENCE_FORMAT: &str = "docket.evidence/v1";
+
+/// A witness's name and public key (base64), as a bundle lists them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessPublicKey {
+    pub name: String,
+    pub public_key: String,
+}
+
+/// An answer to an auditor's query with everything needed to check it offline: the rows,
+/// every entry they rest on with its inclusion proof, one checkpoint, and the public keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceBundle {
+    /// Always `docket.evidence/v1`.
+    pub format: String,
+    pub origin: String,
+    /// Base64 of the key that signs the ledger's checkpoints.
+    pub ledger_public_key: String,
+    /// Witnesses whose cosignatures the checkpoint carries and the checker should demand.
+    pub witnesses: Vec<WitnessPublicKey>,
+    /// The query, as asked.
+    pub sql: String,
+    pub columns: Vec<String>,
+    /// Every cell as text, NULL as the empty string.
+    pub rows: Vec<Vec<String>>,
+    /// The checkpoint note every proof is against, with its cosignatures.
+    pub checkpoint: String,
+    /// One inclusion proof, with the entry, for each distinct seq in the rows, by seq.
+    pub entries: Vec<InclusionProof>,
+}
