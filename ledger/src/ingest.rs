@@ -494,6 +494,20 @@ fn prepare_tree(
         path: store.path().into(),
         what,
     };
+    // The tip names the last entry; a chain cut short below it is not extended or signed.
+    if tip.seq > 0 {
+        let last = store.record(tip.seq)?;
+        let hash = last
+            .as_deref()
+            .map(|r| decode_record(tip.seq, r).map(|e| e.hash))
+            .transpose()?;
+        if hash != Some(tip.head) {
+            return Err(tree_error(format!(
+                "cannot be trusted: the tip names entry {}, which is missing or changed (the chain was truncated or edited)",
+                tip.seq
+            )));
+        }
+    }
     let size = store.tree_size()?;
     if size > tip.seq {
         return Err(tree_error(format!(

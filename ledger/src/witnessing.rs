@@ -144,7 +144,8 @@ pub async fn submit(
                     ours: size,
                 });
             }
-            (409, Some(held)) if held == size || held == old => {
+            // The right old size and still a conflict: the same size with another root.
+            (409, Some(held)) if held == old => {
                 return Ok(Outcome::Forked {
                     witness: w.name.clone(),
                     why,
@@ -227,7 +228,7 @@ pub async fn follow(
         for w in &witnesses {
             match submit(&client, &store, w, cp.size, note).await {
                 Ok(Outcome::Cosigned) => {
-                    tracing::debug!(witness = %w.name, size = cp.size, "checkpoint cosigned")
+                    tracing::info!(witness = %w.name, size = cp.size, "checkpoint cosigned")
                 }
                 Ok(o) if o.is_alarm() => {
                     tracing::error!("{o}");
