@@ -432,7 +432,7 @@ pub fn with_vault_over_nats(
     );
     let (client, introspector) = (client.clone(), ledger.introspector());
     tokio::spawn(async move {
-        docket_ledger::transport::serve_vault_requests(client, tx, introspector).await
+        docket_ledger::transport::serve_vault_requests(client, tx, introspector, None).await
     });
     Ok(ledger)
 }

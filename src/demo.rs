@@ -152,7 +152,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             let (server, calls, introspector) =
                 (client.clone(), vault_tx.clone(), ledger.introspector());
             tokio::spawn(async move {
-                docket_ledger::transport::serve_vault_requests(server, calls, introspector).await
+                docket_ledger::transport::serve_vault_requests(server, calls, introspector, None)
+                    .await
             });
             crate::vault_scene::VaultLine::Nats(client.clone())
         }

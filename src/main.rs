@@ -767,9 +767,18 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 );
             }
         }
+        let receipts = docket_ledger::transport::Receipts {
+            store: ledger.shared_store(),
+            wanted: ledger.checkpoint_wanted(),
+        };
         tokio::spawn(async move {
-            if let Err(e) =
-                docket_ledger::transport::serve_vault_requests(client, tx, introspector).await
+            if let Err(e) = docket_ledger::transport::serve_vault_requests(
+                client,
+                tx,
+                introspector,
+                Some(receipts),
+            )
+            .await
             {
                 tracing::error!(error = %e, "vault requests stopped");
             }

@@ -63,8 +63,11 @@ pub struct CheckProofArgs {
 #[derive(Args)]
 pub struct ReceiptArgs {
     /// The entry's seq (a vault answer's `receipt.seq`).
+    #[arg(long, required_unless_present = "event", conflicts_with = "event")]
+    pub seq: Option<u64>,
+    /// The entry's event id (a gateway answer's `docket-record` header).
     #[arg(long)]
-    pub seq: u64,
+    pub event: Option<String>,
     /// Wait up to this long for a checkpoint that covers it, in milliseconds (at most 30000).
     #[arg(long, default_value_t = 15_000)]
     pub wait_ms: u64,
@@ -233,7 +236,8 @@ pub async fn receipt(args: ReceiptArgs) -> Result<()> {
     }
     let client = docket_ledger::transport::connect(&args.nats, &args.nats_auth.auth()).await?;
     let req = ProofRequest {
-        seq: Some(args.seq),
+        seq: args.seq,
+        event_id: args.event.clone(),
         wait_ms: args.wait_ms,
         old_size: None,
         new_size: None,

@@ -26,6 +26,10 @@ pub struct Client {
     /// the exit status still says whether the vault agreed.
     #[arg(long, value_name = "NAME")]
     field: Option<String>,
+    /// Wait up to this many milliseconds for the decision's receipt: its inclusion proof
+    /// under a signed checkpoint, in `receipt.proof` (check it with `docket check-proof`).
+    #[arg(long, value_name = "MS")]
+    pub(crate) receipt_wait_ms: Option<u64>,
 }
 
 #[derive(Args)]
@@ -151,7 +155,17 @@ fn now() -> Result<Timestamp> {
 async fn call(client: &Client, op: Op) -> Result<Reply> {
     let key = keyfile::read(&client.key)?;
     let nats = docket_ledger::transport::connect(&client.nats, &client.nats_auth.auth()).await?;
-    request(&nats, &key, op).await
+    let Some(wait) = client.receipt_wait_ms else {
+        return request(&nats, &key, op).await;
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        docket_schemas::vault::RECEIPT_WAIT_HEADER,
+        wait.to_string().as_str(),
+    );
+    let subject = format!("docket.vault.{}", op.name());
+    let patience = VAULT_ANSWER_TIMEOUT + Duration::from_millis(wait);
+    ask_with(&nats, &key, subject, op, patience, "a vault reply", headers).await
 }
 
 /// Signs `op` with `key` and asks the vault over `nats`; its answer, or why there is none.
@@ -187,6 +201,29 @@ pub async fn ask<T: serde::de::DeserializeOwned>(
     patience: Duration,
     what: &str,
 ) -> Result<T> {
+    ask_with(
+        nats,
+        key,
+        subject,
+        op,
+        patience,
+        what,
+        async_nats::HeaderMap::new(),
+    )
+    .await
+}
+
+/// [`ask`] with NATS headers on the request (unsigned: they may only ask for more, such
+/// as a receipt's proof, never change what is decided).
+pub async fn ask_with<T: serde::de::DeserializeOwned>(
+    nats: &async_nats::Client,
+    key: &ed25519_dalek::SigningKey,
+    subject: String,
+    op: Op,
+    patience: Duration,
+    what: &str,
+    headers: async_nats::HeaderMap,
+) -> Result<T> {
     let request = Request {
         v: REQUEST_VERSION,
         id: EventId(*uuid::Uuid::now_v7().as_bytes()),
@@ -195,7 +232,7 @@ pub async fn ask<T: serde::de::DeserializeOwned>(
     };
     let reply = tokio::time::timeout(
         patience,
-        nats.request(subject, seal_request(&request, key).into()),
+        nats.request_with_headers(subject, headers, seal_request(&request, key).into()),
     )
     .await
     .with_context(|| {

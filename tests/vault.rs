@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use common::*;
 use docket_schemas::vault::{
-    ApprovalNotice, Introspection, Op, Outcome, REQUEST_VERSION, Reply, Request, Status,
-    seal_request,
+    ApprovalNotice, Introspection, Op, Outcome, RECEIPT_WAIT_HEADER, REQUEST_VERSION, Reply,
+    Request, Status, seal_request,
 };
 use docket_schemas::*;
 use ed25519_dalek::SigningKey;
@@ -2708,5 +2708,117 @@ fn a_token_bound_to_an_approved_action_passes_that_action_only_and_the_fold_flag
     assert!(
         rules.iter().any(|r| r == "token.not_as_approved"),
         "{rules:?}"
+    );
+}
+
+#[test]
+fn a_decision_and_a_call_record_carry_receipts_that_check_offline() {
+    let w = World::new();
+    let grant_op = Op::Grant {
+        user: "alice".into(),
+        agent: "a1".into(),
+        audience: "https://api.github.com".into(),
+        scopes: vec!["repo:read".into()],
+        expires_at: now().plus_seconds(3600),
+        max_calls: None,
+        max_token_ttl_s: None,
+        approval: vec![],
+    };
+    let req = Request {
+        v: REQUEST_VERSION,
+        id: EventId(*uuid::Uuid::now_v7().as_bytes()),
+        ts: now(),
+        op: grant_op,
+    };
+    // Asked with the header: the answer waits for a checkpoint and carries the proof.
+    let started = std::time::Instant::now();
+    let reply: Reply = w.rt.block_on(async {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(RECEIPT_WAIT_HEADER, "15000");
+        let r = w
+            .client
+            .request_with_headers(
+                "docket.vault.grant",
+                headers,
+                seal_request(&req, &w.alice).into(),
+            )
+            .await
+            .unwrap();
+        serde_json::from_slice(&r.payload).unwrap()
+    });
+    let waited = started.elapsed();
+    let o = said(&reply, Status::Granted);
+    let receipt = o.receipt.expect("a receipt");
+    let proof = receipt.proof.expect("the receipt's proof");
+    assert_eq!(proof.seq, receipt.seq);
+    assert!(
+        waited < Duration::from_secs(5),
+        "the ledger was asked for a checkpoint, yet the answer took {waited:?}"
+    );
+    let key = docket_ledger::store::Store::open_reader(&w.serve.data.join("db"))
+        .unwrap()
+        .identity()
+        .unwrap()
+        .ledger_public_key;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("receipt.json");
+    std::fs::write(&file, serde_json::to_vec(&proof).unwrap()).unwrap();
+    let o = docket(&["check-proof", file.to_str().unwrap(), "--ledger-key", &key]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(&format!("included: entry {}", receipt.seq)),
+        "{}",
+        stdout(&o)
+    );
+    // Over NATS the entry itself is left out: only its hash is proven.
+    assert!(proof.entry.is_none());
+
+    // A gateway's record, named by its event id, gets its receipt the same way.
+    let e = event(EventBody::ApiCalled(ApiCalled {
+        token_id: "tok-x".into(),
+        token_hash: None,
+        agent: "a1".into(),
+        audience: "https://api.github.com".into(),
+        method: "GET".into(),
+        operation: "/repos/acme/web".into(),
+        scope: Some("repo:read".into()),
+        status: 200,
+        source: "10.0.0.9".into(),
+        ..Default::default()
+    }));
+    w.publish_raw(vec![seal_event(&e, &w.gateway)]);
+    let o = docket(&[
+        "receipt",
+        "--event",
+        &e.id.to_string(),
+        "--nats",
+        &w.nats_url,
+        "--wait-ms",
+        "15000",
+    ]);
+    assert!(
+        o.status.success(),
+        "{}{}",
+        stdout(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    std::fs::write(&file, stdout(&o)).unwrap();
+    let o = docket(&["check-proof", file.to_str().unwrap(), "--ledger-key", &key]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    // An id the ledger never saw is refused, not waited on forever.
+    let o = docket(&[
+        "receipt",
+        "--event",
+        &EventId(*uuid::Uuid::now_v7().as_bytes()).to_string(),
+        "--nats",
+        &w.nats_url,
+        "--wait-ms",
+        "200",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no entry holds event"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
     );
 }

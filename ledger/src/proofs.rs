@@ -195,6 +195,7 @@ async fn answer(
     let req: ProofRequest = if payload.is_empty() {
         ProofRequest {
             seq: None,
+            event_id: None,
             wait_ms: 0,
             old_size: None,
             new_size: None,
@@ -210,9 +211,35 @@ async fn answer(
     };
     match subject {
         SUBJECT_PROOF_INCLUSION => {
-            let seq = req
-                .seq
-                .ok_or_else(|| ProofsError::Request("`seq` is required".into()))?;
+            let seq = match (req.seq, &req.event_id) {
+                (Some(seq), None) => seq,
+                (None, Some(id)) => {
+                    let id = docket_schemas::EventId::parse(id)
+                        .map_err(|e| ProofsError::Request(format!("event_id: {e}")))?;
+                    let deadline = Instant::now()
+                        + Duration::from_millis(req.wait_ms.min(RECEIPT_WAIT_MS_MAX));
+                    // A gateway's record may still be on its way to the chain.
+                    loop {
+                        store.catch_up()?;
+                        match store.seq_of(&id)? {
+                            Some(seq) => break seq,
+                            None if Instant::now() < deadline => {
+                                tokio::time::sleep(RECEIPT_POLL).await
+                            }
+                            None => {
+                                return Err(ProofsError::Request(format!(
+                                    "no entry holds event {id} (yet)"
+                                )));
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    return Err(ProofsError::Request(
+                        "give exactly one of `seq` and `event_id`".into(),
+                    ));
+                }
+            };
             reply.inclusion =
                 Some(receipt(store, seq, Duration::from_millis(req.wait_ms), want).await?);
         }

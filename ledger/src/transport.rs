@@ -576,10 +576,48 @@ pub const VAULT_INFLIGHT_MAX: usize = 4096;
 
 /// Receives vault requests over NATS request/reply and hands them to the ledger's loop;
 /// introspections are answered by the introspector when one is given.
+/// What a vault answer's receipt is made from: the store's tree, and the flag that asks
+/// the ledger for a checkpoint sooner.
+#[derive(Clone)]
+pub struct Receipts {
+    pub store: Arc<crate::store::Store>,
+    pub wanted: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How long a request asked (`Docket-Receipt-Wait-Ms`) to wait for its receipt, if it did.
+fn receipt_wait(msg: &async_nats::Message) -> Option<Duration> {
+    let ms = msg
+        .headers
+        .as_ref()?
+        .get(docket_schemas::vault::RECEIPT_WAIT_HEADER)?
+        .as_str()
+        .parse::<u64>()
+        .ok()?;
+    Some(Duration::from_millis(
+        ms.min(docket_schemas::proof::RECEIPT_WAIT_MS_MAX),
+    ))
+}
+
+/// Adds the inclusion proof to an answer's receipt once a checkpoint covers it; an answer
+/// whose checkpoint does not come in time goes out with the seq and hash alone.
+async fn with_proof(answer: Reply, wait: Duration, receipts: &Receipts) -> Reply {
+    let Reply::Outcome(mut outcome) = answer else {
+        return answer;
+    };
+    if let Some(r) = outcome.receipt.as_mut() {
+        match crate::proofs::receipt(&receipts.store, r.seq, wait, &receipts.wanted).await {
+            Ok(p) => r.proof = Some(p),
+            Err(e) => tracing::info!(seq = r.seq, error = %e, "an answer went without its proof"),
+        }
+    }
+    Reply::Outcome(outcome)
+}
+
 pub async fn serve_vault_requests(
     client: async_nats::Client,
     calls: tokio::sync::mpsc::Sender<VaultCall>,
     introspector: Option<crate::desk::Introspector>,
+    receipts: Option<Receipts>,
 ) -> Result<(), TransportError> {
     let mut sub = client
         .queue_subscribe(SUBJECT_VAULT, "docket-vault".into())
@@ -625,12 +663,17 @@ pub async fn serve_vault_requests(
             }
             None => {
                 // Handed over here, in arrival order; answered when the loop has decided.
+                let wait = receipt_wait(&msg).zip(receipts.clone());
                 let Some(pending) = to_loop(&calls, msg.payload).await else {
                     break;
                 };
                 tokio::spawn(async move {
                     let _slot = slot;
                     if let Ok(answer) = pending.await {
+                        let answer = match &wait {
+                            Some((wait, receipts)) => with_proof(answer, *wait, receipts).await,
+                            None => answer,
+                        };
                         respond(&client, reply_to, &answer).await;
                     }
                 });

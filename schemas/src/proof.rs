@@ -75,9 +75,12 @@ pub struct ConsistencyProof {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProofRequest {
-    /// Inclusion: the entry to prove.
+    /// Inclusion: the entry to prove, by seq...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// ...or by its event id (a gateway answer's `docket-record` header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
     /// Inclusion: wait up to this long for a checkpoint that covers `seq` (a receipt).
     #[serde(default)]
     pub wait_ms: u64,

@@ -184,7 +184,15 @@ pub struct Receipt {
     pub seq: u64,
     /// Lowercase hex of the entry hash.
     pub hash: String,
+    /// The entry's inclusion proof under a signed checkpoint, when the request asked for it
+    /// with the `Docket-Receipt-Wait-Ms` header and a checkpoint covered it in time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<crate::proof::InclusionProof>,
 }
+
+/// NATS header on a vault request asking for the decision's inclusion proof, waiting up
+/// to this many milliseconds for a checkpoint that covers it.
+pub const RECEIPT_WAIT_HEADER: &str = "Docket-Receipt-Wait-Ms";
 
 /// The answer to a grant, token, approve or revoke request. `ok: false` carries `error`;
 /// `ok: true` carries `status` and the fields that status names (docs/FORMAT.md).

@@ -411,6 +411,7 @@ impl Desk {
                     .map(|e| Receipt {
                         seq: e.seq,
                         hash: hex(&e.hash),
+                        proof: None,
                     })
             })
             .collect();
