@@ -40,6 +40,9 @@ pub enum BenchCommand {
     /// The recording gateway: proxied calls/s and added latency against the upstream
     /// called directly, and the time from a suspension's append to the first refusal.
     Gateway(crate::bench_gateway::GatewayBenchArgs),
+    /// Transparency: the Merkle tree's cost at ingest, proof rates, and full and incremental
+    /// verify against the batch signature-verification ceiling.
+    Transparency(crate::bench_transparency::TransparencyBenchArgs),
 }
 
 #[derive(Args)]
@@ -74,6 +77,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Detect(args) => crate::bench_detect::run(args).await,
         BenchCommand::Watch(args) => crate::bench_watch::run(args),
         BenchCommand::Gateway(args) => crate::bench_gateway::run(args).await,
+        BenchCommand::Transparency(args) => crate::bench_transparency::run(args).await,
     }
 }
 
@@ -135,7 +139,7 @@ pub fn past_start(n: usize) -> Result<Timestamp> {
     Ok(docket_ledger::clock::now()?.plus_seconds(-span_s - 1))
 }
 
-fn workload(n: usize, seed: u64) -> Result<Vec<Published>> {
+pub(crate) fn workload(n: usize, seed: u64) -> Result<Vec<Published>> {
     let mut w = Workload::new(seed, past_start(n)?, 50, 200);
     let mut out = w.setup();
     out.extend((0..n).map(|_| w.next_envelope()));

@@ -4,6 +4,7 @@ mod bench;
 mod bench_detect;
 mod bench_gateway;
 mod bench_sql;
+mod bench_transparency;
 mod bench_watch;
 mod connect_cmd;
 mod connections;
