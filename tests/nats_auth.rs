@@ -95,7 +95,13 @@ impl Deployment {
                 format!("pw-{who}-{}", rand::random::<u64>()),
             )
         };
-        let passwords = vec![pw("ledger"), pw("admin"), pw("gateway"), pw("alice")];
+        let passwords = vec![
+            pw("ledger"),
+            pw("admin"),
+            pw("gateway"),
+            pw("alice"),
+            pw("witness"),
+        ];
         let mut env: Vec<(String, String)> = passwords
             .iter()
             .map(|(who, p)| {

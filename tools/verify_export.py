@@ -185,6 +185,29 @@ def entry_hash(seq, prev, received_us, subject, envelope):
     ).digest()
 
 
+def merkle_node(left, right):
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def merkle_root(border):
+    """RFC 6962 root from the border (roots of the maximal complete subtrees, largest first)."""
+    if not border:
+        return hashlib.sha256(b"").digest()
+    acc = border[-1][1]
+    for _, left in reversed(border[:-1]):
+        acc = merkle_node(left, acc)
+    return acc
+
+
+def merkle_push(border, entry_hash):
+    """Appends leaf SHA-256(0x00 || entry_hash) to the border of (height, hash) pairs."""
+    node = (0, hashlib.sha256(b"\x00" + entry_hash).digest())
+    while border and border[-1][0] == node[0]:
+        height, left = border.pop()
+        node = (height + 1, merkle_node(left, node[1]))
+    border.append(node)
+
+
 def note_key_id(name, pk):
     return hashlib.sha256(name.encode() + b"\n\x01" + pk).digest()[:4]
 
@@ -197,8 +220,8 @@ def verify_note(note, name, pk):
         if line.startswith(prefix):
             blob = b64(line[len(prefix):])
             if len(blob) == 68 and blob[:4] == note_key_id(name, pk) and verify_sig(pk, body.encode(), blob[4:]):
-                origin, size, head = body.splitlines()[:3]
-                return origin, int(size), b64(head)
+                origin, size, root = body.splitlines()[:3]
+                return origin, int(size), b64(root)
     return None
 
 
@@ -241,7 +264,9 @@ def main(argv):
     ledger_key = b64(pins.get("--ledger-key", header["ledger_public_key"]))
     registry = Registry(admin, ledger_key)
     seen_ids = set()
-    hashes = {}
+    roots = {}
+    wanted = {rec["size"] for rec in lines if rec["type"] == "checkpoint"}
+    border = []
     prev = bytes(32)
     expected = 1
     for rec in lines:
@@ -259,7 +284,9 @@ def main(argv):
         if bytes.fromhex(rec["prev"]) != prev:
             bad("prev link broken")
         prev = bytes.fromhex(rec["hash"])
-        hashes[seq] = prev
+        merkle_push(border, prev)
+        if seq in wanted:
+            roots[seq] = merkle_root(border)
         try:
             env = plain_json(env_bytes)
             payload = b64(env["payload"])
@@ -292,7 +319,7 @@ def main(argv):
             cp = verify_note(rec["note"], header["origin"], ledger_key)
             if cp is None:
                 problems.append((rec["size"], "checkpoint signature invalid"))
-            elif cp[1] != rec["size"] or hashes.get(cp[1]) != cp[2]:
+            elif cp[1] != rec["size"] or roots.get(cp[1]) != cp[2]:
                 problems.append((rec["size"], "checkpoint does not match the chain"))
     if header["entries"] != last or header["head"] != prev.hex():
         problems.append((last + 1, "header tip does not match the last entry"))

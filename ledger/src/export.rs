@@ -101,6 +101,8 @@ pub fn write_export(store: &Store, out: &mut dyn Write) -> Result<u64, ExportErr
         n += 1;
     }
     for (size, note) in store.checkpoints()? {
+        // With any witness cosignatures kept for it appended, as `docket prove` shows it.
+        let note = store.cosigned_checkpoint(size)?.unwrap_or(note);
         line(
             out,
             &json!({"type": "checkpoint", "size": size, "note": note}),

@@ -60,6 +60,34 @@ pub fn files() -> Vec<(String, String)> {
             "detection.notice",
             contract::<crate::notice::DetectionNotice>("detection.notice"),
         ),
+        (
+            "inclusion.proof",
+            contract::<crate::proof::InclusionProof>("inclusion.proof"),
+        ),
+        (
+            "consistency.proof",
+            contract::<crate::proof::ConsistencyProof>("consistency.proof"),
+        ),
+        (
+            "proof.request",
+            contract::<crate::proof::ProofRequest>("proof.request"),
+        ),
+        (
+            "proof.reply",
+            contract::<crate::proof::ProofReply>("proof.reply"),
+        ),
+        (
+            "witness.reply",
+            contract::<crate::proof::WitnessReply>("witness.reply"),
+        ),
+        (
+            "witness.cosigned",
+            contract::<crate::proof::WitnessCosigned>("witness.cosigned"),
+        ),
+        (
+            "evidence.bundle",
+            contract::<crate::proof::EvidenceBundle>("evidence.bundle"),
+        ),
     ];
     for (name, text) in contracts {
         out.push((format!("{name}.schema.json"), text));
