@@ -97,11 +97,10 @@ pub async fn run(args: WitnessArgs) -> Result<std::process::ExitCode> {
                         ),
                         note: cosigned,
                     };
-                    if let Ok(bytes) = serde_json::to_vec(&notice) {
-                        if let Err(e) = client.publish(SUBJECT_WITNESS_COSIGNED, bytes.into()).await
-                        {
-                            tracing::warn!(error = %e, "publishing a cosignature");
-                        }
+                    if let Ok(bytes) = serde_json::to_vec(&notice)
+                        && let Err(e) = client.publish(SUBJECT_WITNESS_COSIGNED, bytes.into()).await
+                    {
+                        tracing::warn!(error = %e, "publishing a cosignature");
                     }
                     WitnessReply {
                         status: 200,

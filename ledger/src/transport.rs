@@ -606,7 +606,7 @@ async fn with_proof(answer: Reply, wait: Duration, receipts: &Receipts) -> Reply
     };
     if let Some(r) = outcome.receipt.as_mut() {
         match crate::proofs::receipt(&receipts.store, r.seq, wait, &receipts.wanted).await {
-            Ok(p) => r.proof = Some(p),
+            Ok(p) => r.proof = Some(Box::new(p)),
             Err(e) => tracing::info!(seq = r.seq, error = %e, "an answer went without its proof"),
         }
     }

@@ -187,7 +187,7 @@ pub struct Receipt {
     /// The entry's inclusion proof under a signed checkpoint, when the request asked for it
     /// with the `Docket-Receipt-Wait-Ms` header and a checkpoint covered it in time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proof: Option<crate::proof::InclusionProof>,
+    pub proof: Option<Box<crate::proof::InclusionProof>>,
 }
 
 /// NATS header on a vault request asking for the decision's inclusion proof, waiting up
