@@ -88,6 +88,8 @@ pub async fn check(args: CheckEvidenceArgs) -> Result<std::process::ExitCode> {
         args.bundle.clone()
     };
     let text = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    docket_schemas::strict_json::check(&text)
+        .with_context(|| format!("{} is not plain JSON", file.display()))?;
     let bundle: EvidenceBundle = serde_json::from_slice(&text)
         .with_context(|| format!("{} is not an evidence bundle", file.display()))?;
     let trusted = args

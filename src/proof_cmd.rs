@@ -22,6 +22,7 @@ pub enum ProveCommand {
     Inclusion {
         #[command(flatten)]
         data: crate::DataArgs,
+        /// The entry to prove.
         #[arg(long)]
         seq: u64,
         /// The checkpoint size to prove against (default: the smallest that covers SEQ).
@@ -35,8 +36,10 @@ pub enum ProveCommand {
     Consistency {
         #[command(flatten)]
         data: crate::DataArgs,
+        /// The older size (any size; compare its root with a checkpoint you trust).
         #[arg(long)]
         from: u64,
+        /// The newer size: that of a checkpoint the ledger signed.
         #[arg(long)]
         to: u64,
     },
@@ -123,6 +126,9 @@ pub fn check_proof(args: CheckProofArgs) -> Result<std::process::ExitCode> {
         .with_context(|| format!("reading {}", args.file.display()))?;
     let key = parse_key(&args.ledger_key, "--ledger-key")?;
     let witnesses = witness_args(&args.witnesses)?;
+    // The same plain-JSON gate as every signed document: one meaning for every reader.
+    docket_schemas::strict_json::check(text.as_bytes())
+        .with_context(|| format!("{} is not plain JSON", args.file.display()))?;
     let value: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("{} is not JSON", args.file.display()))?;
     let format = value.get("format").and_then(|f| f.as_str()).unwrap_or("");

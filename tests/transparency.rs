@@ -249,13 +249,34 @@ fn check_proof_accepts_proofs_and_refuses_changed_ones_with_the_reason() {
         "--to",
         &good["tree_size"].to_string(),
     ]);
-    let mut c: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let c: Value = serde_json::from_str(&stdout(&o)).unwrap();
     let (code, out) = check(&write("consistency.json", &c), &[]);
     assert_eq!(code, 0, "{out}");
-    c["old_root"] = json!(hex(&[7u8; 32]));
-    let (code, out) = check(&write("forked.json", &c), &[]);
+    let mut forked = c.clone();
+    forked["old_root"] = json!(hex(&[7u8; 32]));
+    let (code, out) = check(&write("forked.json", &forked), &[]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("not a prefix"), "{out}");
+    // From size 0 only the empty tree's root is consistent; a made-up one is refused.
+    let mut from_zero = c.clone();
+    from_zero["old_size"] = json!(0);
+    from_zero["hashes"] = json!([]);
+    from_zero["old_root"] = json!(hex(&[0xab; 32]));
+    from_zero.as_object_mut().unwrap().remove("old_checkpoint");
+    let (code, out) = check(&write("zero.json", &from_zero), &[]);
+    assert_eq!(code, 1, "{out}");
+    // Without the new checkpoint nothing is signed: refused, not "consistent".
+    let mut unsigned = c.clone();
+    unsigned.as_object_mut().unwrap().remove("new_checkpoint");
+    let (code, out) = check(&write("unsigned.json", &unsigned), &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("nothing in it is signed"), "{out}");
+    // A repeated key means two things to two readers: not read at all.
+    let text = good.to_string().replacen("{", "{\"seq\":99999,", 1);
+    let dup = dir.path().join("dup.json");
+    std::fs::write(&dup, text).unwrap();
+    let (code, out) = check(&dup, &[]);
+    assert_eq!(code, 2, "{out}");
 }
 
 /// A ledger with a witness, each a real process on a real NATS server.

@@ -34,7 +34,7 @@ pub enum ProofsError {
     )]
     NotYetCovered { seq: u64, newest: u64 },
     #[error(
-        "no checkpoint was signed at size {0}; give the size of one (`docket log` lists none, see `docket export`)"
+        "no checkpoint was signed at size {0}; give the size of one (`docket sql \"SELECT tree_size FROM checkpoints\"` lists them)"
     )]
     NoCheckpointAt(u64),
     #[error("the request is malformed: {0}")]
@@ -105,6 +105,10 @@ pub fn consistency(store: &Store, old: u64, new: u64) -> Result<ConsistencyProof
             "sizes must satisfy old <= new <= {size} (the chain's size); got {old} and {new}"
         )));
     }
+    // The new root must be one the ledger signed, or the proof shows nothing about it.
+    let new_checkpoint = store
+        .cosigned_checkpoint(new)?
+        .ok_or(ProofsError::NoCheckpointAt(new))?;
     Ok(ConsistencyProof {
         format: CONSISTENCY_FORMAT.into(),
         origin: store.identity()?.origin,
@@ -118,7 +122,7 @@ pub fn consistency(store: &Store, old: u64, new: u64) -> Result<ConsistencyProof
             .map(|h| hex(h))
             .collect(),
         old_checkpoint: store.cosigned_checkpoint(old)?,
-        new_checkpoint: store.cosigned_checkpoint(new)?,
+        new_checkpoint: Some(new_checkpoint),
     })
 }
 

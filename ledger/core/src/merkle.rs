@@ -275,7 +275,7 @@ pub fn verify_consistency(
         return proof.is_empty() && old_root == new_root;
     }
     if old == 0 {
-        return proof.is_empty();
+        return proof.is_empty() && *old_root == empty_root();
     }
     let mut hashes: Vec<Hash> = Vec::with_capacity(proof.len() + 1);
     if old.is_power_of_two() {
@@ -398,6 +398,54 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_known_answers_of_docs_format_md_section_9() {
+        let data: Vec<Hash> = (0..5u8).map(|i| [i; 32]).collect();
+        let (mut range, mut nodes) = (CompactRange::default(), HashMap::new());
+        let mut roots = Vec::new();
+        for d in &data {
+            range.push(leaf_hash(d), |id, h| {
+                nodes.insert(id, h);
+            });
+            roots.push(crate::chain::hex(&range.root()));
+        }
+        assert_eq!(
+            roots[0],
+            "7f9c9e31ac8256ca2f258583df262dbc7d6f68f2a03043d5c99a4ae5a7396ce9"
+        );
+        assert_eq!(
+            roots[2],
+            "ba8d94b7fbcecae7b81c4c80574fe24734a6917bf9c1ecd66ff3e0c34ead4620"
+        );
+        assert_eq!(
+            roots[4],
+            "85e20cac1f02fda7bcdb2fc3f908568c57018c77815f1fa361acad13994f08bf"
+        );
+        let mut lookup = |id: NodeId| Ok::<_, Infallible>(nodes[&id]);
+        let path: Vec<String> = inclusion_proof(2, 5, &mut lookup)
+            .unwrap()
+            .iter()
+            .map(|h| crate::chain::hex(h))
+            .collect();
+        assert_eq!(
+            path,
+            [
+                "acaa04663a8547a2f70c60cc18f9378796b13c4f9a08f70d6adae662365b30c6",
+                "28fb81e496897e0ce886f08602392e9239b65c659041e5202163e58ad898f444",
+                "1da033bf8927ed69376d91533748494f7f5e88c20603dede2afc9bfd43d46f17"
+            ]
+        );
+        let consistency = consistency_proof(3, 5, &mut lookup).unwrap();
+        assert_eq!(
+            crate::chain::hex(&consistency[0]),
+            "cba8c596120bdb69debbd923d92cba948bde7c7d06a465a1bb7d98d3116038fa"
+        );
+        assert_eq!(consistency.len(), 4);
+        // From the empty tree, only the empty root is a consistent old root.
+        assert!(verify_consistency(0, 5, &empty_root(), &range.root(), &[]));
+        assert!(!verify_consistency(0, 5, &[0xab; 32], &range.root(), &[]));
     }
 
     #[test]

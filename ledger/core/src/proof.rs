@@ -21,8 +21,13 @@ pub enum ProofCheckError {
     Format { want: &'static str, found: String },
     #[error("the proof is for origin {found:?}, not {want:?}")]
     Origin { want: String, found: String },
+    // Not a `source`: the message already says it, and chains printed whole would repeat it.
     #[error("the checkpoint: {0}")]
-    Checkpoint(#[from] CheckpointError),
+    Checkpoint(CheckpointError),
+    #[error(
+        "the proof carries no checkpoint of its new size: nothing in it is signed by the ledger"
+    )]
+    Unsigned,
     #[error(
         "the proof is for a tree of {proof} entries but its checkpoint signs {checkpoint}: a proof for another checkpoint"
     )]
@@ -67,7 +72,8 @@ pub fn check_inclusion(
         });
     }
     same_origin(origin, &p.origin)?;
-    let cp = Checkpoint::verify(&p.checkpoint, origin, ledger_key)?;
+    let cp = Checkpoint::verify(&p.checkpoint, origin, ledger_key)
+        .map_err(ProofCheckError::Checkpoint)?;
     same_origin(origin, &cp.origin)?;
     if cp.size != p.tree_size {
         return Err(ProofCheckError::OtherCheckpoint {
@@ -112,13 +118,17 @@ pub fn check_consistency(
         });
     }
     same_origin(origin, &p.origin)?;
+    if p.new_checkpoint.is_none() {
+        return Err(ProofCheckError::Unsigned);
+    }
     let (old_root, new_root) = (hash_of(&p.old_root)?, hash_of(&p.new_root)?);
     for (note, size, root, which) in [
         (&p.old_checkpoint, p.old_size, old_root, "old"),
         (&p.new_checkpoint, p.new_size, new_root, "new"),
     ] {
         if let Some(note) = note {
-            let cp = Checkpoint::verify(note, origin, ledger_key)?;
+            let cp = Checkpoint::verify(note, origin, ledger_key)
+                .map_err(ProofCheckError::Checkpoint)?;
             if cp.size != size {
                 return Err(ProofCheckError::OtherCheckpoint {
                     proof: size,
@@ -155,8 +165,12 @@ fn same_origin(want: &str, found: &str) -> Result<(), ProofCheckError> {
     }
 }
 
+/// A hash as documents write it: 64 lowercase hex digits, nothing else.
 fn hash_of(text: &str) -> Result<Hash, ProofCheckError> {
-    parse_hash(text).ok_or_else(|| ProofCheckError::BadHash(text.chars().take(80).collect()))
+    let lowercase = text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    parse_hash(text)
+        .filter(|_| lowercase)
+        .ok_or_else(|| ProofCheckError::BadHash(text.chars().take(80).collect()))
 }
 
 fn hashes_of(texts: &[String]) -> Result<Vec<Hash>, ProofCheckError> {
