@@ -98,6 +98,11 @@ pub async fn check(args: CheckEvidenceArgs) -> Result<std::process::ExitCode> {
         .map(|k| crate::proof_cmd::parse_key(k, "--ledger-key"))
         .transpose()?;
     let demanded = crate::proof_cmd::witness_args(&args.witnesses)?;
+    // The bundle's SQL is someone else's: the same hard limits as `docket sql`'s.
+    let _watch = crate::query_guard::Watch::arm(
+        evidence::RERUN_TIMEOUT,
+        evidence::RERUN_MEMORY_BYTES as u64,
+    );
     match evidence::check(&bundle, trusted.as_ref(), &demanded).await {
         Ok(c) => {
             if args.json {

@@ -704,9 +704,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let witnesses = witness_keys(&config)?;
     let (alarm_tx, alarm_rx) = tokio::sync::oneshot::channel();
     if !witnesses.is_empty() {
-        // A checkpoint at the tip first, so the witnesses judge all this store holds.
-        ledger.checkpoint_if_due(&bus, true).await?;
+        // The newest checkpoint already signed goes first: a store a witness has seen
+        // further, or another history, must not get one more signature.
         let store = ledger.shared_store();
+        if let Some(alarm) = witnessing::check_all(&source.client, &store, &witnesses).await? {
+            bail!("{alarm}");
+        }
+        // Then one at the tip, so the witnesses judge all this store holds.
+        ledger.checkpoint_if_due(&bus, true).await?;
         if let Some(alarm) = witnessing::check_all(&source.client, &store, &witnesses).await? {
             bail!("{alarm}");
         }
@@ -822,10 +827,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // A witness's alarm stops the ledger as a signal would, and is the error `serve` ends with.
     let alarm = std::sync::Arc::new(std::sync::Mutex::new(None));
     let raised = std::sync::Arc::clone(&alarm);
+    let halted = ledger.checkpoints_halted();
     let stop = async move {
         tokio::select! {
             _ = shutdown => {}
             Ok(outcome) = alarm_rx => {
+                // Not even the clean stop's last checkpoint: this history is in question.
+                halted.store(true, std::sync::atomic::Ordering::Relaxed);
                 if let Ok(mut a) = raised.lock() {
                     *a = Some(outcome);
                 }

@@ -215,7 +215,8 @@ impl Witness {
             .duration_since(std::time::UNIX_EPOCH)
             .map_err(|e| WitnessError::Persist(std::io::Error::other(e)))?
             .as_secs();
-        let line = cp.cosign(&self.name, &self.key, now);
+        let line = Checkpoint::cosign_note(&req.note, &self.name, &self.key, now)
+            .map_err(|e| WitnessError::Refused(Refusal::BadRequest(e.to_string())))?;
         let cosigned = format!("{}{line}", req.note);
         Ok((line, cosigned))
     }

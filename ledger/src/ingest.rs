@@ -90,6 +90,8 @@ pub struct Ledger {
     tree: CompactRange,
     /// Set by a reader who waits for a checkpoint (a receipt): sign at the next tick.
     checkpoint_wanted: Arc<AtomicBool>,
+    /// Set when a witness says this history is not the one it saw: sign nothing more.
+    checkpoints_halted: Arc<AtomicBool>,
     /// The projection, shared with readers (the vault's introspection) behind a lock held only to apply.
     state: Arc<RwLock<VaultState>>,
     /// Findings of the last committed batch, to publish.
@@ -140,11 +142,17 @@ impl Ledger {
             checkpointed: (last_cp, Instant::now()),
             tree,
             checkpoint_wanted: Arc::default(),
+            checkpoints_halted: Arc::default(),
             state: Arc::new(RwLock::new(state)),
             last_findings: Vec::new(),
             vault: None,
             stats: IngestStats::default(),
         })
+    }
+
+    /// A flag that stops all checkpoint signing, for when a witness raises an alarm.
+    pub fn checkpoints_halted(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.checkpoints_halted)
     }
 
     /// A flag that asks for a checkpoint at the next tick, for readers waiting on one.
@@ -440,6 +448,9 @@ impl Ledger {
 
     /// Signs, stores and publishes a checkpoint if the policy (or `force`) says so and the chain grew.
     pub async fn checkpoint_if_due(&mut self, bus: &Bus, force: bool) -> Result<(), IngestError> {
+        if self.checkpoints_halted.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let (size, at) = self.checkpointed;
         let grown = self.tip.seq - size;
         let wanted = self.checkpoint_wanted.swap(false, Ordering::Relaxed);
@@ -593,6 +604,23 @@ fn prepare_tree(
         if cp.root != store.tree_root(size)? {
             return Err(tree_error(format!(
                 "disagrees with the checkpoint signed at size {size}; the ledger will not sign a checkpoint inconsistent with it"
+            )));
+        }
+        // Past the newest checkpoint nothing signed vouches for the stored nodes: grow the
+        // checkpoint's own border with leaves from the entries and compare, so the next
+        // checkpoint signs the root the entries give, not one an edit left behind.
+        let mut from_entries = store.compact_range(size)?;
+        for item in store.records(size + 1)? {
+            let (seq, record) = item?;
+            if seq > tip.seq {
+                break;
+            }
+            let entry = decode_record(seq, &record)?;
+            from_entries.push(leaf_hash(&entry.hash), |_, _| {});
+        }
+        if from_entries != tree {
+            return Err(tree_error(format!(
+                "after the checkpoint of {size} entries is not the tree the entries give (edited?)"
             )));
         }
     }

@@ -215,13 +215,14 @@ async fn answer(
     };
     match subject {
         SUBJECT_PROOF_INCLUSION => {
+            // One deadline for the whole request: finding the entry and its checkpoint.
+            let deadline =
+                Instant::now() + Duration::from_millis(req.wait_ms.min(RECEIPT_WAIT_MS_MAX));
             let seq = match (req.seq, &req.event_id) {
                 (Some(seq), None) => seq,
                 (None, Some(id)) => {
                     let id = docket_schemas::EventId::parse(id)
                         .map_err(|e| ProofsError::Request(format!("event_id: {e}")))?;
-                    let deadline = Instant::now()
-                        + Duration::from_millis(req.wait_ms.min(RECEIPT_WAIT_MS_MAX));
                     // A gateway's record may still be on its way to the chain.
                     loop {
                         store.catch_up()?;
@@ -244,8 +245,8 @@ async fn answer(
                     ));
                 }
             };
-            reply.inclusion =
-                Some(receipt(store, seq, Duration::from_millis(req.wait_ms), want).await?);
+            let left = deadline.saturating_duration_since(Instant::now());
+            reply.inclusion = Some(receipt(store, seq, left, want).await?);
         }
         SUBJECT_PROOF_CONSISTENCY => {
             let (Some(old), Some(new)) = (req.old_size, req.new_size) else {

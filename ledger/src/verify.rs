@@ -226,7 +226,25 @@ fn verify_from(
         None => None,
         Some(note) => {
             let cp = match Checkpoint::verify(note, &identity.origin, &ledger_key) {
-                Ok(cp) => cp,
+                Ok(cp) if cp.origin == identity.origin => cp,
+                Ok(cp) => {
+                    found.add(
+                        None,
+                        format!(
+                            "the trusted checkpoint is of {:?}, not this ledger",
+                            cp.origin
+                        ),
+                    );
+                    return Ok(finish(
+                        &identity.origin,
+                        0,
+                        GENESIS_PREV,
+                        0,
+                        0,
+                        found,
+                        started,
+                    ));
+                }
                 Err(e) => {
                     found.add(None, format!("the trusted checkpoint: {e}"));
                     return Ok(finish(

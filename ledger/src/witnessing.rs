@@ -20,6 +20,8 @@ use crate::transport::SUBJECT_CHECKPOINTS;
 
 /// Longest the ledger waits for one witness's answer.
 pub const WITNESS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest cosignature line kept (a name, and base64 of 76 bytes, is far shorter).
+pub const COSIGNATURE_LINE_BYTES_MAX: usize = 512;
 
 /// A witness the ledger submits to: its name in cosignatures and its key.
 #[derive(Clone, Debug)]
@@ -33,6 +35,8 @@ pub struct WitnessKey {
 pub enum Outcome {
     /// Cosigned; the line is stored.
     Cosigned,
+    /// The witness already holds a newer checkpoint of this store.
+    Superseded,
     /// The witness holds a larger checkpoint than this store has entries.
     Behind {
         witness: String,
@@ -58,6 +62,7 @@ impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Outcome::Cosigned => write!(f, "cosigned"),
+            Outcome::Superseded => write!(f, "already holds a newer checkpoint of this store"),
             Outcome::Behind {
                 witness,
                 held,
@@ -91,6 +96,9 @@ pub async fn submit(
     note: &str,
 ) -> Result<Outcome, StoreError> {
     let subject = witness_subject(&w.name, w.key.as_bytes());
+    // "Behind" is judged against what this store holds, not the note's size: a note of
+    // ours older than the newest must not read as a rollback.
+    let (ours, _) = store.head()?;
     let mut old = 0u64;
     // At most two rounds: the first may only learn the size the witness holds.
     for _ in 0..2 {
@@ -123,27 +131,34 @@ pub async fn submit(
         match (reply.status, reply.size) {
             (200, _) => {
                 let lines = reply.cosignatures.unwrap_or_default();
-                let cosigned = format!("{note}{lines}");
-                if Checkpoint::verify_cosignature(&cosigned, &w.name, &w.key).is_err() {
+                // Only a line that verifies on its own, of a sane length, is kept: a stored
+                // line is appended to every proof against this checkpoint.
+                let id = cosignature_key_id(&w.name, w.key.as_bytes());
+                let prefix = format!("\u{2014} {} ", w.name);
+                let good = lines.lines().find(|l| {
+                    l.starts_with(&prefix)
+                        && l.len() <= COSIGNATURE_LINE_BYTES_MAX
+                        && Checkpoint::verify_cosignature(&format!("{note}{l}\n"), &w.name, &w.key)
+                            .is_ok()
+                });
+                let Some(line) = good else {
                     return Ok(Outcome::Refused {
                         witness: w.name.clone(),
                         why: "its cosignature does not verify with the configured key".into(),
                     });
-                }
-                let id = cosignature_key_id(&w.name, w.key.as_bytes());
-                let prefix = format!("\u{2014} {} ", w.name);
-                for line in lines.lines().filter(|l| l.starts_with(&prefix)) {
-                    store.put_cosignature(size, id, &format!("{line}\n"))?;
-                }
+                };
+                store.put_cosignature(size, id, &format!("{line}\n"))?;
                 return Ok(Outcome::Cosigned);
             }
-            (409, Some(held)) if held > size => {
+            (409, Some(held)) if held > ours => {
                 return Ok(Outcome::Behind {
                     witness: w.name.clone(),
                     held,
-                    ours: size,
+                    ours,
                 });
             }
+            // The witness holds a newer checkpoint of ours than this note: nothing is wrong.
+            (409, Some(held)) if held > size => return Ok(Outcome::Superseded),
             // The right old size and still a conflict: the same size with another root.
             (409, Some(held)) if held == old => {
                 return Ok(Outcome::Forked {
@@ -225,17 +240,28 @@ pub async fn follow(
         if cp.origin != origin {
             continue;
         }
+        // The notice only says a checkpoint was signed; what is submitted is the store's own
+        // newest note, so a replayed or forged notice submits nothing of anyone else's.
+        let (size, note) = match store.last_checkpoint() {
+            Ok(Some(newest)) => newest,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the newest checkpoint");
+                continue;
+            }
+        };
         for w in &witnesses {
-            match submit(&client, &store, w, cp.size, note).await {
+            match submit(&client, &store, w, size, &note).await {
                 Ok(Outcome::Cosigned) => {
-                    tracing::info!(witness = %w.name, size = cp.size, "checkpoint cosigned")
+                    tracing::info!(witness = %w.name, size, "checkpoint cosigned")
                 }
+                Ok(Outcome::Superseded) => {}
                 Ok(o) if o.is_alarm() => {
                     tracing::error!("{o}");
                     let _ = alarm.send(o);
                     return Ok(());
                 }
-                Ok(o) => tracing::warn!(witness = %w.name, size = cp.size, "{o}"),
+                Ok(o) => tracing::warn!(witness = %w.name, size, "{o}"),
                 Err(e) => tracing::error!(witness = %w.name, error = %e, "submitting a checkpoint"),
             }
         }

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::catalog::MemTable;
-use datafusion::prelude::SessionContext;
 use docket_ledger::chain::{Entry, parse_hash};
 use docket_ledger::proof::{ProofCheckError, check_inclusion};
 use docket_ledger::proofs::{self, ProofsError};
@@ -26,13 +25,16 @@ use crate::QueryError;
 use crate::render::{cast_batch, text_cells};
 use crate::rows::{EVENTS_SCHEMA, EventRows};
 use crate::session::{
-    AuditSession, SessionOptions, VIEWS, plan_read_only, query_schema, read_only_statement,
+    AuditSession, SessionOptions, VIEWS, bounded_context, plan_read_only, query_schema,
+    read_only_statement,
 };
 
 /// Rows a bundle holds at most: each brings its entry and proof.
 pub const EVIDENCE_ROWS_MAX: usize = 100_000;
 /// Longest the re-run of a bundle's query may take.
 pub const RERUN_TIMEOUT: Duration = Duration::from_secs(120);
+/// Memory the re-run's operators may hold (a bundle comes from someone else).
+pub const RERUN_MEMORY_BYTES: usize = 256 * 1024 * 1024;
 
 /// Why a bundle was not made, or is refused.
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +181,9 @@ pub async fn check(
     if bundle.format != EVIDENCE_FORMAT {
         return Err(EvidenceError::Format(bundle.format.clone()));
     }
+    if bundle.rows.len() > EVIDENCE_ROWS_MAX || bundle.entries.len() > EVIDENCE_ROWS_MAX {
+        return Err(EvidenceError::TooManyRows);
+    }
     let stated = decode_public_key(&bundle.ledger_public_key)
         .ok()
         .and_then(|b| VerifyingKey::from_bytes(&b).ok())
@@ -303,7 +308,7 @@ async fn rerun<'a>(
     }
     let schema = query_schema(&EVENTS_SCHEMA);
     let batch = cast_batch(&rows.finish()?, &schema)?;
-    let ctx = SessionContext::new();
+    let ctx = bounded_context(1, RERUN_MEMORY_BYTES)?;
     let table = MemTable::try_new(schema, vec![vec![batch]]).map_err(QueryError::from)?;
     ctx.register_table("events", Arc::new(table))
         .map_err(QueryError::from)?;

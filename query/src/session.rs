@@ -289,21 +289,7 @@ impl AuditSession {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        // DATAFUSION_* environment variables tune the engine; the settings below always win.
-        let config = SessionConfig::from_env()?
-            .with_target_partitions(partitions)
-            .with_information_schema(true)
-            // Row-level filter pushdown was measured slower on the 10M benchmark (every query, 10-30%):
-            // statistics pruning does the selective work, vectorised filters the rest.
-            .set_bool("datafusion.execution.parquet.pushdown_filters", false);
-        // No spilling: a query must not write outside the ledger; past the limit it fails and says so.
-        let runtime = RuntimeEnvBuilder::new()
-            .with_disk_manager_builder(
-                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
-            )
-            .with_memory_limit(options.memory_limit_bytes, 1.0)
-            .build_arc()?;
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let ctx = bounded_context(partitions, options.memory_limit_bytes)?;
         let tail_rows = tail.iter().map(|b| b.num_rows() as u64).sum();
         if no_key && tail_rows >= options.segment_entries {
             seal_skipped = Some("no ledger key to seal with".to_string());
@@ -549,6 +535,28 @@ fn file_url(path: &Path) -> Result<ListingTableUrl, QueryError> {
 }
 
 /// Refuses every statement that is not a question.
+/// A DataFusion context with Docket's settings: bounded memory, no spilling to disk.
+pub(crate) fn bounded_context(
+    partitions: usize,
+    memory_limit_bytes: usize,
+) -> Result<SessionContext, QueryError> {
+    // DATAFUSION_* environment variables tune the engine; the settings below always win.
+    let config = SessionConfig::from_env()?
+        .with_target_partitions(partitions)
+        .with_information_schema(true)
+        // Row-level filter pushdown was measured slower on the 10M benchmark (every query, 10-30%):
+        // statistics pruning does the selective work, vectorised filters the rest.
+        .set_bool("datafusion.execution.parquet.pushdown_filters", false);
+    // No spilling: a query must not write outside the ledger; past the limit it fails and says so.
+    let runtime = RuntimeEnvBuilder::new()
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+        )
+        .with_memory_limit(memory_limit_bytes, 1.0)
+        .build_arc()?;
+    Ok(SessionContext::new_with_config_rt(config, runtime))
+}
+
 /// Plans a statement `refuse_writes` passed, refusing any plan that defines or changes
 /// anything: every SQL Docket runs (the auditor's, a rule's, a bundle's) comes through here.
 pub(crate) async fn plan_read_only(

@@ -108,6 +108,7 @@ impl Checkpoint {
         let origin = origin.ok_or(CheckpointError::Malformed("bad origin line"))?;
         let size = lines
             .next()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
             .filter(|s| *s == "0" || !s.starts_with('0'))
             .and_then(|s| s.parse::<u64>().ok());
         let size = size.ok_or(CheckpointError::Malformed("bad size line"))?;
@@ -125,11 +126,18 @@ impl Checkpoint {
 
     /// A witness's cosignature/v1 line on this checkpoint, made at `timestamp` (POSIX seconds).
     pub fn cosign(&self, name: &str, key: &SigningKey, timestamp: u64) -> String {
-        let sig = key.sign(cosigned_message(&self.body(), timestamp).as_bytes());
-        let mut blob = cosignature_key_id(name, key.verifying_key().as_bytes()).to_vec();
-        blob.extend_from_slice(&timestamp.to_be_bytes());
-        blob.extend_from_slice(&sig.to_bytes());
-        format!("\u{2014} {name} {}\n", encode_base64(&blob))
+        cosign_body(&self.body(), name, key, timestamp)
+    }
+
+    /// A cosignature line on a received note: over its body exactly as signed (with any
+    /// extension lines), which is what a verifier of that note checks.
+    pub fn cosign_note(
+        note: &str,
+        name: &str,
+        key: &SigningKey,
+        timestamp: u64,
+    ) -> Result<String, CheckpointError> {
+        Ok(cosign_body(split_note(note)?.0, name, key, timestamp))
     }
 
     /// Checks that witness `name` with `key` cosigned `note`; returns the cosignature's timestamp.
@@ -154,6 +162,14 @@ impl Checkpoint {
             })
             .ok_or_else(|| CheckpointError::NoValidCosignature(name.to_string()))
     }
+}
+
+fn cosign_body(body: &str, name: &str, key: &SigningKey, timestamp: u64) -> String {
+    let sig = key.sign(cosigned_message(body, timestamp).as_bytes());
+    let mut blob = cosignature_key_id(name, key.verifying_key().as_bytes()).to_vec();
+    blob.extend_from_slice(&timestamp.to_be_bytes());
+    blob.extend_from_slice(&sig.to_bytes());
+    format!("\u{2014} {name} {}\n", encode_base64(&blob))
 }
 
 fn cosigned_message(body: &str, timestamp: u64) -> String {

@@ -129,6 +129,7 @@ pub fn check_consistency(
         if let Some(note) = note {
             let cp = Checkpoint::verify(note, origin, ledger_key)
                 .map_err(ProofCheckError::Checkpoint)?;
+            same_origin(origin, &cp.origin)?;
             if cp.size != size {
                 return Err(ProofCheckError::OtherCheckpoint {
                     proof: size,
